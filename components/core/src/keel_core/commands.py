@@ -1,0 +1,73 @@
+"""keel-core's subcommands: ``plugins``, ``platforms``, ``health``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from keel_core import plugins
+from keel_core.cli import plugin_manager
+from keel_core.types import HealthCheck, Platform
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def plugins_command(as_json: bool) -> None:
+    """List loaded plugins: name, version, origin, and the hooks each implements."""
+    pm = plugin_manager()
+    infos = sorted(pm.infos.values(), key=lambda i: i.name)
+    if as_json:
+        rows = [vars(i) for i in infos]
+        click.echo(json.dumps({"plugins": rows, "disabled": sorted(pm.disabled)}, indent=2))
+        return
+    table = Table("name", "version", "distribution", "location", "hooks", box=None)
+    for info in infos:
+        hooks = ", ".join(h.removeprefix("keel_") for h in info.hooks) or "(none yet)"
+        table.add_row(info.name, info.version, info.distribution, info.location, hooks)
+    console = Console(width=200)
+    console.print(table)
+    if pm.disabled:
+        console.print(f"disabled by {plugins.DISABLE_ENV}: {', '.join(sorted(pm.disabled))}")
+
+
+@click.command("platforms")
+def platforms_command() -> None:
+    """List the platforms that plugins provide and the formats each makes."""
+    pm = plugin_manager()
+    found: list[Platform] = plugins.collect(pm.hook.keel_platforms())
+    table = Table("platform", "formats", "description", box=None)
+    for platform in sorted(found, key=lambda p: p.name):
+        table.add_row(platform.name, ", ".join(f.name for f in platform.formats), platform.description)
+    Console(width=200).print(table)
+
+
+@click.command("health")
+@click.option("--list", "only_list", is_flag=True, help="list the checks without running them")
+def health_command(only_list: bool) -> None:
+    """Run every health check on this machine; exit 1 if any fails."""
+    pm = plugin_manager()
+    checks: list[HealthCheck] = plugins.collect(pm.hook.keel_health_checks())
+    failed = 0
+    for check in checks:
+        if only_list:
+            click.echo(f"{check.name}: {check.description}")
+            continue
+        try:
+            proc = subprocess.run(
+                ["/bin/sh", "-c", check.command],
+                capture_output=True, text=True, timeout=check.timeout, check=False,
+            )
+            ok, output = proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+        except subprocess.TimeoutExpired:
+            ok, output = False, f"timed out after {check.timeout:g} s"
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {check.name}" + ("" if ok else f": {output}"))
+        failed += not ok
+    if failed:
+        raise SystemExit(1)
+
+
+ALL = [plugins_command, platforms_command, health_command]

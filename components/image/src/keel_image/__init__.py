@@ -1,0 +1,1 @@
+"""Keel image builder: image definition to bootable disk with A/B verity /usr."""

@@ -1,0 +1,1 @@
+"""Keel provisioning: first-boot declarative configuration."""

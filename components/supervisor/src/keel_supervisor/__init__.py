@@ -1,0 +1,1 @@
+"""Keel supervisor: OCI containers with a real runtime, registered for discovery."""

@@ -1,0 +1,1 @@
+"""Keel updater: atomic A/B /usr updates, rollback and reboot coordination."""

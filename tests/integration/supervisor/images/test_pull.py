@@ -1,4 +1,4 @@
-"""Pull from a real OCI registry (docker-registry, filled with skopeo): open, basic and token auth."""
+"""Pull from a real registry (docker-registry filled with skopeo): open, basic and token auth."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from keel_supervisor.images import DigestMismatch, ImageStore, RegistryError
 from keel_supervisor.images.testing import (
     busybox_layer,

@@ -126,6 +126,11 @@ def test_later_entry_replaces_earlier_one(tmp_path):
         ([file("/etc/evil", b"x")], "/etc/evil", "absolute"),
         ([symlink("link", "/"), file("link/evil", b"x")], "link/evil", "symlink"),
         ([symlink("link", "../.."), directory("link/d")], "link/d", "symlink"),
+        (
+            [directory("d"), file("d/x"), symlink("d", "/tmp"), file("d/keel-evil", b"x")],
+            "d/keel-evil",
+            "symlink",
+        ),
         ([hardlink("h", "../../etc/passwd")], "h", "'..'"),
         ([hardlink("h", "/etc/passwd")], "h", "absolute"),
     ],
@@ -139,6 +144,7 @@ def test_escapes_are_refused_naming_archive_and_member(tmp_path, entries, member
     assert why in str(err.value)
     assert not outside.exists()
     assert not Path("/etc/evil").exists()
+    assert not Path("/tmp/keel-evil").exists()
 
 
 def test_hardlink_through_symlink_is_refused(tmp_path):

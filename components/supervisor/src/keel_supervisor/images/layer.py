@@ -153,8 +153,28 @@ class _Applier:
         self.is_root = os.geteuid() == 0
         self.stats = LayerStats()
         self.dir_times: list[tuple[tuple[str, ...], int]] = []
+        # Parent directories already walked (tar members come grouped by directory). Cleared
+        # before the next member whenever a member removed anything, so a directory replaced by
+        # a symlink is never reached through a stale descriptor.
+        self.parents: dict[tuple[str, ...], int] = {}
+        self.removed = False
+
+    def _parent(self, parts: tuple[str, ...], member: str) -> int:
+        if self.removed or len(self.parents) > 64:
+            self._forget_parents()
+        fd = self.parents.get(parts)
+        if fd is None:
+            fd = self.parents[parts] = self._open_dir(parts, member, create=True)
+        return fd
+
+    def _forget_parents(self) -> None:
+        for fd in self.parents.values():
+            os.close(fd)
+        self.parents.clear()
+        self.removed = False
 
     def close(self) -> None:
+        self._forget_parents()
         if self.root_fd >= 0:
             os.close(self.root_fd)
             self.root_fd = -1
@@ -211,14 +231,11 @@ class _Applier:
                 os.close(fd)
             self.stats.opaque_dirs += 1
             return
-        parent = self._open_dir(parts[:-1], m.name, create=True)
-        try:
-            if base.startswith(WHITEOUT_PREFIX):
-                self._whiteout(parent, base[len(WHITEOUT_PREFIX) :], m.name)
-            else:
-                self._entry(tar, m, parent, parts)
-        finally:
-            os.close(parent)
+        parent = self._parent(parts[:-1], m.name)
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(parent, base[len(WHITEOUT_PREFIX) :], m.name)
+        else:
+            self._entry(tar, m, parent, parts)
 
     def _whiteout(self, parent: int, name: str, member: str) -> None:
         if name in ("", ".", ".."):
@@ -234,6 +251,7 @@ class _Applier:
         base = parts[-1]
         existing = _lstat(parent, base)
         if existing is not None and not (m.isdir() and stat.S_ISDIR(existing.st_mode)):
+            self.removed = True
             if stat.S_ISDIR(existing.st_mode):
                 shutil.rmtree(base, dir_fd=parent)
             else:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 
 import pytest
+from rich.console import Console
+
 from keel_supervisor.images import ImageError, ImageStore, commands
 from keel_supervisor.images.testing import file, layer_tar, write_docker_archive
-from rich.console import Console
 
 
 def console() -> tuple[Console, io.StringIO]:

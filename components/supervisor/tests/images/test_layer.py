@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from keel_supervisor.images.errors import ArchiveError, DigestMismatch, UnsafeLayer
 from keel_supervisor.images.layer import unpack_layer
 from keel_supervisor.images.testing import (

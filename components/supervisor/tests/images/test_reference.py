@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_supervisor.images.errors import ImageError
 from keel_supervisor.images.reference import familiar, normalize, parse_reference
 

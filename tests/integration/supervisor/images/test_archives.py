@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from keel_supervisor.images import ImageStore
 from keel_supervisor.images.testing import (
     busybox_layer,

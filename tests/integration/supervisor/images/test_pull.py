@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from keel_supervisor.images import DigestMismatch, ImageStore, RegistryError
 from keel_supervisor.images.testing import (
     busybox_layer,

@@ -230,3 +230,42 @@ def test_busybox_image_has_a_shell(store, tmp_path):
     rootfs = image.layer_dirs()[0]
     assert os.readlink(rootfs / "bin/sh") == "busybox"
     assert os.access(rootfs / "bin/busybox", os.X_OK)
+
+
+def test_docker_25_save_names_oci_images_from_manifest_json(store, tmp_path):
+    built = write_oci_layout(tmp_path / "d25", [BASE], ref_name=None, compression=None)
+    manifest = [
+        {
+            "Config": f"blobs/sha256/{built.id[7:]}",
+            "RepoTags": ["keel/app:25"],
+            "Layers": [f"blobs/sha256/{built.diff_ids[0][7:]}"],
+        }
+    ]
+    (tmp_path / "d25/manifest.json").write_text(json.dumps(manifest))
+    tar_directory(tmp_path / "d25", tmp_path / "d25.tar")
+    [image] = store.load(tmp_path / "d25.tar")
+    assert image.id == built.id
+    assert image.references == ("docker.io/keel/app:25",)
+
+
+def test_concurrent_loads_of_one_image_share_one_layer(store, tmp_path):
+    import threading
+
+    write_oci_layout(tmp_path / "layout", [BASE, TOP], ref_name="v1")
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            ImageStore(store.root).load(tmp_path / "layout")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(store.list()) == 1
+    assert len(list((store.root / "layers/sha256").iterdir())) == 2
+    assert store.gc() == 0  # nothing left over

@@ -356,10 +356,11 @@ class ImageStore:
     # -- pins, removal, gc -------------------------------------------------------------------
     def pin(self, image_id: str, owner: str) -> None:
         """Record that ``owner`` (a container) uses the image, so it is not removed under it."""
-        record, _refs = self._find(image_id)
-        pins = self.root / "pins" / digest_hex(record["id"])
-        pins.mkdir(exist_ok=True)
-        (pins / quote(owner, safe="")).touch()
+        with self._lock(".lock", shared=True):  # not while gc decides what is unused
+            record, _refs = self._find(image_id)
+            pins = self.root / "pins" / digest_hex(record["id"])
+            pins.mkdir(exist_ok=True)
+            (pins / quote(owner, safe="")).touch()
 
     def unpin(self, image_id: str, owner: str) -> None:
         """Forget that ``owner`` uses the image (no error if it did not)."""

@@ -242,7 +242,13 @@ class _Applier:
             raise ArchiveError(f"{self.source}: member {member!r} is not a valid whiteout")
         if _lexists(parent, name):
             return  # an entry of the same layer is never hidden by that layer's whiteouts
-        os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
+        try:
+            os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
+        except PermissionError as exc:
+            raise ArchiveError(
+                f"{self.source}: member {member!r} is a whiteout; storing it for overlayfs needs "
+                "root (a 0/0 character device): run the supervisor as root"
+            ) from exc
         self.stats.whiteouts += 1
 
     def _entry(

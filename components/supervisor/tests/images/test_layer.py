@@ -182,7 +182,8 @@ def test_compression_detected_and_diff_id_verified(tmp_path, how):
         )
 
 
-def test_truncated_layer_is_an_archive_error(tmp_path):
-    blob, _ = compress(layer_tar([file("big", os.urandom(100_000))]), "gzip")
-    with pytest.raises(ArchiveError, match="truncated or corrupt"):
-        unpack_layer(io.BytesIO(blob[: len(blob) // 2]), tmp_path / "l", source="cut.tar.gz")
+@pytest.mark.parametrize("how", ["gzip", "zstd"])
+def test_truncated_layer_is_an_archive_error(tmp_path, how):
+    blob, _ = compress(layer_tar([file("big", os.urandom(100_000))]), how)
+    with pytest.raises(ArchiveError, match=r"cut\.tar: truncated or corrupt"):
+        unpack_layer(io.BytesIO(blob[: len(blob) // 2]), tmp_path / "l", source="cut.tar")

@@ -269,3 +269,13 @@ def test_concurrent_loads_of_one_image_share_one_layer(store, tmp_path):
     assert len(store.list()) == 1
     assert len(list((store.root / "layers/sha256").iterdir())) == 2
     assert store.gc() == 0  # nothing left over
+
+
+def test_load_gzipped_docker_save(store, tmp_path):
+    import gzip
+
+    built = write_docker_archive(tmp_path / "s.tar", [BASE, TOP], ["demo:gz"])
+    (tmp_path / "s.tar.gz").write_bytes(gzip.compress((tmp_path / "s.tar").read_bytes()))
+    [image] = store.load(tmp_path / "s.tar.gz")
+    assert image.id == built.id
+    assert image.references == ("docker.io/library/demo:gz",)

@@ -132,12 +132,8 @@ def unpack_layer(
                 f"config lists diff_id {expected_diff_id}; the archive is corrupt"
             )
         applier.finish()
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError) as exc:
         raise ArchiveError(f"{source}: truncated or corrupt layer tar: {exc}") from exc
-    except Exception as exc:
-        if type(exc).__name__ == "ZstdError":
-            raise ArchiveError(f"{source}: corrupt zstd layer: {exc}") from exc
-        raise
     finally:
         applier.close()
     return applier.stats

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -154,9 +155,10 @@ class Registry:
     storage: Path
     log: Path
     tokens: TokenServer | None = None
+    tls: bool = False
 
     @classmethod
-    def start(cls, directory: Path, auth: str | None = None) -> Registry:
+    def start(cls, directory: Path, auth: str | None = None, *, tls: bool = False) -> Registry:
         directory.mkdir(parents=True, exist_ok=True)
         port = free_port()
         storage = directory / "storage"
@@ -168,6 +170,33 @@ class Registry:
             "  delete: {enabled: true}",
             f"http: {{addr: '127.0.0.1:{port}'}}",
         ]
+        if tls:  # a self-signed certificate for 127.0.0.1; clients trust it via SSL_CERT_FILE
+            cert, key = directory / "tls.crt", directory / "tls.key"
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                    "-keyout",
+                    str(key),
+                    "-out",
+                    str(cert),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            lines[-1] = (
+                f"http: {{addr: '127.0.0.1:{port}', tls: {{certificate: {cert}, key: {key}}}}}"
+            )
         tokens = None
         if auth == "htpasswd":
             entry = subprocess.run(
@@ -192,7 +221,7 @@ class Registry:
             process = subprocess.Popen(
                 ["docker-registry", "serve", str(config)], stdout=out, stderr=subprocess.STDOUT
             )
-        registry = cls(process, f"127.0.0.1:{port}", storage, log, tokens)
+        registry = cls(process, f"127.0.0.1:{port}", storage, log, tokens, tls)
         registry.wait_ready()
         return registry
 
@@ -202,7 +231,11 @@ class Registry:
             if self.process.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {self.log.read_text()}")
             try:
-                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1).close()
+                scheme = "https" if self.tls else "http"
+                context = ssl._create_unverified_context() if self.tls else None
+                urllib.request.urlopen(
+                    f"{scheme}://{self.host}/v2/", timeout=1, context=context
+                ).close()
                 return
             except urllib.error.HTTPError:
                 return  # 401: up, wants auth
@@ -256,6 +289,14 @@ def _need(*tools: str) -> None:
 def open_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     _need("docker-registry", "skopeo")
     registry = Registry.start(tmp_path_factory.mktemp("registry-open"))
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    _need("docker-registry", "skopeo", "openssl")
+    registry = Registry.start(tmp_path_factory.mktemp("registry-tls"), tls=True)
     yield registry
     registry.stop()
 

@@ -116,3 +116,14 @@ def test_bearer_token_auth(token_registry, layout, store):
     assert image.id == built.id
     assert tokens.issued[issued_before:] == ["repository:keel/token:pull"]
     assert json.loads(store.blobs.read(image.manifest_digest))["schemaVersion"] == 2
+
+
+def test_https_registry_verified_against_trusted_certificates(
+    tls_registry, layout, store, monkeypatch
+):
+    path, built = layout
+    name = tls_registry.push(path, "v1", "keel/tls:v1")
+    with pytest.raises(RegistryError, match=r"TLS with .* failed .*--insecure"):
+        store.pull(name)  # self-signed: not trusted
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_registry.storage.parent / "tls.crt"))
+    assert store.pull(name).id == built.id

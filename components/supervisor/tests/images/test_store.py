@@ -212,6 +212,7 @@ def test_pinned_image_is_not_removed_without_force(store, tmp_path):
     assert store.gc() > 0
     assert not list((store.root / "layers/sha256").iterdir())
     assert not list(store.blobs.digests())
+    assert not list((store.root / "l").iterdir())
 
 
 def test_gc_removes_leftovers_of_interrupted_imports(store):

@@ -92,3 +92,28 @@ def test_layer_dirs_mount_as_overlay_with_whiteouts(tmp_path, layout):
         assert out.split() == ["b", "b", "passwd"]
     finally:
         subprocess.run(["umount", str(merged)], check=True)
+
+
+def test_image_with_many_layers_mounts(tmp_path):
+    """45 layers: the long layer paths would not fit one page of mount options, the links do."""
+    layers = [layer_tar([file(f"f{n}", str(n).encode())]) for n in range(44)]
+    layers.append(layer_tar([whiteout("f0")]))
+    write_oci_layout(tmp_path / "many", layers, ref_name="v1", compression=None)
+    store = ImageStore(tmp_path / "store")
+    [image] = store.load(tmp_path / "many")
+    dirs = image.layer_dirs()
+    assert len(dirs) == 45
+    assert sum(len(str(d.resolve())) + 1 for d in dirs) > 4096  # real paths: too long
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    lower = ":".join(str(d) for d in reversed(dirs))
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower}", str(merged)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        assert len(os.listdir(merged)) == 43  # f1..f43; f0 whited out
+        assert (merged / "f43").read_bytes() == b"43"
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)

@@ -6,6 +6,7 @@ On disk, below ``root`` (e.g. /var/lib/keel/images)::
     layers/sha256/<hex>/root    a layer unpacked once per diff_id (an overlayfs lowerdir)
     layers/sha256/<hex>/layer.json
     images/<hex>.json           one record per image, named by its id (config digest)
+    l/<16 hex>                  short links to layers/sha256/<hex>/root (overlay lowerdirs)
     references.json             name -> image id
     pins/<hex>/<owner>          containers using an image
     tmp/                        downloads and unpacks in progress, never visible elsewhere
@@ -81,9 +82,13 @@ class Image:
     def layer_dirs(self) -> list[Path]:
         """Unpacked layer trees, LOWEST FIRST (overlayfs wants ``lowerdir=`` highest first).
 
-        Treat them as read only: other images share them.
+        The paths are short links (``<root>/l/<16 hex>``) to ``layers/sha256/<diff_id>/root``,
+        so that the ``lowerdir=`` option of an image with many layers fits the kernel's one-page
+        limit on mount options (about 100 layers instead of 38). Treat them as read only: other
+        images share them.
         """
-        dirs = [self.layers_root / digest_hex(d) / "root" for d in self.diff_ids]
+        links = self.layers_root.parent.parent / "l"
+        dirs = [links / short_link(d) for d in self.diff_ids]
         for d, path in zip(self.diff_ids, dirs, strict=True):
             if not path.is_dir():
                 raise ImageError(
@@ -111,6 +116,8 @@ class ImageStore:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(self.root, self.tmp)
         self.layers = self.root / "layers" / "sha256"
+        self.links = self.root / "l"
+        self.links.mkdir(exist_ok=True)
 
     # -- locks and small files ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -249,6 +256,7 @@ class ImageStore:
         """Unpack the layer blob once per diff_id (reused by every image that shares it)."""
         final = self.layers / digest_hex(diff_id)
         if final.is_dir():
+            self._link_layer(diff_id)
             return
         staging = self._staging()
         try:
@@ -272,6 +280,14 @@ class ImageStore:
             log.debug("layer unpacked", extra=info)
         finally:
             remove_tree(staging)
+        self._link_layer(diff_id)
+
+    def _link_layer(self, diff_id: str) -> None:
+        link = self.links / short_link(diff_id)
+        if not link.is_symlink():
+            tmp = self.links / f".{link.name}.{os.getpid()}.{os.urandom(4).hex()}"
+            tmp.symlink_to(f"../layers/sha256/{digest_hex(diff_id)}/root")
+            os.replace(tmp, link)
 
     def _staging(self) -> Path:
         path = self.tmp / f"layer-{os.getpid()}-{os.urandom(6).hex()}"
@@ -444,6 +460,9 @@ class ImageStore:
                 if layer_dir.name not in live_layers:
                     freed += tree_size(layer_dir)
                     remove_tree(layer_dir)
+            for link in self.links.iterdir():
+                if not link.exists():  # its layer is gone
+                    link.unlink()
             for leftover in self.tmp.iterdir():  # no import runs: they hold .lock shared
                 freed += tree_size(leftover) if leftover.is_dir() else leftover.stat().st_size
                 remove_tree(leftover)
@@ -452,6 +471,11 @@ class ImageStore:
                     pins.rmdir()
         log.info("image gc", extra={"freed": freed})
         return freed
+
+
+def short_link(diff_id: str) -> str:
+    """The name of a layer's short link under ``<root>/l``."""
+    return digest_hex(diff_id)[:16]
 
 
 @contextlib.contextmanager

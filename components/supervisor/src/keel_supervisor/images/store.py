@@ -41,6 +41,7 @@ from keel_supervisor.images.blobs import (
     digest_bytes,
     digest_hex,
     remove_tree,
+    sync_filesystem,
     tree_size,
 )
 from keel_supervisor.images.errors import (
@@ -272,6 +273,7 @@ class ImageStore:
                 "skipped_devices": stats.skipped_devices,
             }
             self._write_json(staging / "layer.json", info)
+            sync_filesystem(staging)  # a visible layer is a complete layer, even after a crash
             try:
                 os.rename(staging, final)
             except OSError:

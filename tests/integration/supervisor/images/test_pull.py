@@ -65,10 +65,13 @@ def test_pull_by_digest_and_from_multi_platform_index(open_registry, tmp_path, s
     image = store.pull(name, insecure=True)
     assert image.id == built.id
     manifest_digest = image.manifest_digest
-    by_digest = ImageStore(tmp_path / "other").pull(
-        f"{open_registry.host}/keel/multi@{manifest_digest}", insecure=True
-    )
+    digest_ref = f"{open_registry.host}/keel/multi@{manifest_digest}"
+    other = ImageStore(tmp_path / "other")
+    by_digest = other.pull(digest_ref, insecure=True)
     assert by_digest.id == built.id
+    assert by_digest.references == (digest_ref,)
+    assert other.get(digest_ref).id == built.id
+    assert store.get(digest_ref).id == built.id  # pulled by tag, found by manifest digest
 
 
 def test_missing_tag_and_unreachable_registry_say_so(open_registry, store):

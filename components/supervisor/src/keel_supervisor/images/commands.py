@@ -70,7 +70,10 @@ def image_rows(images: list[Image]) -> list[tuple[str, str, str, str, str]]:
         short = image.id[7:19]
         names = image.references or ("<none>:<none>",)
         for name in names:
-            repo, _, tag = familiar(name).rpartition(":")
+            if "@" in name:  # pulled by digest
+                repo, tag = familiar(name).split("@", 1)[0], "<none>"
+            else:
+                repo, _, tag = familiar(name).rpartition(":")
             rows.append((repo, tag, short, _age(image.created), human_size(image.size)))
     return rows
 

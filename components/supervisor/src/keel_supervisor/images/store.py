@@ -187,9 +187,14 @@ class ImageStore:
         refs = self._references()
         records = self._records()
         with contextlib.suppress(ImageError):
-            image_id = refs.get(normalize(text))
+            ref = parse_reference(text)
+            image_id = refs.get(str(ref))
             if image_id in records:
                 return records[image_id], refs
+            if ref.digest:  # name@digest of an image pulled by tag: match its manifest
+                for record in records.values():
+                    if record["manifest_digest"] == ref.digest and not record.get("removed"):
+                        return record, refs
         if _ID_PREFIX.match(text):
             prefix = text if text.startswith("sha256:") else f"sha256:{text}"
             found = [r for i, r in records.items() if i.startswith(prefix) and not r.get("removed")]
@@ -359,7 +364,7 @@ class ImageStore:
                     self._ensure_layer(desc.digest, diff_id, f"{ref.name}@{desc.digest}")
                 elif not self.blobs.has(desc.digest):
                     client.fetch_blob(desc, self.blobs, progress)
-            names = [str(ref)] if ref.digest is None else []
+            names = [str(ref)]  # name:tag, or name@digest when pulled by digest
             return self._commit(fetched.manifest, config_digest, fetched.layers, diff_ids, names)
 
     def tag(self, reference_or_id: str, name: str) -> Image:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keel_supervisor.images import DigestMismatch, ImageStore, RegistryError
+from keel_supervisor.images import DigestMismatch, ImageStore, IncompleteTransfer, RegistryError
 from keel_supervisor.images.testing import (
     busybox_layer,
     file,
@@ -130,3 +130,20 @@ def test_https_registry_verified_against_trusted_certificates(
         store.pull(name)  # self-signed: not trusted
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_registry.storage.parent / "tls.crt"))
     assert store.pull(name).id == built.id
+
+
+def test_broken_transfer_is_never_stored_and_retried(open_registry, cutting_proxy, tmp_path, store):
+    path = tmp_path / "big"
+    built = write_oci_layout(path, [layer_tar([file("blob", os.urandom(1 << 20))])], ref_name="b")
+    open_registry.push(path, "b", "keel/big:b")
+    layer_digest = json.loads(built.manifest)["layers"][0]["digest"]
+    name = f"{cutting_proxy.host}/keel/big:b"
+    with pytest.raises(IncompleteTransfer, match="nothing stored"):
+        store.pull(name, insecure=True, retries=0)
+    assert cutting_proxy.cut == 1
+    assert not store.blobs.has(layer_digest)
+    assert store.list() == []
+    assert not any(store.tmp.iterdir())
+    cutting_proxy.cuts = 1
+    assert store.pull(name, insecure=True).id == built.id  # cut once more, then retried
+    assert cutting_proxy.cut == 2

@@ -10,6 +10,7 @@ from keel_supervisor.images.errors import (
     ImageError,
     ImageInUse,
     ImageNotFound,
+    IncompleteTransfer,
     RegistryError,
     UnsafeLayer,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "ImageInUse",
     "ImageNotFound",
     "ImageStore",
+    "IncompleteTransfer",
     "RegistryError",
     "RemoveResult",
     "UnsafeLayer",

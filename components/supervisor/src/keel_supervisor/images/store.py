@@ -341,13 +341,15 @@ class ImageStore:
         insecure: bool = False,
         auth: tuple[str, str] | None = None,
         progress: Progress | None = None,
+        retries: int = 3,
     ) -> Image:
         """Pull ``reference`` from its registry (OCI distribution v2; basic or bearer token auth).
 
-        ``insecure`` uses plain HTTP (a local test registry); ``auth`` is (username, password).
+        ``insecure`` uses plain HTTP (a local test registry); ``auth`` is (username, password);
+        a blob transfer that breaks off is tried ``retries`` more times.
         """
         ref = parse_reference(reference)
-        client = RegistryClient(ref, insecure=insecure, auth=auth)
+        client = RegistryClient(ref, insecure=insecure, auth=auth, retries=retries)
         with self._lock(".lock", shared=True):
             fetched = client.fetch_manifest()
             config_digest = client.fetch_blob(fetched.config, self.blobs, progress)

@@ -147,3 +147,24 @@ def test_broken_transfer_is_never_stored_and_retried(open_registry, cutting_prox
     cutting_proxy.cuts = 1
     assert store.pull(name, insecure=True).id == built.id  # cut once more, then retried
     assert cutting_proxy.cut == 2
+
+
+def test_cli_pull_uses_saved_login(basic_registry, layout, store, tmp_path, monkeypatch):
+    import base64
+    import io
+
+    from rich.console import Console
+
+    from keel_supervisor.images import commands
+
+    path, built = layout
+    name = basic_registry.push(path, "v1", "keel/saved:v1")
+    user, password = basic_registry.creds
+    auth_file = tmp_path / "auth.json"
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    auth_file.write_text(json.dumps({"auths": {basic_registry.host: {"auth": token}}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth_file))
+    out = io.StringIO()
+    image = commands.pull(store, name, Console(file=out), insecure=True)
+    assert image.id == built.id
+    assert f"Pulled: {name}" in out.getvalue()

@@ -199,3 +199,8 @@ def test_file_capabilities_survive(tmp_path):
     )
     assert os.getxattr(root / "bin/ping", "security.capability") == cap_net_raw
     assert stats.skipped_xattrs == []
+
+
+def test_os_errors_name_the_member(tmp_path):
+    with pytest.raises(ArchiveError, match=r"test\.tar: cannot unpack member 'x{300}'"):
+        unpack(tmp_path, [file("x" * 300, b"too long a name")])

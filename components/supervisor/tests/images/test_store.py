@@ -272,11 +272,16 @@ def test_concurrent_loads_of_one_image_share_one_layer(store, tmp_path):
     assert store.gc() == 0  # nothing left over
 
 
-def test_load_gzipped_docker_save(store, tmp_path):
+@pytest.mark.parametrize("how", ["gzip", "xz", "bz2"])
+def test_load_compressed_docker_save(store, tmp_path, how):
+    import bz2
     import gzip
+    import lzma
 
+    compress = {"gzip": gzip.compress, "xz": lzma.compress, "bz2": bz2.compress}[how]
     built = write_docker_archive(tmp_path / "s.tar", [BASE, TOP], ["demo:gz"])
-    (tmp_path / "s.tar.gz").write_bytes(gzip.compress((tmp_path / "s.tar").read_bytes()))
-    [image] = store.load(tmp_path / "s.tar.gz")
+    (tmp_path / "s.tar.x").write_bytes(compress((tmp_path / "s.tar").read_bytes()))
+    [image] = store.load(tmp_path / "s.tar.x")
     assert image.id == built.id
     assert image.references == ("docker.io/library/demo:gz",)
+    assert not any(store.tmp.iterdir())  # the decompressed copy is gone

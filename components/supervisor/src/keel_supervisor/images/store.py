@@ -209,7 +209,7 @@ class ImageStore:
     # -- import ------------------------------------------------------------------------------
     def load(self, archive_path: Path, *, progress: Progress | None = None) -> builtins.list[Image]:
         """Import every image of a docker/podman save archive or an OCI layout (dir or tar)."""
-        source = archive.open_source(Path(archive_path))
+        source = archive.open_source(Path(archive_path), scratch=self.tmp)
         images: builtins.list[Image] = []
         try:
             with self._lock(".lock", shared=True):

@@ -17,6 +17,7 @@ from keel_supervisor.images import (
     ImageNotFound,
     ImageStore,
 )
+from keel_supervisor.images.blobs import digest_bytes
 from keel_supervisor.images.testing import (
     busybox_layer,
     directory,
@@ -285,3 +286,35 @@ def test_load_compressed_docker_save(store, tmp_path, how):
     assert image.id == built.id
     assert image.references == ("docker.io/library/demo:gz",)
     assert not any(store.tmp.iterdir())  # the decompressed copy is gone
+
+
+def test_artifacts_beside_images_are_skipped(store, tmp_path):
+    built = write_oci_layout(tmp_path / "layout", [BASE], ref_name="v1")
+    blobs = tmp_path / "layout/blobs/sha256"
+    empty = b"{}"
+    (blobs / digest_bytes(empty)[7:]).write_bytes(empty)
+    sbom = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/spdx+json",
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": digest_bytes(empty),
+                "size": 2,
+            },
+            "layers": [],
+        }
+    ).encode()
+    (blobs / digest_bytes(sbom)[7:]).write_bytes(sbom)
+    index = json.loads((tmp_path / "layout/index.json").read_text())
+    index["manifests"].append(
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest_bytes(sbom),
+            "size": len(sbom),
+        }
+    )
+    (tmp_path / "layout/index.json").write_text(json.dumps(index))
+    [image] = store.load(tmp_path / "layout")
+    assert image.id == built.id

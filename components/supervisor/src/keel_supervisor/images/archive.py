@@ -232,6 +232,8 @@ def _scan_oci(source: Source) -> list[ImportItem]:
         else:
             raise ArchiveError(f"{where}: image indexes nested too deeply")
         mwhere = f"{source.label}: manifest {desc.digest}"
+        if not oci.is_image_manifest(doc):
+            continue  # an artifact (signature, SBOM, attestation) beside the images
         config_desc, layers = oci.manifest_parts(doc, mwhere)
         item = by_config.get(config_desc.digest)
         if item is None:

@@ -14,7 +14,8 @@ from keel_supervisor.images.errors import (
     RegistryError,
     UnsafeLayer,
 )
-from keel_supervisor.images.store import Image, ImageStore, RemoveResult
+from keel_supervisor.images.image import Image, RemoveResult
+from keel_supervisor.images.store import ImageStore
 
 __all__ = [
     "ArchiveError",

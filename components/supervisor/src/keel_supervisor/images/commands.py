@@ -24,8 +24,9 @@ from rich.table import Table
 
 from keel_supervisor.images.credentials import find_credentials
 from keel_supervisor.images.errors import ImageError
+from keel_supervisor.images.image import Image
 from keel_supervisor.images.reference import familiar, parse_reference
-from keel_supervisor.images.store import Image, ImageStore
+from keel_supervisor.images.store import ImageStore
 
 
 @contextlib.contextmanager

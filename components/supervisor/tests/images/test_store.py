@@ -318,3 +318,18 @@ def test_artifacts_beside_images_are_skipped(store, tmp_path):
     (tmp_path / "layout/index.json").write_text(json.dumps(index))
     [image] = store.load(tmp_path / "layout")
     assert image.id == built.id
+
+
+def test_verify_finds_corrupt_blobs_and_missing_layers(store, tmp_path):
+    write_oci_layout(tmp_path / "layout", [BASE, TOP], ref_name="v1")
+    [image] = store.load(tmp_path / "layout")
+    assert store.verify() == []
+    layer_blob = json.loads(store.blobs.read(image.manifest_digest))["layers"][0]["digest"]
+    store.blobs.path(layer_blob).write_bytes(b"bit rot")
+    import shutil
+
+    shutil.rmtree(store.root / "layers/sha256" / image.diff_ids[1][7:])
+    problems = store.verify()
+    assert len(problems) == 2
+    assert problems[0].startswith(f"blob {layer_blob} is corrupt")
+    assert problems[1] == f"image {image.id}: layer {image.diff_ids[1]} is missing"

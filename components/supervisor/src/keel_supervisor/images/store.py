@@ -34,7 +34,7 @@ from urllib.parse import quote, unquote
 
 from rich.progress import Progress
 
-from keel_supervisor.images import archive, oci
+from keel_supervisor.images import archive, oci, verify
 from keel_supervisor.images.blobs import (
     BlobStore,
     digest_bytes,
@@ -396,6 +396,13 @@ class ImageStore:
                 self._record_path(image_id).unlink()
                 result.deleted.append(image_id)
         return result
+
+    def verify(self) -> builtins.list[str]:
+        """What is wrong (corrupt or missing blobs, missing layers). Changes nothing."""
+        with self._lock(".lock", shared=True):
+            return verify.blob_problems(self.blobs) + verify.image_problems(
+                self.root, self.blobs, self._records(), self._references()
+            )
 
     def gc(self) -> int:
         """Delete blobs and layers no image references, and leftovers of interrupted imports.

@@ -1,0 +1,41 @@
+"""What one simulated run looks like: cluster size, fault rates, unsafe switches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class SimOptions:
+    """Knobs of a run; the seed decides everything else. Rates are per simulated step."""
+
+    nodes: int = 3
+    steps: int = 600
+    """Steps with faults; then the network heals and ``settle_steps`` more run."""
+    settle_steps: int = 200
+    clients: int = 3
+    keys: int = 2
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    max_delay: int = 4
+    """Message delay in steps is 1..max_delay; a few messages take up to 5x longer."""
+    drop_rate: float = 0.05
+    duplicate_rate: float = 0.03
+    crash_rate: float = 0.006
+    torn_ready_rate: float = 0.15
+    """Of crashes: the share that strike midway through persisting a Ready."""
+    partition_rate: float = 0.006
+    clock_skew: float = 0.3
+    """Each node's clock runs at a rate in [1 - skew, 1 + skew]."""
+    op_timeout: int = 60
+    compact_every: int = 24
+    """A node snapshots when this many entries were applied since its last snapshot."""
+    membership_rate: float = 0.004
+    transfer_rate: float = 0.003
+    spare_nodes: int = 1
+    """Node IDs beyond ``nodes`` that membership changes may add."""
+    pre_vote: bool = True
+    check_quorum: bool = True
+    unsafe: dict[str, bool] = field(default_factory=dict)
+    """``RaftConfig.unsafe_*`` switches to turn on, e.g. {"unsafe_skip_persist_vote": True}."""
+    check_linearizability: bool = True

@@ -22,10 +22,17 @@ class Network:
         "groups",
         "max_delay",
         "sent",
+        "straggler_rate",
     )
 
     def __init__(
-        self, rng: random.Random, *, max_delay: int, drop_rate: float, duplicate_rate: float
+        self,
+        rng: random.Random,
+        *,
+        max_delay: int,
+        drop_rate: float,
+        duplicate_rate: float,
+        straggler_rate: float = 0.02,
     ) -> None:
         self._rng = rng
         self._queue: list[tuple[int, int, Message]] = []
@@ -33,6 +40,7 @@ class Network:
         self.max_delay = max_delay
         self.drop_rate = drop_rate
         self.duplicate_rate = duplicate_rate
+        self.straggler_rate = straggler_rate
         self.groups: dict[int, int] = {}
         """Node → partition group; nodes in different groups cannot talk. Empty: healed."""
         self.sent = self.dropped = self.delivered = 0
@@ -52,7 +60,7 @@ class Network:
         copies = 2 if rng.random() < self.duplicate_rate else 1
         for _ in range(copies):
             delay = rng.randint(1, self.max_delay)
-            if rng.random() < 0.02:
+            if rng.random() < self.straggler_rate:
                 delay *= 5  # a straggler, overtaken by later messages
             self._seq += 1
             heapq.heappush(self._queue, (now + delay, self._seq, m))

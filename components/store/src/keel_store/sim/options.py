@@ -34,8 +34,34 @@ class SimOptions:
     transfer_rate: float = 0.003
     spare_nodes: int = 1
     """Node IDs beyond ``nodes`` that membership changes may add."""
+    restart_rate: float = 0.05
+    """Per step, the chance that a crashed node comes back."""
+    straggler_rate: float = 0.02
+    """Share of messages delayed 5x (overtaken by later ones)."""
+    max_entries_per_message: int = 64
+    max_inflight: int = 64
     pre_vote: bool = True
     check_quorum: bool = True
     unsafe: dict[str, bool] = field(default_factory=dict)
     """``RaftConfig.unsafe_*`` switches to turn on, e.g. {"unsafe_skip_persist_vote": True}."""
     check_linearizability: bool = True
+
+    def set(self, assignment: str) -> None:
+        """Apply ``name=value`` from the command line (``--set drop_rate=0.2``)."""
+        name, sep, text = assignment.partition("=")
+        fields = {f for f in self.__dataclass_fields__ if f != "unsafe"}
+        if not sep or name not in fields:
+            raise ValueError(
+                f"--set {assignment!r}: expected NAME=VALUE, NAME one of {sorted(fields)}"
+            )
+        current = getattr(self, name)
+        try:
+            if isinstance(current, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError("expected true or false")
+                value: object = text.lower() in ("true", "1")
+            else:
+                value = type(current)(text)
+        except ValueError as exc:
+            raise ValueError(f"--set {assignment!r}: {exc}") from exc
+        setattr(self, name, value)

@@ -89,6 +89,7 @@ class World:
             max_delay=options.max_delay,
             drop_rate=options.drop_rate,
             duplicate_rate=options.duplicate_rate,
+            straggler_rate=options.straggler_rate,
         )
         self.inv = Invariants()
         self.now = 0
@@ -126,6 +127,8 @@ class World:
             heartbeat_ticks=self.opts.heartbeat_ticks,
             pre_vote=self.opts.pre_vote,
             check_quorum=self.opts.check_quorum,
+            max_entries_per_message=self.opts.max_entries_per_message,
+            max_inflight=self.opts.max_inflight,
             applied=snap.meta.index,
             rng=random.Random(f"raft:{self.seed}:{node.id}:{node.incarnation}"),
         )
@@ -198,7 +201,7 @@ class World:
                 else:
                     self._crash(node)
         for node in live:
-            if node.raft is None and rng.random() < 0.05:
+            if node.raft is None and rng.random() < opts.restart_rate:
                 self._start(node)
         if rng.random() < opts.partition_rate:
             if self.net.groups:
@@ -383,9 +386,14 @@ class World:
     def _torn_persist(self, node: SimNode, rd: Ready) -> None:
         """Crash while persisting ``rd``: a prefix of its records reaches the disk."""
         rng = self.rng
-        if rd.snapshot is not None and rng.random() < 0.5:
-            node.storage.apply_snapshot(rd.snapshot)
         keep = rng.randint(0, len(rd.entries))
+        if rd.snapshot is not None:
+            # The snapshot file is written before the log records that follow it.
+            if rng.random() < 0.5:
+                self.trace(f"node {node.id} crashes before installing a snapshot")
+                self._crash(node)
+                return
+            node.storage.apply_snapshot(rd.snapshot)
         node.storage.append(rd.entries[:keep])
         if keep == len(rd.entries) and rd.hard_state is not None and rng.random() < 0.5:
             node.storage.set_hard_state(rd.hard_state)

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     options = options_from(args)
     console = Console(stderr=True)
-    out = Console()
+    out = Console(soft_wrap=True)
     if args.replay is not None:
         result = run_seed(args.replay, options, verbose=args.verbose)
         for line in result.log:

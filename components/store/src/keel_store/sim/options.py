@@ -45,6 +45,9 @@ class SimOptions:
     unsafe: dict[str, bool] = field(default_factory=dict)
     """``RaftConfig.unsafe_*`` switches to turn on, e.g. {"unsafe_skip_persist_vote": True}."""
     check_linearizability: bool = True
+    check_liveness: bool = True
+    """After healing, a leader must be elected and commit. Without pre-vote, skewed
+    clocks can keep a stale node disrupting elections for long: switch it off then."""
 
     def set(self, assignment: str) -> None:
         """Apply ``name=value`` from the command line (``--set drop_rate=0.2``)."""

@@ -352,6 +352,12 @@ class World:
             if node.armed:
                 self._torn_persist(node, rd)
                 return
+            if self.verbose and rd.soft_state is not None:
+                self.trace(
+                    f"node {node.id} is {rd.soft_state.role.value} in term {raft.term}"
+                    f" (leader {rd.soft_state.leader}, last {raft.log.last_index()},"
+                    f" commit {raft.log.committed}, voters {raft.conf.voters})"
+                )
             storage = node.storage
             if rd.snapshot is not None:
                 storage.apply_snapshot(rd.snapshot)
@@ -440,12 +446,13 @@ class World:
         result.committed = self._max_commit()
         result.acked_writes = len(self.acked)
         members = [n for n in self.nodes.values() if n.raft is not None and not n.removed]
-        if self._leader() is None or result.committed <= commit_at_heal:
+        stalled = self._leader() is None or result.committed <= commit_at_heal
+        if stalled and self.opts.check_liveness:
             raise SimFailure(
                 f"liveness: no leader or no commit in {self.opts.settle_steps} fault-free"
                 f" steps (commit {result.committed}, was {commit_at_heal} at heal)"
             )
-        top = max(n.raft.log.applied for n in members if n.raft)
+        top = max((n.raft.log.applied for n in members if n.raft), default=0)
         for node in members:
             if node.raft is None or node.raft.log.applied < top:
                 continue

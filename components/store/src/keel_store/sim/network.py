@@ -22,6 +22,7 @@ class Network:
         "groups",
         "max_delay",
         "sent",
+        "straggler_factor",
         "straggler_rate",
     )
 
@@ -33,6 +34,7 @@ class Network:
         drop_rate: float,
         duplicate_rate: float,
         straggler_rate: float = 0.02,
+        straggler_factor: int = 5,
     ) -> None:
         self._rng = rng
         self._queue: list[tuple[int, int, Message]] = []
@@ -41,6 +43,7 @@ class Network:
         self.drop_rate = drop_rate
         self.duplicate_rate = duplicate_rate
         self.straggler_rate = straggler_rate
+        self.straggler_factor = straggler_factor
         self.groups: dict[int, int] = {}
         """Node → partition group; nodes in different groups cannot talk. Empty: healed."""
         self.sent = self.dropped = self.delivered = 0
@@ -61,7 +64,7 @@ class Network:
         for _ in range(copies):
             delay = rng.randint(1, self.max_delay)
             if rng.random() < self.straggler_rate:
-                delay *= 5  # a straggler, overtaken by later messages
+                delay *= self.straggler_factor  # a straggler, overtaken by later messages
             self._seq += 1
             heapq.heappush(self._queue, (now + delay, self._seq, m))
 

@@ -37,7 +37,8 @@ class SimOptions:
     restart_rate: float = 0.05
     """Per step, the chance that a crashed node comes back."""
     straggler_rate: float = 0.02
-    """Share of messages delayed 5x (overtaken by later ones)."""
+    """Share of messages delayed ``straggler_factor`` times longer (overtaken by later ones)."""
+    straggler_factor: int = 5
     max_entries_per_message: int = 64
     max_inflight: int = 64
     pre_vote: bool = True

@@ -90,6 +90,7 @@ class World:
             drop_rate=options.drop_rate,
             duplicate_rate=options.duplicate_rate,
             straggler_rate=options.straggler_rate,
+            straggler_factor=options.straggler_factor,
         )
         self.inv = Invariants()
         self.now = 0

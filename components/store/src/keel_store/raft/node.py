@@ -272,9 +272,9 @@ class RaftNode:
         me = self.progress[self.id]
         me.become_replicate()
         me.recent_active = True
-        # No membership change until this term's first entry is applied (see membership).
-        self.pending_conf_index = self.log.last_index()
-        self._append(EntryType.NORMAL, [b""])
+        # No membership change until this term's first entry is applied (see membership):
+        # this closes the single-server-change bug Ongaro described in 2015.
+        self.pending_conf_index = self._append(EntryType.NORMAL, [b""])
 
     def _campaign(self, *, pre_vote: bool, transfer: bool) -> None:
         if pre_vote:

@@ -59,6 +59,8 @@ class RaftNode:
         self.lead_transferee = 0
         self.reads = PendingReads()
         self.messages: list[Message] = []
+        self._broadcast_due = False
+        """New entries wait for ready(): proposals between two Readies share APPENDs."""
         self.read_states: list[ReadState] = []
         self._prev_hard_state = hard_state
         self._prev_soft_state = SoftState(0, Role.FOLLOWER)
@@ -192,6 +194,7 @@ class RaftNode:
         """Is there anything for the caller to persist, send or apply?"""
         return bool(
             self.messages
+            or self._broadcast_due
             or self.read_states
             or self.log.unstable_entries()
             or self.log.unstable_snapshot() is not None
@@ -202,6 +205,10 @@ class RaftNode:
 
     def ready(self) -> Ready:
         """Collect what the caller must do now; hand it back with :meth:`advance`."""
+        if self._broadcast_due:
+            self._broadcast_due = False
+            if self.role is Role.LEADER:
+                self._broadcast_append()
         rd = Ready()
         soft = SoftState(self.leader, self.role)
         if soft != self._prev_soft_state:
@@ -420,7 +427,7 @@ class RaftNode:
         last = self.log.append(entries)
         self.progress[self.id].maybe_update(last)
         self._maybe_commit()
-        self._broadcast_append()
+        self._broadcast_due = True
         return last
 
     def _tick_leader(self) -> None:
@@ -508,8 +515,10 @@ class RaftNode:
 
     def _broadcast_append(self) -> None:
         for nid in self.progress:
-            if nid != self.id:
-                self._send_append(nid)
+            if nid != self.id and self._send_append(nid):
+                # Pipelining: keep streaming batches while the window has room.
+                while self._send_append(nid, send_empty=False):
+                    pass
 
     def _broadcast_heartbeat(self, context: bytes) -> None:
         committed = self.log.committed

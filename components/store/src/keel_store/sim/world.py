@@ -195,7 +195,9 @@ class World:
         rng, opts = self.rng, self.opts
         live = [n for n in self.nodes.values() if not n.removed]
         if rng.random() < opts.crash_rate:
-            node = rng.choice(live)
+            # Half the crashes hit the leader: that is where Raft's hard cases start.
+            leader = self._leader()
+            node = leader if leader is not None and rng.random() < 0.5 else rng.choice(live)
             if node.raft is not None:
                 if rng.random() < opts.torn_ready_rate:
                     node.armed = True
@@ -209,7 +211,11 @@ class World:
                 self.net.heal()
                 self.trace("network heals")
             else:
-                self.net.partition(sorted(n.id for n in live))
+                leader = self._leader()
+                if leader is not None and rng.random() < 0.5:
+                    self.net.groups = {n.id: int(n is leader) for n in live}
+                else:
+                    self.net.partition(sorted(n.id for n in live))
                 self.trace(f"network partitions: {self.net.groups}")
         if rng.random() < opts.membership_rate:
             self._change_membership()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import traceback
 from dataclasses import dataclass, field
 
 from keel_store.raft.config import RaftConfig
@@ -14,7 +15,12 @@ from keel_store.raft.storage import MemoryStorage
 from keel_store.raft.types import EntryType, HardState
 from keel_store.sim.clients import Client, Workload
 from keel_store.sim.history import SimOp, check_linearizable
-from keel_store.sim.invariants import Invariants, InvariantViolation, check_log_matching
+from keel_store.sim.invariants import (
+    Invariants,
+    InvariantViolation,
+    check_leader_view,
+    check_log_matching,
+)
 from keel_store.sim.kv import Command, KVStore
 from keel_store.sim.network import Network
 from keel_store.sim.options import SimOptions
@@ -161,6 +167,13 @@ class World:
         except (InvariantViolation, RaftInvariantError, SimFailure) as exc:
             self.result.ok = False
             self.result.failure = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug anywhere still names its seed
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self.result.ok = False
+            self.result.failure = (
+                f"crash at step {self.now}: {type(exc).__name__}: {exc}"
+                f" ({where.filename}:{where.lineno})"
+            )
         self.result.messages = self.net.sent
         self.result.elections = self.inv.elections
         return self.result
@@ -184,9 +197,24 @@ class World:
             for node in list(self.nodes.values()):
                 if node.raft is not None:
                     self._process_ready(node)
+            self._check_leader_view()
             if now % 100 == 99:
                 check_log_matching({n.id: n.storage for n in self.nodes.values()})
         self._finish(commit_at_heal)
+
+    def _check_leader_view(self) -> None:
+        newest = 0
+        leader = None
+        for node in self.nodes.values():
+            raft = node.raft
+            term = node.storage.hard_state.term
+            if raft is not None:
+                term = max(term, raft.term)
+                if raft.role is Role.LEADER and (leader is None or raft.term > leader.term):
+                    leader = raft
+            newest = max(newest, term)
+        if leader is not None and leader.term == newest:
+            check_leader_view(leader, {n.id: n.storage for n in self.nodes.values()})
 
     def _max_commit(self) -> int:
         return max((n.raft.log.committed for n in self.nodes.values() if n.raft), default=0)

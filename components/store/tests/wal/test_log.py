@@ -20,7 +20,8 @@ D = "/node/wal"
 def fresh(segment_bytes: int = 1 << 20, **kw):
     fs = MemoryFileSystem()
     wal, replay = WriteAheadLog.open(fs, D, segment_bytes=segment_bytes, **kw)
-    assert replay.entries == [] and replay.hard_state == HardState()
+    assert replay.entries == []
+    assert replay.hard_state == HardState()
     return fs, wal
 
 
@@ -73,11 +74,13 @@ def test_overwrite_across_segments_and_compaction():
     wal.sync()
     before = len(wal.segments)
     removed = wal.compact(12)
-    assert removed > 0 and len(wal.segments) == before - removed
+    assert removed > 0
+    assert len(wal.segments) == before - removed
     wal.save(entries(15, 16, term=2), HardState(2, 0, 14))
     fs.crash()
     loaded = store.load()
-    assert loaded is not None and loaded.meta == meta
+    assert loaded is not None
+    assert loaded.meta == meta
     _, replay = reopen(fs, snapshot=loaded.meta, segment_bytes=256)
     assert replay.entries == entries(13, 14, term=2) + entries(15, 16, term=2)
     assert replay.hard_state == HardState(2, 0, 14)
@@ -155,7 +158,7 @@ def test_a_failed_fsync_makes_the_wal_unusable():
     wal.save(entries(1, 2))
     wal.append(entries(3, 3))
     fs.fail_syncs = 1
-    with pytest.raises(WALError, match="sync failed: .*injected"):
+    with pytest.raises(WALError, match=r"sync failed: .*injected"):
         wal.sync()
     with pytest.raises(WALError, match="unusable"):
         wal.sync()

@@ -48,7 +48,8 @@ def test_every_flipped_byte_of_a_record_is_caught():
         damaged = bytearray(one)
         damaged[position] ^= 0x40
         found = rec.scan(bytes(damaged))
-        assert found.records == [] and found.problem is not None, position
+        assert found.records == [], position
+        assert found.problem is not None, position
 
 
 def test_a_cut_record_is_reported_with_what_is_missing():

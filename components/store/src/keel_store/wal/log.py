@@ -224,7 +224,7 @@ class WriteAheadLog:
             if self._offset + self._queued > self._segment_bytes:
                 self._cut()
             self._enqueue(rec.encode_entry(entry))
-            self._segments[-1].saw(entry.index, entry.index)
+            self._segments[-1].saw(entry.index)
             self._last_index = entry.index
         if hard_state is not None and hard_state != self._hard_state:
             self._enqueue(rec.encode_hard_state(hard_state))
@@ -268,15 +268,14 @@ class WriteAheadLog:
             raise ValueError(
                 f"compact({index}) is past the last synced snapshot {self._synced_snapshot.index}"
             )
+        # Dropping segments 0..k is safe when replaying the rest from the snapshot gives
+        # the same log: the first entry written after them must not leave a gap past it.
         removable = 0
-        for k, segment in enumerate(self._segments[:-1]):
-            if segment.max_index is not None:
-                # Entries of this segment survive up to the first index rewritten later.
-                later = [s.min_index for s in self._segments[k + 1 :] if s.min_index is not None]
-                surviving = min(segment.max_index, min(later, default=segment.max_index + 1) - 1)
-                if surviving > index:
-                    break
-            removable = k + 1
+        for k in range(1, len(self._segments)):
+            rest = (s.first_written for s in self._segments[k:] if s.first_written is not None)
+            first = next(rest, None)
+            if (self._last_index if first is None else first - 1) <= index:
+                removable = k
         for segment in self._segments[:removable]:
             self._fs.remove(self._path(segment))
         if removable:

@@ -36,13 +36,13 @@ class Segment:
     """The next index expected when the segment was made (entries overwriting older
     ones may still have lower indices)."""
     name: str
-    min_index: int | None = None
-    max_index: int | None = None
+    first_written: int | None = None
+    """Index of the first entry record in the file (None: no entries yet)."""
 
-    def saw(self, first: int, last: int) -> None:
-        """Note that entries ``first..last`` were written into this segment."""
-        self.min_index = first if self.min_index is None else min(self.min_index, first)
-        self.max_index = last if self.max_index is None else max(self.max_index, last)
+    def saw(self, index: int) -> None:
+        """Note that an entry with ``index`` was written into this segment."""
+        if self.first_written is None:
+            self.first_written = index
 
 
 class Replayer:
@@ -84,7 +84,7 @@ class Replayer:
         if kind is rec.RecordKind.ENTRY:
             entry = rec.unpack_entry(record.payload)
             self._entry(path, record.offset, entry)
-            segment.saw(entry.index, entry.index)
+            segment.saw(entry.index)
         elif kind is rec.RecordKind.HARD_STATE:
             self.hard_state = rec.unpack_hard_state(record.payload)
         elif kind is rec.RecordKind.SNAPSHOT:

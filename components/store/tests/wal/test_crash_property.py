@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from keel_store.raft.types import Entry, HardState, Snapshot, SnapshotMeta
 from keel_store.wal import MemoryFileSystem, SnapshotStore, WriteAheadLog
 
@@ -39,9 +38,7 @@ def open_wal(fs, store, segment_bytes, preallocate):
     )  # fmt: skip
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_acknowledged_records_survive_any_crash(data):
     seed = data.draw(st.integers(0, 2**32), label="seed")

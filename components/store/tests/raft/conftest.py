@@ -1,0 +1,91 @@
+"""A tiny lossless in-process network for driving RaftNodes in unit tests."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from keel_store.raft import (
+    ConfState,
+    MemoryStorage,
+    Message,
+    RaftConfig,
+    RaftNode,
+    Snapshot,
+    SnapshotMeta,
+)
+
+
+class Cluster:
+    """Nodes 1..n on a perfect network; ``drop`` filters messages out."""
+
+    def __init__(self, n: int, **options: object) -> None:
+        self.storages: dict[int, MemoryStorage] = {}
+        self.nodes: dict[int, RaftNode] = {}
+        self.applied: dict[int, list[bytes]] = {}
+        self.options = options
+        self.down: set[int] = set()
+        self.cut: set[tuple[int, int]] = set()
+        voters = tuple(range(1, n + 1))
+        for nid in voters:
+            storage = MemoryStorage()
+            storage.apply_snapshot(Snapshot(SnapshotMeta(conf=ConfState(voters=voters))))
+            self.storages[nid] = storage
+            self.start(nid)
+
+    def start(self, nid: int, storage: MemoryStorage | None = None) -> RaftNode:
+        if storage is not None:
+            self.storages[nid] = storage
+        cfg = RaftConfig(id=nid, rng=random.Random(nid), **self.options)  # type: ignore[arg-type]
+        node = RaftNode(cfg, self.storages[nid])
+        self.nodes[nid] = node
+        self.applied[nid] = []
+        self.down.discard(nid)
+        return node
+
+    def deliver(self, messages: list[Message]) -> None:
+        queue = list(messages)
+        while queue:
+            m = queue.pop(0)
+            if m.to in self.down or (m.sender, m.to) in self.cut or m.to not in self.nodes:
+                continue
+            self.nodes[m.to].step(m)
+            queue.extend(self.flush(m.to))
+
+    def flush(self, nid: int) -> list[Message]:
+        node = self.nodes[nid]
+        out: list[Message] = []
+        while node.has_ready():
+            rd = node.ready()
+            storage = self.storages[nid]
+            if rd.snapshot is not None:
+                storage.apply_snapshot(rd.snapshot)
+            storage.append(rd.entries)
+            if rd.hard_state is not None:
+                storage.set_hard_state(rd.hard_state)
+            out.extend(rd.messages)
+            self.applied[nid].extend(e.data for e in rd.committed_entries if e.data)
+            node.advance(rd)
+        return out
+
+    def settle(self) -> None:
+        for nid in sorted(self.nodes):
+            if nid not in self.down:
+                self.deliver(self.flush(nid))
+
+    def tick(self, nid: int | None = None, times: int = 1) -> None:
+        for _ in range(times):
+            for i in sorted(self.nodes) if nid is None else [nid]:
+                if i not in self.down:
+                    self.nodes[i].tick()
+            self.settle()
+
+    def elect(self, nid: int) -> RaftNode:
+        self.nodes[nid].campaign()
+        self.settle()
+        return self.nodes[nid]
+
+
+@pytest.fixture
+def cluster3() -> Cluster:
+    return Cluster(3)

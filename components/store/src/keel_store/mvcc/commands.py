@@ -12,6 +12,7 @@ import struct
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
+
 from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.store import StateMachine
 from keel_store.pb import rpcpb

@@ -13,9 +13,10 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from sortedcontainers import SortedDict
+
 from keel_store.mvcc import errors
 from keel_store.pb import mvccpb
-from sortedcontainers import SortedDict
 
 KeyValue = mvccpb.KeyValue
 Event = mvccpb.Event

@@ -13,6 +13,7 @@ import struct
 import zlib
 
 from google.protobuf.message import DecodeError
+
 from keel_store.mvcc.keyspace import KeyHistory, KeyValue
 from keel_store.mvcc.store import Lease, StateMachine
 

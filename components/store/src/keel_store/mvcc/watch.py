@@ -64,6 +64,10 @@ class WatchHub:
         self._exact: dict[bytes, set[Watcher]] = {}
         self._ranges: set[Watcher] = set()
 
+    def rebind(self, kv: KeySpace) -> None:
+        """Follow a new key space (after a snapshot was installed); watches stay."""
+        self._kv = kv
+
     def __len__(self) -> int:
         return len(self._ranges) + sum(len(s) for s in self._exact.values())
 

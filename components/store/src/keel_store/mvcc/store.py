@@ -79,12 +79,12 @@ class StateMachine:
 
         ``in_write``: called inside a write transaction, whose earlier writes it sees.
         """
-        if in_write and req.revision <= 0:
-            rev = self.kv.write_revision if self.kv.changed else self.kv.revision
-        else:
-            rev = self.kv.check_revision(req.revision)
+        # The header carries the store's current revision, whatever revision is read
+        # (inside a write txn: the txn's revision once it has changed something).
+        current = self.kv.write_revision if in_write and self.kv.changed else self.kv.revision
+        rev = current if req.revision <= 0 else self.kv.check_revision(req.revision)
         kvs = self.kv.range(req.key, _end(req.range_end), rev)
-        resp = rpcpb.RangeResponse(header=self._header(rev), count=len(kvs))
+        resp = rpcpb.RangeResponse(header=self._header(current), count=len(kvs))
         if req.max_mod_revision:
             kvs = [kv for kv in kvs if kv.mod_revision <= req.max_mod_revision]
         if req.min_mod_revision:

@@ -77,6 +77,7 @@ def etcdctl(
     """Run Debian's etcdctl (v3 API) against ``endpoints``."""
     result = subprocess.run(
         [ETCDCTL, f"--endpoints={endpoints}", "--dial-timeout=3s", "--command-timeout=10s", *args],
+        check=False,
         input=input,
         capture_output=True,
         text=True,

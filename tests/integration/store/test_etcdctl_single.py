@@ -26,7 +26,6 @@ SCRIPT: list[list[str]] = [
     ["get", "--prefix", "a/", "--limit=2", "-w", "json"],
     ["get", "--prefix", "a/", "--sort-by=VALUE", "--order=DESCEND", "-w", "json"],
     ["get", "--prefix", "a/", "--sort-by=MODIFY", "--order=ASCEND", "--keys-only"],
-    ["get", "--prefix", "a/", "--count-only", "-w", "json"],
     ["get", "--from-key", "b", "-w", "json"],
     ["get", "--prefix", "", "--consistency=s", "--order=DESCEND"],
     ["del", "fop"],

@@ -104,6 +104,7 @@ class StoreNode:
         self._next_id = self._rng.getrandbits(40)
         self.last_snapshot_index = 0
         self.leader_changed = asyncio.Event()
+        self._known_leader = 0
         self.stopped = False
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -136,6 +137,9 @@ class StoreNode:
         await self.transport.listen(
             self.config.listen_peer_url or self.cluster.self_peer_url(self.config.name)
         )
+        me = self.cluster.members[self.member_id]
+        self.transport.hello_info = {"name": me.name, "client_urls": me.client_urls}
+        self.transport.on_hello = self._on_hello
         self.transport.set_peers(self.cluster.peer_urls())
         self._tasks = [
             asyncio.create_task(self._run()),
@@ -233,6 +237,9 @@ class StoreNode:
                         self.lessor.promote(time.monotonic())
                         self._revoking.clear()
                     was_leader = leader_now
+                    if rd.soft_state.leader != self._known_leader:
+                        self._known_leader = rd.soft_state.leader
+                        self._fail_in_flight()
                     self.leader_changed.set()
                     self.leader_changed = asyncio.Event()
                 if rd.snapshot is not None:
@@ -257,6 +264,26 @@ class StoreNode:
                     self._read_ready(rs)
                 self._maybe_snapshot()
             self._release_apply_waits()
+
+    def _fail_in_flight(self) -> None:
+        """The leader changed: what was sent to the old one may be lost.
+
+        Pending writes fail with etcd's "leader changed" (their outcome is unknown, as
+        with etcd; clients retry). Reads are safe to repeat, so their rounds restart.
+        """
+        for request_id, fut in list(self._waiters.items()):
+            if not fut.done():
+                fut.set_exception(errors.LEADER_CHANGED)
+            self._waiters.pop(request_id, None)
+        for call_id, call in list(self._calls.items()):
+            if not call.done():
+                call.set_exception(errors.LEADER_CHANGED)
+            self._calls.pop(call_id, None)
+        for ctx in list(self._read_rounds):
+            self._reads.extend(self._read_rounds.pop(ctx))
+        self._remote_reads.clear()
+        if self._reads:
+            self._wake.set()
 
     def _apply(self, index: int, data: bytes) -> None:
         try:
@@ -378,6 +405,7 @@ class StoreNode:
         batch = self._read_rounds.pop(ctx, [])
         if fut.cancelled() or fut.exception() is not None:
             self._reads.extend(batch)
+            self._wake.set()
             return
         index = struct.unpack(">Q", fut.result())[0]
         self._wait_applied(index, batch)
@@ -456,6 +484,12 @@ class StoreNode:
         return self._rng.getrandbits(62) | (1 << 61)
 
     # --- peer frames ------------------------------------------------------------------------------
+
+    def _on_hello(self, sender: int, info: dict[str, object]) -> None:
+        member = self.cluster.members.get(sender)
+        urls = info.get("client_urls")
+        if member is not None and isinstance(urls, list):
+            member.client_urls = [str(u) for u in urls]
 
     def _on_frame(self, sender: int, kind: int, payload: bytes) -> None:
         if kind == transport.RAFT:

@@ -143,6 +143,9 @@ class PeerTransport:
         self._readers: set[asyncio.Task[None]] = set()
         self.paused: set[int] = set()
         """Peers whose traffic is dropped (fault injection from tests)."""
+        self.hello_info: dict[str, object] = {}
+        """Sent to every peer on connect (this member's name and client URLs)."""
+        self.on_hello: Callable[[int, dict[str, object]], None] | None = None
 
     async def listen(self, url: str) -> None:
         host, port = host_port(url)
@@ -178,8 +181,10 @@ class PeerTransport:
 
     async def _send_loop(self, pid: int) -> None:
         queue = self._queues[pid]
-        hello = json.dumps({"token": self.token, "from": self.member_id}).encode()
         while True:
+            hello = json.dumps(
+                {**self.hello_info, "token": self.token, "from": self.member_id}
+            ).encode()
             writer = None
             try:
                 host, port = host_port(self.peers[pid])
@@ -212,6 +217,8 @@ class PeerTransport:
                 log.warning("peer refused: wrong cluster token %r", hello.get("token"))
                 return
             sender = int(hello["from"])
+            if self.on_hello is not None:
+                self.on_hello(sender, hello)
             while True:
                 size, kind = _FRAME.unpack(await reader.readexactly(_FRAME.size))
                 if size - 1 > MAX_FRAME:

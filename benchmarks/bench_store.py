@@ -13,6 +13,7 @@ Options: ``--quick`` (smaller counts), ``--nodes=1,3``, ``--check-perf`` (adds
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -202,10 +203,8 @@ async def watch_fanout(ep: str, watchers: int, puts: int) -> dict[str, float]:
         start = time.perf_counter()
         for i in range(puts):
             await kv.Put(rpcpb.PutRequest(key=b"fan/%d" % i, value=VALUE))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), 60)
-        except TimeoutError:
-            pass
         elapsed = time.perf_counter() - start
         for t in tasks:
             t.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 from keel_store.raft import (
@@ -11,6 +12,7 @@ from keel_store.raft import (
     Message,
     RaftConfig,
     RaftNode,
+    Role,
     Snapshot,
     SnapshotMeta,
 )
@@ -26,6 +28,7 @@ class Cluster:
         self.options = options
         self.down: set[int] = set()
         self.cut: set[tuple[int, int]] = set()
+        self.rewrite: Callable[[Message], Message | None] = lambda m: m
         voters = tuple(range(1, n + 1))
         for nid in voters:
             storage = MemoryStorage()
@@ -49,6 +52,10 @@ class Cluster:
             m = queue.pop(0)
             if m.to in self.down or (m.sender, m.to) in self.cut or m.to not in self.nodes:
                 continue
+            rewritten = self.rewrite(m)
+            if rewritten is None:
+                continue
+            m = rewritten
             self.nodes[m.to].step(m)
             queue.extend(self.flush(m.to))
 
@@ -79,6 +86,13 @@ class Cluster:
                 if i not in self.down:
                     self.nodes[i].tick()
             self.settle()
+
+    def leader(self) -> RaftNode:
+        """The one live leader with the highest term."""
+        live = [n for i, n in self.nodes.items() if i not in self.down]
+        leaders = [n for n in live if n.role is Role.LEADER]
+        assert leaders, "no leader"
+        return max(leaders, key=lambda n: n.term)
 
     def elect(self, nid: int) -> RaftNode:
         self.nodes[nid].campaign()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from keel_store.raft.types import ConfState
+from keel_store.raft.types import ConfState, Entry, EntryType
 
 
 class ConfChangeType(enum.Enum):
@@ -73,3 +73,20 @@ def quorum_index(voters: tuple[int, ...], match: dict[int, int]) -> int:
 def has_quorum(voters: tuple[int, ...], granted: set[int] | dict[int, bool]) -> bool:
     """Do the members of ``granted`` that are voters form a majority of ``voters``?"""
     return sum(1 for v in voters if v in granted) > len(voters) // 2
+
+
+def bootstrap_entries(voters: tuple[int, ...]) -> list[Entry]:
+    """The log every founding member starts with: one committed ADD_VOTER per voter, term 1.
+
+    Keeping the founding configuration in the log (rather than only in the founders'
+    storage) lets a node added later learn it by replaying the log from index 1.
+    """
+    return [
+        Entry(
+            term=1,
+            index=i,
+            type=EntryType.CONF_CHANGE,
+            data=ConfChange(ConfChangeType.ADD_VOTER, v).encode(),
+        )
+        for i, v in enumerate(voters, start=1)
+    ]

@@ -6,6 +6,7 @@ killed by PID when the test ends; nothing survives a test run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,6 +93,73 @@ def etcdctl(
     return result
 
 
+class PeerProxy:
+    """A TCP forwarder 127.0.0.1:``port`` -> 127.0.0.1:``target`` that can be cut."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.target = target
+        self.blocked = False
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", port))
+        self._server.settimeout(0.2)
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self.blocked:
+                conn.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+            except OSError:
+                conn.close()
+                continue
+            with self._lock:
+                self._conns += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones (a partition, inbound)."""
+        self.blocked = True
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+    def heal(self) -> None:
+        self.blocked = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._server.close()
+        self._thread.join(5)
+
+
 class Cluster:
     """n members of keel-store (or etcd), started together."""
 
@@ -102,11 +171,21 @@ class Cluster:
         *,
         fsync: bool = True,
         extra: list[str] | None = None,
+        proxied: bool = False,
     ) -> None:
         self.members: list[Proc] = []
+        self.proxies: list[PeerProxy] = []
         peers = [(f"m{i}", f"http://127.0.0.1:{free_port()}") for i in range(n)]
         initial = ",".join(f"{name}={url}" for name, url in peers)
         for name, peer_url in peers:
+            listen_peer = peer_url
+            if proxied:
+                # Peers reach this member through a proxy on its advertised port, so a
+                # test can cut the member off (inbound) without touching the process.
+                listen_peer = f"http://127.0.0.1:{free_port()}"
+                self.proxies.append(
+                    PeerProxy(int(peer_url.rsplit(":", 1)[1]), int(listen_peer.rsplit(":", 1)[1]))
+                )
             client_url = f"http://127.0.0.1:{free_port()}"
             data_dir = tmp / binary / name
             flags = [
@@ -114,7 +193,7 @@ class Cluster:
                 f"--data-dir={data_dir}",
                 f"--listen-client-urls={client_url}",
                 f"--advertise-client-urls={client_url}",
-                f"--listen-peer-urls={peer_url}",
+                f"--listen-peer-urls={listen_peer}",
                 f"--initial-advertise-peer-urls={peer_url}",
                 f"--initial-cluster={initial}",
                 "--initial-cluster-token=keel-test",
@@ -176,6 +255,8 @@ class Cluster:
     def stop(self) -> None:
         for m in self.members:
             m.kill(signal.SIGKILL)
+        for proxy in self.proxies:
+            proxy.close()
 
 
 @pytest.fixture

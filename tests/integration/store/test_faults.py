@@ -39,6 +39,7 @@ def cas(client: Client, key: str, expected: str | None, value: str) -> bool:
 def worker(
     wid: int,
     endpoints: list[str],
+    *,
     recorder: Recorder,
     stop: threading.Event,
     lock: threading.Lock,
@@ -89,7 +90,11 @@ def test_kills_and_partitions_keep_history_linearizable(make_cluster) -> None:
     stop = threading.Event()
     done = [0]
     threads = [
-        threading.Thread(target=worker, args=(w, endpoints, recorder, stop, lock, done))
+        threading.Thread(
+            target=worker,
+            args=(w, endpoints),
+            kwargs={"recorder": recorder, "stop": stop, "lock": lock, "done": done},
+        )
         for w in range(6)
     ]
     for t in threads:

@@ -19,6 +19,7 @@ PYTHON = "3.11"
 CONSTRAINTS = ["-c", str(ROOT / "constraints.txt")]
 TEST_DEPS = [
     "pytest", "pytest-xdist", "pytest-timeout", "hypothesis", "pytest-virtualenv",
+    "aetcd",  # host tests: a third-party etcd client library against keel-store
 ]
 LINT_DEPS = ["ruff", "mypy", "types-PyYAML"]
 SIM_SEEDS_CI = "500"

@@ -164,6 +164,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         snapshot_count=args.snapshot_count,
         quota_bytes=args.quota_backend_bytes or (2 << 30),
         fsync=not args.unsafe_no_fsync,
+        join_existing=args.initial_cluster_state == "existing",
         listen_peer_url=_first(args.listen_peer_urls, "listen-peer-urls"),
     )
 

@@ -31,6 +31,10 @@ class Kind(enum.IntEnum):
     LEASE_REVOKE = 6
     RANGE = 7
     """A linearizable read through the log (used when ReadIndex is not available)."""
+    MEMBER_ADD = 8
+    MEMBER_REMOVE = 9
+    MEMBER_UPDATE = 10
+    MEMBER_PROMOTE = 11
 
 
 _MESSAGES: dict[Kind, type[Message]] = {
@@ -41,6 +45,10 @@ _MESSAGES: dict[Kind, type[Message]] = {
     Kind.LEASE_GRANT: rpcpb.LeaseGrantRequest,
     Kind.LEASE_REVOKE: rpcpb.LeaseRevokeRequest,
     Kind.RANGE: rpcpb.RangeRequest,
+    Kind.MEMBER_ADD: rpcpb.Member,
+    Kind.MEMBER_REMOVE: rpcpb.MemberRemoveRequest,
+    Kind.MEMBER_UPDATE: rpcpb.MemberUpdateRequest,
+    Kind.MEMBER_PROMOTE: rpcpb.MemberPromoteRequest,
 }
 
 
@@ -87,6 +95,14 @@ def apply(sm: StateMachine, index: int, data: bytes) -> tuple[int, Any]:
             return request_id, sm.lease_grant(req)
         if kind is Kind.LEASE_REVOKE:
             return request_id, sm.lease_revoke(req)
+        if kind is Kind.MEMBER_ADD:
+            return request_id, sm.member_add(req)
+        if kind is Kind.MEMBER_REMOVE:
+            return request_id, sm.member_remove(req)
+        if kind is Kind.MEMBER_UPDATE:
+            return request_id, sm.member_update(req)
+        if kind is Kind.MEMBER_PROMOTE:
+            return request_id, sm.member_promote(req)
         return request_id, sm.range(req)
     except EtcdError as exc:
         return request_id, exc

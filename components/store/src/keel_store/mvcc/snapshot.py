@@ -15,7 +15,7 @@ import zlib
 from google.protobuf.message import DecodeError
 
 from keel_store.mvcc.keyspace import KeyHistory, KeyValue
-from keel_store.mvcc.store import Lease, StateMachine
+from keel_store.mvcc.store import Lease, MemberRecord, StateMachine
 
 MAGIC = b"KEELSNAP1\n"
 _U32 = struct.Struct(">I")
@@ -30,6 +30,10 @@ def save(sm: StateMachine) -> bytes:
         "revision": sm.kv.revision,
         "compact_revision": sm.kv.compact_revision,
         "applied_index": sm.applied_index,
+        "members": [
+            [m.id, m.name, m.peer_urls, m.is_learner]
+            for m in sorted(sm.members.values(), key=lambda m: m.id)
+        ],
         "leases": [
             [lease.id, lease.ttl] for lease in sorted(sm.leases.values(), key=lambda x: x.id)
         ],
@@ -57,6 +61,8 @@ def restore(data: bytes) -> StateMachine:
     sm.kv.revision = head["revision"]
     sm.kv.compact_revision = head["compact_revision"]
     sm.applied_index = head["applied_index"]
+    for mid, name, peer_urls, is_learner in head.get("members", []):
+        sm.members[mid] = MemberRecord(mid, name, peer_urls, is_learner)
     for lease_id, ttl in head["leases"]:
         sm.leases[lease_id] = Lease(lease_id, ttl)
     pos = newline + 1

@@ -32,6 +32,17 @@ class Lease:
     keys: set[bytes] = field(default_factory=set)
 
 
+@dataclass(slots=True)
+class MemberRecord:
+    """A cluster member as replicated through the log (attributes like the name of a
+    member that has not started yet may be empty)."""
+
+    id: int
+    name: str
+    peer_urls: list[str]
+    is_learner: bool = False
+
+
 def _end(range_end: bytes) -> bytes:
     """etcd's ``mkGteRange``: ``"\\0"`` means every key from ``key`` on."""
     return range_end
@@ -46,6 +57,8 @@ class StateMachine:
         self.applied_index = 0
         """Index of the last Raft entry applied (etcd's consistent index)."""
         self.listeners: list[Listener] = []
+        self.members: dict[int, MemberRecord] = {}
+        """The cluster's members; the Raft configuration is reconciled to follow it."""
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -255,6 +268,57 @@ class StateMachine:
             self.kv.delete(key, b"")
         self._commit()
         return rpcpb.LeaseRevokeResponse(header=self._header())
+
+    # --- membership -------------------------------------------------------------------
+
+    def _member_list(self) -> list[rpcpb.Member]:
+        return [
+            rpcpb.Member(ID=m.id, name=m.name, peerURLs=m.peer_urls, isLearner=m.is_learner)
+            for m in sorted(self.members.values(), key=lambda m: m.id)
+        ]
+
+    def member_add(self, req: rpcpb.Member) -> rpcpb.MemberAddResponse:
+        """Cluster.MemberAdd with the ID the proposer derived from the peer URLs."""
+        if req.ID in self.members:
+            raise errors.MEMBER_EXISTS
+        used = {u for m in self.members.values() for u in m.peer_urls}
+        if used & set(req.peerURLs):
+            raise errors.PEER_URL_EXISTS
+        self.members[req.ID] = MemberRecord(req.ID, req.name, list(req.peerURLs), req.isLearner)
+        resp = rpcpb.MemberAddResponse(header=self._header())
+        resp.member.CopyFrom(req)
+        resp.members.extend(self._member_list())
+        return resp
+
+    def member_remove(self, req: rpcpb.MemberRemoveRequest) -> rpcpb.MemberRemoveResponse:
+        if self.members.pop(req.ID, None) is None:
+            raise errors.MEMBER_NOT_FOUND
+        resp = rpcpb.MemberRemoveResponse(header=self._header())
+        resp.members.extend(self._member_list())
+        return resp
+
+    def member_update(self, req: rpcpb.MemberUpdateRequest) -> rpcpb.MemberUpdateResponse:
+        member = self.members.get(req.ID)
+        if member is None:
+            raise errors.MEMBER_NOT_FOUND
+        others = {u for m in self.members.values() if m.id != req.ID for u in m.peer_urls}
+        if others & set(req.peerURLs):
+            raise errors.PEER_URL_EXISTS
+        member.peer_urls = list(req.peerURLs)
+        resp = rpcpb.MemberUpdateResponse(header=self._header())
+        resp.members.extend(self._member_list())
+        return resp
+
+    def member_promote(self, req: rpcpb.MemberPromoteRequest) -> rpcpb.MemberPromoteResponse:
+        member = self.members.get(req.ID)
+        if member is None:
+            raise errors.MEMBER_NOT_FOUND
+        if not member.is_learner:
+            raise errors.MEMBER_NOT_LEARNER
+        member.is_learner = False
+        resp = rpcpb.MemberPromoteResponse(header=self._header())
+        resp.members.extend(self._member_list())
+        return resp
 
 
 def _compare_kv(cmp: rpcpb.Compare, kv: KeyValue) -> bool:

@@ -54,9 +54,9 @@ class Cluster:
         for name, urls in initial.items():
             mid = member_id(urls, token)
             self.members[mid] = Member(mid, name, urls)
-        digest = hashlib.sha1(
-            b"".join(m.to_bytes(8, "big") for m in sorted(self.members)) + token.encode()
-        ).digest()
+        # One ID for the whole life of the cluster, known to members that join later:
+        # derived from the token alone (etcd hashes the initial member IDs instead).
+        digest = hashlib.sha1(b"keel-cluster:" + token.encode()).digest()
         self.cluster_id = int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
     def by_name(self, name: str) -> Member:

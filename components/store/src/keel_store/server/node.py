@@ -29,9 +29,11 @@ from keel_store.mvcc import commands, errors, snapshot
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.lessor import Lessor
-from keel_store.mvcc.store import StateMachine
+from keel_store.mvcc.store import MemberRecord, StateMachine
 from keel_store.mvcc.watch import WatchHub
 from keel_store.raft import (
+    ConfChange,
+    ConfChangeType,
     ConfState,
     MemoryStorage,
     ProposalDroppedError,
@@ -65,6 +67,8 @@ class NodeConfig:
     request_timeout: float = 7.0
     quota_bytes: int = 2 << 30
     fsync: bool = True
+    join_existing: bool = False
+    """``--initial-cluster-state=existing``: join a running cluster (after MemberAdd)."""
     listen_peer_url: str = ""
     """Where to accept peers (default: this member's URL in the cluster)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +108,8 @@ class StoreNode:
         self._next_id = self._rng.getrandbits(40)
         self.last_snapshot_index = 0
         self.leader_changed = asyncio.Event()
+        self.attributes: dict[int, tuple[str, list[str]]] = {}
+        """Member ID -> (name, client URLs) as each member announced itself."""
         self._known_leader = 0
         self.stopped = False
 
@@ -113,7 +119,13 @@ class StoreNode:
         """Recover from disk (or bootstrap), listen for peers, start the loops."""
         recovered = self.disk.recover()
         if recovered.snapshot is None:
-            conf = ConfState(voters=tuple(sorted(self.cluster.voter_ids())))
+            for m in self.cluster.members.values():
+                self.sm.members[m.id] = MemberRecord(m.id, m.name, list(m.peer_urls))
+            voters = self.cluster.voter_ids()
+            if self.config.join_existing:
+                # We are added by a conf change in the log we are about to receive.
+                voters = [v for v in voters if v != self.member_id]
+            conf = ConfState(voters=tuple(sorted(voters)))
             boot = Snapshot(SnapshotMeta(index=0, term=0, conf=conf), snapshot.save(self.sm))
             self.disk.save_snapshot(boot, [], recovered.hard_state)
             recovered.snapshot = boot
@@ -138,9 +150,10 @@ class StoreNode:
             self.config.listen_peer_url or self.cluster.self_peer_url(self.config.name)
         )
         me = self.cluster.members[self.member_id]
+        self.attributes[self.member_id] = (me.name, list(me.client_urls))
         self.transport.hello_info = {"name": me.name, "client_urls": me.client_urls}
         self.transport.on_hello = self._on_hello
-        self.transport.set_peers(self.cluster.peer_urls())
+        self._refresh_peers()
         self._tasks = [
             asyncio.create_task(self._run()),
             asyncio.create_task(self._ticker()),
@@ -208,6 +221,7 @@ class StoreNode:
     def _tick(self) -> None:
         self.raft.tick()
         if self.is_leader:
+            self._reconcile_membership()
             now = time.monotonic()
             for lease_id in self.lessor.expired(now):
                 if lease_id not in self._revoking and lease_id in self.sm.leases:
@@ -245,6 +259,7 @@ class StoreNode:
                 if rd.snapshot is not None:
                     self.storage.apply_snapshot(rd.snapshot)
                     self._install_state(rd.snapshot)
+                    self._refresh_peers()
                     self.disk.save_snapshot(
                         rd.snapshot, [], rd.hard_state or self.storage.hard_state
                     )
@@ -297,6 +312,8 @@ class StoreNode:
         if isinstance(result, PbMessage):
             kind = data[0] if data else 0
             now = time.monotonic()
+            if kind in (Kind.MEMBER_ADD, Kind.MEMBER_REMOVE, Kind.MEMBER_UPDATE):
+                self._refresh_peers()
             if kind == Kind.LEASE_GRANT:
                 self.lessor.grant(result.ID, result.TTL, now)
             elif kind == Kind.LEASE_REVOKE:
@@ -488,10 +505,56 @@ class StoreNode:
     # --- peer frames ------------------------------------------------------------------------------
 
     def _on_hello(self, sender: int, info: dict[str, object]) -> None:
-        member = self.cluster.members.get(sender)
         urls = info.get("client_urls")
-        if member is not None and isinstance(urls, list):
-            member.client_urls = [str(u) for u in urls]
+        name = info.get("name")
+        if isinstance(urls, list) and isinstance(name, str):
+            self.attributes[sender] = (name, [str(u) for u in urls])
+
+    def _refresh_peers(self) -> None:
+        self.transport.set_peers(
+            {m.id: m.peer_urls[0] for m in self.sm.members.values() if m.peer_urls}
+        )
+
+    def member_list(self) -> list[Any]:
+        """etcd's Member messages: replicated membership plus announced attributes."""
+        from keel_store.pb import rpcpb  # noqa: PLC0415
+
+        out = []
+        for m in sorted(self.sm.members.values(), key=lambda m: m.id):
+            name, client_urls = self.attributes.get(m.id, (m.name, []))
+            out.append(
+                rpcpb.Member(
+                    ID=m.id,
+                    name=name,
+                    peerURLs=m.peer_urls,
+                    clientURLs=client_urls,
+                    isLearner=m.is_learner,
+                )
+            )
+        return out
+
+    def _reconcile_membership(self) -> None:
+        """Leader: move the Raft configuration one step towards the replicated members."""
+        if self.raft.pending_conf_index > self.raft.log.applied:
+            return
+        conf = self.raft.conf
+        change: ConfChange | None = None
+        for m in sorted(self.sm.members.values(), key=lambda m: m.id):
+            if m.is_learner and m.id not in conf.learners and m.id not in conf.voters:
+                change = ConfChange(ConfChangeType.ADD_LEARNER, m.id)
+            elif not m.is_learner and m.id not in conf.voters:
+                change = ConfChange(ConfChangeType.ADD_VOTER, m.id)
+            if change:
+                break
+        if change is None:
+            for nid in (*conf.voters, *conf.learners):
+                if nid not in self.sm.members:
+                    change = ConfChange(ConfChangeType.REMOVE, nid)
+                    break
+        if change is not None:
+            with contextlib.suppress(ProposalDroppedError):
+                self.raft.propose_conf_change(change)
+                log.info("membership: proposed %s %x", change.type.value, change.node_id)
 
     def _on_frame(self, sender: int, kind: int, payload: bytes) -> None:
         if kind == transport.RAFT:

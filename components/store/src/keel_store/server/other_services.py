@@ -11,7 +11,9 @@ from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.kv_service import Headers, abort, guarded
+from keel_store.server.members import member_id
 from keel_store.server.node import StoreNode
+from keel_store.server.transport import host_port
 
 ETCD_VERSION = "3.4.23"
 """The etcd version we answer with: the API level we implement (what etcdctl checks)."""
@@ -81,55 +83,51 @@ class LeaseService(rpcgrpc.LeaseServicer):  # type: ignore[misc]
         return resp
 
 
-def _member(member: Any) -> rpcpb.Member:
-    return rpcpb.Member(
-        ID=member.id,
-        name=member.name,
-        peerURLs=member.peer_urls,
-        clientURLs=member.client_urls,
-        isLearner=member.is_learner,
-    )
-
-
 class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
-    """Cluster: the member list (membership changes are not implemented yet)."""
+    """Cluster: membership changes go through the log; Raft's configuration follows."""
 
     def __init__(self, node: StoreNode) -> None:
         self.node = node
         self.headers = Headers(node)
 
-    @guarded
-    async def MemberList(self, request: Any, context: Any) -> Any:
-        resp = rpcpb.MemberListResponse()
-        for member in sorted(self.node.cluster.members.values(), key=lambda m: m.id):
-            resp.members.append(_member(member))
+    def _with_members(self, resp: Any) -> Any:
+        del resp.members[:]
+        resp.members.extend(self.node.member_list())
         self.headers.fill(resp.header)
         return resp
 
     @guarded
+    async def MemberList(self, request: Any, context: Any) -> Any:
+        return self._with_members(rpcpb.MemberListResponse())
+
+    @guarded
     async def MemberAdd(self, request: Any, context: Any) -> Any:
-        raise errors.NOT_CAPABLE
+        """The new member's ID derives from its peer URLs, as the joiner computes it."""
+        urls = list(request.peerURLs)
+        try:
+            if not urls:
+                raise ValueError("no peer URL")
+            for url in urls:
+                host_port(url)
+        except ValueError:
+            raise errors.MEMBER_BAD_URLS from None
+        member = rpcpb.Member(
+            ID=member_id(urls, self.node.cluster.token), peerURLs=urls, isLearner=request.isLearner
+        )
+        resp = await self.node.propose(Kind.MEMBER_ADD, member)
+        return self._with_members(resp)
 
     @guarded
     async def MemberRemove(self, request: Any, context: Any) -> Any:
-        if request.ID not in self.node.cluster.members:
-            raise errors.MEMBER_NOT_FOUND
-        raise errors.NOT_CAPABLE
+        return self._with_members(await self.node.propose(Kind.MEMBER_REMOVE, request))
 
     @guarded
     async def MemberUpdate(self, request: Any, context: Any) -> Any:
-        if request.ID not in self.node.cluster.members:
-            raise errors.MEMBER_NOT_FOUND
-        raise errors.NOT_CAPABLE
+        return self._with_members(await self.node.propose(Kind.MEMBER_UPDATE, request))
 
     @guarded
     async def MemberPromote(self, request: Any, context: Any) -> Any:
-        member = self.node.cluster.members.get(request.ID)
-        if member is None:
-            raise errors.MEMBER_NOT_FOUND
-        if not member.is_learner:
-            raise errors.MEMBER_NOT_LEARNER
-        raise errors.NOT_CAPABLE
+        return self._with_members(await self.node.propose(Kind.MEMBER_PROMOTE, request))
 
 
 def snapshot_stream(data: bytes) -> bytes:
@@ -206,7 +204,7 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
         node = self.node
         if not node.is_leader:
             raise errors.NOT_LEADER
-        if request.targetID not in node.cluster.members:
+        if request.targetID not in node.sm.members:
             raise errors.MEMBER_NOT_FOUND
         await node.transfer_leadership(request.targetID)
         resp = rpcpb.MoveLeaderResponse()

@@ -339,8 +339,10 @@ class StoreNode:
             else []
         )
         self.disk.save_snapshot(snap, keep, self.storage.hard_state)
-        # Keep some log behind the snapshot so slightly lagging followers need no snapshot.
-        self.storage.compact(max(self.last_snapshot_index, applied - 1000))
+        # Keep some log behind the snapshot (etcd: 5000 entries) so slightly lagging
+        # followers catch up from the log rather than a snapshot.
+        retain = min(5000, self.config.snapshot_count)
+        self.storage.compact(max(self.last_snapshot_index, applied - retain))
         self.last_snapshot_index = applied
 
     # --- proposals ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,8 +57,7 @@ def wait_for(
 
 
 @pytest.fixture
-def host_root() -> Iterator[None]:
+def host_root() -> None:
     """Skip unless we are root with runc (host tests)."""
     if os.geteuid() != 0 or shutil.which("runc") is None:
         pytest.skip("host tests need root and runc")
-    yield

@@ -7,6 +7,7 @@ mount namespace without that mount (see :mod:`keel_supervisor.runtimes`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -79,7 +80,5 @@ def prune(cgroups_path: str, root: Path = CGROUP_ROOT) -> None:
     for hierarchy in [root, *(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []:
         path = hierarchy / parent
         if path.is_dir():
-            try:
+            with contextlib.suppress(OSError):  # still used by another container, or not ours
                 path.rmdir()
-            except OSError:
-                pass  # still used by another container, or not ours

@@ -15,7 +15,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 LOG_NAME = "container.log"
 
@@ -132,13 +134,22 @@ def follow(
     until: Callable[[], bool] = lambda: False,
     poll: float = 0.1,
 ) -> Iterator[LogLine]:
-    """Stored lines as :func:`read`, then new ones as they come, until ``until()`` is true."""
-    yield from read(directory, tail=tail, since=since)
+    """Stored lines as :func:`read`, then new ones as they come, until ``until()`` is true.
+
+    The current file is opened before anything is read, so no line written meanwhile is
+    lost; a rotation is noticed by the file's inode changing.
+    """
     path = directory / LOG_NAME
+    path.touch(exist_ok=True)
     handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
     try:
-        handle.seek(0, os.SEEK_END)
         inode = os.fstat(handle.fileno()).st_ino
+        keep: deque[LogLine] = deque(maxlen=tail if tail is not None and tail >= 0 else None)
+        for older in _files(directory)[:-1]:
+            with open(older, encoding="utf-8", errors="replace") as old:
+                keep.extend(_parse(old, since))
+        keep.extend(_parse(handle, since))
+        yield from keep
         partial = ""
         while True:
             raw = handle.readline()
@@ -166,6 +177,19 @@ def follow(
         handle.close()
 
 
+def _parse(handle: IO[str], since: float | None) -> Iterator[LogLine]:
+    """Complete lines of an open log file at or after ``since``; stops before a torn line."""
+    while True:
+        offset = handle.tell()
+        raw = handle.readline()
+        if not raw.endswith("\n"):
+            handle.seek(offset)
+            return
+        line = LogLine.from_json(raw)
+        if line and (since is None or line.time >= since):
+            yield line
+
+
 def parse_since(text: str, now: float | None = None) -> float:
     """``--since``: a Unix time, an ISO date-time, or a duration ago (``10s``, ``5m``, ``2h``)."""
     now = time.time() if now is None else now
@@ -177,8 +201,6 @@ def parse_since(text: str, now: float | None = None) -> float:
         return float(text)
     except ValueError:
         pass
-    from datetime import datetime
-
     try:
         stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -93,21 +93,16 @@ class PortMapping(Schema):
         """``8080:80``, ``127.0.0.1:8080:80``, ``8080:80/tcp``."""
         spec, _, proto = text.partition("/")
         parts = spec.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"bad port mapping {text!r}; use HOST:CONTAINER or IP:HOST:CONTAINER")
+        fields: dict[str, object] = {"protocol": proto or "tcp"}
+        if len(parts) == 3:
+            fields["host_ip"] = parts.pop(0)
         try:
-            if len(parts) == 2:
-                return cls(
-                    host_port=int(parts[0]), container_port=int(parts[1]), protocol=proto or "tcp"
-                )  # type: ignore[arg-type]
-            if len(parts) == 3:
-                return cls(
-                    host_ip=parts[0],
-                    host_port=int(parts[1]),
-                    container_port=int(parts[2]),
-                    protocol=proto or "tcp",
-                )  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise ValueError(f"bad port mapping {text!r}: {exc}") from None
-        raise ValueError(f"bad port mapping {text!r}; use HOST:CONTAINER or IP:HOST:CONTAINER")
+            fields["host_port"], fields["container_port"] = int(parts[0]), int(parts[1])
+        except ValueError:
+            raise ValueError(f"bad port mapping {text!r}: ports are numbers") from None
+        return cls.model_validate(fields)
 
 
 class Mount(Schema):

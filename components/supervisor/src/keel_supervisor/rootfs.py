@@ -27,7 +27,7 @@ def is_mounted(path: Path) -> bool:
 
 
 def mount_overlay(layers: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
-    """Mount ``layers`` (lowest first, as the image store lists them) with ``upper`` on ``target``."""
+    """Mount ``layers`` (lowest first, as the image store lists them) at ``target``."""
     if not layers:
         raise SupervisorError("an image without layers has no root filesystem")
     for directory in (upper, work, target):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 from keel_core.types import ContainerRuntime
 
 from keel_supervisor import network, policy, rootfs, spec
-from keel_supervisor.model import ContainerConfig, SupervisorError
+from keel_supervisor.model import ContainerConfig, HealthCheck, SupervisorError
 from keel_supervisor.runtimes import builtin, choose
 from keel_supervisor.state import ContainerDir, Record, Status, write_json
 
@@ -413,10 +414,8 @@ class Supervisor:
             self._children = [c for c in self._children if c.poll() is None]
 
 
-def _image_health(image_config: dict[str, Any]) -> Any:
+def _image_health(image_config: dict[str, Any]) -> HealthCheck | None:
     """The image's HEALTHCHECK as a :class:`HealthCheck`, if it has a usable one."""
-    from keel_supervisor.model import HealthCheck
-
     raw = image_config.get("Healthcheck") or {}
     test = raw.get("Test") or []
     if not test or test[0] == "NONE":
@@ -434,8 +433,6 @@ def _image_health(image_config: dict[str, Any]) -> Any:
 
 def _read_ready(fd: int, timeout: float) -> str:
     """What the monitor writes to its ready pipe: ``ok`` or an error message."""
-    import select
-
     try:
         ready, _, _ = select.select([fd], [], [], timeout)
         if not ready:

@@ -27,7 +27,7 @@ def test_restart_policy_parses_docker_spelling(text: str, name: str, retries: in
 
 @pytest.mark.parametrize("text", ["sometimes", "always:3", "on-failure:x"])
 def test_restart_policy_rejects_nonsense(text: str) -> None:
-    with pytest.raises(ValueError, match="restart policy|retry count|only on-failure"):
+    with pytest.raises(ValueError, match=r"restart policy|retry count|only on-failure"):
         RestartPolicy.parse(text)
 
 
@@ -44,7 +44,8 @@ def test_port_mapping_forms() -> None:
 def test_volume_forms() -> None:
     assert Mount.parse("/srv:/data:ro") == Mount(source="/srv", target="/data", read_only=True)
     named = Mount.parse("cache:/var/cache")
-    assert not named.is_bind and named.target == "/var/cache"
+    assert not named.is_bind
+    assert named.target == "/var/cache"
     with pytest.raises(ValueError, match="SOURCE:/TARGET"):
         Mount.parse("/srv")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from keel_supervisor import policy
@@ -38,7 +40,7 @@ def test_start_at_boot() -> None:
 def test_backoff_doubles_and_caps() -> None:
     waits = [policy.backoff(n) for n in range(12)]
     assert waits[:3] == [0.1, 0.2, 0.4]
-    assert all(b >= a for a, b in zip(waits, waits[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(waits))
     assert waits[-1] == policy.BACKOFF_MAX
 
 

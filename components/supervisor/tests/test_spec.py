@@ -36,7 +36,8 @@ def build(tmp_path: Path, **settings: object) -> dict:
 def test_image_config_becomes_process(tmp_path: Path) -> None:
     process = build(tmp_path)["process"]
     assert process["args"] == ["/bin/web", "--port", "80"]
-    assert "PATH=/opt/bin:/bin" in process["env"] and "MODE=prod" in process["env"]
+    assert "PATH=/opt/bin:/bin" in process["env"]
+    assert "MODE=prod" in process["env"]
     assert process["cwd"] == "/srv"
     assert process["user"] == {"uid": 65534, "gid": 65533}
     assert process["noNewPrivileges"] is True
@@ -48,7 +49,8 @@ def test_user_settings_override_image(tmp_path: Path) -> None:
         tmp_path, command=["--debug"], env={"MODE": "dev"}, workdir="/tmp", user="1000:web"
     )["process"]
     assert process["args"] == ["/bin/web", "--debug"]
-    assert "MODE=dev" in process["env"] and "MODE=prod" not in process["env"]
+    assert "MODE=dev" in process["env"]
+    assert "MODE=prod" not in process["env"]
     assert process["cwd"] == "/tmp"
     assert process["user"] == {"uid": 1000, "gid": 800}
     # An entrypoint of one's own drops the image's Cmd, as docker does.
@@ -65,7 +67,8 @@ def test_capabilities_default_add_drop(tmp_path: Path) -> None:
     assert caps == sorted(spec.DEFAULT_CAPABILITIES)
     assert "CAP_SYS_ADMIN" not in caps
     caps = build(tmp_path, cap_add=["sys_time"], cap_drop=["NET_RAW"])["process"]["capabilities"]
-    assert "CAP_SYS_TIME" in caps["effective"] and "CAP_NET_RAW" not in caps["effective"]
+    assert "CAP_SYS_TIME" in caps["effective"]
+    assert "CAP_NET_RAW" not in caps["effective"]
     assert build(tmp_path, cap_drop=["ALL"])["process"]["capabilities"]["bounding"] == []
 
 
@@ -84,8 +87,10 @@ def test_limits_volumes_and_readonly(tmp_path: Path) -> None:
     assert res["pids"] == {"limit": 32}
     assert config["root"]["readonly"] is True
     mounts = {m["destination"]: m for m in config["mounts"]}
-    assert mounts["/data"]["source"] == str(bind) and "ro" in mounts["/data"]["options"]
-    assert mounts["/cache"]["source"] == "/vol/cache" and "rw" in mounts["/cache"]["options"]
+    assert mounts["/data"]["source"] == str(bind)
+    assert "ro" in mounts["/data"]["options"]
+    assert mounts["/cache"]["source"] == "/vol/cache"
+    assert "rw" in mounts["/cache"]["options"]
     assert {"type": "network", "path": "/run/netns/x"} in config["linux"]["namespaces"]
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from keel_core.errors import KeelError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from keel_core.errors import KeelError
 
 _SIZE = re.compile(r"^(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<u>[bkmgt]?)i?b?$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from keel_core.types import ContainerRuntime
-
 from keel_supervisor import cgroups
 from keel_supervisor.model import SupervisorError
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from keel_core.types import ContainerRuntime
-
 from keel_supervisor import network, policy, rootfs, spec
 from keel_supervisor.model import ContainerConfig, HealthCheck, SupervisorError
 from keel_supervisor.runtimes import builtin, choose

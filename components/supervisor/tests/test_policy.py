@@ -10,7 +10,7 @@ from keel_supervisor import policy
 
 
 @pytest.mark.parametrize(
-    ("name", "retries", "code", "restarts", "stopped", "expected"),
+    "case",
     [
         ("no", 0, 1, 0, False, False),
         ("on-failure", 0, 0, 0, False, False),
@@ -22,9 +22,8 @@ from keel_supervisor import policy
         ("always", 0, 0, 0, True, False),
     ],
 )
-def test_should_restart(
-    name: str, retries: int, code: int, restarts: int, stopped: bool, expected: bool
-) -> None:
+def test_should_restart(case: tuple[str, int, int, int, bool, bool]) -> None:
+    name, retries, code, restarts, stopped, expected = case
     assert policy.should_restart(name, retries, code, restarts, stopped=stopped) is expected
 
 

@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-BUSYBOX = Path("/bin/busybox")
-
-
-def make_busybox_rootfs(target: Path) -> Path:
-    """A one-layer image: static busybox, its applets as links, a passwd and group file."""
-    (target / "bin").mkdir(parents=True)
-    for name in ("etc", "tmp", "proc", "sys", "dev", "root", "www"):
-        (target / name).mkdir()
-    shutil.copy2(BUSYBOX, target / "bin/busybox")
-    applets = subprocess.run(
-        [str(BUSYBOX), "--list"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            os.symlink("busybox", target / "bin" / applet)
-    (target / "etc/passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
-    )
-    (target / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
-    (target / "www/index.html").write_text("hello from keel\n")
-    return target
+from keel_supervisor.network import Bridge
+from keel_supervisor.supervisor import Supervisor
+from keel_supervisor.testing import BUSYBOX, make_busybox_rootfs
 
 
 @pytest.fixture(scope="session")
@@ -42,22 +24,41 @@ def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
 
 
-def wait_for(
-    predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition"
-) -> object:
-    """Poll ``predicate`` until it returns something true; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def host_root() -> None:
     """Skip unless we are root with runc (host tests)."""
     if os.geteuid() != 0 or shutil.which("runc") is None:
         pytest.skip("host tests need root and runc")
+
+
+@pytest.fixture
+def supervisor(host_root: None, tmp_path: Path, busybox_rootfs: Path) -> Iterator[Supervisor]:
+    """A supervisor with its own state and runtime directories; removes every container after."""
+    sup = Supervisor(
+        tmp_path / "state",
+        run_dir=tmp_path / "run",
+        bridge=Bridge(
+            name=f"kt{os.getpid() % 100000}",
+            subnet=_subnet(),
+            state_dir=tmp_path / "state" / "network",
+            outbound=False,
+        ),
+    )
+    yield sup
+    for cid in sup.ids():
+        with contextlib.suppress(Exception):
+            sup.remove(cid, force=True)
+    sup.bridge.remove()
+    leftover = subprocess.run(
+        ["runc", "--root", str(tmp_path / "run" / "runtime" / "runc"), "list", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    assert not leftover, f"runc containers survived the test: {leftover}"
+
+
+def _subnet() -> str:
+    """A /24 in 10.201-250.x.0 chosen by pid, so parallel test runs don't collide."""
+    pid = os.getpid()
+    return f"10.{201 + pid % 50}.{(pid // 50) % 256}.0/24"

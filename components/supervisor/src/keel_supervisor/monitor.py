@@ -65,6 +65,7 @@ class Monitor:
             self.dir.logs, max_size=self.spec["log_max_size"], max_files=self.spec["log_max_files"]
         )
         self.proxies: list[PortForwarder] = []
+        self.pumps: list[threading.Thread] = []
 
     # -- status --------------------------------------------------------------------------
     def update(self, **changes: Any) -> None:
@@ -120,8 +121,12 @@ class Monitor:
         finally:
             os.close(out_w)
             os.close(err_w)
-        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
-            threading.Thread(target=logs.pump, args=(fd, stream, self.writer), daemon=True).start()
+        self.pumps = [
+            threading.Thread(target=logs.pump, args=(fd, stream, self.writer), daemon=True)
+            for fd, stream in ((out_r, "stdout"), (err_r, "stderr"))
+        ]
+        for pump in self.pumps:
+            pump.start()
         if proc.returncode != 0:
             raise RuntimeError(self.runtime_error(log_file, proc.returncode))
         return int(pid_file.read_text().strip())
@@ -251,6 +256,8 @@ class Monitor:
                     ).start()
                 code = self.wait_container(pid)
                 run_done.set()
+                for pump in self.pumps:  # the last lines reach the log before the exit is told
+                    pump.join(2.0)
                 ooms = cgroups.memory_events(self.spec["cgroups_path"])
                 self.runtime("delete", "--force", self.dir.id, capture_output=True)
                 cgroups.prune(self.spec["cgroups_path"])

@@ -343,7 +343,24 @@ class Supervisor:
         shutil.rmtree(cdir.path, ignore_errors=True)
 
     def release(self, cdir: ContainerDir) -> None:
-        """Unmount the rootfs and take down the network of a container that has ended."""
+        """Unmount the rootfs and take down the network of a container that has ended.
+
+        The runtime's record goes too, in case its monitor died before it could delete it.
+        """
+        record = cdir.record()
+        runtime = choose(self.runtimes, record.runtime)
+        subprocess.run(
+            [
+                *runtime.command(),
+                "--root",
+                str(self.run_dir / "runtime" / runtime.name),
+                "delete",
+                "--force",
+                cdir.id,
+            ],
+            capture_output=True,
+            check=False,
+        )
         rootfs.unmount(cdir.rootfs)
         network.network_release(self.bridge, cdir.id)
 

@@ -46,7 +46,7 @@ class RestartPolicy(Schema):
 
     name: Literal["no", "on-failure", "always", "unless-stopped"] = "no"
     max_retries: int = Field(
-        0, ge=0, description="on-failure only: give up after N restarts (0 = never)"
+        default=0, ge=0, description="on-failure only: give up after N restarts (0 = never)"
     )
 
     @classmethod
@@ -73,11 +73,13 @@ class HealthCheck(Schema):
     """A command run inside the container to tell whether it works (docker's HEALTHCHECK)."""
 
     test: list[str] = Field(description="argv run in the container; exit 0 = healthy")
-    interval: float = Field(30.0, gt=0, description="seconds between checks")
-    timeout: float = Field(30.0, gt=0, description="seconds before a check counts as failed")
-    retries: int = Field(3, ge=1, description="consecutive failures that make it unhealthy")
+    interval: float = Field(default=30.0, gt=0, description="seconds between checks")
+    timeout: float = Field(
+        default=30.0, gt=0, description="seconds before a check counts as failed"
+    )
+    retries: int = Field(default=3, ge=1, description="consecutive failures that make it unhealthy")
     start_period: float = Field(
-        0.0, ge=0, description="seconds after start when failures don't count"
+        default=0.0, ge=0, description="seconds after start when failures don't count"
     )
 
 
@@ -132,9 +134,13 @@ class Mount(Schema):
 class Resources(Schema):
     """Limits enforced through the runtime's cgroups."""
 
-    memory: int | None = Field(None, description="bytes (or 64m, 1g); over it the kernel OOM-kills")
-    cpus: float | None = Field(None, gt=0, description="CPU time, in CPUs (0.5 = half a core)")
-    pids: int | None = Field(None, ge=1, description="most processes/threads at once")
+    memory: int | None = Field(
+        default=None, description="bytes (or 64m, 1g); over it the kernel OOM-kills"
+    )
+    cpus: float | None = Field(
+        default=None, gt=0, description="CPU time, in CPUs (0.5 = half a core)"
+    )
+    pids: int | None = Field(default=None, ge=1, description="most processes/threads at once")
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -146,32 +152,34 @@ class ContainerConfig(Schema):
     """Everything needed to (re)create a container; the ``container:`` block of an app."""
 
     image: str = Field(description="image reference or id (or a rootfs path with rootfs: true)")
-    name: str | None = Field(None, pattern=NAME_PATTERN)
-    command: list[str] | None = Field(None, description="replaces the image's Cmd")
-    entrypoint: list[str] | None = Field(None, description="replaces the image's Entrypoint")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    command: list[str] | None = Field(default=None, description="replaces the image's Cmd")
+    entrypoint: list[str] | None = Field(
+        default=None, description="replaces the image's Entrypoint"
+    )
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str | None = None
-    user: str | None = Field(None, description="uid[:gid] (numeric)")
+    user: str | None = Field(default=None, description="uid[:gid] (numeric)")
     hostname: str | None = None
-    restart: RestartPolicy = Field(default_factory=RestartPolicy)  # type: ignore[arg-type]
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
     healthcheck: HealthCheck | None = None
     ports: list[PortMapping] = Field(default_factory=list)
     volumes: list[Mount] = Field(default_factory=list)
-    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    resources: Resources = Field(default_factory=Resources)
     network: Literal["bridge", "host", "none"] = "bridge"
-    read_only: bool = Field(False, description="mount the root filesystem read-only")
+    read_only: bool = Field(default=False, description="mount the root filesystem read-only")
     no_new_privileges: bool = True
     cap_add: list[str] = Field(default_factory=list)
     cap_drop: list[str] = Field(default_factory=list)
     stop_signal: str = "TERM"
-    stop_timeout: float = Field(10.0, ge=0)
+    stop_timeout: float = Field(default=10.0, ge=0)
     service: str | None = Field(
-        None,
+        default=None,
         pattern=r"^[a-z0-9][a-z0-9-]*$",
         description="register published ports under this name",
     )
     labels: dict[str, str] = Field(default_factory=dict)
-    rootfs: bool = Field(False, description="image is a directory to use as the only layer")
+    rootfs: bool = Field(default=False, description="image is a directory to use as the only layer")
 
     @field_validator("restart", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ import pytest
 
 from keel_supervisor.network import Bridge
 from keel_supervisor.supervisor import Supervisor
-from keel_supervisor.testing import BUSYBOX, make_busybox_rootfs
+from keel_supervisor.testing import BUSYBOX, DaemonProcess, make_busybox_rootfs
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +62,45 @@ def _subnet() -> str:
     """A /24 in 10.201-250.x.0 chosen by pid, so parallel test runs don't collide."""
     pid = os.getpid()
     return f"10.{201 + pid % 50}.{(pid // 50) % 256}.0/24"
+
+
+@pytest.fixture
+def daemon(host_root: None, tmp_path: Path) -> Iterator[DaemonProcess]:
+    """A running supervisor daemon; every container and the bridge are removed after."""
+    proc = DaemonProcess(tmp_path, bridge=f"kd{os.getpid() % 100000}", subnet=_subnet())
+    yield from _run_daemon(proc, tmp_path)
+
+
+def _run_daemon(proc: DaemonProcess, tmp_path: Path) -> Iterator[DaemonProcess]:
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        sup = Supervisor(
+            tmp_path / "state",
+            run_dir=tmp_path / "run",
+            bridge=Bridge(
+                proc_bridge(proc), _subnet(), tmp_path / "state" / "network", outbound=False
+            ),
+        )
+        for cid in sup.ids():
+            with contextlib.suppress(Exception):
+                sup.remove(cid, force=True)
+        sup.bridge.remove()
+        runc_root = tmp_path / "run" / "runtime" / "runc"
+        leftover = subprocess.run(
+            ["runc", "--root", str(runc_root), "list", "-q"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        assert not leftover, f"runc containers survived the test: {leftover}"
+
+
+def proc_bridge(proc: DaemonProcess) -> str:
+    """The bridge name written in the daemon's config."""
+    for line in proc.config.read_text().splitlines():
+        if line.startswith("bridge: "):
+            return line.split(": ", 1)[1]
+    raise AssertionError("no bridge in the daemon config")

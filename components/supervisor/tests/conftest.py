@@ -13,7 +13,7 @@ import pytest
 
 from keel_supervisor.network import Bridge
 from keel_supervisor.supervisor import Supervisor
-from keel_supervisor.testing import BUSYBOX, DaemonProcess, make_busybox_rootfs
+from keel_supervisor.testing import BUSYBOX, DaemonProcess, free_port, make_busybox_rootfs, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +104,60 @@ def proc_bridge(proc: DaemonProcess) -> str:
         if line.startswith("bridge: "):
             return line.split(": ", 1)[1]
     raise AssertionError("no bridge in the daemon config")
+
+
+@pytest.fixture
+def etcd(host_root: None, tmp_path: Path) -> Iterator[str]:
+    """Debian's real etcd on free loopback ports; yields its client endpoint host:port."""
+    if shutil.which("etcd") is None or shutil.which("etcdctl") is None:
+        pytest.skip("etcd-server and etcd-client are not installed")
+    client, peer = free_port(), free_port()
+    log = open(tmp_path / "etcd.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            "etcd",
+            "--name",
+            "t",
+            "--data-dir",
+            str(tmp_path / "etcd"),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{client}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{client}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-cluster",
+            f"t=http://127.0.0.1:{peer}",
+        ],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
+    endpoint = f"127.0.0.1:{client}"
+    try:
+        wait_for(lambda: etcdctl(endpoint, "endpoint", "health").returncode == 0, what="etcd")
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def etcdctl(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real etcdctl (v3 API) against ``endpoint``."""
+    return subprocess.run(
+        ["etcdctl", "--endpoints", endpoint, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ETCDCTL_API": "3"},
+        check=False,
+    )
+
+
+@pytest.fixture
+def daemon_with_etcd(host_root: None, tmp_path: Path, etcd: str) -> Iterator[DaemonProcess]:
+    """A daemon that registers services in the ``etcd`` fixture."""
+    proc = DaemonProcess(tmp_path, bridge=f"ke{os.getpid() % 100000}", subnet=_subnet(), etcd=etcd)
+    yield from _run_daemon(proc, tmp_path)

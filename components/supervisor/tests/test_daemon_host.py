@@ -32,13 +32,14 @@ def test_cli_verbs_end_to_end(daemon: DaemonProcess, busybox_rootfs: Path) -> No
         str(busybox_rootfs),
         "sh",
         "-c",
-        'echo "hello $WHO"; echo oops >&2; exec sleep 300',
+        'echo "hello $WHO"; sleep 0.2; echo oops >&2; exec sleep 300',
     ).stdout.strip()
     assert len(cid) == 64
     ps = daemon.keel("ps").stdout
     assert "greeter" in ps
     assert "Up " in ps
-    wait_for(lambda: "hello keel" in daemon.keel("logs", "greeter").stdout, what="the greeting")
+    wait_for(lambda: "oops" in daemon.keel("logs", "greeter").stderr, what="the output")
+    assert daemon.keel("logs", "greeter").stdout == "hello keel\n"
     logs = daemon.keel("logs", "--tail", "1", "greeter")
     assert (logs.stdout, logs.stderr) == ("", "oops\n")
     done = daemon.keel("exec", "greeter", "sh", "-c", "echo $WHO; exit 3", check=False)

@@ -24,6 +24,7 @@ from keel_supervisor.model import HealthCheck, Mount, PortMapping, RestartPolicy
 
 DEFAULT_SOCKET = "/run/keel/supervisor.sock"
 DEFAULT_CONFIG = "/etc/keel/supervisor.yaml"
+DEFAULT_IMAGES = "/var/lib/keel/images"
 
 
 def _socket(ctx: click.Context) -> str:
@@ -51,10 +52,21 @@ def _table(columns: list[str], rows: list[list[str]]) -> None:
     show_default=True,
     help="the supervisor's API socket",
 )
+@click.option(
+    "--images-root",
+    envvar="KEEL_IMAGES_ROOT",
+    default=DEFAULT_IMAGES,
+    show_default=True,
+    help="the image store (images, load, pull, rmi)",
+)
 @click.pass_context
-def container(ctx: click.Context, socket: str) -> None:
-    """Run and manage containers (docker/podman verbs)."""
-    ctx.ensure_object(dict)["socket"] = socket
+def container(ctx: click.Context, socket: str, images_root: str) -> None:
+    """Run and manage containers (docker/podman verbs).
+
+    Containers are handled by the supervisor daemon over its socket; the image verbs work
+    on the image store directly (it is safe to share with a running daemon).
+    """
+    ctx.ensure_object(dict).update(socket=socket, images=images_root)
 
 
 def _parse(kind: type[Any], values: tuple[str, ...]) -> list[Any]:
@@ -283,45 +295,43 @@ def inspect_command(ctx: click.Context, refs: tuple[str, ...]) -> None:
     click.echo(json.dumps(docs, indent=2))
 
 
+def _store(ctx: click.Context) -> Any:
+    from keel_supervisor.images import ImageStore  # noqa: PLC0415 - only image verbs need it
+
+    found = ctx.find_object(dict)
+    return ImageStore(Path(found["images"] if found else DEFAULT_IMAGES))
+
+
 @container.command("images")
+@click.option("-q", "--quiet", is_flag=True, help="ids only")
 @click.pass_context
-def images_command(ctx: click.Context) -> None:
+def images_command(ctx: click.Context, quiet: bool) -> None:
     """List images."""
-    rows = client(ctx).request("GET", "/images")
-    _table(
-        ["REFERENCES", "IMAGE ID", "SIZE"],
-        [
-            [
-                ", ".join(r["references"]) or "<none>",
-                r["id"].removeprefix("sha256:")[:12],
-                f"{r['size'] / 1e6:.1f} MB",
-            ]
-            for r in rows
-        ],
-    )
+    from keel_supervisor.images import commands  # noqa: PLC0415
+
+    commands.images(_store(ctx), Console(), quiet=quiet)
 
 
 @container.command("load")
 @click.option("-i", "--input", "archive", required=True, type=click.Path(exists=True))
 @click.pass_context
 def load_command(ctx: click.Context, archive: str) -> None:
-    """Load images from a docker save / podman save / OCI archive."""
-    for image in client(ctx).request(
-        "POST", "/images/load", {"path": str(Path(archive).resolve())}
-    ):
-        click.echo(f"Loaded image: {', '.join(image['references']) or image['id']}")
+    """Load images from a docker save / podman save archive or an OCI layout."""
+    from keel_supervisor.images import commands  # noqa: PLC0415
+
+    commands.load(_store(ctx), Path(archive), Console())
 
 
 @container.command("pull")
 @click.option("--insecure", is_flag=True, help="plain HTTP registry")
+@click.option("--creds", help="USER:PASSWORD for the registry")
 @click.argument("reference")
 @click.pass_context
-def pull_command(ctx: click.Context, reference: str, insecure: bool) -> None:
-    """Pull an image from a registry."""
-    image = client(ctx).request(
-        "POST", "/images/pull", {"reference": reference, "insecure": insecure}
-    )
-    click.echo(image["id"])
+def pull_command(ctx: click.Context, reference: str, insecure: bool, creds: str | None) -> None:
+    """Pull an image from an OCI distribution registry."""
+    from keel_supervisor.images import commands  # noqa: PLC0415
+
+    commands.pull(_store(ctx), reference, Console(), insecure=insecure, creds=creds)
 
 
 @container.command("rmi")
@@ -329,10 +339,10 @@ def pull_command(ctx: click.Context, reference: str, insecure: bool) -> None:
 @click.argument("refs", nargs=-1, required=True, metavar="IMAGE...")
 @click.pass_context
 def rmi_command(ctx: click.Context, refs: tuple[str, ...], force: bool) -> None:
-    """Remove images."""
-    for ref in refs:
-        client(ctx).request("DELETE", f"/images/{q(ref)}" + ("?force=1" if force else ""))
-        click.echo(f"Untagged: {ref}")
+    """Remove images (refused while a container uses one, unless --force)."""
+    from keel_supervisor.images import commands  # noqa: PLC0415
+
+    commands.rmi(_store(ctx), list(refs), Console(), force=force)
 
 
 @container.command("daemon")
@@ -368,7 +378,10 @@ def daemon_command(  # noqa: PLR0917 - click passes options positionally
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     settings = load_file(config_file, Settings) if config_file.exists() else Settings()
-    updates: dict[str, Any] = {"socket": Path(_socket(ctx))}
+    updates: dict[str, Any] = {}
+    source = ctx.parent.get_parameter_source("socket") if ctx.parent else None
+    if source is not None and source.name != "DEFAULT":
+        updates["socket"] = Path(_socket(ctx))
     if root:
         updates["root"] = root
     if apps_dir:

@@ -127,6 +127,8 @@ class DaemonProcess:
             "container",
             "--socket",
             str(self.socket),
+            "--images-root",
+            str(self.base / "images"),
         ]
 
     def keel(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -35,8 +35,13 @@ READY_TIMEOUT = 60.0
 class ImageLike(Protocol):
     """What the supervisor needs of an image (``keel_supervisor.images.Image``)."""
 
-    id: str
-    config: dict[str, Any]
+    @property
+    def id(self) -> str:
+        """The image id (digest of its config)."""
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The image config's ``config`` object."""
 
     def layer_dirs(self) -> list[Path]:
         """Unpacked layers, lowest first."""

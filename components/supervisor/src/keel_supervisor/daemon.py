@@ -77,6 +77,7 @@ class Daemon:
             ),
             log_max_size=settings.log_max_size,
             log_max_files=settings.log_max_files,
+            warm=True,
         )
         self.stopping = threading.Event()
         self.apps: Any = None
@@ -230,6 +231,7 @@ class Daemon:
             self.settings.socket.unlink(missing_ok=True)
         if self.discovery is not None:
             self.discovery.join()
+        self.supervisor.close()
 
 
 def serve(settings: Settings) -> None:

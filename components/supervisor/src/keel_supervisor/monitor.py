@@ -11,8 +11,9 @@ without taking any container down.
 It imports only the standard library and Keel's small helpers, to start fast: its
 start-up is part of the container's start latency.
 
-Run as ``python -m keel_supervisor.monitor CONTAINER_DIR [READY_FD]``. SIGTERM asks it to
-stop the container (``stop-request.json`` may give the signal and timeout).
+Run as ``python -m keel_supervisor.monitor CONTAINER_DIR [READY_FD]``, or started ahead as a
+spare (``--spare READY_FD``) that reads the directory from its standard input. SIGTERM asks
+it to stop the container (``stop-request.json`` may give the signal and timeout).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class Monitor:
         cid = self.dir.id
         pid_file = self.dir.path / "init.pid"
         pid_file.unlink(missing_ok=True)
-        self.runtime("delete", "--force", cid, capture_output=True)  # leftovers of a crash
+        if (Path(self.spec["runtime_root"]) / cid).exists():  # leftovers of a crash
+            self.runtime("delete", "--force", cid, capture_output=True)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         log_file = self.dir.path / "runtime.log"
@@ -175,7 +177,7 @@ class Monitor:
         """Run the health check every interval while this run of the container lasts."""
         check = self.spec["health"]
         tracker = policy.HealthTracker(check["retries"], check["start_period"], started)
-        self.update(health="starting", health_log=[])
+        self.update(health="starting")  # the log keeps the last checks across restarts
         while not run_done.wait(check["interval"]):
             begun = time.time()
             try:
@@ -290,15 +292,42 @@ class Monitor:
         self.writer.close()
 
 
+def wait_for_work() -> Path | None:
+    """As a *spare* monitor: wait (imports done) for the directory of a container to run.
+
+    The supervisor keeps one spare started ahead of time, so that a container's start
+    does not wait for an interpreter to start. End of input (the supervisor went away)
+    means there is no work.
+    """
+    line = sys.stdin.readline().strip()
+    if not line:
+        return None
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return Path(line)
+
+
 def main(argv: list[str]) -> int:
-    """Entry point of the monitor process."""
-    directory = Path(argv[0])
+    """Entry point: ``monitor DIR [READY_FD]`` or ``monitor --spare READY_FD``."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if argv[0] == "--spare":
+        found = wait_for_work()
+        if found is None:
+            return 0
+        directory = found
+    else:
+        directory = Path(argv[0])
     ready_fd = int(argv[1]) if len(argv) > 1 else None
+    os.chdir(directory)  # how the supervisor recognises the monitor of a container
+    log_fd = os.open(directory / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
     become_subreaper()
     monitor = Monitor(directory, ready_fd)
     signal.signal(signal.SIGTERM, lambda *_: monitor.stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: monitor.stop_requested.set())
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         return monitor.run()
     finally:

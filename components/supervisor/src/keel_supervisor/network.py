@@ -153,16 +153,6 @@ class Bridge:
         ip("link", "del", f"vk{container_id[:11]}", check=False)
 
 
-def isolated(container_id: str) -> Path:
-    """A namespace with loopback only (``network: none``)."""
-    ns = f"keel-{container_id[:12]}"
-    path = NETNS_DIR / ns
-    if not path.exists():
-        ip("netns", "add", ns)
-        ip("-n", ns, "link", "set", "lo", "up")
-    return path
-
-
 def network_release(bridge: Bridge, container_id: str) -> None:
     """Take down whatever network a container had and give back its address."""
     Bridge.detach(container_id)

@@ -89,7 +89,9 @@ class Supervisor:
         bridge: network.Bridge | None = None,
         log_max_size: int = 10 << 20,
         log_max_files: int = 3,
+        warm: bool = False,
     ) -> None:
+        """``warm`` keeps a spare monitor started ahead, for fast starts (the daemon does)."""
         self.root = root
         self.run_dir = run_dir
         self.images = images
@@ -98,9 +100,13 @@ class Supervisor:
         self.bridge = bridge or network.Bridge(state_dir=root / "network")
         self.log_max_size = log_max_size
         self.log_max_files = log_max_files
+        self.warm = warm
+        self._spare: tuple[subprocess.Popen[bytes], int] | None = None
         self._children: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         (root / "containers").mkdir(parents=True, exist_ok=True)
+        if warm:
+            self._spare = self._spawn_monitor()
 
     # -- lookup --------------------------------------------------------------------------
     def ids(self) -> list[str]:
@@ -173,8 +179,7 @@ class Supervisor:
             self.bridge.ensure()
             record.ip = self.bridge.allocate(cdir.id)
             netns = self.bridge.attach(cdir.id, record.ip)
-        elif config.network == "none":
-            netns = network.isolated(cdir.id)
+        # network "none": the runtime makes a fresh namespace with loopback up.
         record.netns = str(netns or "")
         write_json(cdir.record_file, asdict(record))
         etc = self._etc_files(cdir, config, record)
@@ -250,24 +255,68 @@ class Supervisor:
         status.stopped = False
         cdir.save_status(status)
         cdir.stop_file.unlink(missing_ok=True)
-        read_fd, write_fd = os.pipe()
-        with open(cdir.path / "monitor.log", "ab") as err:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "keel_supervisor.monitor", str(cdir.path), str(write_fd)],
-                pass_fds=(write_fd,),
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                close_fds=True,
-            )
-        os.close(write_fd)
+        child, read_fd = self._take_monitor()
+        assert child.stdin is not None
+        try:
+            child.stdin.write(f"{cdir.path}\n".encode())
+            child.stdin.close()
+        except BrokenPipeError:
+            os.close(read_fd)
+            raise SupervisorError("the container's monitor died before it started") from None
         with self._lock:
             self._children.append(child)
         message = _read_ready(read_fd, READY_TIMEOUT)
+        if self.warm:  # the next start's monitor, started off the critical path
+            threading.Thread(target=self._refill, daemon=True).start()
         if message != "ok":
             raise SupervisorError(f"container {cdir.record().name} did not start: {message}")
         return cdir.id
+
+    def _spawn_monitor(self) -> tuple[subprocess.Popen[bytes], int]:
+        """Start a spare monitor; returns it and the read end of its ready pipe."""
+        read_fd, write_fd = os.pipe()
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "keel_supervisor.monitor", "--spare", str(write_fd)],
+                pass_fds=(write_fd,),
+                start_new_session=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        finally:
+            os.close(write_fd)
+        return child, read_fd
+
+    def _refill(self) -> None:
+        spare = self._spawn_monitor()
+        with self._lock:
+            old, self._spare = self._spare, spare
+        if old is not None:  # two starts raced: let the older spare go
+            assert old[0].stdin is not None
+            old[0].stdin.close()
+            os.close(old[1])
+
+    def _take_monitor(self) -> tuple[subprocess.Popen[bytes], int]:
+        """The spare monitor if one waits (and is alive), else a new one."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare[0].poll() is None:
+            return spare
+        if spare is not None:
+            os.close(spare[1])
+        return self._spawn_monitor()
+
+    def close(self) -> None:
+        """Let the spare monitor go (containers are not affected)."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            assert spare[0].stdin is not None
+            spare[0].stdin.close()  # end of input: the spare exits
+            spare[0].wait(10)
+            os.close(spare[1])
 
     def run(self, config: ContainerConfig) -> str:
         """Create and start (``docker run -d``)."""
@@ -282,12 +331,17 @@ class Supervisor:
         pid = cdir.status().monitor_pid
         if not pid:
             return False
-        try:
+        try:  # a monitor works in its container's directory; pids get reused
+            cwd = os.readlink(f"/proc/{pid}/cwd")
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return False
-        return str(cdir.path).encode() in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"
+        return (
+            cwd == str(cdir.path.resolve())
+            and b"keel_supervisor.monitor" in cmdline
+            and stat.rsplit(")", 1)[1].split()[0] != "Z"
+        )
 
     def stop(self, ref: str, timeout: float | None = None) -> None:
         """Stop signal, up to ``timeout`` seconds, then KILL; no policy restarts it."""

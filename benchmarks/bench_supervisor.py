@@ -23,6 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from keel_supervisor.api import Client
+from keel_supervisor.daemon import Daemon, Settings
+from keel_supervisor.testing import busybox, make_busybox_rootfs
+
 SETTLE = 0.4
 
 
@@ -35,14 +39,17 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0 or shutil.which("runc") is None or not Path("/bin/busybox").exists():
         print("skipped: needs root, runc and busybox-static")
         return 0
-    from keel_supervisor.api import Client
-    from keel_supervisor.daemon import Daemon, Settings
-    from keel_supervisor.testing import busybox, make_busybox_rootfs
-
     base = Path(tempfile.mkdtemp(prefix="keel-bench-sup-"))
-    settings = Settings(root=base / "state", run_dir=base / "run", socket=base / "api.sock",
-                        apps_dir=base / "apps", images=base / "images", bridge="kbench0",
-                        subnet="10.199.0.0/24", outbound=False)
+    settings = Settings(
+        root=base / "state",
+        run_dir=base / "run",
+        socket=base / "api.sock",
+        apps_dir=base / "apps",
+        images=base / "images",
+        bridge="kbench0",
+        subnet="10.199.0.0/24",
+        outbound=False,
+    )
     daemon = Daemon(settings)
     daemon.start_services()
     sup = daemon.supervisor
@@ -53,7 +60,7 @@ def main(argv: list[str]) -> int:
         config = busybox(rootfs, "sleep", "300", network="none")
         # One prepared bundle for the bare runs: the supervisor's own, fully set up.
         template = sup.create(config)
-        sup._prepare(sup.resolve(template))  # noqa: SLF001 - the benchmark wants the bundle only
+        sup.prepare(sup.resolve(template))
         bundle = sup.resolve(template).bundle
         keel, api, bare = [], [], []
         for i in range(runs):
@@ -76,19 +83,40 @@ def main(argv: list[str]) -> int:
             name = f"bench-{os.getpid()}-{i}"
             time.sleep(SETTLE)
             started = time.perf_counter()
-            subprocess.run(["runc", "--root", str(runc_root), "run", "--detach", "--bundle",
-                            str(bundle), name], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            subprocess.run(
+                [
+                    "runc",
+                    "--root",
+                    str(runc_root),
+                    "run",
+                    "--detach",
+                    "--bundle",
+                    str(bundle),
+                    name,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=True,
+            )
             bare.append(time.perf_counter() - started)
-            subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", name],
-                           capture_output=True, check=False)
+            subprocess.run(
+                ["runc", "--root", str(runc_root), "delete", "--force", name],
+                capture_output=True,
+                check=False,
+            )
         b = statistics.median(bare)
         print(f"runs: {runs} each, interleaved; medians (min-max)")
-        for label, values in (("bare runc run --detach", bare), ("Supervisor.run", keel),
-                              ("daemon API POST /containers", api)):
+        for label, values in (
+            ("bare runc run --detach", bare),
+            ("Supervisor.run", keel),
+            ("daemon API POST /containers", api),
+        ):
             m = statistics.median(values)
-            print(f"  {label:30s} {m * 1000:7.1f} ms  ({min(values) * 1000:.1f}-"
-                  f"{max(values) * 1000:.1f})  ratio {m / b:.2f}x")
+            print(
+                f"  {label:30s} {m * 1000:7.1f} ms  ({min(values) * 1000:.1f}-"
+                f"{max(values) * 1000:.1f})  ratio {m / b:.2f}x"
+            )
         print(f"ratio supervisor/bare runc: {statistics.median(keel) / b:.2f}x (target <= 1.3x)")
         return 0
     finally:

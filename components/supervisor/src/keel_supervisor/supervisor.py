@@ -170,7 +170,7 @@ class Supervisor:
         cdir.save_status(Status())
         return cid
 
-    def _prepare(self, cdir: ContainerDir) -> None:
+    def prepare(self, cdir: ContainerDir) -> None:
         """Mount the rootfs, attach the network, write the bundle and the monitor's brief."""
         config, record = cdir.config(), cdir.record()
         rootfs.mount_overlay([Path(p) for p in record.layers], cdir.upper, cdir.work, cdir.rootfs)
@@ -250,7 +250,7 @@ class Supervisor:
         cdir = self.resolve(ref)
         if self.monitor_alive(cdir):
             raise SupervisorError(f"container {cdir.record().name} is already running")
-        self._prepare(cdir)
+        self.prepare(cdir)
         status = cdir.status()
         status.stopped = False
         cdir.save_status(status)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from keel_core.types import ContainerRuntime
-from keel_supervisor import network, policy, rootfs, spec
+from keel_supervisor import cgroups, network, policy, rootfs, spec
 from keel_supervisor.model import ContainerConfig, HealthCheck, SupervisorError
 from keel_supervisor.runtimes import builtin, choose
 from keel_supervisor.state import ContainerDir, Record, Status, write_json
@@ -420,6 +420,7 @@ class Supervisor:
             capture_output=True,
             check=False,
         )
+        cgroups.prune(f"/keel/{cdir.id}")
         rootfs.unmount(cdir.rootfs)
         network.network_release(self.bridge, cdir.id)
 

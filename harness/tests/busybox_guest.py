@@ -44,7 +44,8 @@ for peer in $(arg peers | tr ',' ' '); do
     if ping -c 1 -W 1 "$peer" >/tmp/ping.log 2>&1; then ok=yes; break; fi
     i=$((i+1))
   done
-  [ $ok = yes ] || cat /tmp/ping.log; [ $ok = yes ] && echo "PING-OK $(hostname) -> $peer" || echo "PING-FAIL $(hostname) -> $peer"
+  if [ $ok = yes ]; then echo "PING-OK $(hostname) -> $peer"
+  else cat /tmp/ping.log; echo "PING-FAIL $(hostname) -> $peer"; fi
 done
 echo "KEEL-DONE $(hostname)"
 case "$(arg then)" in

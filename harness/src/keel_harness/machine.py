@@ -228,7 +228,7 @@ class Machine:
         if not self.is_running:
             return
         with contextlib.suppress(HarnessError):
-            self._run("systemctl --no-block poweroff", timeout=30)
+            self.run("systemctl --no-block poweroff", timeout=30)
         self._drop_session()
         self.wait_for_shutdown(timeout)
 
@@ -249,10 +249,8 @@ class Machine:
         with contextlib.suppress(HarnessError):
             if self.is_running:
                 qemu.Qmp(self.state_dir / "qmp.sock", timeout=5).execute("quit")
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
         reaper.kill(self._proc)
         self._drop_session()
 
@@ -260,7 +258,7 @@ class Machine:
         """Reboot from inside and wait until SSH is back on the new boot (boot id changes)."""
         before = self.boot_id()
         with contextlib.suppress(HarnessError):
-            self._run("systemctl --no-block reboot", timeout=30)
+            self.run("systemctl --no-block reboot", timeout=30)
         self._drop_session()
         timeout = timeout if timeout is not None else self.config.boot_timeout
         self._started_at = time.monotonic()
@@ -292,7 +290,8 @@ class Machine:
         self._host = None
 
     # ----- commands ----------------------------------------------------------------------
-    def _run(self, command: str, timeout: float) -> tuple[int, str, str]:
+    def run(self, command: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str, str]:
+        """Run ``command`` as root; returns (status, stdout, stderr). The other helpers use it."""
         self._check_alive("QEMU is not running")
         if self._session is None or not self._session.connected:
             self.wait_for_ssh()
@@ -301,14 +300,14 @@ class Machine:
 
     def execute(self, command: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str]:
         """Run ``command`` as root; returns (status, stdout) whatever the status."""
-        status, out, _ = self._run(command, timeout)
+        status, out, _ = self.run(command, timeout)
         return status, out
 
     def succeed(self, *commands: str, timeout: float = DEFAULT_TIMEOUT) -> str:
         """Run each command as root; fail the test if one exits non-zero. Returns stdout."""
         output = ""
         for command in commands:
-            status, out, err = self._run(command, timeout)
+            status, out, err = self.run(command, timeout)
             if status != 0:
                 raise CommandFailed(self.name, command, status, out + err)
             output += out
@@ -318,7 +317,7 @@ class Machine:
         """Run each command as root; fail the test if one exits zero. Returns stdout."""
         output = ""
         for command in commands:
-            status, out, err = self._run(command, timeout)
+            status, out, err = self.run(command, timeout)
             if status == 0:
                 raise CommandFailed(self.name, command, status, out + err)
             output += out
@@ -328,7 +327,7 @@ class Machine:
         """Retry ``command`` until it exits zero; returns its stdout."""
 
         def check(last: bool) -> str | None:
-            status, out, err = self._run(command, timeout=min(timeout, 60))
+            status, out, err = self.run(command, timeout=min(timeout, 60))
             if status == 0:
                 return out
             if last:
@@ -375,7 +374,9 @@ class Machine:
         retry(lambda last: self.execute(probe, timeout=30)[0] == 0, timeout=timeout,
               what=f"port {address}:{port} on {self.name}")  # fmt: skip
 
-    def wait_for_console_text(self, pattern: str, timeout: float = DEFAULT_TIMEOUT) -> re.Match[str]:
+    def wait_for_console_text(
+        self, pattern: str, timeout: float = DEFAULT_TIMEOUT
+    ) -> re.Match[str]:
         """Wait until the console (since the last start) matches ``pattern``."""
         regex = re.compile(pattern)
 
@@ -404,7 +405,7 @@ class Machine:
     def host(self) -> Any:
         """A testinfra host for this machine (``paramiko://core@127.0.0.1:PORT``, sudo)."""
         if self._host is None:
-            import testinfra
+            import testinfra  # noqa: PLC0415 - heavy, and only needed by tests that use it
 
             self.wait_for_ssh()
             assert self.config.key is not None

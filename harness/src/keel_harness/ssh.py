@@ -87,7 +87,8 @@ class Session:
             )  # fmt: skip
         except paramiko.AuthenticationException as exc:
             client.close()
-            raise SshError(f"{self.user}@127.0.0.1:{self.port} refused the run's key: {exc}")
+            who = f"{self.user}@127.0.0.1:{self.port}"
+            raise SshError(f"{who} refused the run's key: {exc}") from None
         except (OSError, paramiko.SSHException) as exc:
             client.close()
             raise SshError(f"cannot reach SSH on 127.0.0.1:{self.port}: {exc}") from exc
@@ -126,7 +127,7 @@ class Session:
             raise SshError("not connected")
         full = f"sudo -n sh -c {shlex.quote(command)}" if root else command
         try:
-            _, stdout, stderr = self._client.exec_command(full, timeout=timeout)
+            _, stdout, _ = self._client.exec_command(full, timeout=timeout)
             channel = stdout.channel
             out, err = io.BytesIO(), io.BytesIO()
             deadline = time.monotonic() + timeout

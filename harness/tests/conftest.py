@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
+from keel_harness import busybox
 from keel_harness import kernel as kernel_mod
 
 pytest_plugins = ["pytester"]
@@ -18,8 +18,8 @@ def debian_kernel() -> kernel_mod.Kernel:
 
 
 @pytest.fixture(scope="session")
-def busybox_initrd(debian_kernel: kernel_mod.Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def busybox_initrd(
+    debian_kernel: kernel_mod.Kernel, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """The busybox test guest's initramfs (built in well under a second)."""
-    import busybox_guest
-
-    return busybox_guest.build_initramfs(debian_kernel, tmp_path_factory.mktemp("bb") / "initrd.gz")
+    return busybox.build_initramfs(debian_kernel, tmp_path_factory.mktemp("bb") / "initrd.gz")

@@ -46,5 +46,7 @@ def test_failed_test_leaves_machine_logs_and_prints_the_path(
     folder = out / "test_failed_test_leaves_machine_logs_and_prints_the_path.py_test_broken"
     assert (folder / "node7" / "console.log").read_text().startswith("[ 1.0] Kernel panic")
     assert (folder / "node7" / "config.json").exists()
-    assert not (out / "test_failed_test_leaves_machine_logs_and_prints_the_path.py_test_fine").exists()
+    assert not (
+        out / "test_failed_test_leaves_machine_logs_and_prints_the_path.py_test_fine"
+    ).exists()
     result.stdout.fnmatch_lines([f"machine logs: {folder}"])

@@ -5,14 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from keel_harness import qemu
 from keel_harness.errors import HarnessError
 
 
 def spec(**kw) -> qemu.QemuSpec:
-    base = dict(name="m1", accel="tcg", memory_mib=512, cpus=1, disk=Path("/x/disk.qcow2"),
-                console=Path("/x/console.log"), qmp=Path("/x/qmp.sock"))  # fmt: skip
+    base = {
+        "name": "m1",
+        "accel": "tcg",
+        "memory_mib": 512,
+        "cpus": 1,
+        "disk": Path("/x/disk.qcow2"),
+        "console": Path("/x/console.log"),
+        "qmp": Path("/x/qmp.sock"),
+    }
     base.update(kw)
     return qemu.QemuSpec(**base)
 
@@ -31,10 +37,14 @@ def test_user_network_is_restricted_and_forwards_ssh_on_loopback_only():
 
 def test_private_nic_is_a_vde_socket_never_multicast():
     argv = qemu.command(
-        spec(nics=[qemu.Nic("user", "52:54:00:00:00:01", ssh_port=2),
-                   qemu.Nic("vde", "52:54:00:01:00:01", socket=Path("/run/sw"))])  # fmt: skip
+        spec(
+            nics=[
+                qemu.Nic("user", "52:54:00:00:00:01", ssh_port=2),
+                qemu.Nic("vde", "52:54:00:01:00:01", socket=Path("/run/sw")),
+            ]
+        )
     )
-    user, private = netdevs(argv)
+    _, private = netdevs(argv)
     assert private == "vde,id=net1,sock=/run/sw"
     assert not any("mcast" in a or a.startswith("socket") for a in netdevs(argv))
     assert "virtio-net-pci,netdev=net1,mac=52:54:00:01:00:01" in argv
@@ -81,8 +91,13 @@ def test_uefi_needs_its_own_vars_copy_and_uses_pflash():
 
 def test_fw_cfg_and_kernel_boot():
     argv = qemu.command(
-        spec(disk=None, kernel=Path("/k"), initrd=Path("/i"), kernel_args=["a=1", "b"],
-             fw_cfg=Path("/x/config.json"))  # fmt: skip
+        spec(
+            disk=None,
+            kernel=Path("/k"),
+            initrd=Path("/i"),
+            kernel_args=["a=1", "b"],
+            fw_cfg=Path("/x/config.json"),
+        )
     )
     assert "name=opt/org.keel/config,file=/x/config.json" in argv
     assert argv[argv.index("-append") + 1] == "a=1 b"

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import paramiko
 import pytest
-
 from keel_core import plugins
 from keel_core.hookspecs import hookimpl
 from keel_core.types import HealthCheck
@@ -32,8 +31,10 @@ class FakeClock:
 def test_retry_returns_the_first_truthy_result():
     clock = FakeClock()
     answers = iter([None, False, "done"])
-    assert retry(lambda last: next(answers), timeout=10, what="x", clock=clock,
-                 sleep=clock.sleep) == "done"  # fmt: skip
+    assert (
+        retry(lambda last: next(answers), timeout=10, what="x", clock=clock, sleep=clock.sleep)
+        == "done"
+    )
     assert clock.now == 2.0
 
 
@@ -91,9 +92,8 @@ def test_console_log_reads_from_the_mark(tmp_path: Path):
 
 
 def test_config_document_follows_the_contract(tmp_path: Path):
-    doc = provision.config_document(
-        "node1", ["ssh-ed25519 AAAA k"], [provision.StaticInterface("52:54:00:01:00:01", "192.0.2.11/24")]
-    )
+    nic = provision.StaticInterface("52:54:00:01:00:01", "192.0.2.11/24")
+    doc = provision.config_document("node1", ["ssh-ed25519 AAAA k"], [nic])
     path = provision.write_config(tmp_path / "c.json", doc)
     assert json.loads(path.read_text()) == {
         "hostname": "node1",
@@ -128,7 +128,7 @@ def test_generated_key_is_private_ed25519_and_reused(tmp_path: Path):
 
 def test_image_resolution(tmp_path: Path):
     (tmp_path / "img").mkdir()
-    with pytest.raises(HarnessError, match="neither disk.qcow2 nor disk.raw"):
+    with pytest.raises(HarnessError, match=r"neither disk\.qcow2 nor disk\.raw"):
         images.resolve(tmp_path / "img")
     (tmp_path / "img" / "disk.raw").write_bytes(b"")
     assert images.resolve(tmp_path / "img") == tmp_path / "img" / "disk.raw"
@@ -144,7 +144,8 @@ def test_image_resolution(tmp_path: Path):
 def test_artifact_folder_names_are_path_safe(tmp_path: Path):
     folder = artifacts.test_dir(tmp_path, "tests/a.py::test_x[3-uefi]")
     assert folder.parent == tmp_path
-    assert "/" not in folder.name and "[" not in folder.name
+    assert "/" not in folder.name
+    assert "[" not in folder.name
 
 
 class ThirdParty:

@@ -33,8 +33,13 @@ def kvm_usable(kernel: Path, *, qemu: str = QEMU, timeout: float = DEFAULT_TIMEO
     """Boot ``kernel`` (no root fs) under KVM; True if it reaches its root-mount panic in time."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
+    return kernel_runs("kvm", kernel, qemu=qemu, timeout=timeout)
+
+
+def kernel_runs(accel: str, kernel: Path, *, qemu: str = QEMU, timeout: float) -> bool:
+    """Whether ``kernel`` gets through early boot under ``accel`` within ``timeout`` s."""
     argv = [
-        qemu, "-accel", "kvm", "-m", "128", "-smp", "1", "-nodefaults", "-display", "none",
+        qemu, "-accel", accel, "-m", "128", "-smp", "1", "-nodefaults", "-display", "none",
         "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
         "-append", "console=ttyS0 panic=-1 loglevel=4",
     ]  # fmt: skip
@@ -43,12 +48,12 @@ def kvm_usable(kernel: Path, *, qemu: str = QEMU, timeout: float = DEFAULT_TIMEO
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         reaper.kill(proc)
-        log.info("kvm probe: no kernel progress within %.0f s; using tcg", timeout)
+        log.info("%s probe: no kernel progress within %.0f s", accel, timeout)
         return False
     finally:
         reaper.forget(proc)
     ok = any(marker in out for marker in _REACHED)
-    log.info("kvm probe: exit %s, kernel %s", proc.returncode, "ran" if ok else "did not run")
+    log.info("%s probe: exit %s, kernel %s", accel, proc.returncode, "ran" if ok else "did not")
     return ok
 
 

@@ -1,4 +1,4 @@
-"""A seconds-to-boot test guest: Debian's kernel and a busybox-static initramfs.
+"""A seconds-to-boot guest for harness self-tests: Debian's kernel and a busybox-static initramfs.
 
 It proves the QEMU layer without an image: start, console capture, the fw_cfg config
 (the guest prints it and takes its private address from it), the private segment (it
@@ -40,7 +40,7 @@ if [ -n "$addr" ]; then ip link set eth0 up; ip addr add "$addr" dev eth0; fi
 echo "KEEL-READY $(hostname) ${addr:-none}"
 for peer in $(arg peers | tr ',' ' '); do
   ok=no; i=0
-  while [ $i -lt 90 ]; do
+  while [ $i -lt "$(arg tries)" ]; do
     if ping -c 1 -W 1 "$peer" >/tmp/ping.log 2>&1; then ok=yes; break; fi
     i=$((i+1))
   done
@@ -92,9 +92,18 @@ def build_initramfs(kernel: Kernel, destination: Path) -> Path:
     return destination
 
 
-def kernel_args(*, peers: list[str] | None = None, then: str = "sleep") -> list[str]:
-    """Kernel command line for the busybox guest."""
-    args = ["console=ttyS0", "panic=-1", "quiet", "loglevel=4", f"keel.then={then}"]
+def kernel_args(
+    *, peers: list[str] | None = None, then: str = "sleep", tries: int = 90
+) -> list[str]:
+    """Kernel command line for the busybox guest: ping ``peers`` up to ``tries`` times each."""
+    args = [
+        "console=ttyS0",
+        "panic=-1",
+        "quiet",
+        "loglevel=4",
+        f"keel.then={then}",
+        f"keel.tries={tries}",
+    ]
     if peers:
         args.append("keel.peers=" + ",".join(peers))
     return args

@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from keel_harness import qemu
 from keel_harness.machine import Machine, MachineConfig, PrivateLink
 from keel_harness.network import PrivateSegment, private_address
+
+# ICMP echo with Python's raw sockets, for images that ship python3 but no ping(8).
+_PY_PING = """
+import os, socket, struct, sys, time
+dst = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(5)
+ident = os.getpid() & 0xFFFF
+def csum(b):
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    t = (t >> 16) + (t & 0xFFFF)
+    return ~(t + (t >> 16)) & 0xFFFF
+body = b"keel-harness-ping"
+hdr = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
+s.sendto(struct.pack("!BBHHH", 8, 0, csum(hdr + body + b"\\0"[: len(body) % 2]), ident, 1) + body,
+         (dst, 0))
+end = time.monotonic() + 5
+while time.monotonic() < end:
+    data, addr = s.recvfrom(1024)
+    icmp = data[(data[0] & 15) * 4:]
+    if addr[0] == dst and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
+        print("reply from", dst); sys.exit(0)
+sys.exit(1)
+"""
+
+
+def ping_command(address: str) -> str:
+    """A shell command that sends one ICMP echo to ``address`` and succeeds on the reply."""
+    py = f"python3 -c {shlex.quote(_PY_PING)} {shlex.quote(address)}"
+    return (
+        f"if command -v ping >/dev/null; then ping -c 1 -W 5 {shlex.quote(address)}; else {py}; fi"
+    )
 
 
 class Cluster:
@@ -45,6 +78,10 @@ class Cluster:
         """The private address (without prefix) of ``machine``."""
         assert machine.config.private is not None
         return machine.config.private.address.split("/")[0]
+
+    def ping(self, source: Machine, target: Machine) -> str:
+        """``source`` pings ``target``'s private address once; fails the test if no reply."""
+        return source.succeed(ping_command(self.address(target)), timeout=60)
 
     def start(self) -> None:
         """Start the hub, then every machine (they boot in parallel)."""

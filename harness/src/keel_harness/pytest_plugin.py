@@ -81,12 +81,29 @@ def keel_run(
     )
 
 
+def _image_spec(config: pytest.Config) -> Path:
+    opt = config.getoption("--keel-image")
+    return Path(opt) if opt else Path(config.rootpath) / "images" / "keel.yaml"
+
+
 @pytest.fixture(scope="session")
 def keel_image(request: pytest.FixtureRequest) -> Path:
     """The default image's disk (built once, or reused by content hash)."""
-    opt = request.config.getoption("--keel-image")
-    spec = Path(opt) if opt else Path(request.config.rootpath) / "images" / "keel.yaml"
-    return images.resolve(spec)
+    return images.resolve(_image_spec(request.config))
+
+
+@pytest.fixture(scope="session")
+def keel_image_variant(request: pytest.FixtureRequest) -> Callable[..., Path]:
+    """``keel_image_variant([(name, plugin), ...])``: the default definition built with extra
+    pluggy plugins (e.g. one whose ``keel_image_contribution`` adds a failing unit)."""
+    spec = _image_spec(request.config)
+    if spec.suffix not in images.DEFINITION_SUFFIXES:
+        pytest.skip(f"variant images need a definition to build, not {spec}")
+
+    def build(extra_plugins: list[tuple[str, object]]) -> Path:
+        return images.build(spec, extra_plugins)
+
+    return build
 
 
 def _track(request: pytest.FixtureRequest, machine: Machine) -> None:

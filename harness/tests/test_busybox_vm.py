@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from keel_harness import accel, busybox, reaper
+from keel_harness import accel, busybox, reaper, ssh
 from keel_harness.cluster import Cluster
 from keel_harness.console import find_trouble
-from keel_harness.errors import QemuError
+from keel_harness.errors import GateFailure, QemuError
 from keel_harness.kernel import Kernel
 from keel_harness.machine import Machine, MachineConfig
 
@@ -90,6 +90,26 @@ def test_kernel_panic_shows_on_the_console_as_trouble(
     m.start()
     m.wait_for_console_text(r"Kernel panic - not syncing", timeout=120)
     assert any(t.startswith("kernel panic:") for t in find_trouble(m.console.text()))
+
+
+def test_waiting_for_ssh_stops_at_a_kernel_panic(debian_kernel, busybox_initrd, tmp_path, machines):
+    """A guest that panics fails the test at once instead of timing out on SSH."""
+    key = ssh.generate_key(tmp_path / "key")
+    m = Machine(
+        config(
+            debian_kernel,
+            busybox_initrd,
+            key=key,
+            kernel_args=[*busybox.kernel_args(then="panic"), "panic=0"],
+        ),
+        tmp_path / "bb",
+    )
+    machines.append(m)
+    m.start()
+    start = time.monotonic()
+    with pytest.raises(GateFailure, match="kernel panic"):
+        m.wait_for_ssh(timeout=300)
+    assert time.monotonic() - start < 120
 
 
 def test_qemu_that_dies_is_a_harness_error_with_its_reason(

@@ -10,7 +10,10 @@ from keel_harness import qemu
 from keel_harness.machine import Machine, MachineConfig, PrivateLink
 from keel_harness.network import PrivateSegment, private_address
 
-# ICMP echo with Python's raw sockets, for images that ship python3 but no ping(8).
+# ICMP echo for images without ping(8): Perl's core Net::Ping (perl is in Debian's base),
+# or Python's raw sockets.
+_PERL_PING = 'use Net::Ping; exit(Net::Ping->new("icmp", 5)->ping($ARGV[0]) ? 0 : 1)'
+
 _PY_PING = """
 import os, socket, struct, sys, time
 dst = sys.argv[1]
@@ -37,9 +40,11 @@ sys.exit(1)
 
 def ping_command(address: str) -> str:
     """A shell command that sends one ICMP echo to ``address`` and succeeds on the reply."""
-    py = f"python3 -c {shlex.quote(_PY_PING)} {shlex.quote(address)}"
+    addr = shlex.quote(address)
     return (
-        f"if command -v ping >/dev/null; then ping -c 1 -W 5 {shlex.quote(address)}; else {py}; fi"
+        f"if command -v ping >/dev/null; then ping -c 1 -W 5 {addr}; "
+        f"elif command -v perl >/dev/null; then perl -e {shlex.quote(_PERL_PING)} {addr}; "
+        f"else python3 -c {shlex.quote(_PY_PING)} {addr}; fi"
     )
 
 

@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from keel_harness import provision, qemu, reaper, ssh
-from keel_harness.console import ConsoleLog
-from keel_harness.errors import CommandFailed, HarnessError, QemuError, SshError
+from keel_harness.console import ConsoleLog, find_trouble
+from keel_harness.errors import CommandFailed, GateFailure, HarnessError, QemuError, SshError
 from keel_harness.network import free_port
 from keel_harness.retry import retry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 900.0
+# Console trouble after which SSH will never come: stop waiting and fail the test at once.
+FATAL_TROUBLE = ("kernel panic", "emergency shell", "rescue mode")
 
 
 @dataclass
@@ -188,7 +190,9 @@ class Machine:
     def wait_for_ssh(self, timeout: float | None = None) -> float:
         """Wait until SSH accepts the run's key; returns seconds since :meth:`start`.
 
-        Raises :class:`QemuError` if QEMU dies meanwhile, :class:`SshError` on timeout.
+        Raises :class:`QemuError` if QEMU dies meanwhile, :class:`SshError` on timeout, and
+        :class:`GateFailure` at once if the console shows a panic or an emergency shell (the
+        image's fault, not the harness's).
         """
         if self.config.key is None:
             raise HarnessError(f"{self.name} was started without an SSH key")
@@ -197,6 +201,9 @@ class Machine:
         timeout = timeout if timeout is not None else self.config.boot_timeout
 
         def ready(last: bool) -> bool:
+            fatal = [t for t in find_trouble(self.console.text()) if t.startswith(FATAL_TROUBLE)]
+            if fatal:
+                raise GateFailure(self.name, [f"console: {t}" for t in fatal])
             self._check_alive("QEMU exited while booting")
             if not ssh.banner_ready(self.ssh_port):
                 return False

@@ -13,8 +13,7 @@ pytestmark = pytest.mark.vm
 def test_three_machines_ping_each_other_over_the_private_network(cluster):
     nodes = cluster(3)
     for source, target in itertools.permutations(nodes, 2):
-        cluster_out = nodes.ping(source, target)
-        assert nodes.address(target) in cluster_out or "reply" in cluster_out
+        nodes.ping(source, target)  # fails the test unless an ICMP echo reply comes back
     for node in nodes:
         # The private address sits on the NIC with the MAC the harness gave it.
         mac = node.config.private.mac

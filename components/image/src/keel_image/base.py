@@ -87,7 +87,7 @@ After=multi-user.target
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo "KEEL-BOOT-OK $(sed -n "s/.*keel.slot=\\\\([AB]\\\\).*/\\\\1/p" /proc/cmdline)" >/dev/console'
+ExecStart=/bin/sh -c 'echo "KEEL-BOOT-OK $(/usr/lib/keel/keel-slot current)" >/dev/console'
 
 [Install]
 WantedBy=multi-user.target

@@ -18,9 +18,14 @@ nox.options.error_on_missing_interpreters = True
 PYTHON = "3.11"
 CONSTRAINTS = ["-c", str(ROOT / "constraints.txt")]
 TEST_DEPS = [
-    "pytest", "pytest-xdist", "pytest-timeout", "hypothesis", "pytest-virtualenv",
+    "pytest",
+    "pytest-xdist",
+    "pytest-timeout",
+    "hypothesis",
+    "pytest-virtualenv",
+    "uv",
 ]
-LINT_DEPS = ["ruff", "mypy", "types-PyYAML"]
+LINT_DEPS = ["ruff", "mypy", "types-PyYAML", "nox"]
 SIM_SEEDS_CI = "500"
 
 
@@ -28,8 +33,11 @@ def local_distributions() -> list[Path]:
     """Every Keel distribution in the tree (core first), found by its pyproject.toml."""
     found = [
         p.parent
-        for pattern in ("components/*/pyproject.toml", "platforms/*/pyproject.toml",
-                        "harness/pyproject.toml")
+        for pattern in (
+            "components/*/pyproject.toml",
+            "platforms/*/pyproject.toml",
+            "harness/pyproject.toml",
+        )
         for p in sorted(ROOT.glob(pattern))
     ]
     return sorted(found, key=lambda p: (p.name != "core", str(p)))
@@ -44,7 +52,13 @@ def install(session: nox.Session, *extra: str) -> None:
 def pytest(session: nox.Session, marker: str, *args: str) -> None:
     """Run pytest over the whole tree for the tests selected by ``marker``."""
     session.run(
-        "pytest", "-m", marker, "-p", "no:cacheprovider", *args, *session.posargs,
+        "pytest",
+        "-m",
+        marker,
+        "-p",
+        "no:cacheprovider",
+        *args,
+        *session.posargs,
         env={"PYTHONDONTWRITEBYTECODE": "1"},
     )
 
@@ -52,7 +66,8 @@ def pytest(session: nox.Session, marker: str, *args: str) -> None:
 def lint_all(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    sources = [str(d / "src") for d in local_distributions() if (d / "src").is_dir()]
+    dists = [*local_distributions(), *sorted(p.parent for p in ROOT.glob("examples/*/pyproject.toml"))]
+    sources = [str(d / "src") for d in dists if (d / "src").is_dir()]
     session.run("mypy", *sources, "noxfile.py")
 
 

@@ -33,7 +33,8 @@ def main(argv: list[str]) -> int:
     for name in names:
         print(f"\n=== bench {name}")
         spec = importlib.util.spec_from_file_location(f"bench_{name}", benches[name])
-        assert spec and spec.loader
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {benches[name]}")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         status |= int(module.main(options))

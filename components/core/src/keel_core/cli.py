@@ -48,7 +48,7 @@ def plugin_manager(ctx: click.Context | None = None) -> plugins.KeelPluginManage
     pm = root.meta.get("keel.plugins")
     if pm is None:
         pm = root.meta["keel.plugins"] = plugins.load()
-    return pm  # type: ignore[no-any-return]
+    return pm
 
 
 @click.group(cls=KeelGroup)

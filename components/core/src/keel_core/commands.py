@@ -41,7 +41,9 @@ def platforms_command() -> None:
     found: list[Platform] = plugins.collect(pm.hook.keel_platforms())
     table = Table("platform", "formats", "description", box=None)
     for platform in sorted(found, key=lambda p: p.name):
-        table.add_row(platform.name, ", ".join(f.name for f in platform.formats), platform.description)
+        table.add_row(
+            platform.name, ", ".join(f.name for f in platform.formats), platform.description
+        )
     Console(width=200).print(table)
 
 
@@ -59,7 +61,10 @@ def health_command(only_list: bool) -> None:
         try:
             proc = subprocess.run(
                 ["/bin/sh", "-c", check.command],
-                capture_output=True, text=True, timeout=check.timeout, check=False,
+                capture_output=True,
+                text=True,
+                timeout=check.timeout,
+                check=False,
             )
             ok, output = proc.returncode == 0, (proc.stdout + proc.stderr).strip()
         except subprocess.TimeoutExpired:

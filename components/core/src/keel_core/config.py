@@ -22,6 +22,7 @@ from pydantic_core import ErrorDetails
 from keel_core.errors import ConfigError, ConfigProblem
 
 M = TypeVar("M", bound=BaseModel)
+_SCALARS = yaml.SafeLoader("")  # only its scalar constructors are used
 
 
 def load_file(path: str | Path, model: type[M]) -> M:
@@ -30,7 +31,9 @@ def load_file(path: str | Path, model: type[M]) -> M:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([ConfigProblem(str(path), 1, 1, "", f"cannot read: {exc.strerror}")]) from exc
+        raise ConfigError(
+            [ConfigProblem(str(path), 1, 1, "", f"cannot read: {exc.strerror}")]
+        ) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem(str(path), 1, 1, "", f"not UTF-8 text: {exc}")]) from exc
     return load_text(text, model, filename=str(path))
@@ -60,13 +63,18 @@ def _compose(text: str, filename: str) -> yaml.Node | None:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise ConfigError([ConfigProblem(filename, line, col, "", f"invalid YAML: {what}")]) from None
+        raise ConfigError(
+            [ConfigProblem(filename, line, col, "", f"invalid YAML: {what}")]
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigProblem(filename, 1, 1, "", f"invalid YAML: {exc}")]) from None
 
 
 def _construct(
-    node: yaml.Node | None, filename: str, path: tuple[str | int, ...], problems: list[ConfigProblem]
+    node: yaml.Node | None,
+    filename: str,
+    path: tuple[str | int, ...],
+    problems: list[ConfigProblem],
 ) -> Any:
     """Build plain Python data from a node tree, reporting duplicate keys."""
     if node is None:
@@ -79,7 +87,12 @@ def _construct(
             if key in seen:
                 first = seen[key].start_mark.line + 1
                 problems.append(
-                    _at(key_node, filename, (*path, key), f"duplicate key (first given on line {first})")
+                    _at(
+                        key_node,
+                        filename,
+                        (*path, key),
+                        f"duplicate key (first given on line {first})",
+                    )
                 )
                 continue
             seen[key] = key_node
@@ -87,7 +100,7 @@ def _construct(
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(v, filename, (*path, i), problems) for i, v in enumerate(node.value)]
-    return yaml.SafeLoader(text="").construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+    return _SCALARS.construct_object(node, deep=True)
 
 
 def _at(node: yaml.Node, filename: str, path: tuple[str | int, ...], message: str) -> ConfigProblem:
@@ -121,7 +134,9 @@ def _find(
                     break
             else:
                 return node, False
-        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value)
+        ):
             node = node.value[step]
         else:
             return node, False
@@ -189,7 +204,9 @@ def _problem(
     else:
         node, _ = _find(root, loc)
         got = err.get("input")
-        shown = f" (got {got!r})" if isinstance(got, str | int | float | bool) or got is None else ""
+        shown = (
+            f" (got {got!r})" if isinstance(got, str | int | float | bool) or got is None else ""
+        )
         message = f"{err['msg']}{shown}"
     if node is None:
         return ConfigProblem(filename, 1, 1, _dotted(loc), message)

@@ -36,7 +36,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def keel_image_contribution(image: ImageDefinition) -> ImageContribution | None:  # type: ignore[empty-body]
+def keel_image_contribution(image: ImageDefinition) -> ImageContribution | None:
     """Say what this plugin adds to ``image``: packages, files, units, kernel arguments.
 
     Called by the image builder once per build, for every loaded plugin. ``image`` is

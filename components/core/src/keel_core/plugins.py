@@ -18,7 +18,7 @@ import functools
 import importlib.metadata as md
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +71,7 @@ class KeelPluginManager(pluggy.PluginManager):
         for caller in callers:
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin:
-                    impl.function = _guarded(impl.function, info.name, caller.name)
+                    impl.function = _guarded(impl.function, info.name, caller.name)  # type: ignore[misc]
         info.hooks = sorted(c.name for c in callers)
         self.infos[info.name] = info
 
@@ -142,7 +142,8 @@ def load(
             continue
         module = getattr(plugin, "__name__", type(plugin).__name__)
         pm.register_plugin(
-            plugin, PluginInfo(name, module, "(registered)", "-", getattr(plugin, "__file__", module))
+            plugin,
+            PluginInfo(name, module, "(registered)", "-", getattr(plugin, "__file__", module)),
         )
     if (environ if environ is not None else os.environ).get(TRACE_ENV, "") not in ("", "0"):
         enable_tracing(pm)
@@ -151,13 +152,19 @@ def load(
 
 def enable_tracing(pm: pluggy.PluginManager, write: Callable[[str], object] | None = None) -> None:
     """Print each hook call and its result (``KEEL_TRACE_PLUGINS=1``)."""
-    out = write or (lambda text: sys.stderr.write(text))
+    out = write or sys.stderr.write
 
-    def before(hook_name: str, impls: list[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+    def before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
         names = ", ".join(i.plugin_name for i in impls)
-        out(f"keel-trace: call {hook_name}({_short(kwargs)}) -> [{names}]\n")
+        args = ", ".join(f"{key}={_short(value)}" for key, value in kwargs.items())
+        out(f"keel-trace: call {hook_name}({args}) -> [{names}]\n")
 
-    def after(outcome: Any, hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    def after(
+        outcome: pluggy.Result[Any],
+        hook_name: str,
+        impls: Sequence[pluggy.HookImpl],
+        kwargs: Mapping[str, Any],
+    ) -> None:
         exc = outcome.exception
         result = f"raised {exc!r}" if exc else _short(outcome.get_result())
         out(f"keel-trace: done {hook_name}: {result}\n")

@@ -1,0 +1,1 @@
+"""An example Keel platform plugin: "Example Cloud", which boots gzip-compressed raw disks."""

@@ -31,11 +31,18 @@ KERNEL_MODULES = [
     "nft_chain_nat",
     "nft_masq",
     "nft_compat",
-    "tun", "autofs4",
+    "tun",
+    "autofs4",
 ]
 """Kernel modules every Keel machine keeps: /usr, the ESP, and container networking."""
 
-KERNEL_ARGS = ["rw", "systemd.gpt_auto=0", "systemd.firstboot=off", "panic=10", "systemd.show_status=auto"]
+KERNEL_ARGS = [
+    "rw",
+    "systemd.gpt_auto=0",
+    "systemd.firstboot=off",
+    "panic=10",
+    "systemd.show_status=auto",
+]
 
 UNITS = ["systemd-networkd.service", "keel-boot-ok.service", "ssh.service"]
 
@@ -98,6 +105,13 @@ FSTAB = """\
 PARTLABEL=EFI-SYSTEM /boot vfat umask=0077,noauto,nofail,x-systemd.automount 0 2
 """
 
+USR_DEVICE_RULES = """\
+# /usr is opened by Keel's initramfs, where no udev runs, so dm's rules see the device
+# only at coldplug and mark it not ready. It is ready: it was mounted before systemd ran.
+SUBSYSTEM=="block", KERNEL=="dm-*", ATTR{dm/uuid}=="KEEL-VERITY-USR-*", \\
+  ENV{SYSTEMD_READY}="1", SYMLINK+="mapper/$attr{dm/name}"
+"""
+
 SYSUSERS = ['u core 500 "Keel user" /home/core /bin/bash']
 
 TMPFILES = """\
@@ -124,6 +138,7 @@ def contribution(image: ImageDefinition) -> ImageContribution:
         FileContribution("/usr/lib/systemd/system/ssh.service.d/keel.conf", SSH_DROPIN.encode()),
         FileContribution("/usr/lib/systemd/system/keel-boot-ok.service", BOOT_OK.encode()),
         FileContribution("/etc/fstab", FSTAB.encode()),
+        FileContribution("/usr/lib/udev/rules.d/99-zz-keel-usr.rules", USR_DEVICE_RULES.encode()),
         FileContribution("/etc/sudoers.d/keel-core", b"core ALL=(ALL) NOPASSWD: ALL\n", mode=0o440),
         FileContribution("/usr/lib/tmpfiles.d/keel-core.conf", TMPFILES.encode()),
     ]

@@ -51,7 +51,7 @@ def require(*tools: str, stage: str) -> None:
         raise BuildError(
             stage,
             f"missing tool(s): {', '.join(missing)}",
-            f"apt-get install {' '.join(pkgs)} (listed in system-packages.txt; ./dev installs them)",
+            f"apt-get install {' '.join(pkgs)} (in system-packages.txt; ./dev installs them)",
         )
 
 

@@ -149,10 +149,10 @@ def main(argv: list[str]) -> int:
     table = Table(title=f"WAL under {root}: median of {rounds} rounds of {seconds:g}s per case")
     for column in ("case", "records/s", "fsyncs/s", "records/s vs peer", "fsyncs/s vs peer"):
         table.add_column(column, justify="left" if column == "case" else "right")
-    for name, records, syncs in results:
+    for name, records_per_s, syncs_per_s in results:
         table.add_row(
-            name, f"{records:,.0f}", f"{syncs:,.0f}",
-            f"{records / floor_records:.2f}x", f"{syncs / floor_syncs:.2f}x",
+            name, f"{records_per_s:,.0f}", f"{syncs_per_s:,.0f}",
+            f"{records_per_s / floor_records:.2f}x", f"{syncs_per_s / floor_syncs:.2f}x",
         )  # fmt: skip
     console.print(table)
     return 0

@@ -59,7 +59,8 @@ class Replay:
     snapshot: SnapshotMeta
     """The snapshot the log continues (the one given to ``open``, or index 0)."""
     torn_bytes: int
-    """How many bytes of a torn tail were cut from the last segment (0: clean)."""
+    """How many bytes a torn write left after the last good record of the last segment
+    (zero fill not counted); they were cut. 0: the log ended cleanly."""
 
 
 class WriteAheadLog:
@@ -147,7 +148,8 @@ class WriteAheadLog:
                 )  # fmt: skip
         replay = Replayer(base, segments[0].first_index - 1)
         torn = False
-        end = size = 0
+        end = 0
+        data = b""
         for position, segment in enumerate(segments):
             path = posixpath.join(directory, segment.name)
             data = fs.read(path)
@@ -161,7 +163,9 @@ class WriteAheadLog:
                     raise CorruptionError(path, found.end, f"{found.problem}{tail}")
                 torn = True
             replay.segment(path, segment, found.records)
-            end, size = found.end, len(data)
+            end = found.end
+        # What the torn write left, not counting zero fill after it.
+        torn_bytes = max(1, len(data.rstrip(b"\x00")) - end) if torn else 0
         path = posixpath.join(directory, segments[-1].name)
         file = fs.open(path, create=False)
         if torn:
@@ -179,7 +183,7 @@ class WriteAheadLog:
             fs, directory, segments=segments, file=file, offset=end, replayed=replayed,
             segment_bytes=segment_bytes, preallocate=preallocate,
         )  # fmt: skip
-        return wal, Replay(replay.hard_state, replay.entries(), base, size - end if torn else 0)
+        return wal, Replay(replay.hard_state, replay.entries(), base, torn_bytes)
 
     # ------------------------------------------------------------------ writing
 

@@ -134,3 +134,22 @@ def test_a_damaged_newest_snapshot_falls_back_to_the_previous_one():
 def test_keep_snapshots_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         NodeStorage.open(MemoryFileSystem(), DATA, keep_snapshots=0)
+
+
+def test_append_then_sync_like_a_ready_loop():
+    fs = MemoryFileSystem()
+    storage, _ = NodeStorage.open(fs, DATA)
+    boot = Snapshot(SnapshotMeta(0, 0), b"boot")
+    storage.save_snapshot(boot)
+    storage.append(entries(1, 3), HardState(1, 1, 0))
+    storage.append(entries(4, 4), HardState(1, 1, 2))
+    fs.crash()
+    assert NodeStorage.open(fs, DATA)[1].entries == []
+    storage, _ = NodeStorage.open(fs, DATA)
+    storage.append(entries(1, 4), HardState(1, 1, 2))
+    storage.sync()
+    fs.crash()
+    _, restart = NodeStorage.open(fs, DATA)
+    assert restart.snapshot == boot
+    assert restart.entries == entries(1, 4)
+    assert restart.hard_state == HardState(1, 1, 2)

@@ -71,6 +71,15 @@ class NodeStorage:
         restart = Restart(snapshot, replay.hard_state, replay.entries, replay.torn_bytes)
         return cls(wal, snapshots, keep_snapshots), restart
 
+    def append(self, entries: Sequence[Entry] = (), hard_state: HardState | None = None) -> None:
+        """Queue a Ready's entries and hard state; :meth:`sync` makes them durable (e.g. in a
+        worker thread, so that proposals arriving meanwhile share the next fsync)."""
+        self.wal.append(entries, hard_state)
+
+    def sync(self) -> None:
+        """One write and one fsync for everything appended; send dependent messages after."""
+        self.wal.sync()
+
     def save(self, entries: Sequence[Entry] = (), hard_state: HardState | None = None) -> None:
         """Make ``entries`` (replacing any from their first index on) and ``hard_state``
         durable; send the messages that depend on them only after this returns."""

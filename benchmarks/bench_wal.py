@@ -101,8 +101,9 @@ def group_commit(directory: str, seconds: float, callers: int) -> tuple[int, int
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
+    syncs = wal.syncs
     committer.close()
-    return committer.jobs, committer.batches, elapsed
+    return committer.jobs, syncs, elapsed
 
 
 def main(argv: list[str]) -> int:

@@ -75,13 +75,20 @@ def check(history: Iterable[Operation], timeout: float | None = None) -> Result:
         if op.kind is Kind.GET and op.ret is None:
             continue
         by_key.setdefault(op.key, []).append(op)
+    undecided: list[Hashable] = []
     for key, key_ops in by_key.items():
         try:
             stuck = _search(key_ops, deadline)
         except _Timeout:
-            return Result(None, key, f"timed out after {timeout}s while checking key {key!r}")
+            # Go on: a violation found on another key is still a definite answer.
+            undecided.append(key)
+            continue
         if stuck is not None:
             return _explain(key, key_ops, stuck)
+    if undecided:
+        keys = ", ".join(repr(k) for k in undecided[:5])
+        more = f" and {len(undecided) - 5} more" if len(undecided) > 5 else ""
+        return Result(None, undecided[0], f"timed out after {timeout}s on key(s) {keys}{more}")
     return Result(True)
 
 

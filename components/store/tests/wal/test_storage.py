@@ -153,3 +153,13 @@ def test_append_then_sync_like_a_ready_loop():
     assert restart.snapshot == boot
     assert restart.entries == entries(1, 4)
     assert restart.hard_state == HardState(1, 1, 2)
+
+
+def test_an_older_snapshot_is_refused_before_anything_is_written():
+    fs = MemoryFileSystem()
+    storage, _ = NodeStorage.open(fs, DATA)
+    storage.save(entries(1, 10), HardState(1, 1, 10))
+    storage.save_snapshot(snapshot(8))
+    with pytest.raises(ValueError, match="snapshot 5 is older than 8"):
+        storage.save_snapshot(snapshot(5))
+    assert storage.snapshots.names() == [f"{8:016x}-{1:016x}.snap"]

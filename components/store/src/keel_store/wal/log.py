@@ -158,6 +158,11 @@ class WriteAheadLog:
         return self._hard_state
 
     @property
+    def snapshot(self) -> SnapshotMeta:
+        """The latest snapshot marker appended (durable or not)."""
+        return self._snapshot
+
+    @property
     def segments(self) -> list[str]:
         """Names of the segment files, oldest first."""
         return [s.name for s in self._segments]

@@ -87,6 +87,10 @@ class NodeStorage:
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Make ``snapshot`` durable, record it in the WAL and drop what is no longer needed."""
+        if snapshot.meta.index < self.wal.snapshot.index:
+            raise ValueError(
+                f"snapshot {snapshot.meta.index} is older than {self.wal.snapshot.index}"
+            )
         self.snapshots.save(snapshot)
         self.wal.save_snapshot(snapshot.meta)
         self.wal.sync()

@@ -254,10 +254,12 @@ class WriteAheadLog:
 
     def close(self) -> None:
         """Sync what is queued (if the log is healthy) and release the file."""
-        if self._failed is None:
-            self.sync()
-        self._file.close()
-        self._failed = self._failed or WALError("the WAL is closed")
+        try:
+            if self._failed is None:
+                self.sync()
+        finally:
+            self._file.close()
+            self._failed = self._failed or WALError("the WAL is closed")
 
     # ---------------------------------------------------------------- internals
 
@@ -298,10 +300,15 @@ class WriteAheadLog:
         old = self._segments[-1]
         sequence, first = old.sequence + 1, self._last_index + 1
         new = Segment(sequence, first, segment_name(sequence, first))
-        file, self._offset = _create_segment(
-            self._fs, self._dir, new, hard_state=self._hard_state, snapshot=self._snapshot,
-            segment_bytes=self._segment_bytes, preallocate=self._preallocate,
-        )  # fmt: skip
+        try:
+            file, self._offset = _create_segment(
+                self._fs, self._dir, new, hard_state=self._hard_state, snapshot=self._snapshot,
+                segment_bytes=self._segment_bytes, preallocate=self._preallocate,
+            )  # fmt: skip
+        except OSError as exc:
+            # The new file may exist; writing on in the old one would put records before
+            # its (older) opening records in replay order. Stop; reopening sorts it out.
+            self._fail("creating the next segment", exc)
         self._file.close()
         self._file = file
         self._segments.append(new)

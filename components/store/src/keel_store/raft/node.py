@@ -194,8 +194,7 @@ class RaftNode(LeaderSide):
             self.messages
             or self._broadcast_due
             or self.read_states
-            or self.log.unstable_entries()
-            or self.log.unstable_snapshot() is not None
+            or self.log.has_unstable()
             or self.log.has_next_committed()
             or self._hard_state() != self._prev_hard_state
             or SoftState(self.leader, self.role) != self._prev_soft_state

@@ -28,6 +28,10 @@ def test_runs_exercise_the_faults_they_claim() -> None:
     assert sum(r.elections for r in results) > 40
     assert sum(r.unknown_ops for r in results) > 0
     assert all(r.acked_writes > 0 for r in results)
+    assert sum(r.snapshots_sent for r in results) > 0
+    assert sum(r.membership_changes for r in results) > 0
+    assert sum(r.transfers for r in results) > 0
+    assert all(r.linearizable for r in results)
 
 
 def test_options_from_the_command_line_are_checked() -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from keel_store.raft.config import RaftConfig
 from keel_store.raft.log import RaftInvariantError
 from keel_store.raft.membership import ConfChange, ConfChangeType, bootstrap_entries
-from keel_store.raft.messages import Ready, Role
+from keel_store.raft.messages import MessageType, Ready, Role
 from keel_store.raft.node import ProposalDroppedError, RaftNode
 from keel_store.raft.storage import MemoryStorage
 from keel_store.raft.types import EntryType, HardState
@@ -44,6 +44,9 @@ class RunResult:
     elections: int = 0
     crashes: int = 0
     messages: int = 0
+    snapshots_sent: int = 0
+    membership_changes: int = 0
+    transfers: int = 0
     linearizable: bool | None = None
     log: list[str] = field(default_factory=list)
 
@@ -255,6 +258,7 @@ class World:
                     to = rng.choice(others)
                     try:
                         leader.raft.transfer_leadership(to)
+                        self.result.transfers += 1
                         self.trace(f"node {leader.id} transfers leadership to {to}")
                     except ProposalDroppedError:
                         pass
@@ -282,6 +286,7 @@ class World:
             leader.raft.propose_conf_change(change)
         except ProposalDroppedError:
             return
+        self.result.membership_changes += 1
         self.trace(f"node {leader.id} proposes {change}")
         if change.type is ConfChangeType.ADD_LEARNER:
             self.next_node_id += 1
@@ -402,6 +407,8 @@ class World:
                 storage.set_hard_state(rd.hard_state)
             now = self.now
             for m in rd.messages:
+                if m.type is MessageType.SNAPSHOT:
+                    self.result.snapshots_sent += 1
                 self.net.send(m, now)
             for entry in rd.committed_entries:
                 self.inv.saw_apply(node.id, entry)

@@ -28,7 +28,7 @@ import grpc
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
-from keel_store.server import kv_service, other_services
+from keel_store.server import gateway, kv_service, other_services
 from keel_store.server.members import Cluster, ClusterConfigError, parse_initial_cluster
 from keel_store.server.node import NodeConfig, StoreNode
 from keel_store.server.transport import host_port
@@ -41,6 +41,7 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("listen-client-urls", "http://localhost:2379", "URLs to listen on for client traffic"),
     ("advertise-client-urls", "http://localhost:2379", "client URLs told to the cluster"),
     ("listen-peer-urls", "http://localhost:2380", "URLs to listen on for peer traffic"),
+    ("listen-metrics-urls", "", "URLs for /health, /version and the JSON gateway /v3/..."),
     ("initial-advertise-peer-urls", "http://localhost:2380", "peer URLs told to the cluster"),
     ("initial-cluster", "", "initial cluster: name=peer-url,... (default: ${name}=peer-url)"),
     ("initial-cluster-state", "new", "new or existing"),
@@ -200,7 +201,7 @@ async def auto_compact(node: StoreNode, mode: str, retention: float) -> None:
                 await node.propose(Kind.COMPACT, rpcpb.CompactionRequest(revision=target))
 
 
-def _server(node: StoreNode, args: argparse.Namespace) -> grpc.aio.Server:
+def _server(node: StoreNode, kv: kv_service.KVService, args: argparse.Namespace) -> grpc.aio.Server:
     limit = args.max_request_bytes + 512 * 1024
     server = grpc.aio.server(
         options=[
@@ -211,7 +212,7 @@ def _server(node: StoreNode, args: argparse.Namespace) -> grpc.aio.Server:
             ("grpc.http2.max_ping_strikes", 0),
         ]
     )
-    rpcgrpc.add_KVServicer_to_server(kv_service.KVService(node, args.max_txn_ops), server)
+    rpcgrpc.add_KVServicer_to_server(kv, server)
     rpcgrpc.add_WatchServicer_to_server(kv_service.WatchService(node), server)
     rpcgrpc.add_LeaseServicer_to_server(other_services.LeaseService(node), server)
     rpcgrpc.add_ClusterServicer_to_server(other_services.ClusterService(node), server)
@@ -257,8 +258,14 @@ async def serve(args: argparse.Namespace) -> int:
     config = node_config(args)
     node = StoreNode(config)
     await node.start()
-    server = _server(node, args)
+    kv = kv_service.KVService(node, args.max_txn_ops)
+    server = _server(node, kv, args)
     await server.start()
+    gateways = []
+    for url in filter(None, (u.strip() for u in args.listen_metrics_urls.split(","))):
+        gw = gateway.Gateway(node, kv)
+        await gw.listen(*host_port(url))
+        gateways.append(gw)
     log.info("serving clients on %s as member %x", args.listen_client_urls, node.member_id)
     tasks = []
     retention = _retention_seconds(args.auto_compaction_retention, args.auto_compaction_mode)
@@ -271,6 +278,8 @@ async def serve(args: argparse.Namespace) -> int:
     await stop.wait()
     for task in tasks:
         task.cancel()
+    for gw in gateways:
+        await gw.close()
     await server.stop(grace=0.5)
     await node.stop()
     return 0

@@ -72,7 +72,7 @@ def watch_lines(port: int, start: int, count: int) -> list[object]:
 
 def test_gateway_matches_etcd(make_cluster) -> None:
     gw_port = free_port()
-    keel = make_cluster(1, extra=[f"--listen-metrics-urls=http://127.0.0.1:{gw_port}"])
+    make_cluster(1, extra=[f"--listen-metrics-urls=http://127.0.0.1:{gw_port}"])
     etcd = make_cluster(1, binary="etcd")
     etcd_port = int(etcd.members[0].client_url.rsplit(":", 1)[1])
     for method, path, body in CALLS:

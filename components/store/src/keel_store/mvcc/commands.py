@@ -13,8 +13,9 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
+from keel_store.mvcc import errors
 from keel_store.mvcc.errors import EtcdError
-from keel_store.mvcc.store import StateMachine
+from keel_store.mvcc.store import StateMachine, txn_writes
 from keel_store.pb import rpcpb
 
 _HEAD = struct.Struct(">BQ")
@@ -35,6 +36,7 @@ class Kind(enum.IntEnum):
     MEMBER_REMOVE = 9
     MEMBER_UPDATE = 10
     MEMBER_PROMOTE = 11
+    ALARM = 12
 
 
 _MESSAGES: dict[Kind, type[Message]] = {
@@ -49,6 +51,7 @@ _MESSAGES: dict[Kind, type[Message]] = {
     Kind.MEMBER_REMOVE: rpcpb.MemberRemoveRequest,
     Kind.MEMBER_UPDATE: rpcpb.MemberUpdateRequest,
     Kind.MEMBER_PROMOTE: rpcpb.MemberPromoteRequest,
+    Kind.ALARM: rpcpb.AlarmRequest,
 }
 
 
@@ -82,6 +85,12 @@ def apply(sm: StateMachine, index: int, data: bytes) -> tuple[int, Any]:
     if not data:
         return 0, None
     kind, request_id, req = decode(data)
+    if sm.no_space and (
+        kind in (Kind.PUT, Kind.LEASE_GRANT) or (kind is Kind.TXN and txn_writes(req))
+    ):
+        # Every member refuses alike while the NOSPACE alarm is raised (etcd's capped
+        # applier); deletes, compaction and alarm changes still go through.
+        return request_id, errors.NO_SPACE
     try:
         if kind is Kind.PUT:
             return request_id, sm.put(req)
@@ -101,6 +110,8 @@ def apply(sm: StateMachine, index: int, data: bytes) -> tuple[int, Any]:
             return request_id, sm.member_remove(req)
         if kind is Kind.MEMBER_UPDATE:
             return request_id, sm.member_update(req)
+        if kind is Kind.ALARM:
+            return request_id, sm.alarm(req)
         if kind is Kind.MEMBER_PROMOTE:
             return request_id, sm.member_promote(req)
         return request_id, sm.range(req)

@@ -34,6 +34,7 @@ def save(sm: StateMachine) -> bytes:
             [m.id, m.name, m.peer_urls, m.is_learner]
             for m in sorted(sm.members.values(), key=lambda m: m.id)
         ],
+        "alarms": sorted([m, a] for m, a in sm.alarms),
         "leases": [
             [lease.id, lease.ttl] for lease in sorted(sm.leases.values(), key=lambda x: x.id)
         ],
@@ -63,6 +64,7 @@ def restore(data: bytes) -> StateMachine:
     sm.applied_index = head["applied_index"]
     for mid, name, peer_urls, is_learner in head.get("members", []):
         sm.members[mid] = MemberRecord(mid, name, peer_urls, is_learner)
+    sm.alarms = {(m, a) for m, a in head.get("alarms", [])}
     for lease_id, ttl in head["leases"]:
         sm.leases[lease_id] = Lease(lease_id, ttl)
     pos = newline + 1

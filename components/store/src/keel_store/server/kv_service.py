@@ -12,7 +12,7 @@ import grpc
 from keel_store.mvcc import errors, validate
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
-from keel_store.mvcc.keyspace import Event
+from keel_store.mvcc.keyspace import ENTRY_OVERHEAD, Event
 from keel_store.mvcc.watch import Watcher
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.node import StoreNode
@@ -63,6 +63,37 @@ class Headers:
         header.revision = node.sm.kv.revision if revision is None else revision
 
 
+async def check_quota(node: StoreNode, cost: int) -> None:
+    """etcd's backend quota: refuse a write that would pass ``--quota-backend-bytes``.
+
+    The first refusal raises the NOSPACE alarm through the log, which then blocks
+    writes on every member until ``etcdctl alarm disarm`` (after compaction).
+    """
+    if node.sm.no_space:
+        raise errors.NO_SPACE
+    if node.sm.kv.size + cost > node.config.quota_bytes:
+        alarm = rpcpb.AlarmRequest(
+            action=rpcpb.AlarmRequest.ACTIVATE, memberID=node.member_id, alarm=rpcpb.NOSPACE
+        )
+        await node.propose(Kind.ALARM, alarm)
+        raise errors.NO_SPACE
+
+
+def _put_cost(req: rpcpb.PutRequest) -> int:
+    return len(req.key) + len(req.value) + ENTRY_OVERHEAD
+
+
+def _txn_cost(req: rpcpb.TxnRequest) -> int:
+    cost = 0
+    for op in (*req.success, *req.failure):
+        which = op.WhichOneof("request")
+        if which == "request_put":
+            cost += _put_cost(op.request_put)
+        elif which == "request_txn":
+            cost += _txn_cost(op.request_txn)
+    return cost
+
+
 def _read_only(req: rpcpb.TxnRequest) -> bool:
     for op in (*req.success, *req.failure):
         which = op.WhichOneof("request")
@@ -94,6 +125,7 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
     @guarded
     async def Put(self, request: Any, context: Any) -> Any:
         validate.check_put(request)
+        await check_quota(self.node, _put_cost(request))
         resp = await self.node.propose(Kind.PUT, request)
         self.headers.fill(resp.header, resp.header.revision)
         return resp
@@ -113,6 +145,7 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
             await self.node.read_barrier()
             resp = self.node.sm.txn(request)
         else:
+            await check_quota(self.node, _txn_cost(request))
             resp = await self.node.propose(Kind.TXN, request)
         self.headers.fill(resp.header, resp.header.revision)
         _fill_nested(resp, self.headers)

@@ -252,8 +252,11 @@ class StoreNode:
                         self._revoking.clear()
                     was_leader = leader_now
                     if rd.soft_state.leader != self._known_leader:
+                        # Only what went to a previous leader can be lost; requests that
+                        # waited for a first leader are proposed to the new one.
+                        if self._known_leader != 0:
+                            self._fail_in_flight()
                         self._known_leader = rd.soft_state.leader
-                        self._fail_in_flight()
                     self.leader_changed.set()
                     self.leader_changed = asyncio.Event()
                 if rd.snapshot is not None:

@@ -10,7 +10,7 @@ from keel_store.mvcc import errors, snapshot
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
 from keel_store.pb import rpcgrpc, rpcpb
-from keel_store.server.kv_service import Headers, abort, guarded
+from keel_store.server.kv_service import Headers, abort, check_quota, guarded
 from keel_store.server.members import member_id
 from keel_store.server.node import StoreNode
 from keel_store.server.transport import host_port
@@ -31,6 +31,7 @@ class LeaseService(rpcgrpc.LeaseServicer):  # type: ignore[misc]
     @guarded
     async def LeaseGrant(self, request: Any, context: Any) -> Any:
         """The TTL is raised to etcd's minimum; the ID is picked here when 0."""
+        await check_quota(self.node, 64)
         req = rpcpb.LeaseGrantRequest(
             TTL=max(request.TTL, self.node.config.min_lease_ttl),
             ID=request.ID or self.node.new_lease_id(),
@@ -146,22 +147,28 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
     @guarded
     async def Status(self, request: Any, context: Any) -> Any:
         node = self.node
-        size = node.disk.bytes_written
         resp = rpcpb.StatusResponse(
             version=ETCD_VERSION,
-            dbSize=size,
-            dbSizeInUse=size,
+            dbSize=node.disk.bytes_written + node.sm.kv.size,
+            dbSizeInUse=node.sm.kv.size,
             leader=node.leader_id,
             raftIndex=node.commit_index,
             raftTerm=node.term,
             raftAppliedIndex=node.applied_index,
         )
+        for member, kind in sorted(node.sm.alarms):
+            resp.errors.append(f"memberID:{member} alarm:{rpcpb.AlarmType.Name(kind)}")
         self.headers.fill(resp.header)
         return resp
 
     @guarded
     async def Alarm(self, request: Any, context: Any) -> Any:
-        resp = rpcpb.AlarmResponse()
+        """GET is a linearizable read; ACTIVATE/DEACTIVATE go through the log."""
+        if request.action == rpcpb.AlarmRequest.GET:
+            await self.node.read_barrier()
+            resp = self.node.sm.alarm(request)
+        else:
+            resp = await self.node.propose(Kind.ALARM, request)
         self.headers.fill(resp.header)
         return resp
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections import deque
@@ -58,10 +59,10 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("key-file", "", "client server TLS key"),
     ("trusted-ca-file", "", "client server TLS trusted CA certificate"),
     ("client-cert-auth", False, "require client certificates signed by the trusted CA"),
-    ("peer-cert-file", "", "peer TLS certificate (not supported yet)"),
-    ("peer-key-file", "", "peer TLS key (not supported yet)"),
-    ("peer-trusted-ca-file", "", "peer TLS trusted CA (not supported yet)"),
-    ("peer-client-cert-auth", False, "peer client certificates (not supported yet)"),
+    ("peer-cert-file", "", "peer TLS certificate (used to serve and to dial peers)"),
+    ("peer-key-file", "", "peer TLS key"),
+    ("peer-trusted-ca-file", "", "peer TLS trusted CA: peers' certificates must chain to it"),
+    ("peer-client-cert-auth", False, "require peers to present certificates from the CA"),
     ("log-level", "warn", "debug, info, warn or error"),
     ("logger", "zap", "accepted for compatibility; logs are JSON lines on stderr"),
     ("enable-v2", False, "accepted for compatibility; the v2 API is not served"),
@@ -137,17 +138,38 @@ def _first(urls: str, flag: str) -> str:
     return first
 
 
+def peer_tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(server, client) SSL contexts for the peer transport from the ``--peer-*`` flags."""
+    if not (args.peer_cert_file or args.peer_key_file or args.peer_trusted_ca_file):
+        return None, None
+    if not (args.peer_cert_file and args.peer_key_file):
+        raise FlagError("--peer-cert-file and --peer-key-file: give both for peer TLS")
+    for flag in ("peer_cert_file", "peer_key_file", "peer_trusted_ca_file"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_file():
+            raise FlagError(f"--{flag.replace('_', '-')}: {path}: no such file")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(args.peer_cert_file, args.peer_key_file)
+    client = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=args.peer_trusted_ca_file or None
+    )
+    client.load_cert_chain(args.peer_cert_file, args.peer_key_file)
+    if args.peer_trusted_ca_file:
+        server.load_verify_locations(args.peer_trusted_ca_file)
+    if args.peer_client_cert_auth:
+        server.verify_mode = ssl.CERT_REQUIRED
+    return server, client
+
+
 def node_config(args: argparse.Namespace) -> NodeConfig:
     """Validate flags and turn them into a :class:`NodeConfig`."""
-    for flag in ("peer_cert_file", "peer_key_file", "peer_trusted_ca_file"):
-        if getattr(args, flag):
-            raise FlagError(f"--{flag.replace('_', '-')}: peer TLS is not supported yet")
     if args.initial_cluster_state not in ("new", "existing"):
         raise FlagError(
             f"--initial-cluster-state: {args.initial_cluster_state!r} is not 'new' or 'existing'"
         )
     if args.heartbeat_interval <= 0 or args.election_timeout < 5 * args.heartbeat_interval:
         raise FlagError("--election-timeout: must be at least 5 times --heartbeat-interval")
+    server_ssl, client_ssl = peer_tls(args)
     peer_url = _first(args.initial_advertise_peer_urls, "initial-advertise-peer-urls")
     spec = args.initial_cluster or f"{args.name}={peer_url}"
     try:
@@ -166,6 +188,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         quota_bytes=args.quota_backend_bytes or (2 << 30),
         fsync=not args.unsafe_no_fsync,
         join_existing=args.initial_cluster_state == "existing",
+        peer_server_ssl=server_ssl,
+        peer_client_ssl=client_ssl,
         listen_peer_url=_first(args.listen_peer_urls, "listen-peer-urls"),
     )
 

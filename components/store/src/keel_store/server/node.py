@@ -70,6 +70,10 @@ class NodeConfig:
     join_existing: bool = False
     """``--initial-cluster-state=existing``: join a running cluster (after MemberAdd)."""
     listen_peer_url: str = ""
+    peer_server_ssl: Any = None
+    """ssl.SSLContext for accepting peers (peer TLS), or None."""
+    peer_client_ssl: Any = None
+    """ssl.SSLContext for dialing peers (peer TLS), or None."""
     """Where to accept peers (default: this member's URL in the cluster)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -146,6 +150,8 @@ class StoreNode:
             ),
             self.storage,
         )
+        self.transport.server_ssl = self.config.peer_server_ssl
+        self.transport.client_ssl = self.config.peer_client_ssl
         await self.transport.listen(
             self.config.listen_peer_url or self.cluster.self_peer_url(self.config.name)
         )

@@ -29,7 +29,7 @@ import grpc
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
-from keel_store.server import gateway, kv_service, other_services
+from keel_store.server import auth_service, gateway, kv_service, other_services
 from keel_store.server.members import Cluster, ClusterConfigError, parse_initial_cluster
 from keel_store.server.node import NodeConfig, StoreNode
 from keel_store.server.transport import host_port
@@ -241,6 +241,7 @@ def _server(node: StoreNode, kv: kv_service.KVService, args: argparse.Namespace)
     rpcgrpc.add_LeaseServicer_to_server(other_services.LeaseService(node), server)
     rpcgrpc.add_ClusterServicer_to_server(other_services.ClusterService(node), server)
     rpcgrpc.add_MaintenanceServicer_to_server(other_services.MaintenanceService(node), server)
+    rpcgrpc.add_AuthServicer_to_server(auth_service.AuthService(node), server)
     credentials = None
     if args.cert_file or args.key_file:
         if not (args.cert_file and args.key_file):

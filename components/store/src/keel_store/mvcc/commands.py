@@ -37,6 +37,17 @@ class Kind(enum.IntEnum):
     MEMBER_UPDATE = 10
     MEMBER_PROMOTE = 11
     ALARM = 12
+    AUTH_ENABLE = 13
+    AUTH_DISABLE = 14
+    USER_ADD = 15
+    USER_DELETE = 16
+    USER_CHANGE_PASSWORD = 17
+    USER_GRANT_ROLE = 18
+    USER_REVOKE_ROLE = 19
+    ROLE_ADD = 20
+    ROLE_DELETE = 21
+    ROLE_GRANT_PERMISSION = 22
+    ROLE_REVOKE_PERMISSION = 23
 
 
 _MESSAGES: dict[Kind, type[Message]] = {
@@ -52,7 +63,20 @@ _MESSAGES: dict[Kind, type[Message]] = {
     Kind.MEMBER_UPDATE: rpcpb.MemberUpdateRequest,
     Kind.MEMBER_PROMOTE: rpcpb.MemberPromoteRequest,
     Kind.ALARM: rpcpb.AlarmRequest,
+    Kind.AUTH_ENABLE: rpcpb.AuthEnableRequest,
+    Kind.AUTH_DISABLE: rpcpb.AuthDisableRequest,
+    Kind.USER_ADD: rpcpb.AuthUserAddRequest,
+    Kind.USER_DELETE: rpcpb.AuthUserDeleteRequest,
+    Kind.USER_CHANGE_PASSWORD: rpcpb.AuthUserChangePasswordRequest,
+    Kind.USER_GRANT_ROLE: rpcpb.AuthUserGrantRoleRequest,
+    Kind.USER_REVOKE_ROLE: rpcpb.AuthUserRevokeRoleRequest,
+    Kind.ROLE_ADD: rpcpb.AuthRoleAddRequest,
+    Kind.ROLE_DELETE: rpcpb.AuthRoleDeleteRequest,
+    Kind.ROLE_GRANT_PERMISSION: rpcpb.AuthRoleGrantPermissionRequest,
+    Kind.ROLE_REVOKE_PERMISSION: rpcpb.AuthRoleRevokePermissionRequest,
 }
+AUTH_KINDS = {k for k in Kind if k >= Kind.AUTH_ENABLE}
+"""Kinds that change users, roles or whether authentication is enabled."""
 
 
 def encode(kind: Kind, request_id: int, request: Message) -> bytes:
@@ -110,6 +134,10 @@ def apply(sm: StateMachine, index: int, data: bytes) -> tuple[int, Any]:
             return request_id, sm.member_remove(req)
         if kind is Kind.MEMBER_UPDATE:
             return request_id, sm.member_update(req)
+        if kind in AUTH_KINDS:
+            resp = sm.auth.apply(req)
+            resp.header.revision = sm.kv.revision  # type: ignore[attr-defined]
+            return request_id, resp
         if kind is Kind.ALARM:
             return request_id, sm.alarm(req)
         if kind is Kind.MEMBER_PROMOTE:

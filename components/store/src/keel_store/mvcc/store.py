@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from keel_store.mvcc import errors
+from keel_store.mvcc.auth import AuthStore
 from keel_store.mvcc.keyspace import Event, KeySpace, KeyValue
 from keel_store.pb import rpcpb
 
@@ -61,6 +62,7 @@ class StateMachine:
         """Raised alarms as (member ID, AlarmType); NOSPACE blocks writes cluster-wide."""
         self.members: dict[int, MemberRecord] = {}
         """The cluster's members; the Raft configuration is reconciled to follow it."""
+        self.auth = AuthStore()
 
     # --- plumbing -------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.keyspace import Event
 from keel_store.mvcc.watch import Watcher
 from keel_store.pb import rpcpb
+from keel_store.server.auth_service import AuthService
 from keel_store.server.kv_service import Headers, KVService
 from keel_store.server.node import StoreNode
 from keel_store.server.other_services import (
@@ -62,8 +63,11 @@ class _Abort(Exception):
 class _Context:
     """The little of grpc's ServicerContext the services use."""
 
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("token", self.token),) if self.token else ()
 
     async def abort(self, code: grpc.StatusCode, message: str) -> None:
         raise _Abort(code, message)
@@ -91,6 +95,7 @@ class Gateway:
         self.node = node
         self.headers = Headers(node)
         lease, cluster, maint = LeaseService(node), ClusterService(node), MaintenanceService(node)
+        au = AuthService(node)
         r = rpcpb
         self.routes: dict[str, tuple[Callable[..., Any], type[Any]]] = {
             "kv/range": (kv.Range, r.RangeRequest),
@@ -116,6 +121,22 @@ class Gateway:
             "maintenance/hash": (maint.Hash, r.HashRequest),
             "maintenance/hashkv": (maint.HashKV, r.HashKVRequest),
             "maintenance/transfer-leadership": (maint.MoveLeader, r.MoveLeaderRequest),
+            "auth/enable": (au.AuthEnable, r.AuthEnableRequest),
+            "auth/disable": (au.AuthDisable, r.AuthDisableRequest),
+            "auth/authenticate": (au.Authenticate, r.AuthenticateRequest),
+            "auth/user/add": (au.UserAdd, r.AuthUserAddRequest),
+            "auth/user/get": (au.UserGet, r.AuthUserGetRequest),
+            "auth/user/list": (au.UserList, r.AuthUserListRequest),
+            "auth/user/delete": (au.UserDelete, r.AuthUserDeleteRequest),
+            "auth/user/changepw": (au.UserChangePassword, r.AuthUserChangePasswordRequest),
+            "auth/user/grant": (au.UserGrantRole, r.AuthUserGrantRoleRequest),
+            "auth/user/revoke": (au.UserRevokeRole, r.AuthUserRevokeRoleRequest),
+            "auth/role/add": (au.RoleAdd, r.AuthRoleAddRequest),
+            "auth/role/get": (au.RoleGet, r.AuthRoleGetRequest),
+            "auth/role/list": (au.RoleList, r.AuthRoleListRequest),
+            "auth/role/delete": (au.RoleDelete, r.AuthRoleDeleteRequest),
+            "auth/role/grant": (au.RoleGrantPermission, r.AuthRoleGrantPermissionRequest),
+            "auth/role/revoke": (au.RoleRevokePermission, r.AuthRoleRevokePermissionRequest),
         }
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -159,7 +180,9 @@ class Gateway:
                 if path.rstrip("/") in ("/v3/watch", "/v3beta/watch") and method == "POST":
                     await self._watch(body, writer)
                     return
-                status, payload = await self._handle(method, path, body)
+                status, payload = await self._handle(
+                    method, path, body, headers.get("authorization")
+                )
                 await self._send(writer, status, payload)
                 if headers.get("connection", "").lower() == "close":
                     return
@@ -176,7 +199,9 @@ class Gateway:
         )
         await writer.drain()
 
-    async def _handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    async def _handle(
+        self, method: str, path: str, body: bytes, token: str | None = None
+    ) -> tuple[int, bytes]:
         if method == "GET" and path == "/version":
             return 200, json.dumps(
                 {"etcdserver": ETCD_VERSION, "etcdcluster": CLUSTER_VERSION}
@@ -202,7 +227,7 @@ class Gateway:
             message = f"invalid JSON body: {exc}"
             return 400, _doc({"error": message, "message": message, "code": 3})
         try:
-            response = await handler(request, _Context())
+            response = await handler(request, _Context(token))
         except _Abort as exc:
             doc = {"error": exc.message, "message": exc.message, "code": exc.code.value[0]}
             return HTTP_STATUS.get(exc.code, 500), _doc(doc)

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from keel_store.mvcc import auth as auth_errors
 from keel_store.mvcc import errors, validate
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
@@ -94,6 +95,50 @@ def _txn_cost(req: rpcpb.TxnRequest) -> int:
     return cost
 
 
+def auth_user(node: StoreNode, context: Any) -> str | None:
+    """The user a request runs as (from its ``token`` metadata); None if auth is off."""
+    auth = node.sm.auth
+    if not auth.enabled:
+        return None
+    token = next((v for k, v in context.invocation_metadata() or () if k == "token"), None)
+    if token is None:
+        raise auth_errors.USER_EMPTY
+    user = node.tokens.get(token)
+    if user is None or user not in auth.users:
+        raise errors.INVALID_AUTH_TOKEN
+    return user
+
+
+def require(node: StoreNode, context: Any, key: bytes, range_end: bytes, write: bool) -> None:
+    """Raise etcd's permission error unless the request's user may touch the range."""
+    user = auth_user(node, context)
+    if user is not None and not node.sm.auth.allowed(user, key, range_end, write):
+        raise errors.PERMISSION_DENIED
+
+
+def require_root(node: StoreNode, context: Any) -> None:
+    """Administrative calls (members, auth, maintenance) need the root role."""
+    user = auth_user(node, context)
+    if user is not None and not node.sm.auth.is_root(user):
+        raise errors.PERMISSION_DENIED
+
+
+def _require_txn(node: StoreNode, context: Any, req: rpcpb.TxnRequest) -> None:
+    for cmp in req.compare:
+        require(node, context, cmp.key, cmp.range_end, write=False)
+    for op in (*req.success, *req.failure):
+        which = op.WhichOneof("request")
+        if which == "request_range":
+            require(node, context, op.request_range.key, op.request_range.range_end, False)
+        elif which == "request_put":
+            require(node, context, op.request_put.key, b"", write=True)
+        elif which == "request_delete_range":
+            d = op.request_delete_range
+            require(node, context, d.key, d.range_end, write=True)
+        elif which == "request_txn":
+            _require_txn(node, context, op.request_txn)
+
+
 def _read_only(req: rpcpb.TxnRequest) -> bool:
     for op in (*req.success, *req.failure):
         which = op.WhichOneof("request")
@@ -116,6 +161,7 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
     async def Range(self, request: Any, context: Any) -> Any:
         """Linearizable by default (ReadIndex); ``serializable`` reads locally."""
         validate.check_range(request)
+        require(self.node, context, request.key, request.range_end, write=False)
         if not request.serializable:
             await self.node.read_barrier()
         resp = self.node.sm.range(request)
@@ -125,6 +171,7 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
     @guarded
     async def Put(self, request: Any, context: Any) -> Any:
         validate.check_put(request)
+        require(self.node, context, request.key, b"", write=True)
         await check_quota(self.node, _put_cost(request))
         resp = await self.node.propose(Kind.PUT, request)
         self.headers.fill(resp.header, resp.header.revision)
@@ -133,6 +180,7 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
     @guarded
     async def DeleteRange(self, request: Any, context: Any) -> Any:
         validate.check_delete_range(request)
+        require(self.node, context, request.key, request.range_end, write=True)
         resp = await self.node.propose(Kind.DELETE_RANGE, request)
         self.headers.fill(resp.header, resp.header.revision)
         return resp
@@ -141,6 +189,7 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
     async def Txn(self, request: Any, context: Any) -> Any:
         """A read-only txn is served like a linearizable read, without a log entry."""
         validate.check_txn(request, self.max_txn_ops)
+        _require_txn(self.node, context, request)
         if _read_only(request):
             await self.node.read_barrier()
             resp = self.node.sm.txn(request)
@@ -153,6 +202,7 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
 
     @guarded
     async def Compact(self, request: Any, context: Any) -> Any:
+        require_root(self.node, context)
         resp = await self.node.propose(Kind.COMPACT, request)
         self.headers.fill(resp.header, resp.header.revision)
         return resp
@@ -220,6 +270,13 @@ class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
                             no_delete=rpcpb.WatchCreateRequest.NODELETE in filters,
                             progress_notify=cr.progress_notify,
                         )
+                        try:
+                            require(self.node, context, cr.key, cr.range_end, write=False)
+                        except EtcdError as exc:
+                            respond(
+                                watch_id=wid, created=True, canceled=True, cancel_reason=exc.message
+                            )
+                            continue
                         respond(watch_id=wid, created=True)
                         compacted = self.node.hub.watch(w, cr.start_revision)
                         if compacted:

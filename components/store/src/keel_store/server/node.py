@@ -112,6 +112,8 @@ class StoreNode:
         self._next_id = self._rng.getrandbits(40)
         self.last_snapshot_index = 0
         self.leader_changed = asyncio.Event()
+        self.tokens: dict[str, str] = {}
+        """Auth tokens this member issued -> user name (etcd's member-local simple tokens)."""
         self.attributes: dict[int, tuple[str, list[str]]] = {}
         """Member ID -> (name, client URLs) as each member announced itself."""
         self._known_leader = 0

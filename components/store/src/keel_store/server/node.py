@@ -36,6 +36,7 @@ from keel_store.raft import (
     ConfChangeType,
     ConfState,
     MemoryStorage,
+    MessageType,
     ProposalDroppedError,
     RaftConfig,
     RaftNode,
@@ -50,6 +51,8 @@ from keel_store.server.members import Cluster
 
 log = logging.getLogger("keel_store.node")
 
+_EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
+"""Leader messages that may leave before the leader's own fsync."""
 CALL_READ_INDEX, CALL_KEEPALIVE, CALL_TTL, CALL_PROPOSE = 1, 2, 3, 4
 _CALL = struct.Struct(">QB")
 
@@ -279,11 +282,20 @@ class StoreNode:
                 if rd.hard_state is not None:
                     self.storage.set_hard_state(rd.hard_state)
                 self.disk.append(rd.entries, rd.hard_state)
+                later = rd.messages
+                if self.raft.role is Role.LEADER:
+                    # A leader may replicate before its own fsync (Raft thesis 10.2.1, as
+                    # etcd does): followers' fsyncs overlap ours. Commit still needs a
+                    # quorum of persisted copies, and we apply only after our fsync.
+                    early = [m for m in rd.messages if m.type in _EARLY]
+                    later = [m for m in rd.messages if m.type not in _EARLY]
+                    for m in early:
+                        self.transport.send(m.to, transport.RAFT, transport.encode_message(m))
                 if rd.must_sync and self.config.fsync:
                     # In a thread: requests keep arriving and share the next fsync.
                     # (Measured: fsync inline on the loop halves concurrent put rate.)
                     await loop.run_in_executor(None, self.disk.sync)
-                for m in rd.messages:
+                for m in later:
                     self.transport.send(m.to, transport.RAFT, transport.encode_message(m))
                 for entry in rd.committed_entries:
                     self._apply(entry.index, entry.data if entry.type == 0 else b"")

@@ -310,7 +310,13 @@ class Cluster:
         while time.monotonic() < deadline:
             if not member.alive:
                 raise AssertionError(f"{member.name} exited:\n{member.log_path.read_text()}")
-            r = etcdctl(member.endpoint, *self.ctl, "endpoint", "health", check=False, timeout=10)
+            try:
+                r = etcdctl(
+                    member.endpoint, *self.ctl, "endpoint", "health", check=False, timeout=20
+                )
+            except subprocess.TimeoutExpired as exc:
+                last = f"etcdctl endpoint health hung: {exc}"
+                continue
             if r.returncode == 0:
                 return
             last = r.stderr

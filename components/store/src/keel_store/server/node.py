@@ -263,6 +263,13 @@ class StoreNode:
                         self._revoking.clear()
                     was_leader = leader_now
                     if rd.soft_state.leader != self._known_leader:
+                        log.info(
+                            "term %d: leader %x (was %x), this member is %s",
+                            self.raft.term,
+                            rd.soft_state.leader,
+                            self._known_leader,
+                            rd.soft_state.role.value,
+                        )
                         # Only what went to a previous leader can be lost; requests that
                         # waited for a first leader are proposed to the new one.
                         if self._known_leader != 0:
@@ -278,6 +285,17 @@ class StoreNode:
                         rd.snapshot, [], rd.hard_state or self.storage.hard_state
                     )
                     self.last_snapshot_index = rd.snapshot.meta.index
+                # Like etcd's MustSync: a moved commit index alone needs no fsync (it is
+                # recomputed after a crash); new entries, a new term or a vote do.
+                prev = self.storage.hard_state
+                must_sync = (
+                    bool(rd.entries)
+                    or rd.snapshot is not None
+                    or (
+                        rd.hard_state is not None
+                        and (rd.hard_state.term, rd.hard_state.vote) != (prev.term, prev.vote)
+                    )
+                )
                 self.storage.append(rd.entries)
                 if rd.hard_state is not None:
                     self.storage.set_hard_state(rd.hard_state)
@@ -291,7 +309,7 @@ class StoreNode:
                     later = [m for m in rd.messages if m.type not in _EARLY]
                     for m in early:
                         self.transport.send(m.to, transport.RAFT, transport.encode_message(m))
-                if rd.must_sync and self.config.fsync:
+                if must_sync and self.config.fsync:
                     # In a thread: requests keep arriving and share the next fsync.
                     # (Measured: fsync inline on the loop halves concurrent put rate.)
                     await loop.run_in_executor(None, self.disk.sync)
@@ -444,8 +462,15 @@ class StoreNode:
             self._calls[call_id] = fut
             self.transport.send(leader, transport.CALL, _CALL.pack(call_id, CALL_READ_INDEX))
             fut.add_done_callback(lambda f: self._remote_read_done(ctx, f))
+            # A lost request or reply must not strand the reads: give up on this round
+            # after an election timeout and start another.
+            asyncio.get_running_loop().call_later(
+                self.config.election_ms / 1000,
+                lambda: None if fut.done() else fut.set_exception(errors.TIMEOUT),
+            )
 
     def _remote_read_done(self, ctx: bytes, fut: asyncio.Future[bytes]) -> None:
+        self._calls.pop(int.from_bytes(ctx, "big"), None)
         batch = self._read_rounds.pop(ctx, [])
         if fut.cancelled() or fut.exception() is not None:
             self._reads.extend(batch)
@@ -595,6 +620,21 @@ class StoreNode:
             if fut is not None and not fut.done():
                 fut.set_result(payload[8:])
 
+    def _remote_read_index(self, ctx: bytes, attempts: int) -> None:
+        """ReadIndex for a follower; a new leader must first commit an entry of its term,
+        so retry for a little while instead of dropping the follower's read."""
+        if ctx not in self._remote_reads:
+            return
+        try:
+            self.raft.read_index(ctx)
+        except ProposalDroppedError:
+            if attempts > 0 and self.is_leader:
+                asyncio.get_running_loop().call_later(
+                    0.02, lambda: self._submit(lambda: self._remote_read_index(ctx, attempts - 1))
+                )
+            else:
+                self._remote_reads.pop(ctx, None)
+
     def _propose_forwarded(self, data: bytes) -> None:
         if self.is_leader:
             self.raft.propose(data)
@@ -608,7 +648,7 @@ class StoreNode:
         elif call == CALL_READ_INDEX:
             ctx = b"r" + struct.pack(">QQ", sender, call_id)
             self._remote_reads[ctx] = (sender, call_id)
-            self._submit(lambda: self.raft.read_index(ctx))
+            self._submit(lambda: self._remote_read_index(ctx, 20))
         elif call == CALL_KEEPALIVE:
             (lease_id,) = struct.unpack(">q", body)
             ttl = self.lessor.renew(lease_id, time.monotonic()) if self.is_leader else None

@@ -19,8 +19,6 @@ import random
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import Message as PbMessage
@@ -32,61 +30,30 @@ from keel_store.mvcc.lessor import Lessor
 from keel_store.mvcc.store import MemberRecord, StateMachine
 from keel_store.mvcc.watch import WatchHub
 from keel_store.raft import (
-    ConfChange,
-    ConfChangeType,
     ConfState,
     MemoryStorage,
     MessageType,
     ProposalDroppedError,
     RaftConfig,
     RaftNode,
-    ReadState,
     Role,
     Snapshot,
     SnapshotMeta,
 )
 from keel_store.server import transport
+from keel_store.server.calls import _CALL, CALL_KEEPALIVE, CALL_PROPOSE, CALL_READ_INDEX, CALL_TTL
+from keel_store.server.config import NodeConfig
 from keel_store.server.disklog import DiskLog
-from keel_store.server.members import Cluster
+from keel_store.server.membership import MembershipMixin
+from keel_store.server.reads import ReadIndexMixin
 
 log = logging.getLogger("keel_store.node")
 
 _EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 """Leader messages that may leave before the leader's own fsync."""
-CALL_READ_INDEX, CALL_KEEPALIVE, CALL_TTL, CALL_PROPOSE = 1, 2, 3, 4
-_CALL = struct.Struct(">QB")
 
 
-@dataclass
-class NodeConfig:
-    """What a member needs to run (mapped from etcd's flags by the daemon)."""
-
-    name: str
-    data_dir: Path
-    cluster: Cluster
-    heartbeat_ms: int = 100
-    election_ms: int = 1000
-    snapshot_count: int = 100_000
-    request_timeout: float = 7.0
-    quota_bytes: int = 2 << 30
-    fsync: bool = True
-    join_existing: bool = False
-    """``--initial-cluster-state=existing``: join a running cluster (after MemberAdd)."""
-    listen_peer_url: str = ""
-    peer_server_ssl: Any = None
-    """ssl.SSLContext for accepting peers (peer TLS), or None."""
-    peer_client_ssl: Any = None
-    """ssl.SSLContext for dialing peers (peer TLS), or None."""
-    """Where to accept peers (default: this member's URL in the cluster)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def min_lease_ttl(self) -> int:
-        """etcd: ``ceil(1.5 * election timeout)`` in seconds (2 s by default)."""
-        return -(-3 * self.election_ms // 2000)
-
-
-class StoreNode:
+class StoreNode(ReadIndexMixin, MembershipMixin):
     """One member of the store."""
 
     def __init__(self, config: NodeConfig) -> None:
@@ -428,83 +395,6 @@ class StoreNode:
             return
         self.transport.send(leader, transport.CALL, _CALL.pack(0, CALL_PROPOSE) + data)
 
-    # --- linearizable reads ---------------------------------------------------------------------
-
-    async def read_barrier(self) -> None:
-        """Wait until this member has applied everything committed before the call."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._reads.append(fut)
-        self._wake.set()
-        try:
-            await asyncio.wait_for(fut, self.config.request_timeout)
-        except TimeoutError:
-            raise errors.TIMEOUT from None
-
-    def _start_read_round(self) -> None:
-        if not self._reads:
-            return
-        leader = self.raft.leader
-        if leader == 0:
-            asyncio.get_running_loop().call_later(self.config.heartbeat_ms / 1000, self._wake.set)
-            return
-        batch, self._reads = self._reads, []
-        ctx = os.urandom(8)
-        self._read_rounds[ctx] = batch
-        if self.is_leader:
-            try:
-                self.raft.read_index(ctx)
-            except ProposalDroppedError:
-                self._reads.extend(self._read_rounds.pop(ctx))
-                asyncio.get_running_loop().call_later(0.01, self._wake.set)
-        else:
-            call_id = int.from_bytes(ctx, "big")
-            fut = asyncio.get_running_loop().create_future()
-            self._calls[call_id] = fut
-            self.transport.send(leader, transport.CALL, _CALL.pack(call_id, CALL_READ_INDEX))
-            fut.add_done_callback(lambda f: self._remote_read_done(ctx, f))
-            # A lost request or reply must not strand the reads: give up on this round
-            # after an election timeout and start another.
-            asyncio.get_running_loop().call_later(
-                self.config.election_ms / 1000,
-                lambda: None if fut.done() else fut.set_exception(errors.TIMEOUT),
-            )
-
-    def _remote_read_done(self, ctx: bytes, fut: asyncio.Future[bytes]) -> None:
-        self._calls.pop(int.from_bytes(ctx, "big"), None)
-        batch = self._read_rounds.pop(ctx, [])
-        if fut.cancelled() or fut.exception() is not None:
-            self._reads.extend(batch)
-            self._wake.set()
-            return
-        index = struct.unpack(">Q", fut.result())[0]
-        self._wait_applied(index, batch)
-
-    def _read_ready(self, rs: ReadState) -> None:
-        remote = self._remote_reads.pop(rs.context, None)
-        if remote is not None:
-            peer, call_id = remote
-            self.transport.send(
-                peer, transport.REPLY, struct.pack(">Q", call_id) + struct.pack(">Q", rs.index)
-            )
-            return
-        self._wait_applied(rs.index, self._read_rounds.pop(rs.context, []))
-
-    def _wait_applied(self, index: int, batch: list[asyncio.Future[None]]) -> None:
-        for fut in batch:
-            self._apply_waits.append((index, fut))
-        self._release_apply_waits()
-
-    def _release_apply_waits(self) -> None:
-        applied = self.sm.applied_index
-        still = []
-        for index, fut in self._apply_waits:
-            if index <= applied:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                still.append((index, fut))
-        self._apply_waits = still
-
     # --- leases through the leader --------------------------------------------------------------
 
     async def _leader_call(self, kind: int, payload: bytes) -> bytes:
@@ -554,58 +444,6 @@ class StoreNode:
 
     # --- peer frames ------------------------------------------------------------------------------
 
-    def _on_hello(self, sender: int, info: dict[str, object]) -> None:
-        urls = info.get("client_urls")
-        name = info.get("name")
-        if isinstance(urls, list) and isinstance(name, str):
-            self.attributes[sender] = (name, [str(u) for u in urls])
-
-    def _refresh_peers(self) -> None:
-        self.transport.set_peers(
-            {m.id: m.peer_urls[0] for m in self.sm.members.values() if m.peer_urls}
-        )
-
-    def member_list(self) -> list[Any]:
-        """etcd's Member messages: replicated membership plus announced attributes."""
-        from keel_store.pb import rpcpb  # noqa: PLC0415
-
-        out = []
-        for m in sorted(self.sm.members.values(), key=lambda m: m.id):
-            name, client_urls = self.attributes.get(m.id, (m.name, []))
-            out.append(
-                rpcpb.Member(
-                    ID=m.id,
-                    name=name,
-                    peerURLs=m.peer_urls,
-                    clientURLs=client_urls,
-                    isLearner=m.is_learner,
-                )
-            )
-        return out
-
-    def _reconcile_membership(self) -> None:
-        """Leader: move the Raft configuration one step towards the replicated members."""
-        if self.raft.pending_conf_index > self.raft.log.applied:
-            return
-        conf = self.raft.conf
-        change: ConfChange | None = None
-        for m in sorted(self.sm.members.values(), key=lambda m: m.id):
-            if m.is_learner and m.id not in conf.learners and m.id not in conf.voters:
-                change = ConfChange(ConfChangeType.ADD_LEARNER, m.id)
-            elif not m.is_learner and m.id not in conf.voters:
-                change = ConfChange(ConfChangeType.ADD_VOTER, m.id)
-            if change:
-                break
-        if change is None:
-            for nid in (*conf.voters, *conf.learners):
-                if nid not in self.sm.members:
-                    change = ConfChange(ConfChangeType.REMOVE, nid)
-                    break
-        if change is not None:
-            with contextlib.suppress(ProposalDroppedError):
-                self.raft.propose_conf_change(change)
-                log.info("membership: proposed %s %x", change.type.value, change.node_id)
-
     def _on_frame(self, sender: int, kind: int, payload: bytes) -> None:
         if kind == transport.RAFT:
             message = transport.decode_message(payload)
@@ -619,21 +457,6 @@ class StoreNode:
             fut = self._calls.pop(call_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(payload[8:])
-
-    def _remote_read_index(self, ctx: bytes, attempts: int) -> None:
-        """ReadIndex for a follower; a new leader must first commit an entry of its term,
-        so retry for a little while instead of dropping the follower's read."""
-        if ctx not in self._remote_reads:
-            return
-        try:
-            self.raft.read_index(ctx)
-        except ProposalDroppedError:
-            if attempts > 0 and self.is_leader:
-                asyncio.get_running_loop().call_later(
-                    0.02, lambda: self._submit(lambda: self._remote_read_index(ctx, attempts - 1))
-                )
-            else:
-                self._remote_reads.pop(ctx, None)
 
     def _propose_forwarded(self, data: bytes) -> None:
         if self.is_leader:
@@ -662,3 +485,6 @@ def _lease_revoke(lease_id: int) -> PbMessage:
     from keel_store.pb import rpcpb  # noqa: PLC0415 - keep the loop module light
 
     return rpcpb.LeaseRevokeRequest(ID=lease_id)
+
+
+__all__ = ["NodeConfig", "StoreNode"]

@@ -53,6 +53,11 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("quota-backend-bytes", 0, "raise an alarm when the backend exceeds this (0: 2 GiB)"),
     ("auto-compaction-mode", "periodic", "periodic or revision"),
     ("auto-compaction-retention", "0", "hours (periodic, or a Go duration) / revisions kept"),
+    (
+        "experimental-watch-progress-notify-interval",
+        "10m",
+        "how often watches created with progress_notify hear the current revision",
+    ),
     ("max-txn-ops", validate.DEFAULT_MAX_TXN_OPS, "maximum operations in one txn"),
     ("max-request-bytes", 1_572_864, "maximum client request size in bytes"),
     ("cert-file", "", "client server TLS certificate"),
@@ -194,6 +199,26 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     )
 
 
+def go_duration(text: str, flag: str) -> float:
+    """Seconds in a Go duration like ``10m``, ``1.5s``, ``500ms`` or ``1h30m``."""
+    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    total, number, pos = 0.0, "", 0
+    while pos < len(text):
+        ch = text[pos]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            pos += 1
+            continue
+        unit = next((u for u in ("ns", "us", "ms", "h", "m", "s") if text.startswith(u, pos)), None)
+        if unit is None or not number:
+            raise FlagError(f"--{flag}: {text!r} is not a duration (like 10m, 1s, 500ms)")
+        total += float(number) * units[unit]
+        number, pos = "", pos + len(unit)
+    if number or not text:
+        raise FlagError(f"--{flag}: {text!r} is not a duration (like 10m, 1s, 500ms)")
+    return total
+
+
 def _retention_seconds(text: str, mode: str) -> float:
     if mode == "revision":
         return float(int(text))
@@ -237,7 +262,11 @@ def _server(node: StoreNode, kv: kv_service.KVService, args: argparse.Namespace)
         ]
     )
     rpcgrpc.add_KVServicer_to_server(kv, server)
-    rpcgrpc.add_WatchServicer_to_server(kv_service.WatchService(node), server)
+    interval = go_duration(
+        args.experimental_watch_progress_notify_interval,
+        "experimental-watch-progress-notify-interval",
+    )
+    rpcgrpc.add_WatchServicer_to_server(kv_service.WatchService(node, interval), server)
     rpcgrpc.add_LeaseServicer_to_server(other_services.LeaseService(node), server)
     rpcgrpc.add_ClusterServicer_to_server(other_services.ClusterService(node), server)
     rpcgrpc.add_MaintenanceServicer_to_server(other_services.MaintenanceService(node), server)

@@ -216,9 +216,11 @@ def _fill_nested(resp: rpcpb.TxnResponse, headers: Headers) -> None:
 class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
     """Watch: many watches per stream, from any revision, filters, prev_kv, progress."""
 
-    def __init__(self, node: StoreNode) -> None:
+    def __init__(self, node: StoreNode, progress_interval: float = 600.0) -> None:
         self.node = node
         self.headers = Headers(node)
+        self.progress_interval = progress_interval
+        """etcd's ``--experimental-watch-progress-notify-interval`` (10 minutes)."""
 
     async def Watch(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         if self.node.leader_id == 0 and _wants_leader(context):
@@ -299,7 +301,17 @@ class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
             finally:
                 queue.put_nowait(None)
 
+        async def progress() -> None:
+            # Watches created with progress_notify hear the current revision regularly,
+            # so a quiet watcher knows it has not missed anything up to there.
+            while True:
+                await asyncio.sleep(self.progress_interval)
+                for w in list(watchers.values()):
+                    if w.progress_notify and w.next_revision > self.node.sm.kv.revision:
+                        respond(watch_id=w.id)
+
         reader = asyncio.create_task(read_requests())
+        notifier = asyncio.create_task(progress())
         try:
             while True:
                 resp = await queue.get()
@@ -307,8 +319,9 @@ class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
                     break
                 yield resp
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            for task in (reader, notifier):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             for w in watchers.values():
                 self.node.hub.cancel(w)

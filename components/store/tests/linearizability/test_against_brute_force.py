@@ -10,7 +10,8 @@ from keel_store.linearizability import Kind, Operation, check
 from keel_store.linearizability.model import step
 
 VALUES = ["a", "b"]
-KEYS = ["x", "y"]
+KEYS = ["x", "x", "x", "y"]
+"""Mostly one key, so operations interact; sometimes two, to exercise the split."""
 
 
 def brute_force(history: list[Operation]) -> bool:

@@ -54,6 +54,16 @@ def test_read_concurrent_with_write_may_see_either_value():
         assert check(history).ok is True, seen
 
 
+def test_concurrent_writes_may_take_effect_in_either_order():
+    for last in ("a", "b"):
+        history = [
+            op(1, 0, 5, PUT, value="a"),
+            op(2, 0, 5, PUT, value="b"),
+            op(3, 6, 7, GET, output=last),
+        ]
+        assert check(history).ok is True, last
+
+
 def test_reads_may_not_go_back_in_time():
     # Two reads during one write: once the new value was seen, the old one may not be.
     history = [

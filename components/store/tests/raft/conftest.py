@@ -7,15 +7,16 @@ from collections.abc import Callable
 
 import pytest
 from keel_store.raft import (
-    ConfState,
+    EntryType,
+    HardState,
     MemoryStorage,
     Message,
     RaftConfig,
     RaftNode,
+    ReadState,
     Role,
-    Snapshot,
-    SnapshotMeta,
 )
+from keel_store.raft.membership import bootstrap_entries
 
 
 class Cluster:
@@ -25,6 +26,8 @@ class Cluster:
         self.storages: dict[int, MemoryStorage] = {}
         self.nodes: dict[int, RaftNode] = {}
         self.applied: dict[int, list[bytes]] = {}
+        self.read_states: dict[int, list[ReadState]] = {}
+        self.sent: list[Message] = []
         self.options = options
         self.down: set[int] = set()
         self.cut: set[tuple[int, int]] = set()
@@ -32,7 +35,8 @@ class Cluster:
         voters = tuple(range(1, n + 1))
         for nid in voters:
             storage = MemoryStorage()
-            storage.apply_snapshot(Snapshot(SnapshotMeta(conf=ConfState(voters=voters))))
+            storage.append(bootstrap_entries(voters))
+            storage.set_hard_state(HardState(term=1, commit=len(voters)))
             self.storages[nid] = storage
             self.start(nid)
 
@@ -43,7 +47,9 @@ class Cluster:
         node = RaftNode(cfg, self.storages[nid])
         self.nodes[nid] = node
         self.applied[nid] = []
+        self.read_states[nid] = []
         self.down.discard(nid)
+        self.deliver(self.flush(nid))  # apply the committed founding configuration
         return node
 
     def deliver(self, messages: list[Message]) -> None:
@@ -56,6 +62,7 @@ class Cluster:
             if rewritten is None:
                 continue
             m = rewritten
+            self.sent.append(m)
             self.nodes[m.to].step(m)
             queue.extend(self.flush(m.to))
 
@@ -71,7 +78,10 @@ class Cluster:
             if rd.hard_state is not None:
                 storage.set_hard_state(rd.hard_state)
             out.extend(rd.messages)
-            self.applied[nid].extend(e.data for e in rd.committed_entries if e.data)
+            self.applied[nid].extend(
+                e.data for e in rd.committed_entries if e.data and e.type is EntryType.NORMAL
+            )
+            self.read_states[nid].extend(rd.read_states)
             node.advance(rd)
         return out
 

@@ -184,6 +184,10 @@ class RaftLog:
         """Entries the caller must persist."""
         return list(self._entries)
 
+    def has_unstable(self) -> bool:
+        """Is anything waiting to be persisted (entries or a snapshot)?"""
+        return bool(self._entries) or self._snapshot is not None
+
     def unstable_snapshot(self) -> Snapshot | None:
         """A snapshot the caller must install, if any."""
         return self._snapshot

@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 from keel_store.raft.config import RaftConfig
+from keel_store.raft.leader import LeaderSide, ProposalDroppedError
 from keel_store.raft.log import RaftLog
-from keel_store.raft.membership import ConfChange, ConfChangeError, has_quorum, quorum_index
+from keel_store.raft.membership import ConfChange, ConfChangeError, has_quorum
 from keel_store.raft.messages import (
     TRANSFER_CONTEXT,
     Message,
@@ -20,20 +21,17 @@ from keel_store.raft.messages import (
     Role,
     SoftState,
 )
-from keel_store.raft.progress import Progress, ProgressState
+from keel_store.raft.progress import Progress
 from keel_store.raft.read_only import PendingReads
-from keel_store.raft.storage import CompactedError, Storage
+from keel_store.raft.storage import Storage
 from keel_store.raft.types import ConfState, Entry, EntryType, HardState
 
 MT = MessageType
 MAX_APPLY_BATCH = 256
+__all__ = ["ProposalDroppedError", "RaftNode"]
 
 
-class ProposalDroppedError(Exception):
-    """A proposal, read or transfer was refused; nothing was appended. Says why."""
-
-
-class RaftNode:
+class RaftNode(LeaderSide):
     """One member of a Raft group, driven entirely by its caller."""
 
     def __init__(self, config: RaftConfig, storage: Storage) -> None:
@@ -59,6 +57,8 @@ class RaftNode:
         self.lead_transferee = 0
         self.reads = PendingReads()
         self.messages: list[Message] = []
+        self._broadcast_due = False
+        """New entries wait for ready(): proposals between two Readies share APPENDs."""
         self.read_states: list[ReadState] = []
         self._prev_hard_state = hard_state
         self._prev_soft_state = SoftState(0, Role.FOLLOWER)
@@ -192,9 +192,9 @@ class RaftNode:
         """Is there anything for the caller to persist, send or apply?"""
         return bool(
             self.messages
+            or self._broadcast_due
             or self.read_states
-            or self.log.unstable_entries()
-            or self.log.unstable_snapshot() is not None
+            or self.log.has_unstable()
             or self.log.has_next_committed()
             or self._hard_state() != self._prev_hard_state
             or SoftState(self.leader, self.role) != self._prev_soft_state
@@ -202,6 +202,10 @@ class RaftNode:
 
     def ready(self) -> Ready:
         """Collect what the caller must do now; hand it back with :meth:`advance`."""
+        if self._broadcast_due:
+            self._broadcast_due = False
+            if self.role is Role.LEADER:
+                self._broadcast_append()
         rd = Ready()
         soft = SoftState(self.leader, self.role)
         if soft != self._prev_soft_state:
@@ -272,9 +276,9 @@ class RaftNode:
         me = self.progress[self.id]
         me.become_replicate()
         me.recent_active = True
-        # No membership change until this term's first entry is applied (see membership).
-        self.pending_conf_index = self.log.last_index()
-        self._append(EntryType.NORMAL, [b""])
+        # No membership change until this term's first entry is applied (see membership):
+        # this closes the single-server-change bug Ongaro described in 2015.
+        self.pending_conf_index = self._append(EntryType.NORMAL, [b""])
 
     def _campaign(self, *, pre_vote: bool, transfer: bool) -> None:
         if pre_vote:
@@ -402,166 +406,6 @@ class RaftNode:
             self.conf = snap.meta.conf
             index = log.last_index()
         self._send(Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term, index=index))
-
-    # --- leader ---------------------------------------------------------------------------
-
-    def _check_can_propose(self) -> None:
-        if self.role is not Role.LEADER:
-            raise ProposalDroppedError(f"node {self.id} is not the leader ({self.leader})")
-        if self.lead_transferee:
-            raise ProposalDroppedError(f"leadership is moving to {self.lead_transferee}")
-
-    def _append(self, kind: EntryType, payloads: list[bytes]) -> int:
-        last = self.log.last_index()
-        entries = [
-            Entry(term=self.term, index=last + i, type=kind, data=data)
-            for i, data in enumerate(payloads, start=1)
-        ]
-        last = self.log.append(entries)
-        self.progress[self.id].maybe_update(last)
-        self._maybe_commit()
-        self._broadcast_append()
-        return last
-
-    def _tick_leader(self) -> None:
-        self.heartbeat_elapsed += 1
-        self.election_elapsed += 1
-        et = self.config.election_ticks
-        if self.election_elapsed >= et:
-            self.election_elapsed = 0
-            if self.config.check_quorum:
-                active = {nid for nid, pr in self.progress.items() if pr.recent_active}
-                if not has_quorum(self.conf.voters, active | {self.id}):
-                    self._become_follower(self.term, 0)
-                    return
-                for nid, pr in self.progress.items():
-                    pr.recent_active = nid == self.id
-            self.lead_transferee = 0
-        for pr in self.progress.values():
-            if pr.state is ProgressState.SNAPSHOT:
-                pr.snapshot_ticks += 1
-                if pr.snapshot_ticks >= 2 * et:
-                    pr.become_probe()  # the snapshot was lost; try again
-        if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
-            self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat(b"")
-
-    def _step_leader(self, m: Message) -> None:
-        pr = self.progress.get(m.sender)
-        if pr is None:
-            return
-        if m.type is MT.APPEND_RESPONSE:
-            self._handle_append_response(m, pr)
-        elif m.type is MT.HEARTBEAT_RESPONSE:
-            pr.recent_active = True
-            pr.probe_sent = False
-            if pr.state is ProgressState.REPLICATE and pr.paused:
-                pr.inflight.popleft()  # a lost APPEND must not stall the window forever
-            if pr.match < self.log.last_index():
-                self._send_append(m.sender)
-            if m.context:
-                self.read_states.extend(self.reads.ack(m.context, m.sender, self.conf.voters))
-
-    def _handle_append_response(self, m: Message, pr: Progress) -> None:
-        pr.recent_active = True
-        if m.reject:
-            next_probe = m.reject_hint
-            if m.log_term > 0:
-                next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
-            if pr.maybe_decrease_to(m.index, next_probe):
-                if pr.state is ProgressState.REPLICATE:
-                    pr.become_probe()
-                self._send_append(m.sender)
-            return
-        was_paused = pr.paused
-        if not pr.maybe_update(m.index):
-            return
-        if pr.state is ProgressState.PROBE:
-            pr.become_replicate()
-        elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
-            pr.become_probe()
-            pr.become_replicate()
-        elif pr.state is ProgressState.REPLICATE:
-            pr.free_inflight_to(m.index)
-        if self._maybe_commit():
-            self._broadcast_append()
-        elif was_paused:
-            self._send_append(m.sender)
-        while self._send_append(m.sender, send_empty=False):
-            pass
-        if m.sender == self.lead_transferee and pr.match == self.log.last_index():
-            self._send(Message(MT.TIMEOUT_NOW, m.sender, self.id, self.term))
-
-    def _maybe_commit(self) -> bool:
-        match = {nid: pr.match for nid, pr in self.progress.items()}
-        index = quorum_index(self.conf.voters, match)
-        if index <= self.log.committed:
-            return False
-        # Only an entry of the current term is committed by counting replicas (§5.4.2).
-        if (
-            self.log.term(index) != self.term
-            and not self.config.unsafe_commit_previous_term_entries
-        ):
-            return False
-        self.log.commit_to(index)
-        return True
-
-    def _broadcast_append(self) -> None:
-        for nid in self.progress:
-            if nid != self.id:
-                self._send_append(nid)
-
-    def _broadcast_heartbeat(self, context: bytes) -> None:
-        committed = self.log.committed
-        for nid, pr in self.progress.items():
-            if nid != self.id:
-                commit = min(pr.match, committed)
-                self._send(
-                    Message(MT.HEARTBEAT, nid, self.id, self.term, commit=commit, context=context)
-                )
-
-    def _send_append(self, to: int, *, send_empty: bool = True) -> bool:
-        pr = self.progress[to]
-        if pr.paused:
-            return False
-        log = self.log
-        prev = pr.next - 1
-        prev_term = log.term(prev)
-        entries = None
-        if prev_term is not None:
-            try:
-                entries = log.slice(
-                    pr.next, log.last_index() + 1, self.config.max_entries_per_message
-                )
-            except CompactedError:
-                entries = None
-        if entries is None:
-            if not pr.recent_active:
-                return False
-            snap = log.snapshot()
-            if snap.meta.index == 0:
-                return False
-            pr.become_snapshot(snap.meta.index)
-            self._send(Message(MT.SNAPSHOT, to, self.id, self.term, snapshot=snap))
-            return True
-        if not entries and not send_empty:
-            return False
-        assert prev_term is not None
-        self._send(
-            Message(
-                MT.APPEND,
-                to,
-                self.id,
-                self.term,
-                log_term=prev_term,
-                index=prev,
-                entries=tuple(entries),
-                commit=log.committed,
-            )
-        )
-        if entries:
-            pr.sent_entries(entries[-1].index)
-        return True
 
     # --- membership -----------------------------------------------------------------------
 

@@ -18,10 +18,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from keel_store.raft.config import RaftConfig
-from keel_store.sim.options import SimOptions
+from keel_store.sim.options import SimOptions, for_seed, profile_of
 from keel_store.sim.world import RunResult, run_seed
 
 DEFAULT_STEPS = SimOptions().steps
+TOTALS: tuple[str, ...] = ("committed", "ops", "unknown", "crashes", "elections", "snapshots")
+TOTALS += ("changes", "transfers")
 UNSAFE = sorted(n for n in RaftConfig.__dataclass_fields__ if n.startswith("unsafe_"))
 
 
@@ -41,6 +43,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE", help="override an option"
     )
+    p.add_argument(
+        "--no-mix",
+        action="store_true",
+        help="run every seed with the default faults (else each seed gets a profile)",
+    )
     p.add_argument("--no-linearizability", action="store_true", help="skip the history check")
     args = p.parse_args(argv)
     if args.seeds < 0 or args.nodes < 1 or args.jobs < 1 or args.steps < 0:
@@ -52,14 +59,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def options_from(args: argparse.Namespace) -> SimOptions:
-    """SimOptions for the parsed command line."""
+def options_from(args: argparse.Namespace, seed: int = 0) -> SimOptions:
+    """SimOptions of ``seed`` for the parsed command line."""
     options = SimOptions(
         nodes=args.nodes,
         steps=args.steps,
         unsafe=dict.fromkeys(args.unsafe, True),
         check_linearizability=not args.no_linearizability,
     )
+    if not args.no_mix:
+        return for_seed(options, seed, args.set)
     for assignment in args.set:
         options.set(assignment)
     return options
@@ -76,6 +85,8 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
         cmd += ["--set", assignment]
     if args.no_linearizability:
         cmd.append("--no-linearizability")
+    if args.no_mix:
+        cmd.append("--no-mix")
     return shlex.join([*cmd, "-v"])
 
 
@@ -84,9 +95,10 @@ def _run(job: tuple[int, SimOptions]) -> RunResult:
     return run_seed(seed, options)
 
 
-def run_many(seeds: range, options: SimOptions, jobs: int) -> Iterator[RunResult]:
-    """Results of ``seeds``, in completion order, on ``jobs`` processes."""
-    work = [(seed, options) for seed in seeds]
+def run_many(seeds: range, args: argparse.Namespace) -> Iterator[RunResult]:
+    """Results of ``seeds``, in completion order, on ``args.jobs`` processes."""
+    jobs = args.jobs
+    work = [(seed, options_from(args, seed)) for seed in seeds]
     if jobs == 1 or len(work) < 8:
         yield from map(_run, work)
         return
@@ -97,18 +109,29 @@ def run_many(seeds: range, options: SimOptions, jobs: int) -> Iterator[RunResult
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parse(sys.argv[1:] if argv is None else argv)
-    options = options_from(args)
     console = Console(stderr=True)
     out = Console(soft_wrap=True)
     if args.replay is not None:
-        result = run_seed(args.replay, options, verbose=args.verbose)
+        result = run_seed(args.replay, options_from(args, args.replay), verbose=args.verbose)
         for line in result.log:
             out.print(line, markup=False, highlight=False)
         out.print(summary(result), markup=False, highlight=False)
         return 0 if result.ok else 1
     seeds = range(args.start, args.start + args.seeds)
     failures: list[RunResult] = []
-    totals = {"committed": 0, "ops": 0, "unknown": 0, "crashes": 0, "elections": 0}
+    totals = dict.fromkeys(
+        (
+            "committed",
+            "ops",
+            "unknown",
+            "crashes",
+            "elections",
+            "snapshots",
+            "changes",
+            "transfers",
+        ),
+        0,
+    )
     began = time.monotonic()
     columns = (
         TextColumn("[bold]sim"),
@@ -119,16 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("seeds", total=len(seeds), failed=0)
-        for result in run_many(seeds, options, args.jobs):
+        for result in run_many(seeds, args):
             totals["committed"] += result.committed
             totals["ops"] += result.completed_ops
             totals["unknown"] += result.unknown_ops
             totals["crashes"] += result.crashes
             totals["elections"] += result.elections
+            totals["snapshots"] += result.snapshots_sent
+            totals["changes"] += result.membership_changes
+            totals["transfers"] += result.transfers
             if not result.ok:
                 failures.append(result)
                 progress.console.print(
-                    f"[red]seed {result.seed} FAILED[/red]: {result.failure}", highlight=False
+                    f"[red]seed {result.seed} FAILED[/red]: {result.failure}",
+                    highlight=False,
+                    markup=False,
                 )
             progress.update(task, advance=1, failed=len(failures))
     elapsed = time.monotonic() - began
@@ -137,11 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         f" {len(seeds) - len(failures)} passed, {len(failures)} failed in {elapsed:.1f}s;"
         f" {totals['committed']} entries committed, {totals['ops']} client ops completed,"
         f" {totals['unknown']} unknown, {totals['elections']} elections,"
-        f" {totals['crashes']} crashes",
+        f" {totals['crashes']} crashes, {totals['snapshots']} snapshots sent,"
+        f" {totals['changes']} membership changes, {totals['transfers']} leader transfers",
         highlight=False,
     )
     for result in sorted(failures, key=lambda r: r.seed):
-        out.print(f"FAILED seed {result.seed}: {result.failure}", markup=False, highlight=False)
+        mix = "" if args.no_mix else f" (profile {profile_of(result.seed)})"
+        out.print(
+            f"FAILED seed {result.seed}{mix}: {result.failure}", markup=False, highlight=False
+        )
         out.print(f"  replay: {replay_command(result.seed, args)}", markup=False, highlight=False)
     return 1 if failures else 0
 
@@ -153,6 +185,8 @@ def summary(result: RunResult) -> str:
         f"seed {result.seed}: {status}; committed {result.committed}, acked writes"
         f" {result.acked_writes}, ops {result.completed_ops} (+{result.unknown_ops} unknown),"
         f" elections {result.elections}, crashes {result.crashes}, messages {result.messages},"
+        f" snapshots sent {result.snapshots_sent}, membership changes"
+        f" {result.membership_changes}, transfers {result.transfers},"
         f" linearizable {result.linearizable}"
     )
 

@@ -6,10 +6,9 @@ simulator's records to its input.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any
 
+from keel_store.linearizability import Kind, Operation, check
 from keel_store.sim.kv import ABSENT
 
 
@@ -40,24 +39,17 @@ class SimOp:
         )
 
 
-def check_linearizable(ops: list[SimOp]) -> tuple[bool | None, str]:
-    """(verdict, explanation); verdict None if the checker is not available in this tree."""
-    try:
-        lin: Any = importlib.import_module("keel_store.linearizability")
-    except ImportError:
-        return None, "linearizability checker not available"
-    kinds = {
-        "get": lin.Kind.GET,
-        "put": lin.Kind.PUT,
-        "delete": lin.Kind.DELETE,
-        "cas": lin.Kind.CAS,
-    }
-    history = [
-        lin.Operation(
+_KINDS = {"get": Kind.GET, "put": Kind.PUT, "delete": Kind.DELETE, "cas": Kind.CAS}
+
+
+def to_operations(ops: list[SimOp]) -> list[Operation]:
+    """The history in the checker's terms (empty string: absent)."""
+    return [
+        Operation(
             client=op.client,
             call=op.call,
             ret=op.ret,
-            kind=kinds[op.kind],
+            kind=_KINDS[op.kind],
             key=op.key,
             value=op.value or None,
             expected=op.expected or None,
@@ -65,7 +57,9 @@ def check_linearizable(ops: list[SimOp]) -> tuple[bool | None, str]:
         )
         for op in ops
     ]
-    result = lin.check(history, timeout=60.0)
-    if result.ok is None:
-        return None, result.explanation
+
+
+def check_linearizable(ops: list[SimOp], timeout: float = 60.0) -> tuple[bool | None, str]:
+    """(verdict, explanation); verdict None if the checker ran out of ``timeout`` seconds."""
+    result = check(to_operations(ops), timeout=timeout)
     return result.ok, result.explanation

@@ -7,7 +7,7 @@ seed's report says which property broke.
 from __future__ import annotations
 
 from keel_store.raft.node import RaftNode
-from keel_store.raft.storage import MemoryStorage
+from keel_store.raft.storage import MemoryStorage, StorageError
 from keel_store.raft.types import Entry
 
 
@@ -63,6 +63,32 @@ class Invariants:
                 f"state-machine safety: node {node_id} applied term {entry.term}"
                 f" {entry.data!r} at index {entry.index}, where term {seen[0]} {seen[1]!r}"
                 " was applied before"
+            )
+
+
+def check_leader_view(leader: RaftNode, storages: dict[int, MemoryStorage]) -> None:
+    """A leader of the newest term never believes a follower holds an entry it lacks.
+
+    Commitment rests on this: the leader counts ``match`` indexes. (A deposed leader's view
+    may go stale; so callers pass only a leader whose term no node has passed.)
+    """
+    log = leader.log
+    for nid, pr in leader.progress.items():
+        if nid == leader.id or pr.match == 0 or nid not in storages:
+            continue
+        storage = storages[nid]
+        ours = log.term(pr.match)
+        if ours is None or pr.match < storage.first_index():
+            continue  # compacted on one side: the snapshot covers it
+        try:
+            theirs: int | None = storage.term(pr.match)
+        except StorageError:
+            theirs = None
+        if theirs != ours:
+            raise InvariantViolation(
+                f"replication: leader {leader.id} (term {leader.term}) counts node {nid} as"
+                f" holding index {pr.match} of term {ours}; its log has term {theirs} there"
+                f" (last index {storage.last_index()})"
             )
 
 

@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+PROFILES: dict[str, dict[str, object]] = {
+    "default": {},
+    "churn": {
+        # Many elections, crashes and very late messages, undamped by pre-vote and
+        # check-quorum (so liveness is not expected: a stale node may keep disrupting).
+        "check_liveness": False,
+        "crash_rate": 0.03,
+        "restart_rate": 0.3,
+        "straggler_rate": 0.2,
+        "straggler_factor": 40,
+        "partition_rate": 0.04,
+        "pre_vote": False,
+        "check_quorum": False,
+    },
+    "crash-storm": {
+        "check_liveness": False,
+        "pre_vote": False,
+        "check_quorum": False,
+        "crash_rate": 0.05,
+        "restart_rate": 0.5,
+        "partition_rate": 0.02,
+    },
+    "no-check-quorum": {"check_quorum": False, "partition_rate": 0.02},
+    "small-batches": {"max_entries_per_message": 1, "max_inflight": 2, "compact_every": 8},
+}
+"""Fault mixes (Jepsen's "nemeses"); ``--mix`` gives each seed one, by seed number."""
 
 
 @dataclass(slots=True)
@@ -32,7 +59,7 @@ class SimOptions:
     """A node snapshots when this many entries were applied since its last snapshot."""
     membership_rate: float = 0.004
     transfer_rate: float = 0.003
-    spare_nodes: int = 1
+    spare_nodes: int = 2
     """Node IDs beyond ``nodes`` that membership changes may add."""
     restart_rate: float = 0.05
     """Per step, the chance that a crashed node comes back."""
@@ -69,3 +96,18 @@ class SimOptions:
         except ValueError as exc:
             raise ValueError(f"--set {assignment!r}: {exc}") from exc
         setattr(self, name, value)
+
+
+def for_seed(base: SimOptions, seed: int, overrides: list[str]) -> SimOptions:
+    """The options of ``seed`` under ``--mix``: its profile, then the user's ``--set``s."""
+    names = sorted(PROFILES)
+    options = replace(base, **PROFILES[names[seed % len(names)]])  # type: ignore[arg-type]
+    for assignment in overrides:
+        options.set(assignment)
+    return options
+
+
+def profile_of(seed: int) -> str:
+    """The name of the profile ``--mix`` gives ``seed``."""
+    names = sorted(PROFILES)
+    return names[seed % len(names)]

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import random
+import traceback
 from dataclasses import dataclass, field
 
 from keel_store.raft.config import RaftConfig
 from keel_store.raft.log import RaftInvariantError
 from keel_store.raft.membership import ConfChange, ConfChangeType, bootstrap_entries
-from keel_store.raft.messages import Ready, Role
+from keel_store.raft.messages import MessageType, Ready, Role
 from keel_store.raft.node import ProposalDroppedError, RaftNode
 from keel_store.raft.storage import MemoryStorage
 from keel_store.raft.types import EntryType, HardState
 from keel_store.sim.clients import Client, Workload
 from keel_store.sim.history import SimOp, check_linearizable
-from keel_store.sim.invariants import Invariants, InvariantViolation, check_log_matching
+from keel_store.sim.invariants import (
+    Invariants,
+    InvariantViolation,
+    check_leader_view,
+    check_log_matching,
+)
 from keel_store.sim.kv import Command, KVStore
 from keel_store.sim.network import Network
 from keel_store.sim.options import SimOptions
@@ -38,6 +44,9 @@ class RunResult:
     elections: int = 0
     crashes: int = 0
     messages: int = 0
+    snapshots_sent: int = 0
+    membership_changes: int = 0
+    transfers: int = 0
     linearizable: bool | None = None
     log: list[str] = field(default_factory=list)
 
@@ -161,6 +170,13 @@ class World:
         except (InvariantViolation, RaftInvariantError, SimFailure) as exc:
             self.result.ok = False
             self.result.failure = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug anywhere still names its seed
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self.result.ok = False
+            self.result.failure = (
+                f"crash at step {self.now}: {type(exc).__name__}: {exc}"
+                f" ({where.filename}:{where.lineno})"
+            )
         self.result.messages = self.net.sent
         self.result.elections = self.inv.elections
         return self.result
@@ -184,9 +200,24 @@ class World:
             for node in list(self.nodes.values()):
                 if node.raft is not None:
                     self._process_ready(node)
+            self._check_leader_view()
             if now % 100 == 99:
                 check_log_matching({n.id: n.storage for n in self.nodes.values()})
         self._finish(commit_at_heal)
+
+    def _check_leader_view(self) -> None:
+        newest = 0
+        leader = None
+        for node in self.nodes.values():
+            raft = node.raft
+            term = node.storage.hard_state.term
+            if raft is not None:
+                term = max(term, raft.term)
+                if raft.role is Role.LEADER and (leader is None or raft.term > leader.term):
+                    leader = raft
+            newest = max(newest, term)
+        if leader is not None and leader.term == newest:
+            check_leader_view(leader, {n.id: n.storage for n in self.nodes.values()})
 
     def _max_commit(self) -> int:
         return max((n.raft.log.committed for n in self.nodes.values() if n.raft), default=0)
@@ -195,7 +226,9 @@ class World:
         rng, opts = self.rng, self.opts
         live = [n for n in self.nodes.values() if not n.removed]
         if rng.random() < opts.crash_rate:
-            node = rng.choice(live)
+            # Half the crashes hit the leader: that is where Raft's hard cases start.
+            leader = self._leader()
+            node = leader if leader is not None and rng.random() < 0.5 else rng.choice(live)
             if node.raft is not None:
                 if rng.random() < opts.torn_ready_rate:
                     node.armed = True
@@ -209,7 +242,11 @@ class World:
                 self.net.heal()
                 self.trace("network heals")
             else:
-                self.net.partition(sorted(n.id for n in live))
+                leader = self._leader()
+                if leader is not None and rng.random() < 0.5:
+                    self.net.groups = {n.id: int(n is leader) for n in live}
+                else:
+                    self.net.partition(sorted(n.id for n in live))
                 self.trace(f"network partitions: {self.net.groups}")
         if rng.random() < opts.membership_rate:
             self._change_membership()
@@ -221,6 +258,7 @@ class World:
                     to = rng.choice(others)
                     try:
                         leader.raft.transfer_leadership(to)
+                        self.result.transfers += 1
                         self.trace(f"node {leader.id} transfers leadership to {to}")
                     except ProposalDroppedError:
                         pass
@@ -248,6 +286,7 @@ class World:
             leader.raft.propose_conf_change(change)
         except ProposalDroppedError:
             return
+        self.result.membership_changes += 1
         self.trace(f"node {leader.id} proposes {change}")
         if change.type is ConfChangeType.ADD_LEARNER:
             self.next_node_id += 1
@@ -368,6 +407,8 @@ class World:
                 storage.set_hard_state(rd.hard_state)
             now = self.now
             for m in rd.messages:
+                if m.type is MessageType.SNAPSHOT:
+                    self.result.snapshots_sent += 1
                 self.net.send(m, now)
             for entry in rd.committed_entries:
                 self.inv.saw_apply(node.id, entry)

@@ -43,9 +43,9 @@ from keel_store.raft import (
 from keel_store.server import transport
 from keel_store.server.calls import _CALL, CALL_KEEPALIVE, CALL_PROPOSE, CALL_READ_INDEX, CALL_TTL
 from keel_store.server.config import NodeConfig
-from keel_store.server.disklog import DiskLog
 from keel_store.server.membership import MembershipMixin
 from keel_store.server.reads import ReadIndexMixin
+from keel_store.wal import NodeStorage, OSFileSystem
 
 log = logging.getLogger("keel_store.node")
 
@@ -60,7 +60,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.config = config
         self.cluster = config.cluster
         self.member_id = self.cluster.id_of(config.name)
-        self.disk = DiskLog(config.data_dir)
+        self.disk: NodeStorage
         self.storage = MemoryStorage()
         self.sm = StateMachine()
         self.hub = WatchHub(self.sm.kv)
@@ -93,8 +93,13 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
 
     async def start(self) -> None:
         """Recover from disk (or bootstrap), listen for peers, start the loops."""
-        recovered = self.disk.recover()
-        if recovered.snapshot is None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        # Part 1's WAL and snapshot files, laid out like etcd's (<data-dir>/member/...).
+        self.disk, recovered = NodeStorage.open(
+            OSFileSystem(), str(self.config.data_dir / "member")
+        )
+        snap = recovered.snapshot
+        if snap is None:
             for m in self.cluster.members.values():
                 self.sm.members[m.id] = MemberRecord(m.id, m.name, list(m.peer_urls))
             voters = self.cluster.voter_ids()
@@ -102,10 +107,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                 # We are added by a conf change in the log we are about to receive.
                 voters = [v for v in voters if v != self.member_id]
             conf = ConfState(voters=tuple(sorted(voters)))
-            boot = Snapshot(SnapshotMeta(index=0, term=0, conf=conf), snapshot.save(self.sm))
-            self.disk.save_snapshot(boot, [], recovered.hard_state)
-            recovered.snapshot = boot
-        snap = recovered.snapshot
+            snap = Snapshot(SnapshotMeta(index=0, term=0, conf=conf), snapshot.save(self.sm))
+            self.disk.save_snapshot(snap)
         self.storage.apply_snapshot(snap)
         self._install_state(snap)
         self.storage.append(recovered.entries)
@@ -180,6 +183,15 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     def applied_index(self) -> int:
         return self.sm.applied_index
 
+    def disk_bytes(self) -> int:
+        """Bytes of this member's WAL and snapshot files (``endpoint status`` DB size)."""
+        total = 0
+        for path in (self.config.data_dir / "member").rglob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    total += path.stat().st_size
+        return total
+
     @property
     def commit_index(self) -> int:
         return self.raft.log.committed
@@ -248,9 +260,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                     self.storage.apply_snapshot(rd.snapshot)
                     self._install_state(rd.snapshot)
                     self._refresh_peers()
-                    self.disk.save_snapshot(
-                        rd.snapshot, [], rd.hard_state or self.storage.hard_state
-                    )
+                    self.disk.save_snapshot(rd.snapshot)
                     self.last_snapshot_index = rd.snapshot.meta.index
                 # Like etcd's MustSync: a moved commit index alone needs no fsync (it is
                 # recomputed after a crash); new entries, a new term or a vote do.
@@ -341,12 +351,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             return
         data = snapshot.save(self.sm)
         snap = self.storage.create_snapshot(applied, self.raft.conf, data)
-        keep = (
-            self.storage.entries(applied + 1, self.storage.last_index() + 1, 1 << 30)
-            if self.storage.last_index() > applied
-            else []
-        )
-        self.disk.save_snapshot(snap, keep, self.storage.hard_state)
+        self.disk.save_snapshot(snap)
         # Keep some log behind the snapshot (etcd: 5000 entries) so slightly lagging
         # followers catch up from the log rather than a snapshot.
         retain = min(5000, self.config.snapshot_count)

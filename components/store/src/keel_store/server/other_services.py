@@ -153,7 +153,7 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
         node = self.node
         resp = rpcpb.StatusResponse(
             version=ETCD_VERSION,
-            dbSize=node.disk.bytes_written + node.sm.kv.size,
+            dbSize=node.disk_bytes(),
             dbSizeInUse=node.sm.kv.size,
             leader=node.leader_id,
             raftIndex=node.commit_index,

@@ -46,7 +46,7 @@ class Proc:
 
     @property
     def endpoint(self) -> str:
-        return self.client_url.removeprefix("http://")
+        return self.client_url.removeprefix("http://").removeprefix("https://")
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -91,6 +91,85 @@ def etcdctl(
             f"etcdctl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
         )
     return result
+
+
+class TLSFiles:
+    """A throwaway CA with a server/peer certificate for 127.0.0.1 and a client one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca, self.ca_key = directory / "ca.crt", directory / "ca.key"
+        self._openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=keel-test-ca",
+            "-keyout",
+            str(self.ca_key),
+            "-out",
+            str(self.ca),
+        )
+        self.cert, self.key = self._issue("server", "subjectAltName=IP:127.0.0.1")
+        self.client_cert, self.client_key = self._issue("client", "extendedKeyUsage=clientAuth")
+
+    def _openssl(self, *args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    def _issue(self, name: str, ext: str) -> tuple[Path, Path]:
+        key, csr, crt = (self.dir / f"{name}.{s}" for s in ("key", "csr", "crt"))
+        extfile = self.dir / f"{name}.ext"
+        extfile.write_text(ext + "\n")
+        self._openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+        )
+        self._openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(self.ca),
+            "-CAkey",
+            str(self.ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(extfile),
+            "-out",
+            str(crt),
+        )
+        return crt, key
+
+    def server_flags(self) -> list[str]:
+        return [
+            f"--cert-file={self.cert}",
+            f"--key-file={self.key}",
+            f"--trusted-ca-file={self.ca}",
+            "--client-cert-auth",
+            f"--peer-cert-file={self.cert}",
+            f"--peer-key-file={self.key}",
+            f"--peer-trusted-ca-file={self.ca}",
+            "--peer-client-cert-auth",
+        ]
+
+    def etcdctl_args(self) -> list[str]:
+        return [f"--cacert={self.ca}", f"--cert={self.client_cert}", f"--key={self.client_key}"]
 
 
 class PeerProxy:
@@ -172,10 +251,13 @@ class Cluster:
         fsync: bool = True,
         extra: list[str] | None = None,
         proxied: bool = False,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.members: list[Proc] = []
+        self.ctl: list[str] = tls.etcdctl_args() if tls else []
+        scheme = "https" if tls else "http"
         self.proxies: list[PeerProxy] = []
-        peers = [(f"m{i}", f"http://127.0.0.1:{free_port()}") for i in range(n)]
+        peers = [(f"m{i}", f"{scheme}://127.0.0.1:{free_port()}") for i in range(n)]
         initial = ",".join(f"{name}={url}" for name, url in peers)
         for name, peer_url in peers:
             listen_peer = peer_url
@@ -186,7 +268,7 @@ class Cluster:
                 self.proxies.append(
                     PeerProxy(int(peer_url.rsplit(":", 1)[1]), int(listen_peer.rsplit(":", 1)[1]))
                 )
-            client_url = f"http://127.0.0.1:{free_port()}"
+            client_url = f"{scheme}://127.0.0.1:{free_port()}"
             data_dir = tmp / binary / name
             flags = [
                 f"--name={name}",
@@ -197,6 +279,7 @@ class Cluster:
                 f"--initial-advertise-peer-urls={peer_url}",
                 f"--initial-cluster={initial}",
                 "--initial-cluster-token=keel-test",
+                *(tls.server_flags() if tls else []),
                 *(extra or []),
             ]
             if binary == "keel":
@@ -227,7 +310,13 @@ class Cluster:
         while time.monotonic() < deadline:
             if not member.alive:
                 raise AssertionError(f"{member.name} exited:\n{member.log_path.read_text()}")
-            r = etcdctl(member.endpoint, "endpoint", "health", check=False, timeout=10)
+            try:
+                r = etcdctl(
+                    member.endpoint, *self.ctl, "endpoint", "health", check=False, timeout=20
+                )
+            except subprocess.TimeoutExpired as exc:
+                last = f"etcdctl endpoint health hung: {exc}"
+                continue
             if r.returncode == 0:
                 return
             last = r.stderr
@@ -244,7 +333,7 @@ class Cluster:
             for m in self.members:
                 if not m.alive:
                     continue
-                r = etcdctl(m.endpoint, "endpoint", "status", "-w", "json", check=False)
+                r = etcdctl(m.endpoint, *self.ctl, "endpoint", "status", "-w", "json", check=False)
                 if r.returncode == 0:
                     st = json.loads(r.stdout)[0]["Status"]
                     if st["leader"] and st["leader"] == st["header"]["member_id"]:

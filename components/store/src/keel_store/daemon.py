@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections import deque
@@ -28,7 +29,7 @@ import grpc
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
-from keel_store.server import kv_service, other_services
+from keel_store.server import auth_service, gateway, kv_service, other_services
 from keel_store.server.members import Cluster, ClusterConfigError, parse_initial_cluster
 from keel_store.server.node import NodeConfig, StoreNode
 from keel_store.server.transport import host_port
@@ -41,6 +42,7 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("listen-client-urls", "http://localhost:2379", "URLs to listen on for client traffic"),
     ("advertise-client-urls", "http://localhost:2379", "client URLs told to the cluster"),
     ("listen-peer-urls", "http://localhost:2380", "URLs to listen on for peer traffic"),
+    ("listen-metrics-urls", "", "URLs for /health, /version and the JSON gateway /v3/..."),
     ("initial-advertise-peer-urls", "http://localhost:2380", "peer URLs told to the cluster"),
     ("initial-cluster", "", "initial cluster: name=peer-url,... (default: ${name}=peer-url)"),
     ("initial-cluster-state", "new", "new or existing"),
@@ -51,16 +53,21 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("quota-backend-bytes", 0, "raise an alarm when the backend exceeds this (0: 2 GiB)"),
     ("auto-compaction-mode", "periodic", "periodic or revision"),
     ("auto-compaction-retention", "0", "hours (periodic, or a Go duration) / revisions kept"),
+    (
+        "experimental-watch-progress-notify-interval",
+        "10m",
+        "how often watches created with progress_notify hear the current revision",
+    ),
     ("max-txn-ops", validate.DEFAULT_MAX_TXN_OPS, "maximum operations in one txn"),
     ("max-request-bytes", 1_572_864, "maximum client request size in bytes"),
     ("cert-file", "", "client server TLS certificate"),
     ("key-file", "", "client server TLS key"),
     ("trusted-ca-file", "", "client server TLS trusted CA certificate"),
     ("client-cert-auth", False, "require client certificates signed by the trusted CA"),
-    ("peer-cert-file", "", "peer TLS certificate (not supported yet)"),
-    ("peer-key-file", "", "peer TLS key (not supported yet)"),
-    ("peer-trusted-ca-file", "", "peer TLS trusted CA (not supported yet)"),
-    ("peer-client-cert-auth", False, "peer client certificates (not supported yet)"),
+    ("peer-cert-file", "", "peer TLS certificate (used to serve and to dial peers)"),
+    ("peer-key-file", "", "peer TLS key"),
+    ("peer-trusted-ca-file", "", "peer TLS trusted CA: peers' certificates must chain to it"),
+    ("peer-client-cert-auth", False, "require peers to present certificates from the CA"),
     ("log-level", "warn", "debug, info, warn or error"),
     ("logger", "zap", "accepted for compatibility; logs are JSON lines on stderr"),
     ("enable-v2", False, "accepted for compatibility; the v2 API is not served"),
@@ -136,17 +143,38 @@ def _first(urls: str, flag: str) -> str:
     return first
 
 
+def peer_tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(server, client) SSL contexts for the peer transport from the ``--peer-*`` flags."""
+    if not (args.peer_cert_file or args.peer_key_file or args.peer_trusted_ca_file):
+        return None, None
+    if not (args.peer_cert_file and args.peer_key_file):
+        raise FlagError("--peer-cert-file and --peer-key-file: give both for peer TLS")
+    for flag in ("peer_cert_file", "peer_key_file", "peer_trusted_ca_file"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_file():
+            raise FlagError(f"--{flag.replace('_', '-')}: {path}: no such file")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(args.peer_cert_file, args.peer_key_file)
+    client = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=args.peer_trusted_ca_file or None
+    )
+    client.load_cert_chain(args.peer_cert_file, args.peer_key_file)
+    if args.peer_trusted_ca_file:
+        server.load_verify_locations(args.peer_trusted_ca_file)
+    if args.peer_client_cert_auth:
+        server.verify_mode = ssl.CERT_REQUIRED
+    return server, client
+
+
 def node_config(args: argparse.Namespace) -> NodeConfig:
     """Validate flags and turn them into a :class:`NodeConfig`."""
-    for flag in ("peer_cert_file", "peer_key_file", "peer_trusted_ca_file"):
-        if getattr(args, flag):
-            raise FlagError(f"--{flag.replace('_', '-')}: peer TLS is not supported yet")
     if args.initial_cluster_state not in ("new", "existing"):
         raise FlagError(
             f"--initial-cluster-state: {args.initial_cluster_state!r} is not 'new' or 'existing'"
         )
     if args.heartbeat_interval <= 0 or args.election_timeout < 5 * args.heartbeat_interval:
         raise FlagError("--election-timeout: must be at least 5 times --heartbeat-interval")
+    server_ssl, client_ssl = peer_tls(args)
     peer_url = _first(args.initial_advertise_peer_urls, "initial-advertise-peer-urls")
     spec = args.initial_cluster or f"{args.name}={peer_url}"
     try:
@@ -165,8 +193,30 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         quota_bytes=args.quota_backend_bytes or (2 << 30),
         fsync=not args.unsafe_no_fsync,
         join_existing=args.initial_cluster_state == "existing",
+        peer_server_ssl=server_ssl,
+        peer_client_ssl=client_ssl,
         listen_peer_url=_first(args.listen_peer_urls, "listen-peer-urls"),
     )
+
+
+def go_duration(text: str, flag: str) -> float:
+    """Seconds in a Go duration like ``10m``, ``1.5s``, ``500ms`` or ``1h30m``."""
+    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    total, number, pos = 0.0, "", 0
+    while pos < len(text):
+        ch = text[pos]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            pos += 1
+            continue
+        unit = next((u for u in ("ns", "us", "ms", "h", "m", "s") if text.startswith(u, pos)), None)
+        if unit is None or not number:
+            raise FlagError(f"--{flag}: {text!r} is not a duration (like 10m, 1s, 500ms)")
+        total += float(number) * units[unit]
+        number, pos = "", pos + len(unit)
+    if number or not text:
+        raise FlagError(f"--{flag}: {text!r} is not a duration (like 10m, 1s, 500ms)")
+    return total
 
 
 def _retention_seconds(text: str, mode: str) -> float:
@@ -200,7 +250,7 @@ async def auto_compact(node: StoreNode, mode: str, retention: float) -> None:
                 await node.propose(Kind.COMPACT, rpcpb.CompactionRequest(revision=target))
 
 
-def _server(node: StoreNode, args: argparse.Namespace) -> grpc.aio.Server:
+def _server(node: StoreNode, kv: kv_service.KVService, args: argparse.Namespace) -> grpc.aio.Server:
     limit = args.max_request_bytes + 512 * 1024
     server = grpc.aio.server(
         options=[
@@ -211,11 +261,16 @@ def _server(node: StoreNode, args: argparse.Namespace) -> grpc.aio.Server:
             ("grpc.http2.max_ping_strikes", 0),
         ]
     )
-    rpcgrpc.add_KVServicer_to_server(kv_service.KVService(node, args.max_txn_ops), server)
-    rpcgrpc.add_WatchServicer_to_server(kv_service.WatchService(node), server)
+    rpcgrpc.add_KVServicer_to_server(kv, server)
+    interval = go_duration(
+        args.experimental_watch_progress_notify_interval,
+        "experimental-watch-progress-notify-interval",
+    )
+    rpcgrpc.add_WatchServicer_to_server(kv_service.WatchService(node, interval), server)
     rpcgrpc.add_LeaseServicer_to_server(other_services.LeaseService(node), server)
     rpcgrpc.add_ClusterServicer_to_server(other_services.ClusterService(node), server)
     rpcgrpc.add_MaintenanceServicer_to_server(other_services.MaintenanceService(node), server)
+    rpcgrpc.add_AuthServicer_to_server(auth_service.AuthService(node), server)
     credentials = None
     if args.cert_file or args.key_file:
         if not (args.cert_file and args.key_file):
@@ -257,8 +312,14 @@ async def serve(args: argparse.Namespace) -> int:
     config = node_config(args)
     node = StoreNode(config)
     await node.start()
-    server = _server(node, args)
+    kv = kv_service.KVService(node, args.max_txn_ops)
+    server = _server(node, kv, args)
     await server.start()
+    gateways = []
+    for url in filter(None, (u.strip() for u in args.listen_metrics_urls.split(","))):
+        gw = gateway.Gateway(node, kv)
+        await gw.listen(*host_port(url))
+        gateways.append(gw)
     log.info("serving clients on %s as member %x", args.listen_client_urls, node.member_id)
     tasks = []
     retention = _retention_seconds(args.auto_compaction_retention, args.auto_compaction_mode)
@@ -271,6 +332,8 @@ async def serve(args: argparse.Namespace) -> int:
     await stop.wait()
     for task in tasks:
         task.cancel()
+    for gw in gateways:
+        await gw.close()
     await server.stop(grace=0.5)
     await node.stop()
     return 0

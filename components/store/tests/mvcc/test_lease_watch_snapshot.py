@@ -194,3 +194,30 @@ def test_commands_round_trip_and_apply() -> None:
     assert commands.apply(sm, 3, b"") == (0, None)
     with pytest.raises(ValueError, match="corrupt command"):
         commands.decode(bytes([200]) + bytes(8))
+
+
+def test_nospace_alarm_caps_writes_but_not_deletes() -> None:
+    sm = StateMachine()
+    put = commands.encode(commands.Kind.PUT, 1, rpcpb.PutRequest(key=b"k", value=b"v" * 100))
+    commands.apply(sm, 1, put)
+    size = sm.kv.size
+    assert size >= 101
+    alarm = rpcpb.AlarmRequest(action=rpcpb.AlarmRequest.ACTIVATE, memberID=9, alarm=rpcpb.NOSPACE)
+    commands.apply(sm, 2, commands.encode(commands.Kind.ALARM, 2, alarm))
+    assert sm.no_space
+    assert commands.apply(sm, 3, put)[1] == errors.NO_SPACE
+    grant = commands.encode(commands.Kind.LEASE_GRANT, 4, rpcpb.LeaseGrantRequest(ID=1, TTL=5))
+    assert commands.apply(sm, 4, grant)[1] == errors.NO_SPACE
+    delete = commands.encode(commands.Kind.DELETE_RANGE, 5, rpcpb.DeleteRangeRequest(key=b"k"))
+    assert commands.apply(sm, 5, delete)[1].deleted == 1
+    sm.compact(rpcpb.CompactionRequest(revision=sm.kv.revision))
+    assert sm.kv.size == 0, "compaction frees the deleted key's versions and tombstone"
+    listed = sm.alarm(rpcpb.AlarmRequest(action=rpcpb.AlarmRequest.GET))
+    assert [(a.memberID, a.alarm) for a in listed.alarms] == [(9, rpcpb.NOSPACE)]
+    assert snapshot.restore(snapshot.save(sm)).no_space
+    disarm = rpcpb.AlarmRequest(
+        action=rpcpb.AlarmRequest.DEACTIVATE, memberID=9, alarm=rpcpb.NOSPACE
+    )
+    commands.apply(sm, 6, commands.encode(commands.Kind.ALARM, 6, disarm))
+    assert not sm.no_space
+    assert commands.apply(sm, 7, put)[1].header.revision == 4

@@ -45,7 +45,10 @@ def test_node_config_defaults_and_errors(tmp_path: Path) -> None:
     with pytest.raises(daemon.FlagError, match="--name 'x' is not in it"):
         daemon.node_config(args)
     args = daemon.parse_args(["--peer-cert-file=/x"], {})
-    with pytest.raises(daemon.FlagError, match="--peer-cert-file"):
+    with pytest.raises(daemon.FlagError, match="--peer-cert-file and --peer-key-file"):
+        daemon.node_config(args)
+    args = daemon.parse_args(["--peer-cert-file=/nope.crt", "--peer-key-file=/nope.key"], {})
+    with pytest.raises(daemon.FlagError, match=r"--peer-cert-file: /nope\.crt: no such file"):
         daemon.node_config(args)
     args = daemon.parse_args(["--election-timeout=200"], {})
     with pytest.raises(daemon.FlagError, match="--election-timeout"):

@@ -13,8 +13,9 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
+from keel_store.mvcc import errors
 from keel_store.mvcc.errors import EtcdError
-from keel_store.mvcc.store import StateMachine
+from keel_store.mvcc.store import StateMachine, txn_writes
 from keel_store.pb import rpcpb
 
 _HEAD = struct.Struct(">BQ")
@@ -35,6 +36,18 @@ class Kind(enum.IntEnum):
     MEMBER_REMOVE = 9
     MEMBER_UPDATE = 10
     MEMBER_PROMOTE = 11
+    ALARM = 12
+    AUTH_ENABLE = 13
+    AUTH_DISABLE = 14
+    USER_ADD = 15
+    USER_DELETE = 16
+    USER_CHANGE_PASSWORD = 17
+    USER_GRANT_ROLE = 18
+    USER_REVOKE_ROLE = 19
+    ROLE_ADD = 20
+    ROLE_DELETE = 21
+    ROLE_GRANT_PERMISSION = 22
+    ROLE_REVOKE_PERMISSION = 23
 
 
 _MESSAGES: dict[Kind, type[Message]] = {
@@ -49,7 +62,21 @@ _MESSAGES: dict[Kind, type[Message]] = {
     Kind.MEMBER_REMOVE: rpcpb.MemberRemoveRequest,
     Kind.MEMBER_UPDATE: rpcpb.MemberUpdateRequest,
     Kind.MEMBER_PROMOTE: rpcpb.MemberPromoteRequest,
+    Kind.ALARM: rpcpb.AlarmRequest,
+    Kind.AUTH_ENABLE: rpcpb.AuthEnableRequest,
+    Kind.AUTH_DISABLE: rpcpb.AuthDisableRequest,
+    Kind.USER_ADD: rpcpb.AuthUserAddRequest,
+    Kind.USER_DELETE: rpcpb.AuthUserDeleteRequest,
+    Kind.USER_CHANGE_PASSWORD: rpcpb.AuthUserChangePasswordRequest,
+    Kind.USER_GRANT_ROLE: rpcpb.AuthUserGrantRoleRequest,
+    Kind.USER_REVOKE_ROLE: rpcpb.AuthUserRevokeRoleRequest,
+    Kind.ROLE_ADD: rpcpb.AuthRoleAddRequest,
+    Kind.ROLE_DELETE: rpcpb.AuthRoleDeleteRequest,
+    Kind.ROLE_GRANT_PERMISSION: rpcpb.AuthRoleGrantPermissionRequest,
+    Kind.ROLE_REVOKE_PERMISSION: rpcpb.AuthRoleRevokePermissionRequest,
 }
+AUTH_KINDS = {k for k in Kind if k >= Kind.AUTH_ENABLE}
+"""Kinds that change users, roles or whether authentication is enabled."""
 
 
 def encode(kind: Kind, request_id: int, request: Message) -> bytes:
@@ -82,6 +109,12 @@ def apply(sm: StateMachine, index: int, data: bytes) -> tuple[int, Any]:
     if not data:
         return 0, None
     kind, request_id, req = decode(data)
+    if sm.no_space and (
+        kind in (Kind.PUT, Kind.LEASE_GRANT) or (kind is Kind.TXN and txn_writes(req))
+    ):
+        # Every member refuses alike while the NOSPACE alarm is raised (etcd's capped
+        # applier); deletes, compaction and alarm changes still go through.
+        return request_id, errors.NO_SPACE
     try:
         if kind is Kind.PUT:
             return request_id, sm.put(req)
@@ -101,6 +134,12 @@ def apply(sm: StateMachine, index: int, data: bytes) -> tuple[int, Any]:
             return request_id, sm.member_remove(req)
         if kind is Kind.MEMBER_UPDATE:
             return request_id, sm.member_update(req)
+        if kind in AUTH_KINDS:
+            resp = sm.auth.apply(req)
+            resp.header.revision = sm.kv.revision  # type: ignore[attr-defined]
+            return request_id, resp
+        if kind is Kind.ALARM:
+            return request_id, sm.alarm(req)
         if kind is Kind.MEMBER_PROMOTE:
             return request_id, sm.member_promote(req)
         return request_id, sm.range(req)

@@ -20,6 +20,8 @@ from keel_store.pb import mvccpb
 
 KeyValue = mvccpb.KeyValue
 Event = mvccpb.Event
+ENTRY_OVERHEAD = 64
+"""Bytes counted per stored version on top of key and value (for the space quota)."""
 PUT = mvccpb.Event.PUT
 DELETE = mvccpb.Event.DELETE
 
@@ -64,6 +66,8 @@ class KeySpace:
         self._log_revs: list[int] = []
         self._log_events: list[list[Event]] = []
         self._pending: list[Event] | None = None
+        self.size = 0
+        """Approximate bytes held: every version since compaction (the quota's measure)."""
 
     # --- write transactions -------------------------------------------------------
 
@@ -117,6 +121,7 @@ class KeySpace:
         )
         history.revs.append(rev)
         history.kvs.append(kv)
+        self.size += len(key) + len(value) + ENTRY_OVERHEAD
         event = Event(type=PUT, kv=kv)
         if prev is not None:
             event.prev_kv.CopyFrom(prev)
@@ -132,6 +137,7 @@ class KeySpace:
             history = self._keys[prev.key]
             history.revs.append(rev)
             history.kvs.append(None)
+            self.size += len(prev.key) + ENTRY_OVERHEAD
             event = Event(type=DELETE, kv=KeyValue(key=prev.key, mod_revision=rev))
             event.prev_kv.CopyFrom(prev)
             self._pending.append(event)
@@ -199,6 +205,8 @@ class KeySpace:
             if i < 0:
                 continue
             drop = i + 1 if history.kvs[i] is None else i
+            for kv in history.kvs[:drop]:
+                self.size -= len(key) + ENTRY_OVERHEAD + (len(kv.value) if kv else 0)
             if drop:
                 del history.revs[:drop]
                 del history.kvs[:drop]
@@ -219,6 +227,8 @@ class KeySpace:
     def restore_history(self, key: bytes, history: KeyHistory) -> None:
         """Put back one key's history while restoring a snapshot."""
         self._keys[key] = history
+        for kv in history.kvs:
+            self.size += len(key) + ENTRY_OVERHEAD + (len(kv.value) if kv else 0)
 
     def restore_events(self) -> None:
         """Rebuild the event log (for watches) from the restored key histories."""

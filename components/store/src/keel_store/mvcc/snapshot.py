@@ -14,6 +14,7 @@ import zlib
 
 from google.protobuf.message import DecodeError
 
+from keel_store.mvcc.auth import AuthStore
 from keel_store.mvcc.keyspace import KeyHistory, KeyValue
 from keel_store.mvcc.store import Lease, MemberRecord, StateMachine
 
@@ -34,6 +35,8 @@ def save(sm: StateMachine) -> bytes:
             [m.id, m.name, m.peer_urls, m.is_learner]
             for m in sorted(sm.members.values(), key=lambda m: m.id)
         ],
+        "auth": sm.auth.to_json(),
+        "alarms": sorted([m, a] for m, a in sm.alarms),
         "leases": [
             [lease.id, lease.ttl] for lease in sorted(sm.leases.values(), key=lambda x: x.id)
         ],
@@ -63,6 +66,8 @@ def restore(data: bytes) -> StateMachine:
     sm.applied_index = head["applied_index"]
     for mid, name, peer_urls, is_learner in head.get("members", []):
         sm.members[mid] = MemberRecord(mid, name, peer_urls, is_learner)
+    sm.auth = AuthStore.from_json(head.get("auth", {}))
+    sm.alarms = {(m, a) for m, a in head.get("alarms", [])}
     for lease_id, ttl in head["leases"]:
         sm.leases[lease_id] = Lease(lease_id, ttl)
     pos = newline + 1

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from keel_store.mvcc import errors
+from keel_store.mvcc.auth import AuthStore
 from keel_store.mvcc.keyspace import Event, KeySpace, KeyValue
 from keel_store.pb import rpcpb
 
@@ -57,8 +58,11 @@ class StateMachine:
         self.applied_index = 0
         """Index of the last Raft entry applied (etcd's consistent index)."""
         self.listeners: list[Listener] = []
+        self.alarms: set[tuple[int, int]] = set()
+        """Raised alarms as (member ID, AlarmType); NOSPACE blocks writes cluster-wide."""
         self.members: dict[int, MemberRecord] = {}
         """The cluster's members; the Raft configuration is reconciled to follow it."""
+        self.auth = AuthStore()
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -269,6 +273,29 @@ class StateMachine:
         self._commit()
         return rpcpb.LeaseRevokeResponse(header=self._header())
 
+    # --- alarms ---------------------------------------------------------------------------
+
+    def alarm(self, req: rpcpb.AlarmRequest) -> rpcpb.AlarmResponse:
+        """Maintenance.Alarm: GET lists; ACTIVATE/DEACTIVATE change (through the log)."""
+        resp = rpcpb.AlarmResponse(header=self._header())
+        entry = (req.memberID, req.alarm)
+        if req.action == rpcpb.AlarmRequest.ACTIVATE and req.alarm != rpcpb.NONE:
+            self.alarms.add(entry)
+            resp.alarms.add(memberID=req.memberID, alarm=req.alarm)
+        elif req.action == rpcpb.AlarmRequest.DEACTIVATE:
+            if entry in self.alarms:
+                self.alarms.discard(entry)
+                resp.alarms.add(memberID=req.memberID, alarm=req.alarm)
+        else:
+            for member, kind in sorted(self.alarms):
+                if req.alarm in (rpcpb.NONE, kind):
+                    resp.alarms.add(memberID=member, alarm=kind)
+        return resp
+
+    @property
+    def no_space(self) -> bool:
+        return any(kind == rpcpb.NOSPACE for _, kind in self.alarms)
+
     # --- membership -------------------------------------------------------------------
 
     def _member_list(self) -> list[rpcpb.Member]:
@@ -319,6 +346,17 @@ class StateMachine:
         resp = rpcpb.MemberPromoteResponse(header=self._header())
         resp.members.extend(self._member_list())
         return resp
+
+
+def txn_writes(req: rpcpb.TxnRequest) -> bool:
+    """Whether any branch of ``req`` (nested included) writes."""
+    for op in (*req.success, *req.failure):
+        which = op.WhichOneof("request")
+        if which in ("request_put", "request_delete_range"):
+            return True
+        if which == "request_txn" and txn_writes(op.request_txn):
+            return True
+    return False
 
 
 def _compare_kv(cmp: rpcpb.Compare, kv: KeyValue) -> bool:

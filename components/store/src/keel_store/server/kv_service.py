@@ -9,10 +9,11 @@ from typing import Any, TypeVar
 
 import grpc
 
+from keel_store.mvcc import auth as auth_errors
 from keel_store.mvcc import errors, validate
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
-from keel_store.mvcc.keyspace import Event
+from keel_store.mvcc.keyspace import ENTRY_OVERHEAD, Event
 from keel_store.mvcc.watch import Watcher
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.node import StoreNode
@@ -63,6 +64,81 @@ class Headers:
         header.revision = node.sm.kv.revision if revision is None else revision
 
 
+async def check_quota(node: StoreNode, cost: int) -> None:
+    """etcd's backend quota: refuse a write that would pass ``--quota-backend-bytes``.
+
+    The first refusal raises the NOSPACE alarm through the log, which then blocks
+    writes on every member until ``etcdctl alarm disarm`` (after compaction).
+    """
+    if node.sm.no_space:
+        raise errors.NO_SPACE
+    if node.sm.kv.size + cost > node.config.quota_bytes:
+        alarm = rpcpb.AlarmRequest(
+            action=rpcpb.AlarmRequest.ACTIVATE, memberID=node.member_id, alarm=rpcpb.NOSPACE
+        )
+        await node.propose(Kind.ALARM, alarm)
+        raise errors.NO_SPACE
+
+
+def _put_cost(req: rpcpb.PutRequest) -> int:
+    return len(req.key) + len(req.value) + ENTRY_OVERHEAD
+
+
+def _txn_cost(req: rpcpb.TxnRequest) -> int:
+    cost = 0
+    for op in (*req.success, *req.failure):
+        which = op.WhichOneof("request")
+        if which == "request_put":
+            cost += _put_cost(op.request_put)
+        elif which == "request_txn":
+            cost += _txn_cost(op.request_txn)
+    return cost
+
+
+def auth_user(node: StoreNode, context: Any) -> str | None:
+    """The user a request runs as (from its ``token`` metadata); None if auth is off."""
+    auth = node.sm.auth
+    if not auth.enabled:
+        return None
+    token = next((v for k, v in context.invocation_metadata() or () if k == "token"), None)
+    if token is None:
+        raise auth_errors.USER_EMPTY
+    user = node.tokens.get(token)
+    if user is None or user not in auth.users:
+        raise errors.INVALID_AUTH_TOKEN
+    return user
+
+
+def require(node: StoreNode, context: Any, key: bytes, range_end: bytes, write: bool) -> None:
+    """Raise etcd's permission error unless the request's user may touch the range."""
+    user = auth_user(node, context)
+    if user is not None and not node.sm.auth.allowed(user, key, range_end, write):
+        raise errors.PERMISSION_DENIED
+
+
+def require_root(node: StoreNode, context: Any) -> None:
+    """Administrative calls (members, auth, maintenance) need the root role."""
+    user = auth_user(node, context)
+    if user is not None and not node.sm.auth.is_root(user):
+        raise errors.PERMISSION_DENIED
+
+
+def _require_txn(node: StoreNode, context: Any, req: rpcpb.TxnRequest) -> None:
+    for cmp in req.compare:
+        require(node, context, cmp.key, cmp.range_end, write=False)
+    for op in (*req.success, *req.failure):
+        which = op.WhichOneof("request")
+        if which == "request_range":
+            require(node, context, op.request_range.key, op.request_range.range_end, False)
+        elif which == "request_put":
+            require(node, context, op.request_put.key, b"", write=True)
+        elif which == "request_delete_range":
+            d = op.request_delete_range
+            require(node, context, d.key, d.range_end, write=True)
+        elif which == "request_txn":
+            _require_txn(node, context, op.request_txn)
+
+
 def _read_only(req: rpcpb.TxnRequest) -> bool:
     for op in (*req.success, *req.failure):
         which = op.WhichOneof("request")
@@ -85,6 +161,7 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
     async def Range(self, request: Any, context: Any) -> Any:
         """Linearizable by default (ReadIndex); ``serializable`` reads locally."""
         validate.check_range(request)
+        require(self.node, context, request.key, request.range_end, write=False)
         if not request.serializable:
             await self.node.read_barrier()
         resp = self.node.sm.range(request)
@@ -94,6 +171,8 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
     @guarded
     async def Put(self, request: Any, context: Any) -> Any:
         validate.check_put(request)
+        require(self.node, context, request.key, b"", write=True)
+        await check_quota(self.node, _put_cost(request))
         resp = await self.node.propose(Kind.PUT, request)
         self.headers.fill(resp.header, resp.header.revision)
         return resp
@@ -101,6 +180,7 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
     @guarded
     async def DeleteRange(self, request: Any, context: Any) -> Any:
         validate.check_delete_range(request)
+        require(self.node, context, request.key, request.range_end, write=True)
         resp = await self.node.propose(Kind.DELETE_RANGE, request)
         self.headers.fill(resp.header, resp.header.revision)
         return resp
@@ -109,10 +189,12 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
     async def Txn(self, request: Any, context: Any) -> Any:
         """A read-only txn is served like a linearizable read, without a log entry."""
         validate.check_txn(request, self.max_txn_ops)
+        _require_txn(self.node, context, request)
         if _read_only(request):
             await self.node.read_barrier()
             resp = self.node.sm.txn(request)
         else:
+            await check_quota(self.node, _txn_cost(request))
             resp = await self.node.propose(Kind.TXN, request)
         self.headers.fill(resp.header, resp.header.revision)
         _fill_nested(resp, self.headers)
@@ -120,6 +202,7 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
 
     @guarded
     async def Compact(self, request: Any, context: Any) -> Any:
+        require_root(self.node, context)
         resp = await self.node.propose(Kind.COMPACT, request)
         self.headers.fill(resp.header, resp.header.revision)
         return resp
@@ -133,9 +216,11 @@ def _fill_nested(resp: rpcpb.TxnResponse, headers: Headers) -> None:
 class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
     """Watch: many watches per stream, from any revision, filters, prev_kv, progress."""
 
-    def __init__(self, node: StoreNode) -> None:
+    def __init__(self, node: StoreNode, progress_interval: float = 600.0) -> None:
         self.node = node
         self.headers = Headers(node)
+        self.progress_interval = progress_interval
+        """etcd's ``--experimental-watch-progress-notify-interval`` (10 minutes)."""
 
     async def Watch(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         if self.node.leader_id == 0 and _wants_leader(context):
@@ -187,6 +272,13 @@ class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
                             no_delete=rpcpb.WatchCreateRequest.NODELETE in filters,
                             progress_notify=cr.progress_notify,
                         )
+                        try:
+                            require(self.node, context, cr.key, cr.range_end, write=False)
+                        except EtcdError as exc:
+                            respond(
+                                watch_id=wid, created=True, canceled=True, cancel_reason=exc.message
+                            )
+                            continue
                         respond(watch_id=wid, created=True)
                         compacted = self.node.hub.watch(w, cr.start_revision)
                         if compacted:
@@ -209,7 +301,17 @@ class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
             finally:
                 queue.put_nowait(None)
 
+        async def progress() -> None:
+            # Watches created with progress_notify hear the current revision regularly,
+            # so a quiet watcher knows it has not missed anything up to there.
+            while True:
+                await asyncio.sleep(self.progress_interval)
+                for w in list(watchers.values()):
+                    if w.progress_notify and w.next_revision > self.node.sm.kv.revision:
+                        respond(watch_id=w.id)
+
         reader = asyncio.create_task(read_requests())
+        notifier = asyncio.create_task(progress())
         try:
             while True:
                 resp = await queue.get()
@@ -217,8 +319,9 @@ class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
                     break
                 yield resp
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            for task in (reader, notifier):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             for w in watchers.values():
                 self.node.hub.cancel(w)

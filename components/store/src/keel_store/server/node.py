@@ -19,8 +19,6 @@ import random
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import Message as PbMessage
@@ -32,61 +30,37 @@ from keel_store.mvcc.lessor import Lessor
 from keel_store.mvcc.store import MemberRecord, StateMachine
 from keel_store.mvcc.watch import WatchHub
 from keel_store.raft import (
-    ConfChange,
-    ConfChangeType,
     ConfState,
     MemoryStorage,
+    MessageType,
     ProposalDroppedError,
     RaftConfig,
     RaftNode,
-    ReadState,
     Role,
     Snapshot,
     SnapshotMeta,
 )
 from keel_store.server import transport
-from keel_store.server.disklog import DiskLog
-from keel_store.server.members import Cluster
+from keel_store.server.calls import _CALL, CALL_KEEPALIVE, CALL_PROPOSE, CALL_READ_INDEX, CALL_TTL
+from keel_store.server.config import NodeConfig
+from keel_store.server.membership import MembershipMixin
+from keel_store.server.reads import ReadIndexMixin
+from keel_store.wal import NodeStorage, OSFileSystem
 
 log = logging.getLogger("keel_store.node")
 
-CALL_READ_INDEX, CALL_KEEPALIVE, CALL_TTL, CALL_PROPOSE = 1, 2, 3, 4
-_CALL = struct.Struct(">QB")
+_EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
+"""Leader messages that may leave before the leader's own fsync."""
 
 
-@dataclass
-class NodeConfig:
-    """What a member needs to run (mapped from etcd's flags by the daemon)."""
-
-    name: str
-    data_dir: Path
-    cluster: Cluster
-    heartbeat_ms: int = 100
-    election_ms: int = 1000
-    snapshot_count: int = 100_000
-    request_timeout: float = 7.0
-    quota_bytes: int = 2 << 30
-    fsync: bool = True
-    join_existing: bool = False
-    """``--initial-cluster-state=existing``: join a running cluster (after MemberAdd)."""
-    listen_peer_url: str = ""
-    """Where to accept peers (default: this member's URL in the cluster)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def min_lease_ttl(self) -> int:
-        """etcd: ``ceil(1.5 * election timeout)`` in seconds (2 s by default)."""
-        return -(-3 * self.election_ms // 2000)
-
-
-class StoreNode:
+class StoreNode(ReadIndexMixin, MembershipMixin):
     """One member of the store."""
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.cluster = config.cluster
         self.member_id = self.cluster.id_of(config.name)
-        self.disk = DiskLog(config.data_dir)
+        self.disk: NodeStorage
         self.storage = MemoryStorage()
         self.sm = StateMachine()
         self.hub = WatchHub(self.sm.kv)
@@ -108,6 +82,8 @@ class StoreNode:
         self._next_id = self._rng.getrandbits(40)
         self.last_snapshot_index = 0
         self.leader_changed = asyncio.Event()
+        self.tokens: dict[str, str] = {}
+        """Auth tokens this member issued -> user name (etcd's member-local simple tokens)."""
         self.attributes: dict[int, tuple[str, list[str]]] = {}
         """Member ID -> (name, client URLs) as each member announced itself."""
         self._known_leader = 0
@@ -117,8 +93,13 @@ class StoreNode:
 
     async def start(self) -> None:
         """Recover from disk (or bootstrap), listen for peers, start the loops."""
-        recovered = self.disk.recover()
-        if recovered.snapshot is None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        # Part 1's WAL and snapshot files, laid out like etcd's (<data-dir>/member/...).
+        self.disk, recovered = NodeStorage.open(
+            OSFileSystem(), str(self.config.data_dir / "member")
+        )
+        snap = recovered.snapshot
+        if snap is None:
             for m in self.cluster.members.values():
                 self.sm.members[m.id] = MemberRecord(m.id, m.name, list(m.peer_urls))
             voters = self.cluster.voter_ids()
@@ -126,10 +107,8 @@ class StoreNode:
                 # We are added by a conf change in the log we are about to receive.
                 voters = [v for v in voters if v != self.member_id]
             conf = ConfState(voters=tuple(sorted(voters)))
-            boot = Snapshot(SnapshotMeta(index=0, term=0, conf=conf), snapshot.save(self.sm))
-            self.disk.save_snapshot(boot, [], recovered.hard_state)
-            recovered.snapshot = boot
-        snap = recovered.snapshot
+            snap = Snapshot(SnapshotMeta(index=0, term=0, conf=conf), snapshot.save(self.sm))
+            self.disk.save_snapshot(snap)
         self.storage.apply_snapshot(snap)
         self._install_state(snap)
         self.storage.append(recovered.entries)
@@ -146,6 +125,8 @@ class StoreNode:
             ),
             self.storage,
         )
+        self.transport.server_ssl = self.config.peer_server_ssl
+        self.transport.client_ssl = self.config.peer_client_ssl
         await self.transport.listen(
             self.config.listen_peer_url or self.cluster.self_peer_url(self.config.name)
         )
@@ -202,6 +183,15 @@ class StoreNode:
     def applied_index(self) -> int:
         return self.sm.applied_index
 
+    def disk_bytes(self) -> int:
+        """Bytes of this member's WAL and snapshot files (``endpoint status`` DB size)."""
+        total = 0
+        for path in (self.config.data_dir / "member").rglob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    total += path.stat().st_size
+        return total
+
     @property
     def commit_index(self) -> int:
         return self.raft.log.committed
@@ -252,27 +242,55 @@ class StoreNode:
                         self._revoking.clear()
                     was_leader = leader_now
                     if rd.soft_state.leader != self._known_leader:
+                        log.info(
+                            "term %d: leader %x (was %x), this member is %s",
+                            self.raft.term,
+                            rd.soft_state.leader,
+                            self._known_leader,
+                            rd.soft_state.role.value,
+                        )
+                        # Only what went to a previous leader can be lost; requests that
+                        # waited for a first leader are proposed to the new one.
+                        if self._known_leader != 0:
+                            self._fail_in_flight()
                         self._known_leader = rd.soft_state.leader
-                        self._fail_in_flight()
                     self.leader_changed.set()
                     self.leader_changed = asyncio.Event()
                 if rd.snapshot is not None:
                     self.storage.apply_snapshot(rd.snapshot)
                     self._install_state(rd.snapshot)
                     self._refresh_peers()
-                    self.disk.save_snapshot(
-                        rd.snapshot, [], rd.hard_state or self.storage.hard_state
-                    )
+                    self.disk.save_snapshot(rd.snapshot)
                     self.last_snapshot_index = rd.snapshot.meta.index
+                # Like etcd's MustSync: a moved commit index alone needs no fsync (it is
+                # recomputed after a crash); new entries, a new term or a vote do.
+                prev = self.storage.hard_state
+                must_sync = (
+                    bool(rd.entries)
+                    or rd.snapshot is not None
+                    or (
+                        rd.hard_state is not None
+                        and (rd.hard_state.term, rd.hard_state.vote) != (prev.term, prev.vote)
+                    )
+                )
                 self.storage.append(rd.entries)
                 if rd.hard_state is not None:
                     self.storage.set_hard_state(rd.hard_state)
                 self.disk.append(rd.entries, rd.hard_state)
-                if rd.must_sync and self.config.fsync:
+                later = rd.messages
+                if self.raft.role is Role.LEADER:
+                    # A leader may replicate before its own fsync (Raft thesis 10.2.1, as
+                    # etcd does): followers' fsyncs overlap ours. Commit still needs a
+                    # quorum of persisted copies, and we apply only after our fsync.
+                    early = [m for m in rd.messages if m.type in _EARLY]
+                    later = [m for m in rd.messages if m.type not in _EARLY]
+                    for m in early:
+                        self.transport.send(m.to, transport.RAFT, transport.encode_message(m))
+                if must_sync and self.config.fsync:
                     # In a thread: requests keep arriving and share the next fsync.
                     # (Measured: fsync inline on the loop halves concurrent put rate.)
                     await loop.run_in_executor(None, self.disk.sync)
-                for m in rd.messages:
+                for m in later:
                     self.transport.send(m.to, transport.RAFT, transport.encode_message(m))
                 for entry in rd.committed_entries:
                     self._apply(entry.index, entry.data if entry.type == 0 else b"")
@@ -333,12 +351,7 @@ class StoreNode:
             return
         data = snapshot.save(self.sm)
         snap = self.storage.create_snapshot(applied, self.raft.conf, data)
-        keep = (
-            self.storage.entries(applied + 1, self.storage.last_index() + 1, 1 << 30)
-            if self.storage.last_index() > applied
-            else []
-        )
-        self.disk.save_snapshot(snap, keep, self.storage.hard_state)
+        self.disk.save_snapshot(snap)
         # Keep some log behind the snapshot (etcd: 5000 entries) so slightly lagging
         # followers catch up from the log rather than a snapshot.
         retain = min(5000, self.config.snapshot_count)
@@ -386,76 +399,6 @@ class StoreNode:
             )
             return
         self.transport.send(leader, transport.CALL, _CALL.pack(0, CALL_PROPOSE) + data)
-
-    # --- linearizable reads ---------------------------------------------------------------------
-
-    async def read_barrier(self) -> None:
-        """Wait until this member has applied everything committed before the call."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._reads.append(fut)
-        self._wake.set()
-        try:
-            await asyncio.wait_for(fut, self.config.request_timeout)
-        except TimeoutError:
-            raise errors.TIMEOUT from None
-
-    def _start_read_round(self) -> None:
-        if not self._reads:
-            return
-        leader = self.raft.leader
-        if leader == 0:
-            asyncio.get_running_loop().call_later(self.config.heartbeat_ms / 1000, self._wake.set)
-            return
-        batch, self._reads = self._reads, []
-        ctx = os.urandom(8)
-        self._read_rounds[ctx] = batch
-        if self.is_leader:
-            try:
-                self.raft.read_index(ctx)
-            except ProposalDroppedError:
-                self._reads.extend(self._read_rounds.pop(ctx))
-                asyncio.get_running_loop().call_later(0.01, self._wake.set)
-        else:
-            call_id = int.from_bytes(ctx, "big")
-            fut = asyncio.get_running_loop().create_future()
-            self._calls[call_id] = fut
-            self.transport.send(leader, transport.CALL, _CALL.pack(call_id, CALL_READ_INDEX))
-            fut.add_done_callback(lambda f: self._remote_read_done(ctx, f))
-
-    def _remote_read_done(self, ctx: bytes, fut: asyncio.Future[bytes]) -> None:
-        batch = self._read_rounds.pop(ctx, [])
-        if fut.cancelled() or fut.exception() is not None:
-            self._reads.extend(batch)
-            self._wake.set()
-            return
-        index = struct.unpack(">Q", fut.result())[0]
-        self._wait_applied(index, batch)
-
-    def _read_ready(self, rs: ReadState) -> None:
-        remote = self._remote_reads.pop(rs.context, None)
-        if remote is not None:
-            peer, call_id = remote
-            self.transport.send(
-                peer, transport.REPLY, struct.pack(">Q", call_id) + struct.pack(">Q", rs.index)
-            )
-            return
-        self._wait_applied(rs.index, self._read_rounds.pop(rs.context, []))
-
-    def _wait_applied(self, index: int, batch: list[asyncio.Future[None]]) -> None:
-        for fut in batch:
-            self._apply_waits.append((index, fut))
-        self._release_apply_waits()
-
-    def _release_apply_waits(self) -> None:
-        applied = self.sm.applied_index
-        still = []
-        for index, fut in self._apply_waits:
-            if index <= applied:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                still.append((index, fut))
-        self._apply_waits = still
 
     # --- leases through the leader --------------------------------------------------------------
 
@@ -506,58 +449,6 @@ class StoreNode:
 
     # --- peer frames ------------------------------------------------------------------------------
 
-    def _on_hello(self, sender: int, info: dict[str, object]) -> None:
-        urls = info.get("client_urls")
-        name = info.get("name")
-        if isinstance(urls, list) and isinstance(name, str):
-            self.attributes[sender] = (name, [str(u) for u in urls])
-
-    def _refresh_peers(self) -> None:
-        self.transport.set_peers(
-            {m.id: m.peer_urls[0] for m in self.sm.members.values() if m.peer_urls}
-        )
-
-    def member_list(self) -> list[Any]:
-        """etcd's Member messages: replicated membership plus announced attributes."""
-        from keel_store.pb import rpcpb  # noqa: PLC0415
-
-        out = []
-        for m in sorted(self.sm.members.values(), key=lambda m: m.id):
-            name, client_urls = self.attributes.get(m.id, (m.name, []))
-            out.append(
-                rpcpb.Member(
-                    ID=m.id,
-                    name=name,
-                    peerURLs=m.peer_urls,
-                    clientURLs=client_urls,
-                    isLearner=m.is_learner,
-                )
-            )
-        return out
-
-    def _reconcile_membership(self) -> None:
-        """Leader: move the Raft configuration one step towards the replicated members."""
-        if self.raft.pending_conf_index > self.raft.log.applied:
-            return
-        conf = self.raft.conf
-        change: ConfChange | None = None
-        for m in sorted(self.sm.members.values(), key=lambda m: m.id):
-            if m.is_learner and m.id not in conf.learners and m.id not in conf.voters:
-                change = ConfChange(ConfChangeType.ADD_LEARNER, m.id)
-            elif not m.is_learner and m.id not in conf.voters:
-                change = ConfChange(ConfChangeType.ADD_VOTER, m.id)
-            if change:
-                break
-        if change is None:
-            for nid in (*conf.voters, *conf.learners):
-                if nid not in self.sm.members:
-                    change = ConfChange(ConfChangeType.REMOVE, nid)
-                    break
-        if change is not None:
-            with contextlib.suppress(ProposalDroppedError):
-                self.raft.propose_conf_change(change)
-                log.info("membership: proposed %s %x", change.type.value, change.node_id)
-
     def _on_frame(self, sender: int, kind: int, payload: bytes) -> None:
         if kind == transport.RAFT:
             message = transport.decode_message(payload)
@@ -585,7 +476,7 @@ class StoreNode:
         elif call == CALL_READ_INDEX:
             ctx = b"r" + struct.pack(">QQ", sender, call_id)
             self._remote_reads[ctx] = (sender, call_id)
-            self._submit(lambda: self.raft.read_index(ctx))
+            self._submit(lambda: self._remote_read_index(ctx, 20))
         elif call == CALL_KEEPALIVE:
             (lease_id,) = struct.unpack(">q", body)
             ttl = self.lessor.renew(lease_id, time.monotonic()) if self.is_leader else None
@@ -599,3 +490,6 @@ def _lease_revoke(lease_id: int) -> PbMessage:
     from keel_store.pb import rpcpb  # noqa: PLC0415 - keep the loop module light
 
     return rpcpb.LeaseRevokeRequest(ID=lease_id)
+
+
+__all__ = ["NodeConfig", "StoreNode"]

@@ -10,7 +10,7 @@ from keel_store.mvcc import errors, snapshot
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
 from keel_store.pb import rpcgrpc, rpcpb
-from keel_store.server.kv_service import Headers, abort, guarded
+from keel_store.server.kv_service import Headers, abort, check_quota, guarded, require_root
 from keel_store.server.members import member_id
 from keel_store.server.node import StoreNode
 from keel_store.server.transport import host_port
@@ -31,6 +31,7 @@ class LeaseService(rpcgrpc.LeaseServicer):  # type: ignore[misc]
     @guarded
     async def LeaseGrant(self, request: Any, context: Any) -> Any:
         """The TTL is raised to etcd's minimum; the ID is picked here when 0."""
+        await check_quota(self.node, 64)
         req = rpcpb.LeaseGrantRequest(
             TTL=max(request.TTL, self.node.config.min_lease_ttl),
             ID=request.ID or self.node.new_lease_id(),
@@ -103,6 +104,7 @@ class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
     @guarded
     async def MemberAdd(self, request: Any, context: Any) -> Any:
         """The new member's ID derives from its peer URLs, as the joiner computes it."""
+        require_root(self.node, context)
         urls = list(request.peerURLs)
         try:
             if not urls:
@@ -119,14 +121,17 @@ class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
 
     @guarded
     async def MemberRemove(self, request: Any, context: Any) -> Any:
+        require_root(self.node, context)
         return self._with_members(await self.node.propose(Kind.MEMBER_REMOVE, request))
 
     @guarded
     async def MemberUpdate(self, request: Any, context: Any) -> Any:
+        require_root(self.node, context)
         return self._with_members(await self.node.propose(Kind.MEMBER_UPDATE, request))
 
     @guarded
     async def MemberPromote(self, request: Any, context: Any) -> Any:
+        require_root(self.node, context)
         return self._with_members(await self.node.propose(Kind.MEMBER_PROMOTE, request))
 
 
@@ -146,40 +151,50 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
     @guarded
     async def Status(self, request: Any, context: Any) -> Any:
         node = self.node
-        size = node.disk.bytes_written
         resp = rpcpb.StatusResponse(
             version=ETCD_VERSION,
-            dbSize=size,
-            dbSizeInUse=size,
+            dbSize=node.disk_bytes(),
+            dbSizeInUse=node.sm.kv.size,
             leader=node.leader_id,
             raftIndex=node.commit_index,
             raftTerm=node.term,
             raftAppliedIndex=node.applied_index,
         )
+        for member, kind in sorted(node.sm.alarms):
+            resp.errors.append(f"memberID:{member} alarm:{rpcpb.AlarmType.Name(kind)}")
         self.headers.fill(resp.header)
         return resp
 
     @guarded
     async def Alarm(self, request: Any, context: Any) -> Any:
-        resp = rpcpb.AlarmResponse()
+        """GET is a linearizable read; ACTIVATE/DEACTIVATE go through the log."""
+        require_root(self.node, context)
+        if request.action == rpcpb.AlarmRequest.GET:
+            await self.node.read_barrier()
+            resp = self.node.sm.alarm(request)
+        else:
+            resp = await self.node.propose(Kind.ALARM, request)
         self.headers.fill(resp.header)
         return resp
 
     @guarded
     async def Defragment(self, request: Any, context: Any) -> Any:
         """Nothing to defragment: the key space lives in memory, the log is rewritten."""
+        require_root(self.node, context)
         resp = rpcpb.DefragmentResponse()
         self.headers.fill(resp.header)
         return resp
 
     @guarded
     async def Hash(self, request: Any, context: Any) -> Any:
+        require_root(self.node, context)
         resp = rpcpb.HashResponse(hash=snapshot.hash_kv(self.node.sm, self.node.sm.kv.revision))
         self.headers.fill(resp.header)
         return resp
 
     @guarded
     async def HashKV(self, request: Any, context: Any) -> Any:
+        require_root(self.node, context)
         kv = self.node.sm.kv
         revision = kv.check_revision(request.revision)
         resp = rpcpb.HashKVResponse(
@@ -190,6 +205,11 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
 
     async def Snapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
         """The state machine image, streamed in chunks, etcdctl-compatible framing."""
+        try:
+            require_root(self.node, context)
+        except EtcdError as exc:
+            await abort(context, exc)
+            return
         blob = snapshot_stream(snapshot.save(self.node.sm))
         for start in range(0, len(blob), SNAPSHOT_CHUNK):
             chunk = blob[start : start + SNAPSHOT_CHUNK]
@@ -201,6 +221,7 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
 
     @guarded
     async def MoveLeader(self, request: Any, context: Any) -> Any:
+        require_root(self.node, context)
         node = self.node
         if not node.is_leader:
             raise errors.NOT_LEADER

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -146,10 +147,14 @@ class PeerTransport:
         self.hello_info: dict[str, object] = {}
         """Sent to every peer on connect (this member's name and client URLs)."""
         self.on_hello: Callable[[int, dict[str, object]], None] | None = None
+        self.server_ssl: ssl.SSLContext | None = None
+        """Peer TLS (``--peer-cert-file`` ...): accept peers over TLS."""
+        self.client_ssl: ssl.SSLContext | None = None
+        """Peer TLS: dial peers over TLS, verifying them against the peer CA."""
 
     async def listen(self, url: str) -> None:
         host, port = host_port(url)
-        self._server = await asyncio.start_server(self._accept, host, port)
+        self._server = await asyncio.start_server(self._accept, host, port, ssl=self.server_ssl)
 
     def set_peers(self, peers: dict[int, str]) -> None:
         """Peer ID -> peer URL; starts senders for new peers, stops removed ones."""
@@ -188,7 +193,12 @@ class PeerTransport:
             writer = None
             try:
                 host, port = host_port(self.peers[pid])
-                _, writer = await asyncio.open_connection(host, port)
+                if self.client_ssl is not None:
+                    _, writer = await asyncio.open_connection(
+                        host, port, ssl=self.client_ssl, server_hostname=host
+                    )
+                else:
+                    _, writer = await asyncio.open_connection(host, port)
                 writer.write(_FRAME.pack(len(hello) + 1, HELLO) + hello)
                 while True:
                     frames = [await queue.get()]
@@ -198,7 +208,7 @@ class PeerTransport:
                     await writer.drain()
             except asyncio.CancelledError:
                 raise
-            except (OSError, ConnectionError, KeyError):
+            except (OSError, ConnectionError, KeyError, ssl.SSLError):
                 await asyncio.sleep(0.05)
                 while not queue.empty():  # Raft retransmits; stale frames only slow recovery
                     queue.get_nowait()

@@ -1,0 +1,150 @@
+"""The Auth service: users, roles, permissions, tokens (etcd 3.4's RPCs and errors).
+
+Changes go through the log with passwords already hashed here (bcrypt, etcd's cost
+10), so every member stores the same hash. ``Authenticate`` checks the password on the
+member that receives it and hands out a member-local token, like etcd's "simple"
+tokens; clients send it as ``token`` metadata. Administration needs the root role once
+authentication is enabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+from typing import Any
+
+import bcrypt
+
+from keel_store.mvcc import auth, errors
+from keel_store.mvcc.commands import Kind
+from keel_store.pb import rpcgrpc, rpcpb
+from keel_store.server.kv_service import Headers, auth_user, guarded, require_root
+from keel_store.server.node import StoreNode
+
+BCRYPT_COST = 10
+
+
+def _hash(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
+
+
+class AuthService(rpcgrpc.AuthServicer):  # type: ignore[misc]
+    """Auth: enable/disable, authenticate, users and roles."""
+
+    def __init__(self, node: StoreNode) -> None:
+        self.node = node
+        self.headers = Headers(node)
+        self._counter = itertools.count(1)
+
+    async def _change(self, kind: Kind, request: Any, context: Any) -> Any:
+        require_root(self.node, context)
+        resp = await self.node.propose(kind, request)
+        self.headers.fill(resp.header)
+        return resp
+
+    async def _read(self, resp: Any, context: Any, *, self_ok: bool = False) -> Any:
+        if not self_ok:
+            require_root(self.node, context)
+        await self.node.read_barrier()
+        self.headers.fill(resp.header)
+        return resp
+
+    @guarded
+    async def AuthEnable(self, request: Any, context: Any) -> Any:
+        return await self._change(Kind.AUTH_ENABLE, request, context)
+
+    @guarded
+    async def AuthDisable(self, request: Any, context: Any) -> Any:
+        return await self._change(Kind.AUTH_DISABLE, request, context)
+
+    @guarded
+    async def Authenticate(self, request: Any, context: Any) -> Any:
+        """Check the password (bcrypt, off the event loop) and mint a token."""
+        store = self.node.sm.auth
+        if not store.enabled:
+            raise errors.AUTH_NOT_ENABLED
+        await self.node.read_barrier()
+        user = store.users.get(request.name)
+        if user is None or user.no_password:
+            raise auth.AUTH_FAILED
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, bcrypt.checkpw, request.password.encode(), user.password_hash
+        )
+        if not ok:
+            raise auth.AUTH_FAILED
+        token = f"{secrets.token_urlsafe(12)}.{next(self._counter)}"
+        self.node.tokens[token] = user.name
+        resp = rpcpb.AuthenticateResponse(token=token)
+        self.headers.fill(resp.header)
+        return resp
+
+    @guarded
+    async def UserAdd(self, request: Any, context: Any) -> Any:
+        req = rpcpb.AuthUserAddRequest()
+        req.CopyFrom(request)
+        if not req.options.no_password:
+            req.password = await asyncio.get_running_loop().run_in_executor(
+                None, _hash, request.password
+            )
+        return await self._change(Kind.USER_ADD, req, context)
+
+    @guarded
+    async def UserChangePassword(self, request: Any, context: Any) -> Any:
+        req = rpcpb.AuthUserChangePasswordRequest(name=request.name)
+        req.password = await asyncio.get_running_loop().run_in_executor(
+            None, _hash, request.password
+        )
+        return await self._change(Kind.USER_CHANGE_PASSWORD, req, context)
+
+    @guarded
+    async def UserDelete(self, request: Any, context: Any) -> Any:
+        return await self._change(Kind.USER_DELETE, request, context)
+
+    @guarded
+    async def UserGrantRole(self, request: Any, context: Any) -> Any:
+        return await self._change(Kind.USER_GRANT_ROLE, request, context)
+
+    @guarded
+    async def UserRevokeRole(self, request: Any, context: Any) -> Any:
+        return await self._change(Kind.USER_REVOKE_ROLE, request, context)
+
+    @guarded
+    async def RoleAdd(self, request: Any, context: Any) -> Any:
+        return await self._change(Kind.ROLE_ADD, request, context)
+
+    @guarded
+    async def RoleDelete(self, request: Any, context: Any) -> Any:
+        return await self._change(Kind.ROLE_DELETE, request, context)
+
+    @guarded
+    async def RoleGrantPermission(self, request: Any, context: Any) -> Any:
+        return await self._change(Kind.ROLE_GRANT_PERMISSION, request, context)
+
+    @guarded
+    async def RoleRevokePermission(self, request: Any, context: Any) -> Any:
+        return await self._change(Kind.ROLE_REVOKE_PERMISSION, request, context)
+
+    @guarded
+    async def UserGet(self, request: Any, context: Any) -> Any:
+        """A user may read itself; anything else needs root (as etcd)."""
+        own = auth_user(self.node, context) == request.name
+        return await self._read(self.node.sm.auth.user_get(request.name), context, self_ok=own)
+
+    @guarded
+    async def UserList(self, request: Any, context: Any) -> Any:
+        users = sorted(self.node.sm.auth.users)
+        return await self._read(rpcpb.AuthUserListResponse(users=users), context)
+
+    @guarded
+    async def RoleGet(self, request: Any, context: Any) -> Any:
+        """A user may read the roles it holds; anything else needs root (as etcd)."""
+        user = auth_user(self.node, context)
+        holder = self.node.sm.auth.users.get(user or "")
+        own = holder is not None and request.role in holder.roles
+        return await self._read(self.node.sm.auth.role_get(request.role), context, self_ok=own)
+
+    @guarded
+    async def RoleList(self, request: Any, context: Any) -> Any:
+        roles = sorted(self.node.sm.auth.roles)
+        return await self._read(rpcpb.AuthRoleListResponse(roles=roles), context)

@@ -1,0 +1,9 @@
+"""Calls a member makes to the leader over the peer transport (besides Raft messages)."""
+
+from __future__ import annotations
+
+import struct
+
+CALL_READ_INDEX, CALL_KEEPALIVE, CALL_TTL, CALL_PROPOSE = 1, 2, 3, 4
+_CALL = struct.Struct(">QB")
+"""Call frame header: call ID (for the reply), call kind."""

@@ -1,0 +1,38 @@
+"""What a member needs to run (mapped from etcd's flags by the daemon)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keel_store.server.members import Cluster
+
+
+@dataclass
+class NodeConfig:
+    """One member's settings."""
+
+    name: str
+    data_dir: Path
+    cluster: Cluster
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+    snapshot_count: int = 100_000
+    request_timeout: float = 7.0
+    quota_bytes: int = 2 << 30
+    fsync: bool = True
+    join_existing: bool = False
+    """``--initial-cluster-state=existing``: join a running cluster (after MemberAdd)."""
+    listen_peer_url: str = ""
+    """Where to accept peers (default: this member's URL in the cluster)."""
+    peer_server_ssl: Any = None
+    """ssl.SSLContext for accepting peers (peer TLS), or None."""
+    peer_client_ssl: Any = None
+    """ssl.SSLContext for dialing peers (peer TLS), or None."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def min_lease_ttl(self) -> int:
+        """etcd: ``ceil(1.5 * election timeout)`` in seconds (2 s by default)."""
+        return -(-3 * self.election_ms // 2000)

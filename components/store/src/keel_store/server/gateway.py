@@ -1,0 +1,287 @@
+"""etcd's grpc-gateway JSON API (``POST /v3/...``), ``GET /health`` and ``GET /version``.
+
+etcd serves these on its client port next to gRPC (cmux); grpcio cannot share a port
+with an HTTP/1.1 server, so keel-store serves them on ``--listen-metrics-urls`` (where
+etcd also answers ``/health``). Bodies are the request messages in proto3 JSON, as with
+etcd: bytes in base64, 64-bit integers as strings, proto field names; errors come back as
+``{"error", "message", "code"}``. ``/v3/watch`` streams newline-separated
+``{"result": WatchResponse}`` objects. ``/v3beta/`` is accepted as an alias of ``/v3/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from keel_store.mvcc import errors
+from keel_store.mvcc.errors import EtcdError
+from keel_store.mvcc.keyspace import Event
+from keel_store.mvcc.watch import Watcher
+from keel_store.pb import rpcpb
+from keel_store.server.auth_service import AuthService
+from keel_store.server.kv_service import Headers, KVService
+from keel_store.server.node import StoreNode
+from keel_store.server.other_services import (
+    CLUSTER_VERSION,
+    ETCD_VERSION,
+    ClusterService,
+    LeaseService,
+    MaintenanceService,
+)
+
+log = logging.getLogger("keel_store.gateway")
+MAX_BODY = 4 << 20
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.CANCELLED: 499,
+}
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Context:
+    """The little of grpc's ServicerContext the services use."""
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("token", self.token),) if self.token else ()
+
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        raise _Abort(code, message)
+
+
+def _error(exc: EtcdError) -> bytes:
+    return json.dumps(
+        {"error": exc.message, "message": exc.message, "code": int(exc.code)}
+    ).encode()
+
+
+def _doc(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _to_json(message: Any) -> bytes:
+    doc = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+class Gateway:
+    """Routes JSON requests to the same service objects the gRPC server uses."""
+
+    def __init__(self, node: StoreNode, kv: KVService) -> None:
+        self.node = node
+        self.headers = Headers(node)
+        lease, cluster, maint = LeaseService(node), ClusterService(node), MaintenanceService(node)
+        au = AuthService(node)
+        r = rpcpb
+        self.routes: dict[str, tuple[Callable[..., Any], type[Any]]] = {
+            "kv/range": (kv.Range, r.RangeRequest),
+            "kv/put": (kv.Put, r.PutRequest),
+            "kv/deleterange": (kv.DeleteRange, r.DeleteRangeRequest),
+            "kv/txn": (kv.Txn, r.TxnRequest),
+            "kv/compaction": (kv.Compact, r.CompactionRequest),
+            "lease/grant": (lease.LeaseGrant, r.LeaseGrantRequest),
+            "lease/revoke": (lease.LeaseRevoke, r.LeaseRevokeRequest),
+            "kv/lease/revoke": (lease.LeaseRevoke, r.LeaseRevokeRequest),
+            "lease/timetolive": (lease.LeaseTimeToLive, r.LeaseTimeToLiveRequest),
+            "kv/lease/timetolive": (lease.LeaseTimeToLive, r.LeaseTimeToLiveRequest),
+            "lease/leases": (lease.LeaseLeases, r.LeaseLeasesRequest),
+            "kv/lease/leases": (lease.LeaseLeases, r.LeaseLeasesRequest),
+            "cluster/member/list": (cluster.MemberList, r.MemberListRequest),
+            "cluster/member/add": (cluster.MemberAdd, r.MemberAddRequest),
+            "cluster/member/remove": (cluster.MemberRemove, r.MemberRemoveRequest),
+            "cluster/member/update": (cluster.MemberUpdate, r.MemberUpdateRequest),
+            "cluster/member/promote": (cluster.MemberPromote, r.MemberPromoteRequest),
+            "maintenance/status": (maint.Status, r.StatusRequest),
+            "maintenance/alarm": (maint.Alarm, r.AlarmRequest),
+            "maintenance/defragment": (maint.Defragment, r.DefragmentRequest),
+            "maintenance/hash": (maint.Hash, r.HashRequest),
+            "maintenance/hashkv": (maint.HashKV, r.HashKVRequest),
+            "maintenance/transfer-leadership": (maint.MoveLeader, r.MoveLeaderRequest),
+            "auth/enable": (au.AuthEnable, r.AuthEnableRequest),
+            "auth/disable": (au.AuthDisable, r.AuthDisableRequest),
+            "auth/authenticate": (au.Authenticate, r.AuthenticateRequest),
+            "auth/user/add": (au.UserAdd, r.AuthUserAddRequest),
+            "auth/user/get": (au.UserGet, r.AuthUserGetRequest),
+            "auth/user/list": (au.UserList, r.AuthUserListRequest),
+            "auth/user/delete": (au.UserDelete, r.AuthUserDeleteRequest),
+            "auth/user/changepw": (au.UserChangePassword, r.AuthUserChangePasswordRequest),
+            "auth/user/grant": (au.UserGrantRole, r.AuthUserGrantRoleRequest),
+            "auth/user/revoke": (au.UserRevokeRole, r.AuthUserRevokeRoleRequest),
+            "auth/role/add": (au.RoleAdd, r.AuthRoleAddRequest),
+            "auth/role/get": (au.RoleGet, r.AuthRoleGetRequest),
+            "auth/role/list": (au.RoleList, r.AuthRoleListRequest),
+            "auth/role/delete": (au.RoleDelete, r.AuthRoleDeleteRequest),
+            "auth/role/grant": (au.RoleGrantPermission, r.AuthRoleGrantPermissionRequest),
+            "auth/role/revoke": (au.RoleRevokePermission, r.AuthRoleRevokePermissionRequest),
+        }
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    async def listen(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._serve, host, port)
+
+    async def close(self) -> None:
+        for task in list(self._connections):
+            task.cancel()
+        for task in list(self._connections):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    # --- HTTP/1.1, just enough ---------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                method, path, _ = line.decode("latin-1").split(" ", 2)
+                headers: dict[str, str] = {}
+                while (h := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = h.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length", "0"))
+                if length > MAX_BODY:
+                    await self._send(writer, 413, _error(errors.REQUEST_TOO_LARGE))
+                    return
+                body = await reader.readexactly(length) if length else b""
+                if path.rstrip("/") in ("/v3/watch", "/v3beta/watch") and method == "POST":
+                    await self._watch(body, writer)
+                    return
+                status, payload = await self._handle(
+                    method, path, body, headers.get("authorization")
+                )
+                await self._send(writer, status, payload)
+                if headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
+            return
+        finally:
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, status: int, payload: bytes) -> None:
+        writer.write(
+            f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        await writer.drain()
+
+    async def _handle(
+        self, method: str, path: str, body: bytes, token: str | None = None
+    ) -> tuple[int, bytes]:
+        if method == "GET" and path == "/version":
+            return 200, json.dumps(
+                {"etcdserver": ETCD_VERSION, "etcdcluster": CLUSTER_VERSION}
+            ).encode()
+        if method == "GET" and path == "/health":
+            try:
+                await self.node.read_barrier()
+            except EtcdError as exc:
+                return 503, _doc({"health": "false", "reason": exc.message})
+            return 200, b'{"health":"true"}'
+        route = None
+        for prefix in ("/v3/", "/v3beta/"):
+            if path.startswith(prefix):
+                route = self.routes.get(path[len(prefix) :].rstrip("/"))
+        if method != "POST" or route is None:
+            return 404, json.dumps(
+                {"error": "Not Found", "message": "Not Found", "code": 5}
+            ).encode()
+        handler, request_type = route
+        try:
+            request = json_format.Parse(body or b"{}", request_type(), ignore_unknown_fields=True)
+        except json_format.ParseError as exc:
+            message = f"invalid JSON body: {exc}"
+            return 400, _doc({"error": message, "message": message, "code": 3})
+        try:
+            response = await handler(request, _Context(token))
+        except _Abort as exc:
+            doc = {"error": exc.message, "message": exc.message, "code": exc.code.value[0]}
+            return HTTP_STATUS.get(exc.code, 500), _doc(doc)
+        return 200, _to_json(response)
+
+    async def _watch(self, body: bytes, writer: asyncio.StreamWriter) -> None:
+        """One watch per request (as etcd's gateway): chunked ``{"result": ...}`` lines."""
+        try:
+            req = json_format.Parse(body or b"{}", rpcpb.WatchRequest(), ignore_unknown_fields=True)
+        except json_format.ParseError as exc:
+            await self._send(writer, 400, _doc({"error": str(exc), "message": str(exc), "code": 3}))
+            return
+        cr = req.create_request
+        queue: asyncio.Queue[rpcpb.WatchResponse] = asyncio.Queue()
+
+        def sink(watcher: Watcher, events: list[Event]) -> None:
+            resp = rpcpb.WatchResponse(watch_id=watcher.id)
+            self.headers.fill(resp.header)
+            resp.events.extend(events)
+            queue.put_nowait(resp)
+
+        filters = set(cr.filters)
+        watcher = Watcher(
+            0,
+            cr.key,
+            cr.range_end,
+            sink,
+            prev_kv=cr.prev_kv,
+            no_put=rpcpb.WatchCreateRequest.NOPUT in filters,
+            no_delete=rpcpb.WatchCreateRequest.NODELETE in filters,
+        )
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        created = rpcpb.WatchResponse(watch_id=0, created=True)
+        self.headers.fill(created.header)
+        queue.put_nowait(created)
+        compacted = self.node.hub.watch(watcher, cr.start_revision)
+        if compacted:
+            gone = rpcpb.WatchResponse(
+                canceled=True, compact_revision=compacted, cancel_reason=errors.COMPACTED.message
+            )
+            self.headers.fill(gone.header)
+            queue.put_nowait(gone)
+        try:
+            while True:
+                resp = await queue.get()
+                line = b'{"result":' + _to_json(resp) + b"}\n"
+                writer.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                await writer.drain()
+                if resp.canceled:
+                    writer.write(b"0\r\n\r\n")
+                    await writer.drain()
+                    return
+        finally:
+            self.node.hub.cancel(watcher)

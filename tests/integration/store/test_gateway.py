@@ -1,0 +1,82 @@
+"""The JSON gateway (/v3/..., /health, /version): same answers as etcd's, via plain HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+from .conftest import free_port
+
+pytestmark = [pytest.mark.host, pytest.mark.timeout(120)]
+
+CALLS = [
+    ("POST", "/v3/kv/put", {"key": "Zm9v", "value": "YmFy"}),
+    ("POST", "/v3/kv/put", {"key": "Zm9v", "value": "YmF6", "prev_kv": True}),
+    ("POST", "/v3/kv/range", {"key": "Zm9v"}),
+    ("POST", "/v3/kv/range", {"key": "Zm9v", "revision": "99"}),
+    ("POST", "/v3beta/kv/range", {"key": "Zm9v", "revision": "2"}),
+    (
+        "POST",
+        "/v3/kv/txn",
+        {
+            "compare": [{"key": "Zm9v", "target": "MOD", "result": "LESS", "mod_revision": "10"}],
+            "success": [{"request_put": {"key": "YQ==", "value": "Yg=="}}],
+        },
+    ),
+    ("POST", "/v3/kv/deleterange", {"key": "YQ==", "prev_kv": True}),
+    ("POST", "/v3/kv/put", {"key": ""}),
+    ("POST", "/v3/kv/compaction", {"revision": "3"}),
+    ("POST", "/v3/kv/range", {"key": "Zm9v", "revision": "2"}),
+    ("POST", "/v3/lease/grant", {"TTL": 1}),
+    ("POST", "/v3/lease/timetolive", {"ID": "12345"}),
+    ("GET", "/health", None),
+    ("GET", "/version", None),
+]
+
+
+def clean(x: object) -> object:
+    if isinstance(x, dict):
+        return {
+            k: clean(v)
+            for k, v in x.items()
+            if k not in ("cluster_id", "member_id", "raft_term", "ID")
+        }
+    if isinstance(x, list):
+        return [clean(v) for v in x]
+    return x
+
+
+def call(port: int, method: str, path: str, body: object) -> tuple[int, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(method, path, body=None if body is None else json.dumps(body))
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, clean(json.loads(data))
+
+
+def watch_lines(port: int, start: int, count: int) -> list[object]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(
+        "POST",
+        "/v3/watch",
+        body=json.dumps({"create_request": {"key": "Zm9v", "start_revision": str(start)}}),
+    )
+    resp = conn.getresponse()
+    lines = [clean(json.loads(resp.readline())) for _ in range(count)]
+    conn.close()
+    return lines
+
+
+def test_gateway_matches_etcd(make_cluster) -> None:
+    gw_port = free_port()
+    make_cluster(1, extra=[f"--listen-metrics-urls=http://127.0.0.1:{gw_port}"])
+    etcd = make_cluster(1, binary="etcd")
+    etcd_port = int(etcd.members[0].client_url.rsplit(":", 1)[1])
+    for method, path, body in CALLS:
+        ours = call(gw_port, method, path, body)
+        theirs = call(etcd_port, method, path, body)
+        assert ours == theirs, f"{method} {path} {body}"
+    assert watch_lines(gw_port, 3, 2) == watch_lines(etcd_port, 3, 2)

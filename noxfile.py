@@ -24,6 +24,7 @@ TEST_DEPS = [
     "hypothesis",
     "pytest-virtualenv",
     "uv",
+    "aetcd",  # host tests: a third-party etcd client library against keel-store
 ]
 LINT_DEPS = ["ruff", "mypy", "types-PyYAML", "nox"]
 SIM_SEEDS_CI = "500"

@@ -38,6 +38,13 @@ class ImageDefinition(Schema):
     mirror: str = Field(
         "http://deb.debian.org/debian", description="Debian mirror (apt's sources apply)"
     )
+    sources: list[str] = Field(
+        default_factory=list,
+        description="further apt source lines (e.g. the security archive) beside the mirror",
+    )
+    kernel: str = Field(
+        "linux-image-cloud-amd64", description="Debian kernel package; its modules are pruned"
+    )
     packages: list[str] = Field(default_factory=list, description="extra Debian packages")
     components: list[str] = Field(
         default_factory=list, description="Keel components (plugin names) to include"
@@ -49,3 +56,9 @@ class ImageDefinition(Schema):
     )
     compression: str = Field("lz4", description="compression of the /usr filesystem")
     partitions: PartitionSizes = Field(default_factory=PartitionSizes)  # type: ignore[arg-type]
+    source_date_epoch: int = Field(
+        1700000000,
+        ge=0,
+        description="SOURCE_DATE_EPOCH of the build: the timestamp of every file, filesystem"
+        " and partition table, so that equal inputs give identical disks",
+    )

@@ -1,4 +1,23 @@
-"""The keel_image plugin: how this component hooks into Keel (see keel_core.hookspecs).
+"""The keel_image plugin: the base image contribution and the ``keel build`` command."""
 
-It implements no hooks yet; the component's issue fills it in.
-"""
+from __future__ import annotations
+
+import click
+
+from keel_core import hookimpl
+from keel_core.schemas import ImageDefinition
+from keel_core.types import ImageContribution
+from keel_image import base
+from keel_image.cli import build_command
+
+
+@hookimpl
+def keel_image_contribution(image: ImageDefinition) -> ImageContribution:
+    """Every image gets the base system (systemd, SSH, the core user, ``keel slot``)."""
+    return base.contribution(image)
+
+
+@hookimpl
+def keel_cli(cli: click.Group) -> None:
+    """Add ``keel build``."""
+    cli.add_command(build_command)

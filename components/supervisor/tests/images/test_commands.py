@@ -53,3 +53,12 @@ def test_bad_creds():
     assert commands.parse_creds("u:p:q") == ("u", "p:q")
     with pytest.raises(ImageError, match="USER:PASSWORD"):
         commands.parse_creds("nocolon")
+
+
+def test_rows_for_digest_and_unnamed_images(tmp_path):
+    store = ImageStore(tmp_path / "store")
+    write_docker_archive(tmp_path / "s.tar", [layer_tar([file("x")])], [])
+    [image] = store.load(tmp_path / "s.tar")
+    store.tag(image.id, "127.0.0.1:5000/app@sha256:" + "a" * 64)
+    [unnamed_or_digest] = commands.image_rows([store.get(image.id)])
+    assert unnamed_or_digest[:3] == ("127.0.0.1:5000/app", "<none>", image.id[7:19])

@@ -187,3 +187,20 @@ def test_truncated_layer_is_an_archive_error(tmp_path, how):
     blob, _ = compress(layer_tar([file("big", os.urandom(100_000))]), how)
     with pytest.raises(ArchiveError, match=r"cut\.tar: truncated or corrupt"):
         unpack_layer(io.BytesIO(blob[: len(blob) // 2]), tmp_path / "l", source="cut.tar")
+
+
+@pytest.mark.skipif(not ROOT, reason="security.capability needs root")
+def test_file_capabilities_survive(tmp_path):
+    import struct
+
+    cap_net_raw = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)  # VFS_CAP v2, effective
+    root, stats = unpack(
+        tmp_path, [file("bin/ping", b"p", 0o755, xattrs={"security.capability": cap_net_raw})]
+    )
+    assert os.getxattr(root / "bin/ping", "security.capability") == cap_net_raw
+    assert stats.skipped_xattrs == []
+
+
+def test_os_errors_name_the_member(tmp_path):
+    with pytest.raises(ArchiveError, match=r"test\.tar: cannot unpack member 'x{300}'"):
+        unpack(tmp_path, [file("x" * 300, b"too long a name")])

@@ -17,6 +17,7 @@ from keel_supervisor.images import (
     ImageNotFound,
     ImageStore,
 )
+from keel_supervisor.images.blobs import digest_bytes
 from keel_supervisor.images.testing import (
     busybox_layer,
     directory,
@@ -272,11 +273,63 @@ def test_concurrent_loads_of_one_image_share_one_layer(store, tmp_path):
     assert store.gc() == 0  # nothing left over
 
 
-def test_load_gzipped_docker_save(store, tmp_path):
+@pytest.mark.parametrize("how", ["gzip", "xz", "bz2"])
+def test_load_compressed_docker_save(store, tmp_path, how):
+    import bz2
     import gzip
+    import lzma
 
+    compress = {"gzip": gzip.compress, "xz": lzma.compress, "bz2": bz2.compress}[how]
     built = write_docker_archive(tmp_path / "s.tar", [BASE, TOP], ["demo:gz"])
-    (tmp_path / "s.tar.gz").write_bytes(gzip.compress((tmp_path / "s.tar").read_bytes()))
-    [image] = store.load(tmp_path / "s.tar.gz")
+    (tmp_path / "s.tar.x").write_bytes(compress((tmp_path / "s.tar").read_bytes()))
+    [image] = store.load(tmp_path / "s.tar.x")
     assert image.id == built.id
     assert image.references == ("docker.io/library/demo:gz",)
+    assert not any(store.tmp.iterdir())  # the decompressed copy is gone
+
+
+def test_artifacts_beside_images_are_skipped(store, tmp_path):
+    built = write_oci_layout(tmp_path / "layout", [BASE], ref_name="v1")
+    blobs = tmp_path / "layout/blobs/sha256"
+    empty = b"{}"
+    (blobs / digest_bytes(empty)[7:]).write_bytes(empty)
+    sbom = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/spdx+json",
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": digest_bytes(empty),
+                "size": 2,
+            },
+            "layers": [],
+        }
+    ).encode()
+    (blobs / digest_bytes(sbom)[7:]).write_bytes(sbom)
+    index = json.loads((tmp_path / "layout/index.json").read_text())
+    index["manifests"].append(
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest_bytes(sbom),
+            "size": len(sbom),
+        }
+    )
+    (tmp_path / "layout/index.json").write_text(json.dumps(index))
+    [image] = store.load(tmp_path / "layout")
+    assert image.id == built.id
+
+
+def test_verify_finds_corrupt_blobs_and_missing_layers(store, tmp_path):
+    write_oci_layout(tmp_path / "layout", [BASE, TOP], ref_name="v1")
+    [image] = store.load(tmp_path / "layout")
+    assert store.verify() == []
+    layer_blob = json.loads(store.blobs.read(image.manifest_digest))["layers"][0]["digest"]
+    store.blobs.path(layer_blob).write_bytes(b"bit rot")
+    import shutil
+
+    shutil.rmtree(store.root / "layers/sha256" / image.diff_ids[1][7:])
+    problems = store.verify()
+    assert len(problems) == 2
+    assert problems[0].startswith(f"blob {layer_blob} is corrupt")
+    assert problems[1] == f"image {image.id}: layer {image.diff_ids[1]} is missing"

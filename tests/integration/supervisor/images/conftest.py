@@ -279,6 +279,67 @@ class Registry:
             self.tokens.stop()
 
 
+class CuttingProxy:
+    """A TCP proxy on 127.0.0.1 in front of a registry that breaks off the next ``cuts``
+    responses longer than ``after`` bytes (a blob transfer that dies half-way)."""
+
+    def __init__(self, upstream: str, *, cuts: int = 1, after: int = 64 * 1024) -> None:
+        self.upstream = upstream
+        self.cuts = cuts
+        self.after = after
+        self.cut = 0
+        self.lock = threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.threads: list[threading.Thread] = []
+        self.accepting = threading.Thread(target=self._accept, daemon=True)
+        self.accepting.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _serve(self, client: socket.socket) -> None:
+        host, port = self.upstream.rsplit(":", 1)
+        with client, socket.create_connection((host, int(port))) as upstream:
+            up = threading.Thread(target=self._pipe, args=(client, upstream), daemon=True)
+            up.start()
+            sent = 0
+            while data := upstream.recv(16384):
+                if sent + len(data) > self.after:
+                    with self.lock:
+                        cut, self.cuts = self.cuts > 0, self.cuts - 1 if self.cuts > 0 else 0
+                        self.cut += cut
+                    if cut:
+                        client.sendall(data[: self.after - sent])
+                        client.shutdown(socket.SHUT_RDWR)
+                        return
+                client.sendall(data)
+                sent += len(data)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(16384):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)  # the client is done: let the registry close too
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.server.close()
+        self.accepting.join(5)
+        for thread in self.threads:
+            thread.join(5)
+
+
 def _need(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
@@ -315,3 +376,11 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
     registry = Registry.start(tmp_path_factory.mktemp("registry-token"), auth="token")
     yield registry
     registry.stop()
+
+
+@pytest.fixture
+def cutting_proxy(open_registry: Registry) -> Iterator[CuttingProxy]:
+    """A proxy to ``open_registry`` that breaks off the next long response."""
+    proxy = CuttingProxy(open_registry.host, cuts=1)
+    yield proxy
+    proxy.close()

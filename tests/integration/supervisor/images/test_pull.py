@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keel_supervisor.images import DigestMismatch, ImageStore, RegistryError
+from keel_supervisor.images import DigestMismatch, ImageStore, IncompleteTransfer, RegistryError
 from keel_supervisor.images.testing import (
     busybox_layer,
     file,
@@ -65,10 +65,13 @@ def test_pull_by_digest_and_from_multi_platform_index(open_registry, tmp_path, s
     image = store.pull(name, insecure=True)
     assert image.id == built.id
     manifest_digest = image.manifest_digest
-    by_digest = ImageStore(tmp_path / "other").pull(
-        f"{open_registry.host}/keel/multi@{manifest_digest}", insecure=True
-    )
+    digest_ref = f"{open_registry.host}/keel/multi@{manifest_digest}"
+    other = ImageStore(tmp_path / "other")
+    by_digest = other.pull(digest_ref, insecure=True)
     assert by_digest.id == built.id
+    assert by_digest.references == (digest_ref,)
+    assert other.get(digest_ref).id == built.id
+    assert store.get(digest_ref).id == built.id  # pulled by tag, found by manifest digest
 
 
 def test_missing_tag_and_unreachable_registry_say_so(open_registry, store):
@@ -127,3 +130,41 @@ def test_https_registry_verified_against_trusted_certificates(
         store.pull(name)  # self-signed: not trusted
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_registry.storage.parent / "tls.crt"))
     assert store.pull(name).id == built.id
+
+
+def test_broken_transfer_is_never_stored_and_retried(open_registry, cutting_proxy, tmp_path, store):
+    path = tmp_path / "big"
+    built = write_oci_layout(path, [layer_tar([file("blob", os.urandom(1 << 20))])], ref_name="b")
+    open_registry.push(path, "b", "keel/big:b")
+    layer_digest = json.loads(built.manifest)["layers"][0]["digest"]
+    name = f"{cutting_proxy.host}/keel/big:b"
+    with pytest.raises(IncompleteTransfer, match="nothing stored"):
+        store.pull(name, insecure=True, retries=0)
+    assert cutting_proxy.cut == 1
+    assert not store.blobs.has(layer_digest)
+    assert store.list() == []
+    assert not any(store.tmp.iterdir())
+    cutting_proxy.cuts = 1
+    assert store.pull(name, insecure=True).id == built.id  # cut once more, then retried
+    assert cutting_proxy.cut == 2
+
+
+def test_cli_pull_uses_saved_login(basic_registry, layout, store, tmp_path, monkeypatch):
+    import base64
+    import io
+
+    from rich.console import Console
+
+    from keel_supervisor.images import commands
+
+    path, built = layout
+    name = basic_registry.push(path, "v1", "keel/saved:v1")
+    user, password = basic_registry.creds
+    auth_file = tmp_path / "auth.json"
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    auth_file.write_text(json.dumps({"auths": {basic_registry.host: {"auth": token}}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth_file))
+    out = io.StringIO()
+    image = commands.pull(store, name, Console(file=out), insecure=True)
+    assert image.id == built.id
+    assert f"Pulled: {name}" in out.getvalue()

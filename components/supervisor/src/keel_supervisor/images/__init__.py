@@ -10,10 +10,12 @@ from keel_supervisor.images.errors import (
     ImageError,
     ImageInUse,
     ImageNotFound,
+    IncompleteTransfer,
     RegistryError,
     UnsafeLayer,
 )
-from keel_supervisor.images.store import Image, ImageStore, RemoveResult
+from keel_supervisor.images.image import Image, RemoveResult
+from keel_supervisor.images.store import ImageStore
 
 __all__ = [
     "ArchiveError",
@@ -23,6 +25,7 @@ __all__ = [
     "ImageInUse",
     "ImageNotFound",
     "ImageStore",
+    "IncompleteTransfer",
     "RegistryError",
     "RemoveResult",
     "UnsafeLayer",

@@ -14,9 +14,15 @@ digest. Formats:
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
+import io
 import json
+import lzma
+import os
 import re
+import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -81,8 +87,10 @@ class DirSource(Source):
 class TarSource(Source):
     """An archive in a tar file (optionally gzip/xz/bz2 compressed, as ``docker load`` accepts)."""
 
-    def __init__(self, path: Path) -> None:
-        self.label = str(path)
+    def __init__(self, path: Path, *, label: str = "", remove: bool = False) -> None:
+        self.label = label or str(path)
+        self.path = path
+        self.remove = remove
         try:
             self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
             self.members = {
@@ -105,10 +113,16 @@ class TarSource(Source):
 
     def close(self) -> None:
         self.tar.close()
+        if self.remove:
+            self.path.unlink(missing_ok=True)
 
 
-def open_source(path: Path) -> Source:
-    """A Source for a directory or a tar file; ArchiveError saying what was expected."""
+def open_source(path: Path, scratch: Path | None = None) -> Source:
+    """A Source for a directory or a tar file; ArchiveError saying what was expected.
+
+    A compressed tar (``docker save | gzip``) is first decompressed into ``scratch`` (a
+    directory), so that reading its members in any order does not decompress it again and again.
+    """
     if path.is_dir():
         return DirSource(path)
     if not path.exists():
@@ -118,7 +132,31 @@ def open_source(path: Path) -> Source:
             f"{path}: not a tar archive or directory; expected the output of 'docker save', "
             "'podman save' or an OCI image layout"
         )
+    if scratch is not None:
+        with path.open("rb") as f:
+            head = f.read(6)
+        if _compressed(head):
+            plain = scratch / f"archive-{os.getpid()}-{os.urandom(6).hex()}.tar"
+            try:
+                with _decompress(path, head) as compressed, plain.open("wb") as out:
+                    shutil.copyfileobj(compressed, out, 1 << 20)
+                return TarSource(plain, label=str(path), remove=True)
+            except BaseException:
+                plain.unlink(missing_ok=True)
+                raise
     return TarSource(path)
+
+
+def _compressed(head: bytes) -> bool:
+    return head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head == b"\xfd7zXZ\x00"
+
+
+def _decompress(path: Path, head: bytes) -> io.BufferedIOBase:
+    if head[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(path, "rb")
+    if head[:3] == b"BZh":
+        return bz2.BZ2File(path, "rb")
+    return lzma.LZMAFile(path, "rb")
 
 
 @dataclass
@@ -194,6 +232,8 @@ def _scan_oci(source: Source) -> list[ImportItem]:
         else:
             raise ArchiveError(f"{where}: image indexes nested too deeply")
         mwhere = f"{source.label}: manifest {desc.digest}"
+        if not oci.is_image_manifest(doc):
+            continue  # an artifact (signature, SBOM, attestation) beside the images
         config_desc, layers = oci.manifest_parts(doc, mwhere)
         item = by_config.get(config_desc.digest)
         if item is None:

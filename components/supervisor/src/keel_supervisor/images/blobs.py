@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from keel_supervisor.images.errors import DigestMismatch
+from keel_supervisor.images.errors import DigestMismatch, IncompleteTransfer
 from keel_supervisor.images.reference import is_digest
 
 CHUNK = 1 << 20
@@ -116,7 +116,7 @@ class BlobStore:
                 os.fsync(out.fileno())
             actual = "sha256:" + hasher.hexdigest()
             if size is not None and written != size:
-                raise DigestMismatch(
+                raise IncompleteTransfer(
                     f"{what}: got {written} bytes, expected {size}; nothing stored "
                     "(interrupted transfer? try again)"
                 )

@@ -22,9 +22,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from keel_supervisor.images.credentials import find_credentials
 from keel_supervisor.images.errors import ImageError
+from keel_supervisor.images.image import Image
 from keel_supervisor.images.reference import familiar, parse_reference
-from keel_supervisor.images.store import Image, ImageStore
+from keel_supervisor.images.store import ImageStore
 
 
 @contextlib.contextmanager
@@ -70,7 +72,10 @@ def image_rows(images: list[Image]) -> list[tuple[str, str, str, str, str]]:
         short = image.id[7:19]
         names = image.references or ("<none>:<none>",)
         for name in names:
-            repo, _, tag = familiar(name).rpartition(":")
+            if "@" in name:  # pulled by digest
+                repo, tag = familiar(name).split("@", 1)[0], "<none>"
+            else:
+                repo, _, tag = familiar(name).rpartition(":")
             rows.append((repo, tag, short, _age(image.created), human_size(image.size)))
     return rows
 
@@ -117,10 +122,14 @@ def pull(
     insecure: bool = False,
     creds: str | None = None,
 ) -> Image:
-    """``keel pull [--insecure] [--creds U:P] REF``: pull from an OCI distribution registry."""
+    """``keel pull [--insecure] [--creds U:P] REF``: pull from an OCI distribution registry.
+
+    Without ``creds``, credentials saved by ``podman login`` / ``docker login`` are used.
+    """
     ref = parse_reference(reference)
+    auth = parse_creds(creds) if creds is not None else find_credentials(ref.registry)
     with _progress(console) as progress:
-        image = store.pull(str(ref), insecure=insecure, auth=parse_creds(creds), progress=progress)
+        image = store.pull(str(ref), insecure=insecure, auth=auth, progress=progress)
     console.print(f"Digest: {image.manifest_digest}", highlight=False)
     console.print(f"Pulled: {familiar(str(ref))} ({image.id[7:19]})", highlight=False)
     return image

@@ -28,6 +28,10 @@ class DigestMismatch(ImageError):
     """Content did not hash to the digest (or size) it was announced with; nothing was stored."""
 
 
+class IncompleteTransfer(DigestMismatch):
+    """A stream ended (or broke) before all announced bytes arrived; nothing was stored."""
+
+
 class ArchiveError(ImageError):
     """An archive (docker save, podman save, OCI layout) is malformed or unsupported."""
 

@@ -122,7 +122,12 @@ def unpack_layer(
     try:
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             for member in tar:
-                applier.apply(tar, member)
+                try:
+                    applier.apply(tar, member)
+                except OSError as exc:
+                    raise ArchiveError(
+                        f"{source}: cannot unpack member {member.name!r}: {exc.strerror or exc}"
+                    ) from exc
         while reader.read(1 << 20):  # the tar's end padding is part of the diff_id too
             pass
         applier.stats.diff_id = "sha256:" + hashing.hasher.hexdigest()

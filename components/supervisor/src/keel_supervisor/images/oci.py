@@ -121,6 +121,13 @@ def pick_platform(index: dict[str, Any], where: str) -> Descriptor:
     )
 
 
+def is_image_manifest(manifest: dict[str, Any]) -> bool:
+    """False for artifacts (signatures, SBOMs) stored as manifests with a non-image config."""
+    config = manifest.get("config")
+    kind = config.get("mediaType", "") if isinstance(config, dict) else ""
+    return kind in ("", OCI_CONFIG, DOCKER_CONFIG) and not manifest.get("artifactType")
+
+
 def manifest_parts(manifest: dict[str, Any], where: str) -> tuple[Descriptor, list[Descriptor]]:
     """The config descriptor and layer descriptors of an image manifest, validated."""
     if manifest.get("schemaVersion") != 2:

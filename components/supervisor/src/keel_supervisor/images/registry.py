@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import re
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -21,7 +23,7 @@ from rich.progress import Progress
 
 from keel_supervisor.images import oci
 from keel_supervisor.images.blobs import BlobStore, digest_bytes
-from keel_supervisor.images.errors import ImageError, RegistryError
+from keel_supervisor.images.errors import ImageError, IncompleteTransfer, RegistryError
 from keel_supervisor.images.reference import Reference, parse_reference
 
 __all__ = ["FetchedManifest", "RegistryClient", "parse_reference"]
@@ -29,6 +31,7 @@ __all__ = ["FetchedManifest", "RegistryClient", "parse_reference"]
 ACCEPT = ", ".join([oci.OCI_INDEX, oci.OCI_MANIFEST, oci.DOCKER_LIST, oci.DOCKER_MANIFEST])
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 _MAX_MANIFEST = 4 << 20
+log = logging.getLogger("keel.supervisor.images.registry")
 
 
 @dataclass
@@ -51,8 +54,12 @@ class RegistryClient:
         insecure: bool = False,
         auth: tuple[str, str] | None = None,
         timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.5,
     ) -> None:
         self.ref = ref
+        self.retries = retries
+        self.backoff = backoff
         self.base = f"{'http' if insecure else 'https'}://{ref.endpoint}"
         self.auth = auth
         self.timeout = timeout
@@ -209,9 +216,35 @@ class RegistryClient:
     def fetch_blob(
         self, desc: oci.Descriptor, blobs: BlobStore, progress: Progress | None = None
     ) -> str:
-        """Download a blob into ``blobs`` (verified), unless it is there already."""
-        if blobs.has(desc.digest):
-            return desc.digest
+        """Download a blob into ``blobs`` (verified), unless it is there already.
+
+        A transfer that breaks off after it started is tried again (``self.retries`` times, with
+        back-off); what arrived of a broken transfer is never stored.
+        """
+        broken = (IncompleteTransfer, http.client.HTTPException, ConnectionError, TimeoutError)
+        for attempt in range(self.retries + 1):
+            if blobs.has(desc.digest):
+                return desc.digest
+            try:
+                return self._fetch_blob_once(desc, blobs, progress)
+            except broken as exc:
+                if attempt == self.retries:
+                    if isinstance(exc, IncompleteTransfer):
+                        raise
+                    raise IncompleteTransfer(
+                        f"{self.ref.name}@{desc.digest}: transfer broke off ({exc!r}) "
+                        f"after {attempt + 1} attempts; nothing stored, try again"
+                    ) from exc
+                log.info(
+                    "blob transfer broke off, retrying",
+                    extra={"blob": desc.digest, "attempt": attempt + 1, "error": repr(exc)},
+                )
+                time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _fetch_blob_once(
+        self, desc: oci.Descriptor, blobs: BlobStore, progress: Progress | None
+    ) -> str:
         conn, resp = self._get(f"/v2/{self.ref.repository}/blobs/{desc.digest}")
         task = None
         if progress is not None:

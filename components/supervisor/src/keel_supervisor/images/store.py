@@ -27,7 +27,6 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from urllib.parse import quote, unquote
 
 from rich.progress import Progress
 
-from keel_supervisor.images import archive, oci
+from keel_supervisor.images import archive, oci, verify
 from keel_supervisor.images.blobs import (
     BlobStore,
     digest_bytes,
@@ -50,6 +49,7 @@ from keel_supervisor.images.errors import (
     ImageInUse,
     ImageNotFound,
 )
+from keel_supervisor.images.image import Image, RemoveResult, short_link
 from keel_supervisor.images.layer import unpack_layer
 from keel_supervisor.images.reference import is_digest, normalize, parse_reference
 from keel_supervisor.images.registry import RegistryClient
@@ -57,54 +57,6 @@ from keel_supervisor.images.registry import RegistryClient
 log = logging.getLogger("keel.supervisor.images")
 
 _ID_PREFIX = re.compile(r"^(?:sha256:)?[0-9a-f]{4,64}$")
-
-
-@dataclass(frozen=True)
-class Image:
-    """An image in the store.
-
-    ``id`` is the digest of its config (the same however it arrived), ``references`` its
-    normalized names, ``config`` the image config's ``config`` object (Entrypoint, Cmd, Env,
-    WorkingDir, User, ExposedPorts, Labels, StopSignal, Healthcheck), ``size`` the bytes of its
-    unpacked files.
-    """
-
-    id: str
-    references: tuple[str, ...]
-    config: dict[str, Any]
-    size: int
-    manifest_digest: str
-    diff_ids: tuple[str, ...]
-    created: str
-    os: str
-    architecture: str
-    layers_root: Path = field(repr=False)
-
-    def layer_dirs(self) -> list[Path]:
-        """Unpacked layer trees, LOWEST FIRST (overlayfs wants ``lowerdir=`` highest first).
-
-        The paths are short links (``<root>/l/<16 hex>``) to ``layers/sha256/<diff_id>/root``,
-        so that the ``lowerdir=`` option of an image with many layers fits the kernel's one-page
-        limit on mount options (about 100 layers instead of 38). Treat them as read only: other
-        images share them.
-        """
-        links = self.layers_root.parent.parent / "l"
-        dirs = [links / short_link(d) for d in self.diff_ids]
-        for d, path in zip(self.diff_ids, dirs, strict=True):
-            if not path.is_dir():
-                raise ImageError(
-                    f"image {self.id}: layer {d} is missing from the store; "
-                    "remove the image ('keel rmi --force') and pull or load it again"
-                )
-        return dirs
-
-
-@dataclass
-class RemoveResult:
-    """What ``remove`` did: names taken off, image ids deleted."""
-
-    untagged: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
 
 
 class ImageStore:
@@ -187,9 +139,14 @@ class ImageStore:
         refs = self._references()
         records = self._records()
         with contextlib.suppress(ImageError):
-            image_id = refs.get(normalize(text))
+            ref = parse_reference(text)
+            image_id = refs.get(str(ref))
             if image_id in records:
                 return records[image_id], refs
+            if ref.digest:  # name@digest of an image pulled by tag: match its manifest
+                for record in records.values():
+                    if record["manifest_digest"] == ref.digest and not record.get("removed"):
+                        return record, refs
         if _ID_PREFIX.match(text):
             prefix = text if text.startswith("sha256:") else f"sha256:{text}"
             found = [r for i, r in records.items() if i.startswith(prefix) and not r.get("removed")]
@@ -204,7 +161,7 @@ class ImageStore:
     # -- import ------------------------------------------------------------------------------
     def load(self, archive_path: Path, *, progress: Progress | None = None) -> builtins.list[Image]:
         """Import every image of a docker/podman save archive or an OCI layout (dir or tar)."""
-        source = archive.open_source(Path(archive_path))
+        source = archive.open_source(Path(archive_path), scratch=self.tmp)
         images: builtins.list[Image] = []
         try:
             with self._lock(".lock", shared=True):
@@ -336,13 +293,15 @@ class ImageStore:
         insecure: bool = False,
         auth: tuple[str, str] | None = None,
         progress: Progress | None = None,
+        retries: int = 3,
     ) -> Image:
         """Pull ``reference`` from its registry (OCI distribution v2; basic or bearer token auth).
 
-        ``insecure`` uses plain HTTP (a local test registry); ``auth`` is (username, password).
+        ``insecure`` uses plain HTTP (a local test registry); ``auth`` is (username, password);
+        a blob transfer that breaks off is tried ``retries`` more times.
         """
         ref = parse_reference(reference)
-        client = RegistryClient(ref, insecure=insecure, auth=auth)
+        client = RegistryClient(ref, insecure=insecure, auth=auth, retries=retries)
         with self._lock(".lock", shared=True):
             fetched = client.fetch_manifest()
             config_digest = client.fetch_blob(fetched.config, self.blobs, progress)
@@ -359,7 +318,7 @@ class ImageStore:
                     self._ensure_layer(desc.digest, diff_id, f"{ref.name}@{desc.digest}")
                 elif not self.blobs.has(desc.digest):
                     client.fetch_blob(desc, self.blobs, progress)
-            names = [str(ref)] if ref.digest is None else []
+            names = [str(ref)]  # name:tag, or name@digest when pulled by digest
             return self._commit(fetched.manifest, config_digest, fetched.layers, diff_ids, names)
 
     def tag(self, reference_or_id: str, name: str) -> Image:
@@ -438,6 +397,13 @@ class ImageStore:
                 result.deleted.append(image_id)
         return result
 
+    def verify(self) -> builtins.list[str]:
+        """What is wrong (corrupt or missing blobs, missing layers). Changes nothing."""
+        with self._lock(".lock", shared=True):
+            return verify.blob_problems(self.blobs) + verify.image_problems(
+                self.root, self.blobs, self._records(), self._references()
+            )
+
     def gc(self) -> int:
         """Delete blobs and layers no image references, and leftovers of interrupted imports.
 
@@ -473,11 +439,6 @@ class ImageStore:
                     pins.rmdir()
         log.info("image gc", extra={"freed": freed})
         return freed
-
-
-def short_link(diff_id: str) -> str:
-    """The name of a layer's short link under ``<root>/l``."""
-    return digest_hex(diff_id)[:16]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,302 @@
+"""keel-store against Debian's etcd, side by side in one run: ``nox -s bench -- store``.
+
+Both servers get fresh data directories, free loopback ports and the same Python
+grpc.aio client (the same stubs, the same requests): sequential put latency,
+concurrent puts, linearizable and serializable ranges, watch fan-out, and (3 members)
+the write-unavailability window after a SIGKILL of the leader. It prints each figure
+and the keel/etcd ratio. Timings on a shared machine are noisy; nothing is asserted.
+
+Options: ``--quick`` (smaller counts), ``--nodes=1,3``, ``--check-perf`` (adds
+``etcdctl check perf --load=s``, 60 s per server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from keel_store.pb import rpcgrpc, rpcpb
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+VALUE = b"v" * 256
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """The members of one server under test (a plain class: run.py loads us by path)."""
+
+    def __init__(self, kind: str, argvs: list[list[str]], endpoints: list[str]) -> None:
+        self.kind = kind
+        self.argvs = argvs
+        self.endpoints = endpoints
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(argvs)
+
+    def start_member(self, i: int) -> None:
+        self.procs[i] = subprocess.Popen(
+            self.argvs[i], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def kill_member(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        self.procs[i] = None
+
+    def stop(self) -> None:
+        for i in range(len(self.procs)):
+            self.kill_member(i)
+
+
+def launch(kind: str, n: int, tmp: Path) -> Server:
+    peers = [(f"m{i}", f"http://127.0.0.1:{free_port()}") for i in range(n)]
+    initial = ",".join(f"{name}={url}" for name, url in peers)
+    argvs, endpoints = [], []
+    for name, peer in peers:
+        client = f"127.0.0.1:{free_port()}"
+        flags = [
+            f"--name={name}",
+            f"--data-dir={tmp / kind / name}",
+            f"--listen-client-urls=http://{client}",
+            f"--advertise-client-urls=http://{client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster={initial}",
+            "--initial-cluster-token=bench",
+        ]
+        if kind == "keel":
+            argvs.append([sys.executable, "-m", "keel_store.daemon", *flags])
+        else:
+            argvs.append([ETCD, *flags, "--logger=zap", "--log-outputs=stderr"])
+        endpoints.append(client)
+    server = Server(kind, argvs, endpoints)
+    for i in range(n):
+        server.start_member(i)
+    deadline = time.monotonic() + 60
+    for ep in endpoints:
+        while (
+            subprocess.run(
+                [ETCDCTL, f"--endpoints={ep}", "endpoint", "health"],
+                capture_output=True,
+                check=False,
+            ).returncode
+            != 0
+        ):
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"{kind} did not become healthy")
+            time.sleep(0.2)
+    return server
+
+
+def leader_index(server: Server) -> int:
+    for i, ep in enumerate(server.endpoints):
+        if server.procs[i] is None:
+            continue
+        r = subprocess.run(
+            [ETCDCTL, f"--endpoints={ep}", "endpoint", "status", "-w", "json"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if r.returncode == 0:
+            st = json.loads(r.stdout)[0]["Status"]
+            if st["leader"] == st["header"]["member_id"]:
+                return i
+    raise RuntimeError("no leader")
+
+
+async def sequential_puts(ep: str, total: int) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(ep) as ch:
+        kv = rpcgrpc.KVStub(ch)
+        lat = []
+        start = time.perf_counter()
+        for i in range(total):
+            t = time.perf_counter()
+            await kv.Put(rpcpb.PutRequest(key=b"seq/%08d" % i, value=VALUE))
+            lat.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - start
+    lat.sort()
+    return {
+        "ops/s": total / elapsed,
+        "p50 ms": lat[len(lat) // 2] * 1000,
+        "p99 ms": lat[int(len(lat) * 0.99)] * 1000,
+    }
+
+
+async def concurrent(ep: list[str], total: int, conc: int, op: str) -> dict[str, float]:
+    channels = [grpc.aio.insecure_channel(e) for e in ep]
+    stubs = [rpcgrpc.KVStub(c) for c in channels]
+    if op != "put":
+        await stubs[0].Put(rpcpb.PutRequest(key=b"r/key", value=VALUE))
+    counter = iter(range(total))
+    lat: list[float] = []
+
+    async def worker(w: int) -> None:
+        stub = stubs[w % len(stubs)]
+        for i in counter:
+            t = time.perf_counter()
+            if op == "put":
+                await stub.Put(rpcpb.PutRequest(key=b"c/%08d" % i, value=VALUE))
+            else:
+                await stub.Range(rpcpb.RangeRequest(key=b"r/key", serializable=op == "range-s"))
+            lat.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(conc)))
+    elapsed = time.perf_counter() - start
+    for c in channels:
+        await c.close()
+    return {"ops/s": total / elapsed, "p50 ms": statistics.median(lat) * 1000}
+
+
+async def watch_fanout(ep: str, watchers: int, puts: int) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(ep) as ch:
+        watch = rpcgrpc.WatchStub(ch)
+        kv = rpcgrpc.KVStub(ch)
+        received = 0
+        done = asyncio.Event()
+        queues: list[asyncio.Queue[object]] = []
+
+        async def one() -> None:
+            nonlocal received
+            q: asyncio.Queue[object] = asyncio.Queue()
+            queues.append(q)
+            await q.put(
+                rpcpb.WatchRequest(
+                    create_request=rpcpb.WatchCreateRequest(key=b"fan/", range_end=b"fan0")
+                )
+            )
+
+            async def reqs():  # type: ignore[no-untyped-def]
+                while True:
+                    yield await q.get()
+
+            async for resp in watch.Watch(reqs()):
+                received += len(resp.events)
+                if received >= watchers * puts:
+                    done.set()
+
+        tasks = [asyncio.create_task(one()) for _ in range(watchers)]
+        await asyncio.sleep(1.0)
+        start = time.perf_counter()
+        for i in range(puts):
+            await kv.Put(rpcpb.PutRequest(key=b"fan/%d" % i, value=VALUE))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 60)
+        elapsed = time.perf_counter() - start
+        for t in tasks:
+            t.cancel()
+    return {"events/s": received / elapsed}
+
+
+async def failover(server: Server) -> dict[str, float]:
+    victim = leader_index(server)
+    others = [e for i, e in enumerate(server.endpoints) if i != victim]
+    channels = [grpc.aio.insecure_channel(e) for e in others]
+    stubs = [rpcgrpc.KVStub(c) for c in channels]
+    await stubs[0].Put(rpcpb.PutRequest(key=b"fo/warm", value=VALUE))
+    server.kill_member(victim)
+    start = time.perf_counter()
+    i = 0
+    while True:
+        try:
+            await stubs[i % len(stubs)].Put(rpcpb.PutRequest(key=b"fo/x", value=VALUE), timeout=1.0)
+            break
+        except grpc.aio.AioRpcError:
+            i += 1
+    window = time.perf_counter() - start
+    for c in channels:
+        await c.close()
+    server.start_member(victim)
+    return {"unavailable s": window}
+
+
+def check_perf(ep: str) -> dict[str, float]:
+    r = subprocess.run(
+        [ETCDCTL, f"--endpoints={ep}", "check", "perf", "--load=s"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
+    for line in r.stdout.splitlines():
+        if "Throughput is" in line:
+            return {"writes/s": float(line.split("Throughput is")[1].split()[0])}
+    return {"writes/s": 0.0}
+
+
+async def measure(kind: str, n: int, quick: bool, perf: bool) -> dict[str, dict[str, float]]:
+    scale = 4 if quick else 1
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
+        server = launch(kind, n, Path(tmp))
+        try:
+            ep = server.endpoints[leader_index(server)]
+            out = {
+                "sequential put": await sequential_puts(ep, 2000 // scale),
+                "put conc 64": await concurrent(server.endpoints, 8000 // scale, 64, "put"),
+                "range linearizable conc 64": await concurrent(
+                    server.endpoints, 8000 // scale, 64, "range-l"
+                ),
+                "range serializable conc 64": await concurrent(
+                    server.endpoints, 8000 // scale, 64, "range-s"
+                ),
+                "watch fan-out 50x200": await watch_fanout(ep, 50, 200 // scale),
+            }
+            if perf:
+                out["etcdctl check perf s"] = check_perf(",".join(server.endpoints))
+            if n > 1:
+                out["leader kill"] = await failover(server)
+            return out
+        finally:
+            server.stop()
+
+
+def main(argv: list[str]) -> int:
+    quick = "--quick" in argv
+    perf = "--check-perf" in argv
+    nodes = [1, 3]
+    for a in argv:
+        if a.startswith("--nodes="):
+            nodes = [int(x) for x in a.split("=", 1)[1].split(",")]
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    for n in nodes:
+        results = {}
+        for kind in ("etcd", "keel"):
+            console.print(f"[bold]{kind}[/bold], {n} member(s) ...")
+            results[kind] = asyncio.run(measure(kind, n, quick, perf))
+        table = Table(title=f"keel-store vs etcd 3.4.23, {n} member(s), loopback, 256 B values")
+        for col in ("test", "metric", "etcd", "keel", "keel/etcd"):
+            table.add_column(col, justify="left" if col in ("test", "metric") else "right")
+        for test, metrics in results["etcd"].items():
+            for metric, theirs in metrics.items():
+                ours = results["keel"].get(test, {}).get(metric, float("nan"))
+                ratio = ours / theirs if theirs else float("nan")
+                table.add_row(test, metric, f"{theirs:,.2f}", f"{ours:,.2f}", f"{ratio:.2f}x")
+        console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

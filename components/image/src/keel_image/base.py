@@ -1,0 +1,153 @@
+"""keel-image's own contribution: what every Keel image has, whatever its components.
+
+systemd with networkd, udev, dbus, OpenSSH (host keys made on first boot), sudo, the
+``core`` user, the ``keel`` command with ``keel slot``, the ESP mounted on /boot, and a
+console line when the machine reaches multi-user. Added through the same hook as any
+component's contribution.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from keel_core.schemas import ImageDefinition
+from keel_core.types import FileContribution, ImageContribution
+
+PACKAGES = ["dbus", "iproute2", "kmod", "openssh-server", "sudo", "systemd", "systemd-sysv", "udev"]
+
+KERNEL_MODULES = [
+    "dm_verity",
+    "erofs",
+    "squashfs",
+    "vfat",
+    "nls_cp437",
+    "nls_utf8",
+    "nls_ascii",
+    "overlay",
+    "veth",
+    "bridge",
+    "br_netfilter",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_compat",
+    "tun",
+    "autofs4",
+]
+"""Kernel modules every Keel machine keeps: /usr, the ESP, and container networking."""
+
+KERNEL_ARGS = [
+    "rw",
+    "systemd.gpt_auto=0",
+    "systemd.firstboot=off",
+    "panic=10",
+    "systemd.show_status=auto",
+]
+
+UNITS = ["systemd-networkd.service", "keel-boot-ok.service", "ssh.service"]
+
+NETWORK_DHCP = """\
+# Any Ethernet interface without a more specific .network file: DHCPv4 only.
+[Match]
+Type=ether
+
+[Network]
+DHCP=ipv4
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+
+[DHCPv4]
+UseDNS=no
+UseNTP=no
+"""
+
+SSHD = """\
+# Keel: keys only, one ed25519 host key made on first boot.
+HostKey /etc/ssh/ssh_host_ed25519_key
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+UseDNS no
+"""
+
+SSH_HOSTKEYS = """\
+[Unit]
+Description=Make this machine's SSH host key (first boot)
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
+"""
+
+SSH_DROPIN = """\
+[Unit]
+Wants=keel-ssh-hostkeys.service
+After=keel-ssh-hostkeys.service
+"""
+
+BOOT_OK = """\
+[Unit]
+Description=Tell the console that this machine reached multi-user
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "KEEL-BOOT-OK $(/usr/lib/keel/keel-slot current)" >/dev/console'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+FSTAB = """\
+# ROOT (/) and /usr are mounted by the initramfs. The ESP holds kernels and the grubenv.
+PARTLABEL=EFI-SYSTEM /boot vfat umask=0077,noauto,nofail,x-systemd.automount 0 2
+"""
+
+USR_DEVICE_RULES = """\
+# /usr is opened by Keel's initramfs, where no udev runs, so dm's rules see the device
+# only at coldplug and mark it not ready. It is ready: it was mounted before systemd ran.
+SUBSYSTEM=="block", KERNEL=="dm-*", ATTR{dm/uuid}=="KEEL-VERITY-USR-*", \\
+  ENV{SYSTEMD_READY}="1", SYMLINK+="mapper/$attr{dm/name}"
+"""
+
+SYSUSERS = ['u core 500 "Keel user" /home/core /bin/bash']
+
+TMPFILES = """\
+d /home/core 0700 core core -
+d /home/core/.ssh 0700 core core -
+"""
+
+
+def _guest(name: str) -> bytes:
+    return (resources.files("keel_image") / "guest" / name).read_bytes()
+
+
+def contribution(image: ImageDefinition) -> ImageContribution:
+    """The base of every image (``image`` is not consulted: every image gets it)."""
+    del image
+    files = [
+        FileContribution("/usr/bin/keel", _guest("keel"), mode=0o755),
+        FileContribution("/usr/lib/keel/keel-slot", _guest("keel-slot"), mode=0o755),
+        FileContribution("/usr/lib/systemd/network/99-keel-dhcp.network", NETWORK_DHCP.encode()),
+        FileContribution("/etc/ssh/sshd_config.d/keel.conf", SSHD.encode()),
+        FileContribution(
+            "/usr/lib/systemd/system/keel-ssh-hostkeys.service", SSH_HOSTKEYS.encode()
+        ),
+        FileContribution("/usr/lib/systemd/system/ssh.service.d/keel.conf", SSH_DROPIN.encode()),
+        FileContribution("/usr/lib/systemd/system/keel-boot-ok.service", BOOT_OK.encode()),
+        FileContribution("/etc/fstab", FSTAB.encode()),
+        FileContribution("/usr/lib/udev/rules.d/99-zz-keel-usr.rules", USR_DEVICE_RULES.encode()),
+        FileContribution("/etc/sudoers.d/keel-core", b"core ALL=(ALL) NOPASSWD: ALL\n", mode=0o440),
+        FileContribution("/usr/lib/tmpfiles.d/keel-core.conf", TMPFILES.encode()),
+    ]
+    return ImageContribution(
+        name="keel-base",
+        packages=PACKAGES,
+        files=files,
+        units=UNITS,
+        kernel_args=KERNEL_ARGS,
+        kernel_modules=KERNEL_MODULES,
+        sysusers=SYSUSERS,
+    )

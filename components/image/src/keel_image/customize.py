@@ -1,0 +1,172 @@
+"""Stage ``tree``: the root tree of the image, from the cached Debian tree.
+
+Works on a hard-linked copy of the cached ``rootfs`` tree (cheap), so every change
+here replaces files instead of writing into them. It applies the plugins'
+contributions, prunes kernel modules, removes what must be made on first boot
+(machine-id, SSH host keys), and moves ``/etc`` to ``/usr/share/factory/etc``: the
+initramfs copies it to ROOT on first boot, so /etc defaults come from /usr.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from keel_image import kmods, tools
+from keel_image.errors import BuildError
+from keel_image.recipe import Recipe
+
+STAGE = "system"
+VERSION = 3
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A customized tree ready to become filesystems."""
+
+    root: Path
+    kernel_version: str
+    vmlinuz: Path
+    modules_kept: int
+    modules_removed: int
+
+
+def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``path`` as a new inode (never through a hard link into the cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.write_bytes(data)
+    path.chmod(mode)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a text file, replacing its inode."""
+    old = path.read_bytes() if path.exists() else b""
+    replace_file(
+        path, old + line.encode() + b"\n", path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    )
+
+
+def copy_tree(source: Path, dest: Path) -> None:
+    """Hard-link copy of ``source`` to ``dest`` (``cp -al``: fast and preserves owners)."""
+    tools.run(["cp", "-a", "--link", str(source), str(dest)], stage=STAGE)
+
+
+def kernel_of(tree: Path) -> tuple[str, Path]:
+    """The kernel version and vmlinuz installed by the kernel package."""
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    if len(kernels) != 1:
+        raise BuildError(
+            STAGE,
+            f"expected exactly one kernel in /boot, found {[k.name for k in kernels]}",
+            "list one kernel package in the definition's 'kernel' key",
+        )
+    return kernels[0].name.removeprefix("vmlinuz-"), kernels[0]
+
+
+def build(recipe: Recipe, rootfs: Path, work: Path) -> Tree:
+    """Build the customized tree under ``work/tree``; ``vmlinuz`` is moved to ``work``."""
+    tree = work / "tree"
+    copy_tree(rootfs / "tree", tree)
+    version, vmlinuz = kernel_of(tree)
+    kernel = work / "vmlinuz"
+    shutil.move(str(vmlinuz), kernel)
+    for f in (tree / "boot").iterdir():
+        f.unlink()
+
+    moddir = tree / "usr/lib/modules" / version
+    index = kmods.ModuleIndex(moddir)
+    keep = index.closure(recipe.kernel_modules, stage=STAGE)
+    kept, removed = index.prune(keep)
+    tools.run(["chroot", str(tree), "/usr/sbin/depmod", version], stage=STAGE)
+
+    _apply_contributions(recipe, tree)
+    _clean_first_boot_state(tree)
+    _os_release(recipe, tree)
+    _factory_etc(tree)
+    return Tree(tree, version, kernel, kept, removed)
+
+
+def _apply_contributions(recipe: Recipe, tree: Path) -> None:
+    for _name, f in recipe.files:
+        dest = tree / f.path.lstrip("/")
+        data = f.content if f.content is not None else Path(f.source or "").read_bytes()
+        replace_file(dest, data, f.mode)
+        if (f.owner, f.group) != ("root", "root"):
+            tools.run(["chroot", str(tree), "chown", f"{f.owner}:{f.group}", f.path], stage=STAGE)
+    for c in recipe.contributions:
+        if c.sysusers:
+            replace_file(
+                tree / f"usr/lib/sysusers.d/keel-{c.name}.conf",
+                ("\n".join(c.sysusers) + "\n").encode(),
+            )
+    units = sorted({u for c in recipe.contributions for u in c.units})
+    if units:
+        proc = subprocess.run(
+            ["systemctl", f"--root={tree}", "enable", *units],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BuildError(
+                STAGE,
+                f"systemctl enable {' '.join(units)} failed: {proc.stderr.strip()}",
+                "a contribution enables a unit that no file or package provides",
+            )
+
+
+def _clean_first_boot_state(tree: Path) -> None:
+    """Remove what each machine must make itself, and build leftovers."""
+    for rel in (
+        "etc/machine-id",
+        "var/lib/dbus/machine-id",
+        "var/cache/ldconfig/aux-cache",
+        "etc/hostname",
+    ):
+        (tree / rel).unlink(missing_ok=True)
+    for key in (tree / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    for log in (tree / "var/log").rglob("*"):
+        if log.is_file():
+            log.unlink()
+    for old in (tree / "var/lib/dpkg").glob("*-old"):
+        old.unlink()
+    shutil.rmtree(tree / "usr/lib/udev/hwdb.d", ignore_errors=True)
+    (tree / "usr/lib/udev/hwdb.bin").unlink(missing_ok=True)
+    (tree / "etc/udev/hwdb.bin").unlink(missing_ok=True)
+
+
+def _os_release(recipe: Recipe, tree: Path) -> None:
+    d = recipe.definition
+    text = (
+        'NAME="Keel"\n'
+        "ID=keel\n"
+        "ID_LIKE=debian\n"
+        f'PRETTY_NAME="Keel {d.version} ({d.name})"\n'
+        f"VERSION_ID={d.version}\n"
+        f"IMAGE_ID={d.name}\n"
+        f"IMAGE_VERSION={d.version}\n"
+        f"DEBIAN_SUITE={d.suite}\n"
+    )
+    replace_file(tree / "usr/lib/os-release", text.encode())
+    etc = tree / "etc/os-release"
+    etc.unlink(missing_ok=True)
+    etc.symlink_to("../usr/lib/os-release")
+
+
+def _factory_etc(tree: Path) -> None:
+    """Move /etc into /usr/share/factory/etc; leave the mount points ROOT needs."""
+    factory = tree / "usr/share/factory"
+    factory.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(factory / "etc", ignore_errors=True)
+    (tree / "etc").rename(factory / "etc")
+    (tree / "etc").mkdir(mode=0o755)
+    for d in ("dev", "proc", "sys", "run", "tmp", "home", "root", "boot", "mnt", "srv", "opt"):
+        (tree / d).mkdir(exist_ok=True)
+    os.chmod(tree / "tmp", 0o1777)
+    os.chmod(tree / "root", 0o700)

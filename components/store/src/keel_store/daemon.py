@@ -1,0 +1,304 @@
+"""``keel-store``: the store daemon, taking etcd's flags and ``ETCD_*`` variables.
+
+Someone who runs etcd can swap the binary name: ``--name``, ``--data-dir``, the
+client and peer URL flags, ``--initial-cluster*``, the Raft timing flags,
+``--snapshot-count``, ``--quota-backend-bytes``, ``--auto-compaction-*`` and the client
+TLS flags mean what they mean for etcd 3.4. As with etcd, every flag can also come
+from the environment (``--initial-cluster-token`` from ``ETCD_INITIAL_CLUSTER_TOKEN``);
+a flag on the command line wins. Flags may be spelt with one dash or two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from keel_store.mvcc import validate
+from keel_store.mvcc.commands import Kind
+from keel_store.pb import rpcgrpc, rpcpb
+from keel_store.server import kv_service, other_services
+from keel_store.server.members import Cluster, ClusterConfigError, parse_initial_cluster
+from keel_store.server.node import NodeConfig, StoreNode
+from keel_store.server.transport import host_port
+
+log = logging.getLogger("keel_store")
+
+FLAGS: list[tuple[str, Any, str]] = [
+    ("name", "default", "human-readable name for this member"),
+    ("data-dir", "", "path to the data directory (default: ${name}.etcd)"),
+    ("listen-client-urls", "http://localhost:2379", "URLs to listen on for client traffic"),
+    ("advertise-client-urls", "http://localhost:2379", "client URLs told to the cluster"),
+    ("listen-peer-urls", "http://localhost:2380", "URLs to listen on for peer traffic"),
+    ("initial-advertise-peer-urls", "http://localhost:2380", "peer URLs told to the cluster"),
+    ("initial-cluster", "", "initial cluster: name=peer-url,... (default: ${name}=peer-url)"),
+    ("initial-cluster-state", "new", "new or existing"),
+    ("initial-cluster-token", "etcd-cluster", "cluster token; peers with another are refused"),
+    ("heartbeat-interval", 100, "time (ms) of a heartbeat interval"),
+    ("election-timeout", 1000, "time (ms) for an election to timeout"),
+    ("snapshot-count", 100_000, "committed transactions between snapshots"),
+    ("quota-backend-bytes", 0, "raise an alarm when the backend exceeds this (0: 2 GiB)"),
+    ("auto-compaction-mode", "periodic", "periodic or revision"),
+    ("auto-compaction-retention", "0", "hours (periodic, or a Go duration) / revisions kept"),
+    ("max-txn-ops", validate.DEFAULT_MAX_TXN_OPS, "maximum operations in one txn"),
+    ("max-request-bytes", 1_572_864, "maximum client request size in bytes"),
+    ("cert-file", "", "client server TLS certificate"),
+    ("key-file", "", "client server TLS key"),
+    ("trusted-ca-file", "", "client server TLS trusted CA certificate"),
+    ("client-cert-auth", False, "require client certificates signed by the trusted CA"),
+    ("peer-cert-file", "", "peer TLS certificate (not supported yet)"),
+    ("peer-key-file", "", "peer TLS key (not supported yet)"),
+    ("peer-trusted-ca-file", "", "peer TLS trusted CA (not supported yet)"),
+    ("peer-client-cert-auth", False, "peer client certificates (not supported yet)"),
+    ("log-level", "warn", "debug, info, warn or error"),
+    ("logger", "zap", "accepted for compatibility; logs are JSON lines on stderr"),
+    ("enable-v2", False, "accepted for compatibility; the v2 API is not served"),
+    ("unsafe-no-fsync", False, "do not fsync the log (tests only: loses data on crash)"),
+]
+
+
+class FlagError(ValueError):
+    """A flag or ETCD_* variable has a bad value; the message names it."""
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on", ""):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> argparse.Namespace:
+    """etcd-style flags, with ``ETCD_*`` environment variables as defaults."""
+    environ = dict(os.environ if environ is None else environ)
+    parser = argparse.ArgumentParser(
+        prog="keel-store",
+        allow_abbrev=False,
+        description="Keel's store: an etcd v3 compatible, Raft-replicated key-value store.",
+    )
+    parser.add_argument("--version", "-version", action="store_true", help="print version")
+    for name, default, help_text in FLAGS:
+        env = "ETCD_" + name.upper().replace("-", "_")
+        value: Any = default
+        if env in environ:
+            raw = environ[env]
+            try:
+                if isinstance(default, bool):
+                    value = _parse_bool(raw)
+                elif isinstance(default, int):
+                    value = int(raw)
+                else:
+                    value = raw
+            except ValueError:
+                raise FlagError(f"{env}={raw!r}: not a valid value for --{name}") from None
+        dest = name.replace("-", "_")
+        if isinstance(default, bool):
+            parser.add_argument(
+                f"--{name}",
+                f"-{name}",
+                dest=dest,
+                nargs="?",
+                const=True,
+                default=value,
+                type=_parse_bool,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                f"--{name}",
+                f"-{name}",
+                dest=dest,
+                default=value,
+                type=type(default),
+                help=f"{help_text} (default {default!r})",
+            )
+    return parser.parse_args(argv)
+
+
+def _first(urls: str, flag: str) -> str:
+    first = urls.split(",", maxsplit=1)[0].strip()
+    try:
+        host_port(first)
+    except ValueError as exc:
+        raise FlagError(f"--{flag}: {exc}") from None
+    return first
+
+
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """Validate flags and turn them into a :class:`NodeConfig`."""
+    for flag in ("peer_cert_file", "peer_key_file", "peer_trusted_ca_file"):
+        if getattr(args, flag):
+            raise FlagError(f"--{flag.replace('_', '-')}: peer TLS is not supported yet")
+    if args.initial_cluster_state not in ("new", "existing"):
+        raise FlagError(
+            f"--initial-cluster-state: {args.initial_cluster_state!r} is not 'new' or 'existing'"
+        )
+    if args.heartbeat_interval <= 0 or args.election_timeout < 5 * args.heartbeat_interval:
+        raise FlagError("--election-timeout: must be at least 5 times --heartbeat-interval")
+    peer_url = _first(args.initial_advertise_peer_urls, "initial-advertise-peer-urls")
+    spec = args.initial_cluster or f"{args.name}={peer_url}"
+    try:
+        cluster = Cluster(parse_initial_cluster(spec), args.initial_cluster_token)
+        me = cluster.by_name(args.name)
+    except ClusterConfigError as exc:
+        raise FlagError(str(exc)) from None
+    me.client_urls = [u.strip() for u in args.advertise_client_urls.split(",") if u.strip()]
+    return NodeConfig(
+        name=args.name,
+        data_dir=Path(args.data_dir or f"{args.name}.etcd"),
+        cluster=cluster,
+        heartbeat_ms=args.heartbeat_interval,
+        election_ms=args.election_timeout,
+        snapshot_count=args.snapshot_count,
+        quota_bytes=args.quota_backend_bytes or (2 << 30),
+        fsync=not args.unsafe_no_fsync,
+        join_existing=args.initial_cluster_state == "existing",
+        listen_peer_url=_first(args.listen_peer_urls, "listen-peer-urls"),
+    )
+
+
+def _retention_seconds(text: str, mode: str) -> float:
+    if mode == "revision":
+        return float(int(text))
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text) * 3600.0
+
+
+async def auto_compact(node: StoreNode, mode: str, retention: float) -> None:
+    """etcd's ``--auto-compaction-*``: compact old revisions from the leader."""
+    samples: deque[tuple[float, int]] = deque()
+    interval = 300.0 if mode == "revision" else max(1.0, retention / 10)
+    while True:
+        await asyncio.sleep(interval)
+        if not node.is_leader:
+            continue
+        kv = node.sm.kv
+        target = 0
+        if mode == "revision":
+            target = kv.revision - int(retention)
+        else:
+            now = time.monotonic()
+            samples.append((now, kv.revision))
+            while samples and now - samples[0][0] >= retention:
+                target = samples.popleft()[1]
+        if target > kv.compact_revision:
+            with contextlib.suppress(Exception):
+                await node.propose(Kind.COMPACT, rpcpb.CompactionRequest(revision=target))
+
+
+def _server(node: StoreNode, args: argparse.Namespace) -> grpc.aio.Server:
+    limit = args.max_request_bytes + 512 * 1024
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+    )
+    rpcgrpc.add_KVServicer_to_server(kv_service.KVService(node, args.max_txn_ops), server)
+    rpcgrpc.add_WatchServicer_to_server(kv_service.WatchService(node), server)
+    rpcgrpc.add_LeaseServicer_to_server(other_services.LeaseService(node), server)
+    rpcgrpc.add_ClusterServicer_to_server(other_services.ClusterService(node), server)
+    rpcgrpc.add_MaintenanceServicer_to_server(other_services.MaintenanceService(node), server)
+    credentials = None
+    if args.cert_file or args.key_file:
+        if not (args.cert_file and args.key_file):
+            raise FlagError("--cert-file and --key-file: give both for client TLS")
+        ca = Path(args.trusted_ca_file).read_bytes() if args.trusted_ca_file else None
+        credentials = grpc.ssl_server_credentials(
+            [(Path(args.key_file).read_bytes(), Path(args.cert_file).read_bytes())],
+            root_certificates=ca,
+            require_client_auth=bool(args.client_cert_auth),
+        )
+    for url in filter(None, (u.strip() for u in args.listen_client_urls.split(","))):
+        host, port = host_port(url)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if url.startswith("https://"):
+            if credentials is None:
+                raise FlagError(f"--listen-client-urls: {url} needs --cert-file/--key-file")
+            server.add_secure_port(address, credentials)
+        else:
+            server.add_insecure_port(address)
+    return server
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, like etcd's zap logger."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "level": record.levelname.lower(),
+                "ts": round(record.created, 3),
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
+        )
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Run the member until SIGINT/SIGTERM."""
+    config = node_config(args)
+    node = StoreNode(config)
+    await node.start()
+    server = _server(node, args)
+    await server.start()
+    log.info("serving clients on %s as member %x", args.listen_client_urls, node.member_id)
+    tasks = []
+    retention = _retention_seconds(args.auto_compaction_retention, args.auto_compaction_mode)
+    if retention > 0:
+        tasks.append(asyncio.create_task(auto_compact(node, args.auto_compaction_mode, retention)))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await server.stop(grace=0.5)
+    await node.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        if args.version:
+            print(f"keel-store (etcd API {other_services.ETCD_VERSION})")
+            return 0
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(
+            level=args.log_level.upper().replace("WARN", "WARNING")
+            if args.log_level.lower() != "warning"
+            else "WARNING",
+            handlers=[handler],
+        )
+        return asyncio.run(serve(args))
+    except FlagError as exc:
+        print(f"keel-store: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"keel-store: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

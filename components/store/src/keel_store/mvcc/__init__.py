@@ -1,0 +1,1 @@
+"""The revisioned key space and the deterministic state machine over it (no I/O)."""

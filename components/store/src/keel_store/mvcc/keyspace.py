@@ -1,0 +1,240 @@
+"""The revisioned key space: every version of every key since the last compaction.
+
+etcd's data model (``Documentation/learning/data_model.md``): one store-wide revision
+that starts at 1 on an empty store and grows by exactly one per write transaction;
+each key keeps its generations of versions. This module holds that model in memory,
+with no I/O and no clock, so the same sequence of writes gives the same state on every
+member. Durability comes from the Raft log and snapshots around it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sortedcontainers import SortedDict
+
+from keel_store.mvcc import errors
+from keel_store.pb import mvccpb
+
+KeyValue = mvccpb.KeyValue
+Event = mvccpb.Event
+PUT = mvccpb.Event.PUT
+DELETE = mvccpb.Event.DELETE
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The ``range_end`` that selects every key starting with ``prefix`` (etcd's rule)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return b"\0"
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+@dataclass(slots=True)
+class KeyHistory:
+    """The versions of one key, oldest first; ``None`` marks a deletion (tombstone)."""
+
+    revs: list[int] = field(default_factory=list)
+    kvs: list[KeyValue | None] = field(default_factory=list)
+
+    def at(self, revision: int) -> KeyValue | None:
+        """The key as it was at ``revision`` (``None``: absent then)."""
+        i = bisect.bisect_right(self.revs, revision)
+        return self.kvs[i - 1] if i else None
+
+    def latest(self) -> KeyValue | None:
+        return self.kvs[-1] if self.kvs else None
+
+
+class KeySpace:
+    """Keys with their history, the current and compacted revisions, and the event log.
+
+    Writes happen inside a write transaction (:meth:`begin` ... :meth:`end`) so that
+    everything one Raft entry changes shares one revision, as etcd's Txn does.
+    """
+
+    def __init__(self) -> None:
+        self._keys: SortedDict[bytes, KeyHistory] = SortedDict()
+        self.revision = 1
+        """The store revision: the revision of the last write (1 on an empty store)."""
+        self.compact_revision = 0
+        """Reads below this revision fail with ``COMPACTED``."""
+        self._log_revs: list[int] = []
+        self._log_events: list[list[Event]] = []
+        self._pending: list[Event] | None = None
+
+    # --- write transactions -------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start a write transaction; its writes get revision ``self.revision + 1``."""
+        assert self._pending is None, "nested write transaction"
+        self._pending = []
+
+    def end(self) -> list[Event]:
+        """Finish the write transaction; bump the revision if anything changed."""
+        events, self._pending = self._pending, None
+        assert events is not None, "end() without begin()"
+        if events:
+            self.revision += 1
+            self._log_revs.append(self.revision)
+            self._log_events.append(events)
+        return events
+
+    @property
+    def changed(self) -> bool:
+        """Whether the open write transaction has changed anything yet."""
+        return bool(self._pending)
+
+    @property
+    def write_revision(self) -> int:
+        """The revision the current write transaction's changes get."""
+        return self.revision + 1
+
+    def put(self, key: bytes, value: bytes, lease: int) -> tuple[KeyValue, KeyValue | None]:
+        """Write ``key`` inside the current transaction; returns (new, previous)."""
+        assert self._pending is not None, "put outside a write transaction"
+        rev = self.write_revision
+        history = self._keys.get(key)
+        if history is None:
+            history = self._keys[key] = KeyHistory()
+        prev = history.latest()
+        # The txn checks reject writing one key twice in one revision, so ``prev`` is
+        # always from an earlier revision.
+        assert prev is None or prev.mod_revision < rev, "key written twice in one revision"
+        if prev is None:
+            create, version = rev, 1
+        else:
+            create, version = prev.create_revision, prev.version + 1
+        kv = KeyValue(
+            key=key,
+            value=value,
+            lease=lease,
+            create_revision=create,
+            mod_revision=rev,
+            version=version,
+        )
+        history.revs.append(rev)
+        history.kvs.append(kv)
+        event = Event(type=PUT, kv=kv)
+        if prev is not None:
+            event.prev_kv.CopyFrom(prev)
+        self._pending.append(event)
+        return kv, prev
+
+    def delete(self, key: bytes, end: bytes) -> list[KeyValue]:
+        """Delete every live key in ``[key, end)`` inside the transaction; returns them."""
+        assert self._pending is not None, "delete outside a write transaction"
+        rev = self.write_revision
+        deleted = [kv for kv in self._live(key, end, self.revision) if kv is not None]
+        for prev in deleted:
+            history = self._keys[prev.key]
+            history.revs.append(rev)
+            history.kvs.append(None)
+            event = Event(type=DELETE, kv=KeyValue(key=prev.key, mod_revision=rev))
+            event.prev_kv.CopyFrom(prev)
+            self._pending.append(event)
+        return deleted
+
+    # --- reads -------------------------------------------------------------------
+
+    def check_revision(self, revision: int) -> int:
+        """Resolve a requested read revision (``<= 0``: current) or raise etcd's error."""
+        if revision <= 0:
+            return self.revision
+        if revision < self.compact_revision:
+            raise errors.COMPACTED
+        if revision > self.revision:
+            raise errors.FUTURE_REV
+        return revision
+
+    def _keys_in(self, key: bytes, end: bytes) -> Iterator[bytes]:
+        if not end:
+            if key in self._keys:
+                yield key
+            return
+        if end == b"\0":
+            yield from self._keys.irange(minimum=key)
+            return
+        if end <= key:
+            return
+        yield from self._keys.irange(minimum=key, maximum=end, inclusive=(True, False))
+
+    def _live(self, key: bytes, end: bytes, revision: int) -> Iterator[KeyValue | None]:
+        for k in self._keys_in(key, end):
+            yield self._keys[k].at(revision)
+
+    def range(self, key: bytes, end: bytes, revision: int) -> list[KeyValue]:
+        """Live keys in ``[key, end)`` at ``revision`` (already checked), in key order."""
+        return [kv for kv in self._live(key, end, revision) if kv is not None]
+
+    def get(self, key: bytes) -> KeyValue | None:
+        """The current version of ``key``."""
+        history = self._keys.get(key)
+        return history.latest() if history else None
+
+    def events_since(self, revision: int) -> Iterator[tuple[int, list[Event]]]:
+        """Every (revision, events) with revision ``>= revision`` still in the log."""
+        start = bisect.bisect_left(self._log_revs, revision)
+        for i in range(start, len(self._log_revs)):
+            yield self._log_revs[i], self._log_events[i]
+
+    # --- compaction --------------------------------------------------------------
+
+    def compact(self, revision: int) -> None:
+        """Forget every version superseded at or before ``revision``, and tombstones.
+
+        Afterwards reads and watches from below ``revision`` fail with ``COMPACTED``;
+        the latest version of each key at ``revision`` stays readable there.
+        """
+        if revision <= self.compact_revision:
+            raise errors.COMPACTED
+        if revision > self.revision:
+            raise errors.FUTURE_REV
+        self.compact_revision = revision
+        emptied = []
+        for key, history in self._keys.items():
+            i = bisect.bisect_right(history.revs, revision) - 1
+            if i < 0:
+                continue
+            drop = i + 1 if history.kvs[i] is None else i
+            if drop:
+                del history.revs[:drop]
+                del history.kvs[:drop]
+            if not history.revs:
+                emptied.append(key)
+        for key in emptied:
+            del self._keys[key]
+        cut = bisect.bisect_left(self._log_revs, revision)
+        del self._log_revs[:cut]
+        del self._log_events[:cut]
+
+    # --- snapshot support -----------------------------------------------------------
+
+    def histories(self) -> Iterator[tuple[bytes, KeyHistory]]:
+        """Every key with its history, in key order (for snapshots and hashing)."""
+        yield from self._keys.items()
+
+    def restore_history(self, key: bytes, history: KeyHistory) -> None:
+        """Put back one key's history while restoring a snapshot."""
+        self._keys[key] = history
+
+    def restore_events(self) -> None:
+        """Rebuild the event log (for watches) from the restored key histories."""
+        by_rev: dict[int, list[tuple[bytes, Event]]] = {}
+        for key, history in self._keys.items():
+            prev: KeyValue | None = None
+            for rev, kv in zip(history.revs, history.kvs, strict=True):
+                if kv is None:
+                    event = Event(type=DELETE, kv=KeyValue(key=key, mod_revision=rev))
+                else:
+                    event = Event(type=PUT, kv=kv)
+                if prev is not None:
+                    event.prev_kv.CopyFrom(prev)
+                by_rev.setdefault(rev, []).append((key, event))
+                prev = kv
+        self._log_revs = sorted(r for r in by_rev if r > self.compact_revision)
+        self._log_events = [
+            [e for _, e in sorted(by_rev[r], key=lambda p: p[0])] for r in self._log_revs
+        ]

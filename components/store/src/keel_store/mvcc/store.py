@@ -1,0 +1,355 @@
+"""The store's state machine: etcd's KV and lease semantics over the key space.
+
+Every member applies the same committed commands in the same order and ends in the
+same state, so nothing here reads a clock, a file or a random source: lease IDs are
+chosen by the proposer, and lease expiry arrives as a revoke command the leader
+proposes (see :mod:`keel_store.mvcc.lessor` for the leader's clock). Requests and
+responses are etcd's own protobuf messages, exactly as etcd's ``applierV3`` uses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from keel_store.mvcc import errors
+from keel_store.mvcc.keyspace import Event, KeySpace, KeyValue
+from keel_store.pb import rpcpb
+
+MAX_LEASE_TTL = 9_000_000_000
+"""etcd's ``MaxLeaseTTL`` (seconds): larger grants fail with ``LEASE_TTL_TOO_LARGE``."""
+
+Listener = Callable[[int, list[Event]], None]
+"""Called with (revision, events) after every write that changed the key space."""
+
+
+@dataclass(slots=True)
+class Lease:
+    """A granted lease: its TTL as granted and the keys attached to it."""
+
+    id: int
+    ttl: int
+    keys: set[bytes] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class MemberRecord:
+    """A cluster member as replicated through the log (attributes like the name of a
+    member that has not started yet may be empty)."""
+
+    id: int
+    name: str
+    peer_urls: list[str]
+    is_learner: bool = False
+
+
+def _end(range_end: bytes) -> bytes:
+    """etcd's ``mkGteRange``: ``"\\0"`` means every key from ``key`` on."""
+    return range_end
+
+
+class StateMachine:
+    """The deterministic KV + lease state machine that Raft entries are applied to."""
+
+    def __init__(self) -> None:
+        self.kv = KeySpace()
+        self.leases: dict[int, Lease] = {}
+        self.applied_index = 0
+        """Index of the last Raft entry applied (etcd's consistent index)."""
+        self.listeners: list[Listener] = []
+        self.members: dict[int, MemberRecord] = {}
+        """The cluster's members; the Raft configuration is reconciled to follow it."""
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def _commit(self) -> list[Event]:
+        events = self.kv.end()
+        if events:
+            for listener in self.listeners:
+                listener(self.kv.revision, events)
+        return events
+
+    def _header(self, revision: int | None = None) -> rpcpb.ResponseHeader:
+        return rpcpb.ResponseHeader(revision=self.kv.revision if revision is None else revision)
+
+    def _attach(self, kv: KeyValue, prev: KeyValue | None) -> None:
+        if prev is not None and prev.lease and prev.lease != kv.lease:
+            old = self.leases.get(prev.lease)
+            if old is not None:
+                old.keys.discard(kv.key)
+        if kv.lease:
+            self.leases[kv.lease].keys.add(kv.key)
+
+    def _detach(self, deleted: list[KeyValue]) -> None:
+        for kv in deleted:
+            if kv.lease and (lease := self.leases.get(kv.lease)) is not None:
+                lease.keys.discard(kv.key)
+
+    # --- reads ----------------------------------------------------------------------
+
+    def range(self, req: rpcpb.RangeRequest, *, in_write: bool = False) -> rpcpb.RangeResponse:
+        """KV.Range with every option, as etcd 3.4 applies it.
+
+        ``in_write``: called inside a write transaction, whose earlier writes it sees.
+        """
+        # The header carries the store's current revision, whatever revision is read
+        # (inside a write txn: the txn's revision once it has changed something).
+        current = self.kv.write_revision if in_write and self.kv.changed else self.kv.revision
+        rev = current if req.revision <= 0 else self.kv.check_revision(req.revision)
+        kvs = self.kv.range(req.key, _end(req.range_end), rev)
+        resp = rpcpb.RangeResponse(header=self._header(current), count=len(kvs))
+        if req.max_mod_revision:
+            kvs = [kv for kv in kvs if kv.mod_revision <= req.max_mod_revision]
+        if req.min_mod_revision:
+            kvs = [kv for kv in kvs if kv.mod_revision >= req.min_mod_revision]
+        if req.max_create_revision:
+            kvs = [kv for kv in kvs if kv.create_revision <= req.max_create_revision]
+        if req.min_create_revision:
+            kvs = [kv for kv in kvs if kv.create_revision >= req.min_create_revision]
+        if req.count_only:
+            return resp
+        order = req.sort_order
+        if req.sort_target != rpcpb.RangeRequest.KEY and order == rpcpb.RangeRequest.NONE:
+            order = rpcpb.RangeRequest.ASCEND
+        if order != rpcpb.RangeRequest.NONE:
+            key = _SORT_KEYS[req.sort_target]
+            kvs.sort(key=key, reverse=order == rpcpb.RangeRequest.DESCEND)
+        if req.limit > 0 and len(kvs) > req.limit:
+            kvs = kvs[: req.limit]
+            resp.more = True
+        if req.keys_only:
+            kvs = [
+                KeyValue(
+                    key=kv.key,
+                    create_revision=kv.create_revision,
+                    mod_revision=kv.mod_revision,
+                    version=kv.version,
+                    lease=kv.lease,
+                )
+                for kv in kvs
+            ]
+        resp.kvs.extend(kvs)
+        return resp
+
+    # --- writes ---------------------------------------------------------------------
+
+    def _check_put(self, req: rpcpb.PutRequest) -> None:
+        if (req.ignore_value or req.ignore_lease) and self.kv.get(req.key) is None:
+            raise errors.KEY_NOT_FOUND
+        if req.lease and req.lease not in self.leases:
+            raise errors.LEASE_NOT_FOUND
+
+    def _put(self, req: rpcpb.PutRequest) -> rpcpb.PutResponse:
+        prev = self.kv.get(req.key)
+        value = prev.value if req.ignore_value and prev is not None else req.value
+        lease = prev.lease if req.ignore_lease and prev is not None else req.lease
+        kv, prev = self.kv.put(req.key, value, lease)
+        self._attach(kv, prev)
+        resp = rpcpb.PutResponse(header=self._header(self.kv.write_revision))
+        if req.prev_kv and prev is not None:
+            resp.prev_kv.CopyFrom(prev)
+        return resp
+
+    def put(self, req: rpcpb.PutRequest) -> rpcpb.PutResponse:
+        """KV.Put: one new revision; ``ignore_*`` need the key; a lease must exist."""
+        self._check_put(req)
+        self.kv.begin()
+        resp = self._put(req)
+        self._commit()
+        return resp
+
+    def _delete(self, req: rpcpb.DeleteRangeRequest) -> rpcpb.DeleteRangeResponse:
+        deleted = self.kv.delete(req.key, _end(req.range_end))
+        self._detach(deleted)
+        rev = self.kv.write_revision if self.kv.changed else self.kv.revision
+        resp = rpcpb.DeleteRangeResponse(header=self._header(rev), deleted=len(deleted))
+        if req.prev_kv:
+            resp.prev_kvs.extend(deleted)
+        return resp
+
+    def delete_range(self, req: rpcpb.DeleteRangeRequest) -> rpcpb.DeleteRangeResponse:
+        """KV.DeleteRange: bumps the revision only if something was deleted."""
+        self.kv.begin()
+        resp = self._delete(req)
+        self._commit()
+        resp.header.revision = self.kv.revision
+        return resp
+
+    # --- transactions ---------------------------------------------------------------
+
+    def _compare(self, cmp: rpcpb.Compare) -> bool:
+        kvs = self.kv.range(cmp.key, _end(cmp.range_end), self.kv.revision)
+        if not kvs:
+            if cmp.target == rpcpb.Compare.VALUE:
+                return False  # a missing key has no value to compare (etcd's rule)
+            return _compare_kv(cmp, KeyValue())
+        return all(_compare_kv(cmp, kv) for kv in kvs)
+
+    def _path(self, req: rpcpb.TxnRequest) -> list[bool]:
+        """Which branch each (nested) txn takes, in etcd's ``txnPath`` order."""
+        ok = all(self._compare(c) for c in req.compare)
+        path = [ok]
+        for op in req.success if ok else req.failure:
+            if op.WhichOneof("request") == "request_txn":
+                path.extend(self._path(op.request_txn))
+        return path
+
+    def _check_ops(self, req: rpcpb.TxnRequest, path: list[bool]) -> int:
+        """Check every op of the chosen branches before anything is written."""
+        used = 1
+        for op in req.success if path[0] else req.failure:
+            which = op.WhichOneof("request")
+            if which == "request_txn":
+                used += self._check_ops(op.request_txn, path[used:])
+            elif which == "request_put":
+                self._check_put(op.request_put)
+            elif which == "request_range" and op.request_range.revision > 0:
+                self.kv.check_revision(op.request_range.revision)
+        return used
+
+    def _run(self, req: rpcpb.TxnRequest, path: list[bool], resp: rpcpb.TxnResponse) -> int:
+        used = 1
+        resp.succeeded = path[0]
+        for op in req.success if path[0] else req.failure:
+            which = op.WhichOneof("request")
+            out = resp.responses.add()
+            if which == "request_range":
+                out.response_range.CopyFrom(self.range(op.request_range, in_write=True))
+            elif which == "request_put":
+                out.response_put.CopyFrom(self._put(op.request_put))
+            elif which == "request_delete_range":
+                out.response_delete_range.CopyFrom(self._delete(op.request_delete_range))
+            elif which == "request_txn":
+                used += self._run(op.request_txn, path[used:], out.response_txn)
+        return used
+
+    def txn(self, req: rpcpb.TxnRequest) -> rpcpb.TxnResponse:
+        """KV.Txn: compares, then one branch atomically at one revision.
+
+        Checks (ignore_* on missing keys, unknown leases, compacted or future range
+        revisions) run before any write, so a failing txn changes nothing.
+        """
+        path = self._path(req)
+        self._check_ops(req, path)
+        resp = rpcpb.TxnResponse()
+        self.kv.begin()
+        self._run(req, path, resp)
+        self._commit()
+        resp.header.revision = self.kv.revision
+        return resp
+
+    # --- compaction -----------------------------------------------------------------
+
+    def compact(self, req: rpcpb.CompactionRequest) -> rpcpb.CompactionResponse:
+        """KV.Compact: forget history before ``revision`` (not a new revision)."""
+        self.kv.compact(req.revision)
+        return rpcpb.CompactionResponse(header=self._header())
+
+    # --- leases ---------------------------------------------------------------------
+
+    def lease_grant(self, req: rpcpb.LeaseGrantRequest) -> rpcpb.LeaseGrantResponse:
+        """Lease.LeaseGrant with the ID and (minimum-raised) TTL the proposer chose."""
+        if req.ID <= 0:
+            raise errors.LEASE_NOT_FOUND
+        if req.ID in self.leases:
+            raise errors.LEASE_EXISTS
+        if req.TTL > MAX_LEASE_TTL:
+            raise errors.LEASE_TTL_TOO_LARGE
+        self.leases[req.ID] = Lease(req.ID, req.TTL)
+        return rpcpb.LeaseGrantResponse(header=self._header(), ID=req.ID, TTL=req.TTL)
+
+    def lease_revoke(self, req: rpcpb.LeaseRevokeRequest) -> rpcpb.LeaseRevokeResponse:
+        """Lease.LeaseRevoke (also how expiry is applied): its keys go in one revision."""
+        lease = self.leases.pop(req.ID, None)
+        if lease is None:
+            raise errors.LEASE_NOT_FOUND
+        self.kv.begin()
+        for key in sorted(lease.keys):
+            self.kv.delete(key, b"")
+        self._commit()
+        return rpcpb.LeaseRevokeResponse(header=self._header())
+
+    # --- membership -------------------------------------------------------------------
+
+    def _member_list(self) -> list[rpcpb.Member]:
+        return [
+            rpcpb.Member(ID=m.id, name=m.name, peerURLs=m.peer_urls, isLearner=m.is_learner)
+            for m in sorted(self.members.values(), key=lambda m: m.id)
+        ]
+
+    def member_add(self, req: rpcpb.Member) -> rpcpb.MemberAddResponse:
+        """Cluster.MemberAdd with the ID the proposer derived from the peer URLs."""
+        if req.ID in self.members:
+            raise errors.MEMBER_EXISTS
+        used = {u for m in self.members.values() for u in m.peer_urls}
+        if used & set(req.peerURLs):
+            raise errors.PEER_URL_EXISTS
+        self.members[req.ID] = MemberRecord(req.ID, req.name, list(req.peerURLs), req.isLearner)
+        resp = rpcpb.MemberAddResponse(header=self._header())
+        resp.member.CopyFrom(req)
+        resp.members.extend(self._member_list())
+        return resp
+
+    def member_remove(self, req: rpcpb.MemberRemoveRequest) -> rpcpb.MemberRemoveResponse:
+        if self.members.pop(req.ID, None) is None:
+            raise errors.MEMBER_NOT_FOUND
+        resp = rpcpb.MemberRemoveResponse(header=self._header())
+        resp.members.extend(self._member_list())
+        return resp
+
+    def member_update(self, req: rpcpb.MemberUpdateRequest) -> rpcpb.MemberUpdateResponse:
+        member = self.members.get(req.ID)
+        if member is None:
+            raise errors.MEMBER_NOT_FOUND
+        others = {u for m in self.members.values() if m.id != req.ID for u in m.peer_urls}
+        if others & set(req.peerURLs):
+            raise errors.PEER_URL_EXISTS
+        member.peer_urls = list(req.peerURLs)
+        resp = rpcpb.MemberUpdateResponse(header=self._header())
+        resp.members.extend(self._member_list())
+        return resp
+
+    def member_promote(self, req: rpcpb.MemberPromoteRequest) -> rpcpb.MemberPromoteResponse:
+        member = self.members.get(req.ID)
+        if member is None:
+            raise errors.MEMBER_NOT_FOUND
+        if not member.is_learner:
+            raise errors.MEMBER_NOT_LEARNER
+        member.is_learner = False
+        resp = rpcpb.MemberPromoteResponse(header=self._header())
+        resp.members.extend(self._member_list())
+        return resp
+
+
+def _compare_kv(cmp: rpcpb.Compare, kv: KeyValue) -> bool:
+    target = cmp.target
+    if target == rpcpb.Compare.VALUE:
+        a: bytes | int = kv.value
+        b: bytes | int = cmp.value
+    elif target == rpcpb.Compare.CREATE:
+        a, b = kv.create_revision, cmp.create_revision
+    elif target == rpcpb.Compare.MOD:
+        a, b = kv.mod_revision, cmp.mod_revision
+    elif target == rpcpb.Compare.VERSION:
+        a, b = kv.version, cmp.version
+    else:
+        a, b = kv.lease, cmp.lease
+    result = cmp.result
+    if result == rpcpb.Compare.EQUAL:
+        return a == b
+    if result == rpcpb.Compare.NOT_EQUAL:
+        return a != b
+    if result == rpcpb.Compare.GREATER:
+        return a > b  # type: ignore[operator]
+    if result == rpcpb.Compare.LESS:
+        return a < b  # type: ignore[operator]
+    return True
+
+
+_SORT_KEYS: dict[int, Callable[[KeyValue], bytes | int]] = {
+    rpcpb.RangeRequest.KEY: lambda kv: kv.key,
+    rpcpb.RangeRequest.VERSION: lambda kv: kv.version,
+    rpcpb.RangeRequest.CREATE: lambda kv: kv.create_revision,
+    rpcpb.RangeRequest.MOD: lambda kv: kv.mod_revision,
+    rpcpb.RangeRequest.VALUE: lambda kv: kv.value,
+}

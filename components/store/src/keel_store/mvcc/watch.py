@@ -1,0 +1,127 @@
+"""Watches: streams of events over a key range, from any revision still in history.
+
+A watch created at a past revision first replays the event log from there, then
+follows new revisions as they are applied; both happen on the apply thread, so no
+revision is skipped or delivered twice between replay and live delivery. Watches are
+local to a member (not replicated): they only see what this member has applied.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from keel_store.mvcc.keyspace import DELETE, PUT, Event, KeySpace
+
+
+@dataclass(eq=False, slots=True)
+class Watcher:
+    """One watch: which keys, from which revision, what to include, where to deliver."""
+
+    id: int
+    key: bytes
+    end: bytes
+    sink: Callable[[Watcher, list[Event]], None]
+    """Receives batches of matching events (in revision order)."""
+    next_revision: int = 0
+    """The lowest revision not delivered yet."""
+    prev_kv: bool = False
+    no_put: bool = False
+    no_delete: bool = False
+    progress_notify: bool = False
+    fragment: bool = False
+    tags: dict[str, object] = field(default_factory=dict)
+
+    def matches(self, key: bytes) -> bool:
+        if not self.end:
+            return key == self.key
+        if self.end == b"\0":
+            return key >= self.key
+        return self.key <= key < self.end
+
+    def select(self, events: Iterable[Event]) -> list[Event]:
+        """The events this watcher wants, shaped as it asked (filters, prev_kv)."""
+        out = []
+        for event in events:
+            if not self.matches(event.kv.key):
+                continue
+            if (event.type == PUT and self.no_put) or (event.type == DELETE and self.no_delete):
+                continue
+            if self.prev_kv or not event.HasField("prev_kv"):
+                out.append(event)
+            else:
+                out.append(Event(type=event.type, kv=event.kv))
+        return out
+
+
+class WatchHub:
+    """All watches on one member, fed by the state machine's listener."""
+
+    def __init__(self, kv: KeySpace) -> None:
+        self._kv = kv
+        self._ids = itertools.count(1)
+        self._exact: dict[bytes, set[Watcher]] = {}
+        self._ranges: set[Watcher] = set()
+
+    def rebind(self, kv: KeySpace) -> None:
+        """Follow a new key space (after a snapshot was installed); watches stay."""
+        self._kv = kv
+
+    def __len__(self) -> int:
+        return len(self._ranges) + sum(len(s) for s in self._exact.values())
+
+    def new_id(self) -> int:
+        """A member-unique watch ID (for streams that do not choose their own)."""
+        return next(self._ids)
+
+    def watch(self, watcher: Watcher, start_revision: int) -> int:
+        """Register ``watcher`` from ``start_revision`` (0: the next revision).
+
+        Returns 0 when registered (history replayed already), or the compact revision
+        when ``start_revision`` is compacted; the watcher is then not registered and
+        the caller cancels it with that revision, as etcd does.
+        """
+        if 0 < start_revision < self._kv.compact_revision:
+            return self._kv.compact_revision
+        current = self._kv.revision
+        start = current + 1 if start_revision <= 0 else start_revision
+        watcher.next_revision = start
+        if start <= current:
+            replay: list[Event] = []
+            for _, events in self._kv.events_since(start):
+                replay.extend(watcher.select(events))
+            watcher.next_revision = current + 1
+            if replay:
+                watcher.sink(watcher, replay)
+        if watcher.end:
+            self._ranges.add(watcher)
+        else:
+            self._exact.setdefault(watcher.key, set()).add(watcher)
+        return 0
+
+    def cancel(self, watcher: Watcher) -> None:
+        """Stop delivering to ``watcher`` (idempotent)."""
+        self._ranges.discard(watcher)
+        same = self._exact.get(watcher.key)
+        if same is not None:
+            same.discard(watcher)
+            if not same:
+                del self._exact[watcher.key]
+
+    def notify(self, revision: int, events: list[Event]) -> None:
+        """State-machine listener: deliver one applied revision's events."""
+        touched: dict[Watcher, None] = {}
+        if self._exact:
+            for event in events:
+                for w in self._exact.get(event.kv.key, ()):
+                    touched[w] = None
+        for w in self._ranges:
+            touched[w] = None
+        for w in touched:
+            if w.next_revision > revision:
+                continue  # a future start revision not reached yet
+            w.next_revision = revision + 1
+            selected = w.select(events)
+            if selected:
+                w.sink(w, selected)

@@ -1,0 +1,25 @@
+"""etcd's v3 protocol messages, generated at build time (see :mod:`keel_store.protogen`).
+
+Import the message modules from here rather than from ``_generated`` so that a missing
+build step fails with one clear message instead of an obscure ``ImportError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    from keel_store._generated.authpb import auth_pb2 as authpb
+    from keel_store._generated.etcdserverpb import rpc_pb2 as rpcpb
+    from keel_store._generated.etcdserverpb import rpc_pb2_grpc as _rpcgrpc
+    from keel_store._generated.mvccpb import kv_pb2 as mvccpb
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "keel_store: the etcd protocol stubs are missing; reinstall keel-store "
+        "(its build hook compiles them) or run `python -m keel_store.protogen`"
+    ) from exc
+
+rpcgrpc: Any = _rpcgrpc
+"""Servicers and stubs (untyped generated code, hence ``Any``)."""
+
+__all__ = ["authpb", "mvccpb", "rpcgrpc", "rpcpb"]

@@ -1,0 +1,1 @@
+"""The store server: the member (Raft + disk + peers) and the etcd v3 gRPC API."""

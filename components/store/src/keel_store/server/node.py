@@ -1,0 +1,601 @@
+"""A store member: drives the Raft core with disk, clock and peers, applies to the MVCC.
+
+One asyncio task owns the Raft core. Everything that touches the core (client
+proposals, peer messages, ticks, reads) goes into an inbox; the loop drains the inbox
+into the core, then handles one ``Ready``: append and fsync (in a thread, so requests
+keep arriving and the next fsync covers all of them: group commit), send, apply,
+advance. Proposals made on a follower are forwarded to the leader; the proposer still
+learns its result because every member applies every entry and results are matched by
+request ID. Linearizable reads use ReadIndex, batched: one round per loop turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import Message as PbMessage
+
+from keel_store.mvcc import commands, errors, snapshot
+from keel_store.mvcc.commands import Kind
+from keel_store.mvcc.errors import EtcdError
+from keel_store.mvcc.lessor import Lessor
+from keel_store.mvcc.store import MemberRecord, StateMachine
+from keel_store.mvcc.watch import WatchHub
+from keel_store.raft import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    MemoryStorage,
+    ProposalDroppedError,
+    RaftConfig,
+    RaftNode,
+    ReadState,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+from keel_store.server import transport
+from keel_store.server.disklog import DiskLog
+from keel_store.server.members import Cluster
+
+log = logging.getLogger("keel_store.node")
+
+CALL_READ_INDEX, CALL_KEEPALIVE, CALL_TTL, CALL_PROPOSE = 1, 2, 3, 4
+_CALL = struct.Struct(">QB")
+
+
+@dataclass
+class NodeConfig:
+    """What a member needs to run (mapped from etcd's flags by the daemon)."""
+
+    name: str
+    data_dir: Path
+    cluster: Cluster
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+    snapshot_count: int = 100_000
+    request_timeout: float = 7.0
+    quota_bytes: int = 2 << 30
+    fsync: bool = True
+    join_existing: bool = False
+    """``--initial-cluster-state=existing``: join a running cluster (after MemberAdd)."""
+    listen_peer_url: str = ""
+    """Where to accept peers (default: this member's URL in the cluster)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def min_lease_ttl(self) -> int:
+        """etcd: ``ceil(1.5 * election timeout)`` in seconds (2 s by default)."""
+        return -(-3 * self.election_ms // 2000)
+
+
+class StoreNode:
+    """One member of the store."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.cluster = config.cluster
+        self.member_id = self.cluster.id_of(config.name)
+        self.disk = DiskLog(config.data_dir)
+        self.storage = MemoryStorage()
+        self.sm = StateMachine()
+        self.hub = WatchHub(self.sm.kv)
+        self.sm.listeners.append(self.hub.notify)
+        self.lessor = Lessor()
+        self.raft: RaftNode
+        self.transport = transport.PeerTransport(self.member_id, self.cluster.token, self._on_frame)
+        self._rng = random.Random(os.urandom(16))
+        self._inbox: list[Callable[[], None]] = []
+        self._wake = asyncio.Event()
+        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._reads: list[asyncio.Future[None]] = []
+        self._read_rounds: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._remote_reads: dict[bytes, tuple[int, int]] = {}
+        self._apply_waits: list[tuple[int, asyncio.Future[None]]] = []
+        self._calls: dict[int, asyncio.Future[bytes]] = {}
+        self._revoking: set[int] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._next_id = self._rng.getrandbits(40)
+        self.last_snapshot_index = 0
+        self.leader_changed = asyncio.Event()
+        self.attributes: dict[int, tuple[str, list[str]]] = {}
+        """Member ID -> (name, client URLs) as each member announced itself."""
+        self._known_leader = 0
+        self.stopped = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover from disk (or bootstrap), listen for peers, start the loops."""
+        recovered = self.disk.recover()
+        if recovered.snapshot is None:
+            for m in self.cluster.members.values():
+                self.sm.members[m.id] = MemberRecord(m.id, m.name, list(m.peer_urls))
+            voters = self.cluster.voter_ids()
+            if self.config.join_existing:
+                # We are added by a conf change in the log we are about to receive.
+                voters = [v for v in voters if v != self.member_id]
+            conf = ConfState(voters=tuple(sorted(voters)))
+            boot = Snapshot(SnapshotMeta(index=0, term=0, conf=conf), snapshot.save(self.sm))
+            self.disk.save_snapshot(boot, [], recovered.hard_state)
+            recovered.snapshot = boot
+        snap = recovered.snapshot
+        self.storage.apply_snapshot(snap)
+        self._install_state(snap)
+        self.storage.append(recovered.entries)
+        self.storage.set_hard_state(recovered.hard_state)
+        self.last_snapshot_index = snap.meta.index
+        election_ticks = max(2, self.config.election_ms // self.config.heartbeat_ms)
+        self.raft = RaftNode(
+            RaftConfig(
+                id=self.member_id,
+                election_ticks=election_ticks,
+                heartbeat_ticks=1,
+                applied=snap.meta.index,
+                rng=random.Random(self._rng.getrandbits(64)),
+            ),
+            self.storage,
+        )
+        await self.transport.listen(
+            self.config.listen_peer_url or self.cluster.self_peer_url(self.config.name)
+        )
+        me = self.cluster.members[self.member_id]
+        self.attributes[self.member_id] = (me.name, list(me.client_urls))
+        self.transport.hello_info = {"name": me.name, "client_urls": me.client_urls}
+        self.transport.on_hello = self._on_hello
+        self._refresh_peers()
+        self._tasks = [
+            asyncio.create_task(self._run()),
+            asyncio.create_task(self._ticker()),
+        ]
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the loops and the transport; fail everything still waiting."""
+        self.stopped = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.transport.close()
+        for fut in [*self._waiters.values(), *self._reads, *self._calls.values()]:
+            if not fut.done():
+                fut.set_exception(errors.STOPPED)
+        self.disk.close()
+
+    def _install_state(self, snap: Snapshot) -> None:
+        self.sm = snapshot.restore(snap.data)
+        self.sm.applied_index = snap.meta.index
+        self.sm.listeners.append(self.hub.notify)
+        self.hub.rebind(self.sm.kv)
+        now = time.monotonic()
+        self.lessor = Lessor()
+        for lease in self.sm.leases.values():
+            self.lessor.grant(lease.id, lease.ttl, now)
+
+    # --- facts for the API ---------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft.role is Role.LEADER
+
+    @property
+    def leader_id(self) -> int:
+        return self.raft.leader
+
+    @property
+    def term(self) -> int:
+        return self.raft.term
+
+    @property
+    def applied_index(self) -> int:
+        return self.sm.applied_index
+
+    @property
+    def commit_index(self) -> int:
+        return self.raft.log.committed
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _submit(self, action: Callable[[], None]) -> None:
+        self._inbox.append(action)
+        self._wake.set()
+
+    async def _ticker(self) -> None:
+        interval = self.config.heartbeat_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            self._submit(self._tick)
+
+    def _tick(self) -> None:
+        self.raft.tick()
+        if self.is_leader:
+            self._reconcile_membership()
+            now = time.monotonic()
+            for lease_id in self.lessor.expired(now):
+                if lease_id not in self._revoking and lease_id in self.sm.leases:
+                    self._revoking.add(lease_id)
+                    req = commands.encode(Kind.LEASE_REVOKE, 0, _lease_revoke(lease_id))
+                    with contextlib.suppress(ProposalDroppedError):
+                        self.raft.propose(req)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        was_leader = False
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            inbox, self._inbox = self._inbox, []
+            for action in inbox:
+                try:
+                    action()
+                except ProposalDroppedError as exc:
+                    log.debug("dropped: %s", exc)
+            self._start_read_round()
+            while self.raft.has_ready():
+                rd = self.raft.ready()
+                if rd.soft_state is not None:
+                    leader_now = rd.soft_state.role is Role.LEADER
+                    if leader_now and not was_leader:
+                        self.lessor.promote(time.monotonic())
+                        self._revoking.clear()
+                    was_leader = leader_now
+                    if rd.soft_state.leader != self._known_leader:
+                        self._known_leader = rd.soft_state.leader
+                        self._fail_in_flight()
+                    self.leader_changed.set()
+                    self.leader_changed = asyncio.Event()
+                if rd.snapshot is not None:
+                    self.storage.apply_snapshot(rd.snapshot)
+                    self._install_state(rd.snapshot)
+                    self._refresh_peers()
+                    self.disk.save_snapshot(
+                        rd.snapshot, [], rd.hard_state or self.storage.hard_state
+                    )
+                    self.last_snapshot_index = rd.snapshot.meta.index
+                self.storage.append(rd.entries)
+                if rd.hard_state is not None:
+                    self.storage.set_hard_state(rd.hard_state)
+                self.disk.append(rd.entries, rd.hard_state)
+                if rd.must_sync and self.config.fsync:
+                    # In a thread: requests keep arriving and share the next fsync.
+                    # (Measured: fsync inline on the loop halves concurrent put rate.)
+                    await loop.run_in_executor(None, self.disk.sync)
+                for m in rd.messages:
+                    self.transport.send(m.to, transport.RAFT, transport.encode_message(m))
+                for entry in rd.committed_entries:
+                    self._apply(entry.index, entry.data if entry.type == 0 else b"")
+                self.raft.advance(rd)
+                for rs in rd.read_states:
+                    self._read_ready(rs)
+                self._maybe_snapshot()
+            self._release_apply_waits()
+
+    def _fail_in_flight(self) -> None:
+        """The leader changed: what was sent to the old one may be lost.
+
+        Pending writes fail with etcd's "leader changed" (their outcome is unknown, as
+        with etcd; clients retry). Reads are safe to repeat, so their rounds restart.
+        """
+        for request_id, fut in list(self._waiters.items()):
+            if not fut.done():
+                fut.set_exception(errors.LEADER_CHANGED)
+            self._waiters.pop(request_id, None)
+        for call_id, call in list(self._calls.items()):
+            if not call.done():
+                call.set_exception(errors.LEADER_CHANGED)
+            self._calls.pop(call_id, None)
+        for ctx in list(self._read_rounds):
+            self._reads.extend(self._read_rounds.pop(ctx))
+        self._remote_reads.clear()
+        if self._reads:
+            self._wake.set()
+
+    def _apply(self, index: int, data: bytes) -> None:
+        try:
+            request_id, result = commands.apply(self.sm, index, data)
+        except ValueError as exc:  # a corrupt command: skip it on every member alike
+            log.error("entry %d: %s", index, exc)
+            self.sm.applied_index = index
+            return
+        if isinstance(result, PbMessage):
+            kind = data[0] if data else 0
+            now = time.monotonic()
+            if kind in (Kind.MEMBER_ADD, Kind.MEMBER_REMOVE, Kind.MEMBER_UPDATE):
+                self._refresh_peers()
+            if kind == Kind.LEASE_GRANT:
+                self.lessor.grant(result.ID, result.TTL, now)
+            elif kind == Kind.LEASE_REVOKE:
+                lease_id = commands.decode(data)[2].ID
+                self.lessor.forget(lease_id)
+                self._revoking.discard(lease_id)
+        fut = self._waiters.pop(request_id, None)
+        if fut is not None and not fut.done():
+            if isinstance(result, EtcdError):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    def _maybe_snapshot(self) -> None:
+        applied = self.sm.applied_index
+        if applied - self.last_snapshot_index < self.config.snapshot_count:
+            return
+        data = snapshot.save(self.sm)
+        snap = self.storage.create_snapshot(applied, self.raft.conf, data)
+        keep = (
+            self.storage.entries(applied + 1, self.storage.last_index() + 1, 1 << 30)
+            if self.storage.last_index() > applied
+            else []
+        )
+        self.disk.save_snapshot(snap, keep, self.storage.hard_state)
+        # Keep some log behind the snapshot (etcd: 5000 entries) so slightly lagging
+        # followers catch up from the log rather than a snapshot.
+        retain = min(5000, self.config.snapshot_count)
+        self.storage.compact(max(self.last_snapshot_index, applied - retain))
+        self.last_snapshot_index = applied
+
+    # --- proposals ------------------------------------------------------------------------------
+
+    def _new_request_id(self) -> int:
+        self._next_id += 1
+        return ((self.member_id & 0xFFFFFF) << 40) | (self._next_id & ((1 << 40) - 1))
+
+    async def propose(self, kind: Kind, request: PbMessage) -> Any:
+        """Replicate ``request`` and return the state machine's response (or raise)."""
+        request_id = self._new_request_id()
+        data = commands.encode(kind, request_id, request)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = fut
+        self._submit(lambda: self._propose_or_forward(data, fut))
+        try:
+            return await asyncio.wait_for(fut, self.config.request_timeout)
+        except TimeoutError:
+            raise errors.TIMEOUT from None
+        finally:
+            self._waiters.pop(request_id, None)
+
+    def _propose_or_forward(self, data: bytes, fut: asyncio.Future[Any]) -> None:
+        if self.is_leader:
+            try:
+                self.raft.propose(data)
+            except ProposalDroppedError:
+                if not fut.done():
+                    fut.set_exception(errors.NO_LEADER)
+            return
+        leader = self.raft.leader
+        if leader == 0:
+            # No leader yet: retry on the next turn until the request times out.
+            asyncio.get_running_loop().call_later(
+                self.config.heartbeat_ms / 1000,
+                lambda: (
+                    None
+                    if fut.done()
+                    else self._submit(lambda: self._propose_or_forward(data, fut))
+                ),
+            )
+            return
+        self.transport.send(leader, transport.CALL, _CALL.pack(0, CALL_PROPOSE) + data)
+
+    # --- linearizable reads ---------------------------------------------------------------------
+
+    async def read_barrier(self) -> None:
+        """Wait until this member has applied everything committed before the call."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reads.append(fut)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, self.config.request_timeout)
+        except TimeoutError:
+            raise errors.TIMEOUT from None
+
+    def _start_read_round(self) -> None:
+        if not self._reads:
+            return
+        leader = self.raft.leader
+        if leader == 0:
+            asyncio.get_running_loop().call_later(self.config.heartbeat_ms / 1000, self._wake.set)
+            return
+        batch, self._reads = self._reads, []
+        ctx = os.urandom(8)
+        self._read_rounds[ctx] = batch
+        if self.is_leader:
+            try:
+                self.raft.read_index(ctx)
+            except ProposalDroppedError:
+                self._reads.extend(self._read_rounds.pop(ctx))
+                asyncio.get_running_loop().call_later(0.01, self._wake.set)
+        else:
+            call_id = int.from_bytes(ctx, "big")
+            fut = asyncio.get_running_loop().create_future()
+            self._calls[call_id] = fut
+            self.transport.send(leader, transport.CALL, _CALL.pack(call_id, CALL_READ_INDEX))
+            fut.add_done_callback(lambda f: self._remote_read_done(ctx, f))
+
+    def _remote_read_done(self, ctx: bytes, fut: asyncio.Future[bytes]) -> None:
+        batch = self._read_rounds.pop(ctx, [])
+        if fut.cancelled() or fut.exception() is not None:
+            self._reads.extend(batch)
+            self._wake.set()
+            return
+        index = struct.unpack(">Q", fut.result())[0]
+        self._wait_applied(index, batch)
+
+    def _read_ready(self, rs: ReadState) -> None:
+        remote = self._remote_reads.pop(rs.context, None)
+        if remote is not None:
+            peer, call_id = remote
+            self.transport.send(
+                peer, transport.REPLY, struct.pack(">Q", call_id) + struct.pack(">Q", rs.index)
+            )
+            return
+        self._wait_applied(rs.index, self._read_rounds.pop(rs.context, []))
+
+    def _wait_applied(self, index: int, batch: list[asyncio.Future[None]]) -> None:
+        for fut in batch:
+            self._apply_waits.append((index, fut))
+        self._release_apply_waits()
+
+    def _release_apply_waits(self) -> None:
+        applied = self.sm.applied_index
+        still = []
+        for index, fut in self._apply_waits:
+            if index <= applied:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                still.append((index, fut))
+        self._apply_waits = still
+
+    # --- leases through the leader --------------------------------------------------------------
+
+    async def _leader_call(self, kind: int, payload: bytes) -> bytes:
+        leader = self.raft.leader
+        if leader == 0:
+            raise errors.NO_LEADER
+        self._next_id += 1
+        call_id = self._next_id
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        self.transport.send(leader, transport.CALL, _CALL.pack(call_id, kind) + payload)
+        try:
+            return await asyncio.wait_for(fut, self.config.request_timeout)
+        except TimeoutError:
+            raise errors.TIMEOUT from None
+        finally:
+            self._calls.pop(call_id, None)
+
+    async def keep_alive(self, lease_id: int) -> int:
+        """Renew a lease on the leader; returns its TTL, or 0 if it does not exist."""
+        if self.is_leader:
+            return self.lessor.renew(lease_id, time.monotonic()) or 0
+        reply = await self._leader_call(CALL_KEEPALIVE, struct.pack(">q", lease_id))
+        return int(struct.unpack(">q", reply)[0])
+
+    async def lease_remaining(self, lease_id: int) -> int:
+        """Seconds left on a lease by the leader's clock (-1: unknown)."""
+        if self.is_leader:
+            return self.lessor.remaining(lease_id, time.monotonic())
+        reply = await self._leader_call(CALL_TTL, struct.pack(">q", lease_id))
+        return int(struct.unpack(">q", reply)[0])
+
+    async def transfer_leadership(self, target: int) -> None:
+        """Hand leadership to ``target`` and wait until it leads (or time out)."""
+        self._submit(lambda: self.raft.transfer_leadership(target))
+        deadline = asyncio.get_running_loop().time() + self.config.request_timeout
+        while self.raft.leader != target:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise errors.TIMEOUT
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.leader_changed.wait(), remaining)
+
+    def new_lease_id(self) -> int:
+        """A random positive 63-bit lease ID (chosen before proposing: apply stays pure)."""
+        return self._rng.getrandbits(62) | (1 << 61)
+
+    # --- peer frames ------------------------------------------------------------------------------
+
+    def _on_hello(self, sender: int, info: dict[str, object]) -> None:
+        urls = info.get("client_urls")
+        name = info.get("name")
+        if isinstance(urls, list) and isinstance(name, str):
+            self.attributes[sender] = (name, [str(u) for u in urls])
+
+    def _refresh_peers(self) -> None:
+        self.transport.set_peers(
+            {m.id: m.peer_urls[0] for m in self.sm.members.values() if m.peer_urls}
+        )
+
+    def member_list(self) -> list[Any]:
+        """etcd's Member messages: replicated membership plus announced attributes."""
+        from keel_store.pb import rpcpb  # noqa: PLC0415
+
+        out = []
+        for m in sorted(self.sm.members.values(), key=lambda m: m.id):
+            name, client_urls = self.attributes.get(m.id, (m.name, []))
+            out.append(
+                rpcpb.Member(
+                    ID=m.id,
+                    name=name,
+                    peerURLs=m.peer_urls,
+                    clientURLs=client_urls,
+                    isLearner=m.is_learner,
+                )
+            )
+        return out
+
+    def _reconcile_membership(self) -> None:
+        """Leader: move the Raft configuration one step towards the replicated members."""
+        if self.raft.pending_conf_index > self.raft.log.applied:
+            return
+        conf = self.raft.conf
+        change: ConfChange | None = None
+        for m in sorted(self.sm.members.values(), key=lambda m: m.id):
+            if m.is_learner and m.id not in conf.learners and m.id not in conf.voters:
+                change = ConfChange(ConfChangeType.ADD_LEARNER, m.id)
+            elif not m.is_learner and m.id not in conf.voters:
+                change = ConfChange(ConfChangeType.ADD_VOTER, m.id)
+            if change:
+                break
+        if change is None:
+            for nid in (*conf.voters, *conf.learners):
+                if nid not in self.sm.members:
+                    change = ConfChange(ConfChangeType.REMOVE, nid)
+                    break
+        if change is not None:
+            with contextlib.suppress(ProposalDroppedError):
+                self.raft.propose_conf_change(change)
+                log.info("membership: proposed %s %x", change.type.value, change.node_id)
+
+    def _on_frame(self, sender: int, kind: int, payload: bytes) -> None:
+        if kind == transport.RAFT:
+            message = transport.decode_message(payload)
+            self._submit(lambda: self.raft.step(message))
+        elif kind == transport.CALL:
+            call_id, call = _CALL.unpack_from(payload)
+            body = payload[_CALL.size :]
+            self._handle_call(sender, call_id, call, body)
+        elif kind == transport.REPLY:
+            (call_id,) = struct.unpack_from(">Q", payload)
+            fut = self._calls.pop(call_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(payload[8:])
+
+    def _propose_forwarded(self, data: bytes) -> None:
+        if self.is_leader:
+            self.raft.propose(data)
+
+    def _handle_call(self, sender: int, call_id: int, call: int, body: bytes) -> None:
+        def reply(data: bytes) -> None:
+            self.transport.send(sender, transport.REPLY, struct.pack(">Q", call_id) + data)
+
+        if call == CALL_PROPOSE:
+            self._submit(lambda: self._propose_forwarded(body))
+        elif call == CALL_READ_INDEX:
+            ctx = b"r" + struct.pack(">QQ", sender, call_id)
+            self._remote_reads[ctx] = (sender, call_id)
+            self._submit(lambda: self.raft.read_index(ctx))
+        elif call == CALL_KEEPALIVE:
+            (lease_id,) = struct.unpack(">q", body)
+            ttl = self.lessor.renew(lease_id, time.monotonic()) if self.is_leader else None
+            reply(struct.pack(">q", ttl or 0))
+        elif call == CALL_TTL:
+            (lease_id,) = struct.unpack(">q", body)
+            reply(struct.pack(">q", self.lessor.remaining(lease_id, time.monotonic())))
+
+
+def _lease_revoke(lease_id: int) -> PbMessage:
+    from keel_store.pb import rpcpb  # noqa: PLC0415 - keep the loop module light
+
+    return rpcpb.LeaseRevokeRequest(ID=lease_id)

@@ -1,0 +1,212 @@
+"""The Lease, Cluster and Maintenance services of etcd's v3 API."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from keel_store.mvcc import errors, snapshot
+from keel_store.mvcc.commands import Kind
+from keel_store.mvcc.errors import EtcdError
+from keel_store.pb import rpcgrpc, rpcpb
+from keel_store.server.kv_service import Headers, abort, guarded
+from keel_store.server.members import member_id
+from keel_store.server.node import StoreNode
+from keel_store.server.transport import host_port
+
+ETCD_VERSION = "3.4.23"
+"""The etcd version we answer with: the API level we implement (what etcdctl checks)."""
+CLUSTER_VERSION = "3.4.0"
+SNAPSHOT_CHUNK = 32 * 1024
+
+
+class LeaseService(rpcgrpc.LeaseServicer):  # type: ignore[misc]
+    """Lease: grant and revoke go through the log; keep-alives reach the leader's clock."""
+
+    def __init__(self, node: StoreNode) -> None:
+        self.node = node
+        self.headers = Headers(node)
+
+    @guarded
+    async def LeaseGrant(self, request: Any, context: Any) -> Any:
+        """The TTL is raised to etcd's minimum; the ID is picked here when 0."""
+        req = rpcpb.LeaseGrantRequest(
+            TTL=max(request.TTL, self.node.config.min_lease_ttl),
+            ID=request.ID or self.node.new_lease_id(),
+        )
+        resp = await self.node.propose(Kind.LEASE_GRANT, req)
+        self.headers.fill(resp.header)
+        return resp
+
+    @guarded
+    async def LeaseRevoke(self, request: Any, context: Any) -> Any:
+        resp = await self.node.propose(Kind.LEASE_REVOKE, request)
+        self.headers.fill(resp.header)
+        return resp
+
+    async def LeaseKeepAlive(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        """One response per request; TTL 0 means the lease is gone (etcd's convention)."""
+        async for req in request_iterator:
+            try:
+                ttl = await self.node.keep_alive(req.ID)
+            except EtcdError as exc:
+                await abort(context, exc)
+                return
+            resp = rpcpb.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
+            self.headers.fill(resp.header)
+            yield resp
+
+    @guarded
+    async def LeaseTimeToLive(self, request: Any, context: Any) -> Any:
+        """TTL -1 when the lease does not exist (as etcd answers)."""
+        await self.node.read_barrier()
+        lease = self.node.sm.leases.get(request.ID)
+        resp = rpcpb.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)
+        if lease is not None:
+            resp.TTL = await self.node.lease_remaining(request.ID)
+            resp.grantedTTL = lease.ttl
+            if request.keys:
+                resp.keys.extend(sorted(lease.keys))
+        self.headers.fill(resp.header)
+        return resp
+
+    @guarded
+    async def LeaseLeases(self, request: Any, context: Any) -> Any:
+        await self.node.read_barrier()
+        resp = rpcpb.LeaseLeasesResponse()
+        for lease_id in sorted(self.node.sm.leases):
+            resp.leases.add(ID=lease_id)
+        self.headers.fill(resp.header)
+        return resp
+
+
+class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
+    """Cluster: membership changes go through the log; Raft's configuration follows."""
+
+    def __init__(self, node: StoreNode) -> None:
+        self.node = node
+        self.headers = Headers(node)
+
+    def _with_members(self, resp: Any) -> Any:
+        del resp.members[:]
+        resp.members.extend(self.node.member_list())
+        self.headers.fill(resp.header)
+        return resp
+
+    @guarded
+    async def MemberList(self, request: Any, context: Any) -> Any:
+        return self._with_members(rpcpb.MemberListResponse())
+
+    @guarded
+    async def MemberAdd(self, request: Any, context: Any) -> Any:
+        """The new member's ID derives from its peer URLs, as the joiner computes it."""
+        urls = list(request.peerURLs)
+        try:
+            if not urls:
+                raise ValueError("no peer URL")
+            for url in urls:
+                host_port(url)
+        except ValueError:
+            raise errors.MEMBER_BAD_URLS from None
+        member = rpcpb.Member(
+            ID=member_id(urls, self.node.cluster.token), peerURLs=urls, isLearner=request.isLearner
+        )
+        resp = await self.node.propose(Kind.MEMBER_ADD, member)
+        return self._with_members(resp)
+
+    @guarded
+    async def MemberRemove(self, request: Any, context: Any) -> Any:
+        return self._with_members(await self.node.propose(Kind.MEMBER_REMOVE, request))
+
+    @guarded
+    async def MemberUpdate(self, request: Any, context: Any) -> Any:
+        return self._with_members(await self.node.propose(Kind.MEMBER_UPDATE, request))
+
+    @guarded
+    async def MemberPromote(self, request: Any, context: Any) -> Any:
+        return self._with_members(await self.node.propose(Kind.MEMBER_PROMOTE, request))
+
+
+def snapshot_stream(data: bytes) -> bytes:
+    """Pad to 512 bytes and append a SHA-256, as etcdctl's ``snapshot save`` expects."""
+    padded = data + b"\0" * (-len(data) % 512)
+    return padded + hashlib.sha256(padded).digest()
+
+
+class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
+    """Maintenance: Status, Alarm, Defragment, Hash, HashKV, Snapshot, MoveLeader."""
+
+    def __init__(self, node: StoreNode) -> None:
+        self.node = node
+        self.headers = Headers(node)
+
+    @guarded
+    async def Status(self, request: Any, context: Any) -> Any:
+        node = self.node
+        size = node.disk.bytes_written
+        resp = rpcpb.StatusResponse(
+            version=ETCD_VERSION,
+            dbSize=size,
+            dbSizeInUse=size,
+            leader=node.leader_id,
+            raftIndex=node.commit_index,
+            raftTerm=node.term,
+            raftAppliedIndex=node.applied_index,
+        )
+        self.headers.fill(resp.header)
+        return resp
+
+    @guarded
+    async def Alarm(self, request: Any, context: Any) -> Any:
+        resp = rpcpb.AlarmResponse()
+        self.headers.fill(resp.header)
+        return resp
+
+    @guarded
+    async def Defragment(self, request: Any, context: Any) -> Any:
+        """Nothing to defragment: the key space lives in memory, the log is rewritten."""
+        resp = rpcpb.DefragmentResponse()
+        self.headers.fill(resp.header)
+        return resp
+
+    @guarded
+    async def Hash(self, request: Any, context: Any) -> Any:
+        resp = rpcpb.HashResponse(hash=snapshot.hash_kv(self.node.sm, self.node.sm.kv.revision))
+        self.headers.fill(resp.header)
+        return resp
+
+    @guarded
+    async def HashKV(self, request: Any, context: Any) -> Any:
+        kv = self.node.sm.kv
+        revision = kv.check_revision(request.revision)
+        resp = rpcpb.HashKVResponse(
+            hash=snapshot.hash_kv(self.node.sm, revision), compact_revision=kv.compact_revision
+        )
+        self.headers.fill(resp.header, revision)
+        return resp
+
+    async def Snapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        """The state machine image, streamed in chunks, etcdctl-compatible framing."""
+        blob = snapshot_stream(snapshot.save(self.node.sm))
+        for start in range(0, len(blob), SNAPSHOT_CHUNK):
+            chunk = blob[start : start + SNAPSHOT_CHUNK]
+            resp = rpcpb.SnapshotResponse(
+                remaining_bytes=len(blob) - start - len(chunk), blob=chunk
+            )
+            self.headers.fill(resp.header)
+            yield resp
+
+    @guarded
+    async def MoveLeader(self, request: Any, context: Any) -> Any:
+        node = self.node
+        if not node.is_leader:
+            raise errors.NOT_LEADER
+        if request.targetID not in node.sm.members:
+            raise errors.MEMBER_NOT_FOUND
+        await node.transfer_leadership(request.targetID)
+        resp = rpcpb.MoveLeaderResponse()
+        self.headers.fill(resp.header)
+        return resp

@@ -1,0 +1,244 @@
+"""Peer transport: Raft messages and leader calls between members, over TCP.
+
+Every member listens on its peer URL; for each peer it keeps one outgoing connection
+with a send queue, so messages to one peer stay in order, and everything queued while
+a write is in flight goes out in the next write (batching and pipelining). A
+connection starts with a hello naming the cluster token and sender; a peer with the
+wrong token is refused, so two clusters on one host cannot mix. Frames are
+``u32 length, u8 kind, payload``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from keel_store.raft import (
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Snapshot,
+    SnapshotMeta,
+)
+
+log = logging.getLogger("keel_store.transport")
+
+_FRAME = struct.Struct(">IB")
+_MSG = struct.Struct(">BQQQQQQBQIIB")
+_ENT = struct.Struct(">QQBI")
+_SNAP = struct.Struct(">QQHHI")
+MAX_FRAME = 64 << 20
+
+HELLO, RAFT, CALL, REPLY = 1, 2, 3, 4
+
+
+def encode_message(m: Message) -> bytes:
+    """Raft message to bytes (stable, versionless: all members run the same code)."""
+    parts = [
+        _MSG.pack(
+            m.type,
+            m.to,
+            m.sender,
+            m.term,
+            m.log_term,
+            m.index,
+            m.commit,
+            m.reject,
+            m.reject_hint,
+            len(m.context),
+            len(m.entries),
+            m.snapshot is not None,
+        ),
+        m.context,
+    ]
+    for e in m.entries:
+        parts.append(_ENT.pack(e.term, e.index, e.type, len(e.data)))
+        parts.append(e.data)
+    if m.snapshot is not None:
+        meta = m.snapshot.meta
+        parts.append(
+            _SNAP.pack(
+                meta.index,
+                meta.term,
+                len(meta.conf.voters),
+                len(meta.conf.learners),
+                len(m.snapshot.data),
+            )
+        )
+        ids = (*meta.conf.voters, *meta.conf.learners)
+        parts.append(struct.pack(f">{len(ids)}Q", *ids))
+        parts.append(m.snapshot.data)
+    return b"".join(parts)
+
+
+def decode_message(data: bytes) -> Message:
+    """Inverse of :func:`encode_message`; ValueError (struct.error) if malformed."""
+    (mtype, to, sender, term, log_term, index, commit, reject, hint, clen, nent, has_snap) = (
+        _MSG.unpack_from(data)
+    )
+    pos = _MSG.size
+    context = data[pos : pos + clen]
+    pos += clen
+    entries = []
+    for _ in range(nent):
+        eterm, eindex, etype, dlen = _ENT.unpack_from(data, pos)
+        pos += _ENT.size
+        entries.append(Entry(eterm, eindex, EntryType(etype), data[pos : pos + dlen]))
+        pos += dlen
+    snapshot = None
+    if has_snap:
+        sindex, sterm, nv, nl, dlen = _SNAP.unpack_from(data, pos)
+        pos += _SNAP.size
+        ids = struct.unpack_from(f">{nv + nl}Q", data, pos)
+        pos += 8 * (nv + nl)
+        conf = ConfState(voters=tuple(ids[:nv]), learners=tuple(ids[nv:]))
+        snapshot = Snapshot(SnapshotMeta(sindex, sterm, conf), data[pos : pos + dlen])
+    return Message(
+        MessageType(mtype),
+        to,
+        sender,
+        term,
+        log_term,
+        index,
+        tuple(entries),
+        commit,
+        bool(reject),
+        hint,
+        snapshot,
+        context,
+    )
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """``http://127.0.0.1:2380`` -> ("127.0.0.1", 2380)."""
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.port:
+        raise ValueError(f"URL needs a host and a port: {url!r}")
+    return parts.hostname, parts.port
+
+
+class PeerTransport:
+    """Sends frames to peers and hands received frames to the node."""
+
+    def __init__(
+        self,
+        member_id: int,
+        token: str,
+        on_frame: Callable[[int, int, bytes], Awaitable[None] | None],
+    ) -> None:
+        self.member_id = member_id
+        self.token = token
+        self.on_frame = on_frame
+        self.peers: dict[int, str] = {}
+        self._queues: dict[int, asyncio.Queue[bytes]] = {}
+        self._senders: dict[int, asyncio.Task[None]] = {}
+        self._server: asyncio.Server | None = None
+        self._readers: set[asyncio.Task[None]] = set()
+        self.paused: set[int] = set()
+        """Peers whose traffic is dropped (fault injection from tests)."""
+        self.hello_info: dict[str, object] = {}
+        """Sent to every peer on connect (this member's name and client URLs)."""
+        self.on_hello: Callable[[int, dict[str, object]], None] | None = None
+
+    async def listen(self, url: str) -> None:
+        host, port = host_port(url)
+        self._server = await asyncio.start_server(self._accept, host, port)
+
+    def set_peers(self, peers: dict[int, str]) -> None:
+        """Peer ID -> peer URL; starts senders for new peers, stops removed ones."""
+        for pid in [p for p in self._senders if p not in peers]:
+            self._senders.pop(pid).cancel()
+            self._queues.pop(pid, None)
+        self.peers = {p: u for p, u in peers.items() if p != self.member_id}
+        for pid in self.peers:
+            if pid not in self._senders:
+                self._queues[pid] = asyncio.Queue()
+                self._senders[pid] = asyncio.create_task(self._send_loop(pid))
+
+    def send(self, to: int, kind: int, payload: bytes) -> None:
+        """Queue one frame for ``to`` (dropped if ``to`` is unknown)."""
+        queue = self._queues.get(to)
+        if queue is not None and to not in self.paused:
+            queue.put_nowait(_FRAME.pack(len(payload) + 1, kind) + payload)
+
+    async def close(self) -> None:
+        for task in [*self._senders.values(), *self._readers]:
+            task.cancel()
+        for task in [*self._senders.values(), *self._readers]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _send_loop(self, pid: int) -> None:
+        queue = self._queues[pid]
+        while True:
+            hello = json.dumps(
+                {**self.hello_info, "token": self.token, "from": self.member_id}
+            ).encode()
+            writer = None
+            try:
+                host, port = host_port(self.peers[pid])
+                _, writer = await asyncio.open_connection(host, port)
+                writer.write(_FRAME.pack(len(hello) + 1, HELLO) + hello)
+                while True:
+                    frames = [await queue.get()]
+                    while not queue.empty():
+                        frames.append(queue.get_nowait())
+                    writer.write(b"".join(frames))
+                    await writer.drain()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, ConnectionError, KeyError):
+                await asyncio.sleep(0.05)
+                while not queue.empty():  # Raft retransmits; stale frames only slow recovery
+                    queue.get_nowait()
+            finally:
+                if writer is not None:
+                    writer.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._readers.add(task)
+        try:
+            size, kind = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+            hello = json.loads(await reader.readexactly(size - 1)) if kind == HELLO else {}
+            if hello.get("token") != self.token:
+                log.warning("peer refused: wrong cluster token %r", hello.get("token"))
+                return
+            sender = int(hello["from"])
+            if self.on_hello is not None:
+                self.on_hello(sender, hello)
+            while True:
+                size, kind = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+                if size - 1 > MAX_FRAME:
+                    log.warning("peer %x sent an oversize frame; dropping connection", sender)
+                    return
+                payload = await reader.readexactly(size - 1)
+                if sender in self.paused:
+                    continue
+                result = self.on_frame(sender, kind, payload)
+                if result is not None:
+                    await result
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            ValueError,
+            struct.error,
+            json.JSONDecodeError,
+            KeyError,
+        ):
+            pass
+        finally:
+            self._readers.discard(task)
+            writer.close()

@@ -1,0 +1,120 @@
+"""The few file operations the WAL and snapshot files need, behind one small interface.
+
+Durability lives in these calls, so they are an interface: :class:`OSFileSystem` does
+them for real; :class:`keel_store.wal.memfs.MemoryFileSystem` keeps files in memory and
+can ``crash()``, losing whatever was not made durable, to test that nothing
+acknowledged is lost. The rules both follow (those of POSIX on Linux):
+
+- ``File.write`` is durable only after ``File.sync`` on that file;
+- creating, renaming or removing a name is durable only after ``fsync_dir`` on its
+  directory.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+
+class File(Protocol):
+    """An open file for writing at given offsets."""
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` (not durable until :meth:`sync`)."""
+
+    def sync(self) -> None:
+        """Make every write and truncation so far durable (fdatasync)."""
+
+    def truncate(self, size: int) -> None:
+        """Cut the file to ``size`` bytes (durable after :meth:`sync`)."""
+
+    def allocate(self, size: int) -> None:
+        """Reserve ``size`` bytes, zero-filled, so later writes need no allocation."""
+
+    def close(self) -> None:
+        """Release the handle; unsynced data stays unsynced."""
+
+
+class FileSystem(Protocol):
+    """Files in flat directories, with the durability rules above."""
+
+    def makedirs(self, directory: str) -> None:
+        """Create ``directory`` (and parents) if missing."""
+
+    def open(self, path: str, *, create: bool) -> File:
+        """Open ``path`` for writing; with ``create``, make it (empty) if missing."""
+
+    def read(self, path: str) -> bytes:
+        """The whole current content of ``path``."""
+
+    def size(self, path: str) -> int:
+        """The current length of ``path`` in bytes."""
+
+    def list(self, directory: str) -> list[str]:
+        """Names (not paths) in ``directory``, sorted."""
+
+    def rename(self, src: str, dst: str) -> None:
+        """Atomically rename ``src`` to ``dst``, replacing it (durable after ``fsync_dir``)."""
+
+    def remove(self, path: str) -> None:
+        """Remove ``path`` (durable after ``fsync_dir``)."""
+
+    def fsync_dir(self, directory: str) -> None:
+        """Make the names created, renamed or removed in ``directory`` durable."""
+
+
+class _OSFile:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+
+    def allocate(self, size: int) -> None:
+        os.posix_fallocate(self._fd, 0, size)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class OSFileSystem:
+    """The real thing: os calls on the host's files."""
+
+    def makedirs(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+
+    def open(self, path: str, *, create: bool) -> File:
+        flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        return _OSFile(os.open(path, flags, 0o600))
+
+    def read(self, path: str) -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    def size(self, path: str) -> int:
+        return os.stat(path).st_size
+
+    def list(self, directory: str) -> list[str]:
+        return sorted(os.listdir(directory))
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def remove(self, path: str) -> None:
+        os.remove(path)
+
+    def fsync_dir(self, directory: str) -> None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

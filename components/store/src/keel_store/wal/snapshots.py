@@ -1,0 +1,136 @@
+"""Snapshot files: one checksummed file per snapshot, written atomically.
+
+A file ``<index>-<term>.snap`` (16 hex digits each, so names sort by index) holds::
+
+    8 bytes  magic b"KEELSNP1"
+    record   a SNAPSHOT record (see records.py): the SnapshotMeta, checksummed
+    u64      length of the state-machine data
+    u32      crc32 of the data
+    ...      the data
+
+It is written to ``<name>.tmp``, synced, renamed and the directory synced, so a crash
+leaves either the whole file or none. Loading takes the newest file that checks out; a
+damaged one is renamed to ``<name>.broken`` (kept for inspection, never deleted) and the
+next older one is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+import struct
+import zlib
+
+from keel_store.raft.types import Snapshot
+
+from . import records as rec
+from .fs import FileSystem
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"KEELSNP1"
+_DATA = struct.Struct("<QI")
+_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.snap$")
+
+
+class SnapshotError(ValueError):
+    """A snapshot file is damaged; the message names the file and what is wrong."""
+
+
+def snapshot_name(index: int, term: int) -> str:
+    """The file name of the snapshot at ``index`` of ``term``."""
+    return f"{index:016x}-{term:016x}.snap"
+
+
+def encode(snapshot: Snapshot) -> bytes:
+    """The content of a snapshot file."""
+    data = snapshot.data
+    return b"".join(
+        (
+            MAGIC,
+            rec.encode_snapshot_meta(snapshot.meta),
+            _DATA.pack(len(data), zlib.crc32(data)),
+            data,
+        )
+    )
+
+
+def decode(content: bytes, path: str = "<snapshot>") -> Snapshot:
+    """Parse and verify a snapshot file's content; :class:`SnapshotError` if damaged."""
+    if content[: len(MAGIC)] != MAGIC:
+        raise SnapshotError(f"{path}: offset 0: not a Keel snapshot (bad magic)")
+    found = rec.read_record(content, len(MAGIC))
+    if isinstance(found, str) or found.kind is not rec.RecordKind.SNAPSHOT:
+        reason = found if isinstance(found, str) else f"a {found.kind.name} record"
+        raise SnapshotError(f"{path}: offset {len(MAGIC)}: metadata: {reason}")
+    try:
+        meta = rec.unpack_snapshot_meta(found.payload)
+    except (struct.error, ValueError) as exc:
+        raise SnapshotError(f"{path}: offset {len(MAGIC)}: metadata: {exc}") from exc
+    at = len(MAGIC) + len(rec.encode_snapshot_meta(meta))
+    if at + _DATA.size > len(content):
+        raise SnapshotError(f"{path}: offset {at}: data header cut short")
+    length, crc = _DATA.unpack_from(content, at)
+    at += _DATA.size
+    if at + length != len(content):
+        raise SnapshotError(
+            f"{path}: offset {at}: data should be {length} bytes, file has {len(content) - at}"
+        )
+    data = content[at:]
+    if zlib.crc32(data) != crc:
+        raise SnapshotError(f"{path}: offset {at}: data checksum mismatch")
+    return Snapshot(meta, data)
+
+
+class SnapshotStore:
+    """The snapshot files of one node, in one directory."""
+
+    def __init__(self, fs: FileSystem, directory: str) -> None:
+        self._fs = fs
+        self._dir = directory
+        fs.makedirs(directory)
+
+    def save(self, snapshot: Snapshot) -> str:
+        """Write ``snapshot`` durably; returns its path. Record it in the WAL afterwards
+        (``save_snapshot``), so the WAL never points at a snapshot that is not there."""
+        path = posixpath.join(self._dir, snapshot_name(snapshot.meta.index, snapshot.meta.term))
+        tmp = path + ".tmp"
+        file = self._fs.open(tmp, create=True)
+        try:
+            file.truncate(0)
+            file.write(0, encode(snapshot))
+            file.sync()
+        finally:
+            file.close()
+        self._fs.rename(tmp, path)
+        self._fs.fsync_dir(self._dir)
+        return path
+
+    def names(self) -> list[str]:
+        """Snapshot file names, oldest first."""
+        return [n for n in self._fs.list(self._dir) if _NAME.match(n)]
+
+    def load(self) -> Snapshot | None:
+        """The newest snapshot that verifies, or None. Damaged files become ``.broken``."""
+        for name in reversed(self.names()):
+            path = posixpath.join(self._dir, name)
+            try:
+                return decode(self._fs.read(path), path)
+            except SnapshotError as exc:
+                log.warning("skipping a damaged snapshot", extra={"error": str(exc)})
+                self._fs.rename(path, path + ".broken")
+                self._fs.fsync_dir(self._dir)
+        return None
+
+    def purge(self, keep: int = 2) -> list[str]:
+        """Remove all but the ``keep`` newest snapshots and leftover tmp files."""
+        if keep < 1:
+            raise ValueError("keep at least one snapshot")
+        names = self.names()
+        doomed = names[:-keep] + [n for n in self._fs.list(self._dir) if n.endswith(".snap.tmp")]
+        for name in doomed:
+            self._fs.remove(posixpath.join(self._dir, name))
+        if doomed:
+            self._fs.fsync_dir(self._dir)
+        return doomed

@@ -1,0 +1,132 @@
+"""Replication: batching, pipelining, conflicts, commit rules, restart from storage."""
+
+from dataclasses import replace
+
+import pytest
+from keel_store.raft import Entry, Message, MessageType, ProposalDroppedError, Role
+
+from .conftest import Cluster
+
+
+def test_replication_commits_on_every_node(cluster3: Cluster) -> None:
+    leader = cluster3.elect(1)
+    for i in range(100):
+        leader.propose(f"x{i}".encode())
+    cluster3.settle()
+    cluster3.tick(times=2)
+    for nid in cluster3.nodes:
+        assert cluster3.applied[nid] == [f"x{i}".encode() for i in range(100)]
+
+
+def test_entries_are_batched_and_pipelined() -> None:
+    cluster = Cluster(3, max_entries_per_message=10, max_inflight=3)
+    leader = cluster.elect(1)
+    cluster.tick(times=2)
+    for i in range(100):
+        leader.propose(f"x{i}".encode())  # nothing delivered in between
+    appends = [m for m in cluster.flush(1) if m.type is MessageType.APPEND and m.to == 2]
+    # In replicate state: the window allows 3 messages in flight, the first carrying all
+    # queued entries up to the batch limit.
+    assert len(appends) == 3
+    assert all(len(m.entries) <= 10 for m in appends)
+    assert appends[0].entries[0].data == b"x0"
+    cluster.deliver(appends)
+    cluster.settle()
+    cluster.tick(times=3)
+    assert cluster.applied[2][-1] == b"x99"
+
+
+def test_follower_rejects_a_gap_and_the_leader_backs_up(cluster3: Cluster) -> None:
+    leader = cluster3.elect(1)
+    cluster3.tick(times=2)
+    cluster3.down = {3}
+    for i in range(30):
+        leader.propose(f"x{i}".encode())
+    cluster3.settle()
+    cluster3.down = set()
+    cluster3.tick(times=3)
+    assert cluster3.nodes[3].log.last_index() == leader.log.last_index()
+    assert cluster3.applied[3] == cluster3.applied[1]
+
+
+def test_conflicting_uncommitted_entries_are_replaced() -> None:
+    cluster = Cluster(3)
+    leader = cluster.elect(1)
+    cluster.tick(times=2)
+    cluster.down = {2, 3}
+    leader.propose(b"lost")
+    cluster.settle()
+    cluster.down = {1}
+    cluster.tick(times=40)
+    new = cluster.leader()
+    new.propose(b"kept")
+    cluster.settle()
+    cluster.down = set()
+    cluster.tick(times=40)
+    for nid in cluster.nodes:
+        assert b"lost" not in cluster.applied[nid]
+    assert b"kept" in cluster.applied[1]
+
+
+def test_follower_refuses_to_overwrite_committed_entries() -> None:
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.tick(times=2)
+    node = cluster.nodes[2]
+    bogus = Message(MessageType.APPEND, 2, 1, term=2, index=0, log_term=0, entries=(Entry(9, 1),))
+    node.step(bogus)  # index 0 < committed: answered with the commit index, not applied
+    [reply] = [m for m in node.ready().messages if m.type is MessageType.APPEND_RESPONSE]
+    assert reply.index == node.log.committed
+    assert node.log.term(1) == 1
+
+
+@pytest.mark.parametrize("unsafe", [False, True])
+def test_old_term_entries_commit_only_with_a_current_term_entry(unsafe: bool) -> None:
+    cluster = Cluster(
+        3,
+        check_quorum=False,
+        max_entries_per_message=1,
+        unsafe_commit_previous_term_entries=unsafe,
+    )
+    old_leader = cluster.elect(1)
+    cluster.tick(times=2)
+    cluster.down = {2, 3}
+    old_term = old_leader.term
+    old = old_leader.propose(b"old")  # only on node 1
+    cluster.settle()
+    cluster.down = set()
+    node = cluster.nodes[1]
+    node.step(Message(MessageType.APPEND_RESPONSE, 1, 2, term=old_term + 1))  # deposed
+    # Re-elected; followers get the old entry but never the new term's no-op.
+    new_term = old_term + 2
+    cluster.rewrite = lambda m: replace(m, entries=tuple(e for e in m.entries if e.term < new_term))
+    node.campaign()
+    cluster.settle()
+    assert node.role is Role.LEADER
+    assert node.term == new_term
+    assert cluster.nodes[2].log.term(old) == old_term  # a majority holds the old entry
+    # Counting replicas of an older term's entry must not commit it (Raft §5.4.2).
+    assert node.log.committed == (old if unsafe else old - 1)
+    cluster.rewrite = lambda m: m
+    cluster.tick(times=3)
+    assert node.log.committed == old + 1
+
+
+def test_proposal_on_a_follower_is_dropped_with_a_reason(cluster3: Cluster) -> None:
+    cluster3.elect(1)
+    with pytest.raises(ProposalDroppedError, match="not the leader"):
+        cluster3.nodes[2].propose(b"x")
+
+
+def test_restart_recovers_term_vote_log_and_commit(cluster3: Cluster) -> None:
+    leader = cluster3.elect(1)
+    for i in range(5):
+        leader.propose(f"x{i}".encode())
+    cluster3.settle()
+    cluster3.tick(times=2)
+    before = cluster3.nodes[2]
+    node = cluster3.start(2)
+    assert (node.term, node.vote) == (before.term, before.vote)
+    assert node.log.last_index() == before.log.last_index()
+    assert node.log.committed == before.log.committed
+    assert node.role is Role.FOLLOWER

@@ -1,0 +1,55 @@
+"""Snapshots: compaction, and a lagging follower catching up through a snapshot."""
+
+from keel_store.raft import MessageType, Role
+
+from .conftest import Cluster
+
+
+def compact(cluster: Cluster, nid: int) -> int:
+    node = cluster.nodes[nid]
+    storage = cluster.storages[nid]
+    index = node.log.applied
+    data = b"|".join(cluster.applied[nid])
+    storage.create_snapshot(index, node.conf, data)
+    storage.compact(index)
+    return index
+
+
+def test_lagging_follower_gets_a_snapshot_then_entries(cluster3: Cluster) -> None:
+    leader = cluster3.elect(1)
+    cluster3.tick(times=2)
+    cluster3.down = {3}
+    for i in range(30):
+        leader.propose(f"x{i}".encode())
+    cluster3.settle()
+    index = compact(cluster3, 1)
+    leader.propose(b"after")
+    cluster3.settle()
+    cluster3.down = set()
+    cluster3.sent.clear()
+    cluster3.tick(times=3)
+    snaps = [m for m in cluster3.sent if m.type is MessageType.SNAPSHOT and m.to == 3]
+    assert snaps
+    assert snaps[0].snapshot is not None
+    assert snaps[0].snapshot.meta.index == index
+    follower = cluster3.nodes[3]
+    assert cluster3.storages[3].snapshot().meta.index == index
+    assert cluster3.storages[3].snapshot().data.endswith(b"x29")
+    assert follower.log.last_index() == leader.log.last_index()
+    assert follower.log.applied == leader.log.applied
+    assert cluster3.applied[3][-1] == b"after"
+
+
+def test_restart_after_compaction_resumes_from_the_snapshot(cluster3: Cluster) -> None:
+    leader = cluster3.elect(1)
+    for i in range(10):
+        leader.propose(f"x{i}".encode())
+    cluster3.settle()
+    cluster3.tick(times=2)
+    index = compact(cluster3, 2)
+    node = cluster3.start(2)  # applied defaults to 0: must resume after the snapshot
+    assert node.log.first_index() == index + 1
+    assert node.log.committed >= index
+    cluster3.tick(times=2)
+    assert node.role is Role.FOLLOWER
+    assert node.log.last_index() == leader.log.last_index()

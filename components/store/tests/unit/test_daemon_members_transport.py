@@ -1,0 +1,112 @@
+"""Flags, membership, peer encoding, discovery layout, plugin hooks: no processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from keel_store import daemon, discovery, plugin
+from keel_store.raft import (
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Snapshot,
+    SnapshotMeta,
+)
+from keel_store.server import transport
+from keel_store.server.members import Cluster, ClusterConfigError, parse_initial_cluster
+from keel_store.server.other_services import snapshot_stream
+
+
+def test_flags_env_and_precedence() -> None:
+    env = {
+        "ETCD_NAME": "envname",
+        "ETCD_HEARTBEAT_INTERVAL": "50",
+        "ETCD_ELECTION_TIMEOUT": "500",
+        "ETCD_UNSAFE_NO_FSYNC": "true",
+    }
+    args = daemon.parse_args(["-name", "flagname", "--snapshot-count=10"], env)
+    assert args.name == "flagname", "a flag beats the environment"
+    assert (args.heartbeat_interval, args.election_timeout) == (50, 500)
+    assert args.snapshot_count == 10
+    assert args.unsafe_no_fsync is True
+    with pytest.raises(daemon.FlagError, match="ETCD_SNAPSHOT_COUNT='many'"):
+        daemon.parse_args([], {"ETCD_SNAPSHOT_COUNT": "many"})
+
+
+def test_node_config_defaults_and_errors(tmp_path: Path) -> None:
+    args = daemon.parse_args(["--name=n1", f"--data-dir={tmp_path}"], {})
+    config = daemon.node_config(args)
+    assert config.cluster.by_name("n1").peer_urls == ["http://localhost:2380"]
+    assert config.min_lease_ttl == 2
+    args = daemon.parse_args(["--name=x", "--initial-cluster=a=http://127.0.0.1:1"], {})
+    with pytest.raises(daemon.FlagError, match="--name 'x' is not in it"):
+        daemon.node_config(args)
+    args = daemon.parse_args(["--peer-cert-file=/x"], {})
+    with pytest.raises(daemon.FlagError, match="--peer-cert-file"):
+        daemon.node_config(args)
+    args = daemon.parse_args(["--election-timeout=200"], {})
+    with pytest.raises(daemon.FlagError, match="--election-timeout"):
+        daemon.node_config(args)
+
+
+def test_cluster_ids_are_stable_and_token_dependent() -> None:
+    spec = "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3"
+    one = Cluster(parse_initial_cluster(spec), "t1")
+    two = Cluster(parse_initial_cluster(spec), "t1")
+    other = Cluster(parse_initial_cluster(spec), "t2")
+    assert one.members.keys() == two.members.keys()
+    assert one.cluster_id == two.cluster_id != other.cluster_id
+    assert len(set(one.members)) == 3
+    with pytest.raises(ClusterConfigError, match="not NAME=PEER-URL"):
+        parse_initial_cluster("a=http://x:1,oops")
+
+
+def test_message_round_trip() -> None:
+    snap = Snapshot(SnapshotMeta(7, 2, ConfState(voters=(1, 2), learners=(3,))), b"state")
+    m = Message(
+        MessageType.APPEND,
+        2,
+        1,
+        5,
+        log_term=4,
+        index=9,
+        entries=(Entry(5, 10, EntryType.NORMAL, b"x"), Entry(5, 11, EntryType.CONF_CHANGE, b"")),
+        commit=8,
+        reject=True,
+        reject_hint=3,
+        snapshot=snap,
+        context=b"ctx",
+    )
+    assert transport.decode_message(transport.encode_message(m)) == m
+    with pytest.raises(Exception):  # noqa: B017, PT011 - struct.error or ValueError
+        transport.decode_message(b"\x01\x02")
+
+
+def test_snapshot_stream_framing_for_etcdctl() -> None:
+    for size in (0, 1, 511, 512, 10_000):
+        assert len(snapshot_stream(b"x" * size)) % 512 == 32
+
+
+def test_discovery_layout() -> None:
+    assert discovery.service_key("web", "prod.keel.local", "a1") == "/skydns/local/keel/prod/web/a1"
+    rec = discovery.ServiceRecord(host="10.0.0.5", port=8080)
+    assert rec.to_json() == b'{"host": "10.0.0.5", "port": 8080, "priority": 10}'
+    assert discovery.ServiceRecord.from_json(rec.to_json()) == rec
+    with pytest.raises(discovery.RecordError, match="needs a string 'host'"):
+        discovery.ServiceRecord.from_json(b'{"port": 1}', "/skydns/x")
+    with pytest.raises(discovery.RecordError):
+        discovery.service_key("a/b", "keel.local")
+
+
+def test_plugin_hooks() -> None:
+    from keel_core.schemas import ImageDefinition
+
+    image = ImageDefinition(name="keel", version="1", components=["store"])
+    contribution = plugin.keel_image_contribution(image)
+    assert contribution is not None
+    assert "keel-store.service" in contribution.units
+    assert plugin.keel_image_contribution(ImageDefinition(name="keel", version="1")) is None
+    assert plugin.keel_health_checks()[0].command.startswith("python3 -m keel_store.health")

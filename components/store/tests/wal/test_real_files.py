@@ -1,0 +1,114 @@
+"""The WAL and snapshot files on this machine's real disk (tmp dirs, real fsync)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from keel_store.raft.types import HardState, Snapshot, SnapshotMeta
+from keel_store.wal import CorruptionError, OSFileSystem, SnapshotStore, WriteAheadLog
+from keel_store.wal import records as rec
+
+from .conftest import entries
+
+
+@pytest.fixture
+def wal_dir(tmp_path):
+    return str(tmp_path / "wal")
+
+
+def only_segment(wal_dir):
+    (name,) = os.listdir(wal_dir)
+    return os.path.join(wal_dir, name)
+
+
+def test_reopen_replays_what_was_synced(wal_dir):
+    wal, _ = WriteAheadLog.open(OSFileSystem(), wal_dir)
+    wal.save(entries(1, 100), HardState(3, 1, 90))
+    wal.close()
+    _, replay = WriteAheadLog.open(OSFileSystem(), wal_dir)
+    assert replay.entries == entries(1, 100)
+    assert replay.hard_state == HardState(3, 1, 90)
+
+
+def test_torn_tail_is_cut_and_the_log_goes_on(wal_dir):
+    wal, _ = WriteAheadLog.open(OSFileSystem(), wal_dir)
+    wal.save(entries(1, 10), HardState(1, 1, 5))
+    wal.close()
+    path = only_segment(wal_dir)
+    good_size = os.path.getsize(path)
+    partial = rec.encode_entry(entries(11, 11)[0])[:13]
+    with open(path, "ab") as f:
+        f.write(partial)
+    wal, replay = WriteAheadLog.open(OSFileSystem(), wal_dir)
+    assert replay.torn_bytes == len(partial)
+    assert replay.entries == entries(1, 10)
+    assert os.path.getsize(path) == good_size
+    wal.save(entries(11, 12))
+    wal.close()
+    _, replay = WriteAheadLog.open(OSFileSystem(), wal_dir)
+    assert replay.entries == entries(1, 12)
+
+
+def test_a_flipped_byte_in_the_middle_is_refused_and_nothing_changes(wal_dir):
+    wal, _ = WriteAheadLog.open(OSFileSystem(), wal_dir)
+    wal.save(entries(1, 50), HardState(1, 1, 50))
+    wal.close()
+    path = only_segment(wal_dir)
+    with open(path, "rb") as f:
+        content = bytearray(f.read())
+    records = rec.scan(bytes(content)).records
+    victim = records[len(records) // 2]
+    content[victim.offset + 12] ^= 0x01
+    with open(path, "wb") as f:
+        f.write(content)
+    with pytest.raises(CorruptionError) as caught:
+        WriteAheadLog.open(OSFileSystem(), wal_dir)
+    assert caught.value.path == path
+    assert caught.value.offset == victim.offset
+    assert f"{path}: offset {victim.offset}: checksum mismatch" in str(caught.value)
+    assert "a valid record follows" in str(caught.value)
+    with open(path, "rb") as f:
+        assert f.read() == bytes(content)
+
+
+def test_a_damaged_tail_of_an_older_segment_is_refused(wal_dir):
+    wal, _ = WriteAheadLog.open(OSFileSystem(), wal_dir, segment_bytes=512)
+    wal.save(entries(1, 40))
+    wal.close()
+    first = os.path.join(wal_dir, sorted(os.listdir(wal_dir))[0])
+    size = os.path.getsize(first)
+    with open(first, "r+b") as f:
+        f.truncate(size - 5)
+    with pytest.raises(CorruptionError, match=rf"{first}: offset \d+: "):
+        WriteAheadLog.open(OSFileSystem(), wal_dir, segment_bytes=512)
+
+
+def test_preallocated_segment_on_disk(wal_dir):
+    wal, _ = WriteAheadLog.open(OSFileSystem(), wal_dir, segment_bytes=1 << 16, preallocate=True)
+    wal.save(entries(1, 20), HardState(1, 0, 20))
+    wal.close()
+    assert os.path.getsize(only_segment(wal_dir)) == 1 << 16
+    wal, replay = WriteAheadLog.open(
+        OSFileSystem(), wal_dir, segment_bytes=1 << 16, preallocate=True
+    )
+    assert replay.entries == entries(1, 20)
+    wal.save(entries(21, 21))
+    wal.close()
+    _, replay = WriteAheadLog.open(OSFileSystem(), wal_dir, segment_bytes=1 << 16)
+    assert replay.entries == entries(1, 21)
+
+
+def test_newest_valid_snapshot_file_is_loaded(tmp_path):
+    store = SnapshotStore(OSFileSystem(), str(tmp_path / "snap"))
+    older = Snapshot(SnapshotMeta(10, 2), b"older state")
+    newer = Snapshot(SnapshotMeta(20, 3), b"newer state" * 100)
+    store.save(older)
+    newest_path = store.save(newer)
+    assert store.load() == newer
+    with open(newest_path, "r+b") as f:
+        f.seek(-50, os.SEEK_END)
+        f.write(b"X")
+    assert store.load() == older
+    assert os.path.exists(newest_path + ".broken")
+    assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path / "snap"))

@@ -1,0 +1,118 @@
+"""The gate every machine passes after it boots, as kola's CheckMachine does.
+
+Built in: systemd reached ``running``; no failed unit; nothing stuck ``activating``; no
+kernel panic, oops, segfault or emergency shell on the console (or in the kernel log);
+``/usr`` read-only; a machine-id of its own. Then every check plugins return from the
+``keel_health_checks`` hook, run in the guest as root. All problems are collected and
+reported together, each named, so one run shows everything that is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from keel_core import plugins
+from keel_core.types import HealthCheck
+
+from keel_harness.console import find_trouble
+from keel_harness.errors import GateFailure, HarnessError
+
+if TYPE_CHECKING:
+    from keel_harness.machine import Machine
+
+SETTLE_SECONDS = 30.0
+_MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def hook_checks(pm: plugins.KeelPluginManager | None = None) -> list[HealthCheck]:
+    """Every :class:`HealthCheck` the loaded plugins return, in plugin order."""
+    pm = pm or plugins.load()
+    checks: list[HealthCheck] = plugins.collect(pm.hook.keel_health_checks())
+    return checks
+
+
+def _units(machine: Machine, state: str) -> list[str]:
+    out = machine.succeed(
+        f"systemctl list-units --all --state={state} --plain --no-legend --no-pager", timeout=60
+    )
+    units = []
+    for line in out.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        # A "tentative" device (seen in mountinfo, not announced by udev, e.g. a dm device
+        # an initramfs without udev set up) is "activating" with no job: nothing is stuck.
+        if fields[0].endswith(".device") and fields[3:4] == ["tentative"]:
+            continue
+        units.append(fields[0])
+    return units
+
+
+def builtin_problems(machine: Machine, settle: float = SETTLE_SECONDS) -> list[str]:
+    """Problems the harness's own checks find on ``machine`` (empty when it is healthy)."""
+    problems: list[str] = []
+    status, out = machine.execute(
+        f"timeout {int(settle) + 240} systemctl is-system-running --wait", timeout=settle + 300
+    )
+    state = out.strip().splitlines()[-1] if out.strip() else f"(no answer, status {status})"
+    if state != "running":
+        problems.append(f"system state is {state!r}, not 'running'")
+    for unit in _units(machine, "failed"):
+        journal = machine.execute(
+            f"journalctl -b -u {shlex.quote(unit)} -n 5 --no-pager -o cat", timeout=60
+        )[1]
+        problems.append(f"failed unit: {unit}" + (f"\n{journal.rstrip()}" if journal else ""))
+    stuck = _units(machine, "activating")
+    if stuck:  # give them a moment: a unit may be legitimately starting (e.g. a timer job)
+        machine.execute(f"sleep {min(settle, 10):.0f}", timeout=60)
+        stuck = [u for u in _units(machine, "activating") if u in stuck]
+    problems += [f"unit stuck activating: {unit}" for unit in stuck]
+    kernel_log = machine.execute("journalctl -k -b --no-pager -o cat", timeout=60)[1]
+    seen = set()
+    for trouble in find_trouble(machine.console.text()) + find_trouble(kernel_log):
+        if trouble not in seen:
+            seen.add(trouble)
+            problems.append(f"console: {trouble}")
+    options = machine.execute("findmnt -n -o OPTIONS /usr", timeout=60)[1].strip()
+    if "ro" not in options.split(","):
+        problems.append(f"/usr is not mounted read-only (options: {options or 'not a mount'})")
+    machine_id = machine.execute("cat /etc/machine-id", timeout=60)[1].strip()
+    if not _MACHINE_ID.match(machine_id):
+        problems.append(f"machine-id is not set: {machine_id!r}")
+    return problems
+
+
+def health_problems(machine: Machine, checks: Sequence[HealthCheck]) -> list[str]:
+    """Run each plugin health check in the guest; one problem per check that fails."""
+    problems = []
+    for check in checks:
+        status, out, err = machine.run(check.command, timeout=check.timeout + 30)
+        if status != 0:
+            output = (out + err).strip()
+            problems.append(
+                f"health check {check.name!r} failed (exit {status})"
+                + (f": {check.description}" if check.description else "")
+                + (f"\n{output}" if output else "")
+            )
+    return problems
+
+
+def run_gate(
+    machine: Machine,
+    checks: Sequence[HealthCheck] | None = None,
+    settle: float = SETTLE_SECONDS,
+) -> None:
+    """Run the whole gate on a booted ``machine``; raise :class:`GateFailure` listing problems.
+
+    ``checks`` defaults to the ``keel_health_checks`` of every installed plugin.
+    """
+    if not machine.is_running:
+        raise HarnessError(f"{machine.name}: cannot gate a machine that is not running")
+    machine.wait_for_ssh()
+    problems = builtin_problems(machine, settle)
+    problems += health_problems(machine, hook_checks() if checks is None else checks)
+    if problems:
+        raise GateFailure(machine.name, problems)

@@ -1,0 +1,52 @@
+"""The pytest plugin: harness faults are errors, failures keep machine logs and say where."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+FAULT_AND_FAILURE = """
+from keel_harness.errors import QemuError
+
+def test_fault():
+    raise QemuError("m1", "QEMU exited right after start", "no such device")
+
+def test_failure():
+    assert 1 == 2
+"""
+
+ARTIFACTS = """
+def test_broken(machine_factory):
+    m = machine_factory("node7")
+    (m.state_dir / "console.log").write_text("[ 1.0] Kernel panic - not syncing: x\\n")
+    (m.state_dir / "config.json").write_text("{}")
+    assert False, "the machine did not do its job"
+
+def test_fine(machine_factory):
+    machine_factory("node8")
+"""
+
+
+def test_harness_fault_is_an_error_and_a_test_failure_a_failure(pytester: pytest.Pytester):
+    pytester.makepyfile(FAULT_AND_FAILURE)
+    result = pytester.runpytest("-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, errors=1)
+    result.stdout.fnmatch_lines(["*::test_fault ERROR (harness)*", "*::test_failure FAILED*"])
+
+
+def test_failed_test_leaves_machine_logs_and_prints_the_path(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("KEEL_HARNESS_ACCEL", "tcg")
+    pytester.makepyfile(ARTIFACTS)
+    out = pytester.path / "arts"
+    result = pytester.runpytest("--keel-artifacts", str(out), "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, passed=1)
+    folder = out / "test_failed_test_leaves_machine_logs_and_prints_the_path.py_test_broken"
+    assert (folder / "node7" / "console.log").read_text().startswith("[ 1.0] Kernel panic")
+    assert (folder / "node7" / "config.json").exists()
+    assert not (
+        out / "test_failed_test_leaves_machine_logs_and_prints_the_path.py_test_fine"
+    ).exists()
+    result.stdout.fnmatch_lines([f"machine logs: {folder}"])

@@ -1,0 +1,161 @@
+"""Fast checks of the harness's pure parts: retry, sizing, console, config, keys, images."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import paramiko
+import pytest
+from keel_core import plugins
+from keel_core.hookspecs import hookimpl
+from keel_core.types import HealthCheck
+from keel_harness import artifacts, console, gate, images, network, provision, ssh
+from keel_harness.errors import HarnessError, RetryTimeout
+from keel_harness.retry import retry
+from keel_harness.run import vcpus_per_machine
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_retry_returns_the_first_truthy_result():
+    clock = FakeClock()
+    answers = iter([None, False, "done"])
+    assert (
+        retry(lambda last: next(answers), timeout=10, what="x", clock=clock, sleep=clock.sleep)
+        == "done"
+    )
+    assert clock.now == 2.0
+
+
+def test_retry_times_out_and_tells_the_last_try():
+    clock = FakeClock()
+    seen: list[bool] = []
+
+    def never(last: bool) -> None:
+        seen.append(last)
+
+    with pytest.raises(RetryTimeout, match="waiting for the moon"):
+        retry(never, timeout=5, what="the moon", clock=clock, sleep=clock.sleep)
+    assert seen[-1] is True
+    assert seen.count(True) == 1
+    assert 4 <= len(seen) <= 6
+
+
+def test_retry_lets_a_check_raise_at_once():
+    with pytest.raises(ValueError, match="never"):
+        retry(lambda last: (_ for _ in ()).throw(ValueError("never")), timeout=5, what="x")
+
+
+@pytest.mark.parametrize(
+    ("machines", "workers", "cores", "expected"),
+    [(1, 1, 2, 2), (3, 1, 2, 1), (1, 2, 2, 1), (2, 1, 8, 4), (1, 1, 1, 1), (5, 4, 2, 1)],
+)
+def test_vcpus_keep_the_total_within_the_cores(machines, workers, cores, expected):
+    assert vcpus_per_machine(machines, workers, cores) == expected
+
+
+def test_console_trouble_is_found_and_named():
+    text = (
+        "[    1.0] ok\n[   12.3] Kernel panic - not syncing: VFS: Unable to mount root fs\n"
+        "[   13.0] foo[123]: segfault at 0 ip 000 sp 000 error 4\n"
+        "You are in emergency mode. After logging in, type...\n"
+    )
+    found = console.find_trouble(text)
+    names = [f.split(":")[0] for f in found]
+    assert names == ["kernel panic", "segfault", "emergency shell"]
+    assert "VFS: Unable to mount root fs" in found[0]
+    assert console.find_trouble("Reached target multi-user.target\nKEEL-BOOT-OK A\n") == []
+
+
+def test_console_log_reads_from_the_mark(tmp_path: Path):
+    log = console.ConsoleLog(tmp_path / "console.log")
+    assert log.text() == ""
+    log.path.write_bytes(b"first boot\r\n")
+    log.mark()
+    with log.path.open("ab") as f:
+        f.write(b"second boot\r\nready\r\n")
+    assert log.text() == "second boot\nready\n"
+    assert log.search("ready") is not None
+    assert log.search("first") is None
+    assert "first boot" in log.text(whole=True)
+
+
+def test_config_document_follows_the_contract(tmp_path: Path):
+    nic = provision.StaticInterface("52:54:00:01:00:01", "192.0.2.11/24")
+    doc = provision.config_document("node1", ["ssh-ed25519 AAAA k"], [nic])
+    path = provision.write_config(tmp_path / "c.json", doc)
+    assert json.loads(path.read_text()) == {
+        "hostname": "node1",
+        "users": [{"name": "core", "ssh_authorized_keys": ["ssh-ed25519 AAAA k"]}],
+        "network": {"interfaces": [{"mac": "52:54:00:01:00:01", "address": "192.0.2.11/24"}]},
+    }
+
+
+def test_private_addresses_come_from_test_net_1():
+    assert str(network.private_address(0)) == "192.0.2.11/24"
+    assert str(network.private_address(2).ip) == "192.0.2.13"
+    with pytest.raises(HarnessError):
+        network.private_address(300)
+
+
+def test_free_port_is_on_loopback_and_bindable():
+    import socket
+
+    port = network.free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_generated_key_is_private_ed25519_and_reused(tmp_path: Path):
+    pair = ssh.generate_key(tmp_path / "id_ed25519")
+    assert pair.public.startswith("ssh-ed25519 ")
+    assert stat.S_IMODE(pair.private.stat().st_mode) == 0o600
+    key = paramiko.Ed25519Key.from_private_key_file(str(pair.private))
+    assert pair.public.split()[1] == key.get_base64()
+    assert ssh.generate_key(tmp_path / "id_ed25519") == pair
+
+
+def test_image_resolution(tmp_path: Path):
+    (tmp_path / "img").mkdir()
+    with pytest.raises(HarnessError, match=r"neither disk\.qcow2 nor disk\.raw"):
+        images.resolve(tmp_path / "img")
+    (tmp_path / "img" / "disk.raw").write_bytes(b"")
+    assert images.resolve(tmp_path / "img") == tmp_path / "img" / "disk.raw"
+    (tmp_path / "img" / "disk.qcow2").write_bytes(b"")
+    assert images.resolve(tmp_path / "img") == tmp_path / "img" / "disk.qcow2"
+    with pytest.raises(HarnessError, match="no such image"):
+        images.resolve(tmp_path / "missing.yaml")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(HarnessError, match="expected an image directory"):
+        images.resolve(tmp_path / "notes.txt")
+
+
+def test_artifact_folder_names_are_path_safe(tmp_path: Path):
+    folder = artifacts.test_dir(tmp_path, "tests/a.py::test_x[3-uefi]")
+    assert folder.parent == tmp_path
+    assert "/" not in folder.name
+    assert "[" not in folder.name
+
+
+class ThirdParty:
+    @hookimpl
+    def keel_health_checks(self):
+        return [HealthCheck("third-party", "test -e /run/ok", "a check from outside")]
+
+
+def test_hook_checks_include_core_and_third_party_checks():
+    pm = plugins.load(extra=[("third", ThirdParty())])
+    names = [c.name for c in gate.hook_checks(pm)]
+    assert "third-party" in names
+    assert "system-running" in names

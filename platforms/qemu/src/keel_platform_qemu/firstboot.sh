@@ -1,0 +1,58 @@
+#!/bin/sh
+# keel-qemu-firstboot: apply the first-boot config QEMU passes through fw_cfg
+# (-fw_cfg name=opt/org.keel/config,file=config.json):
+#   {"hostname": "node1",
+#    "users": [{"name": "core", "ssh_authorized_keys": ["ssh-ed25519 ..."]}],
+#    "network": {"interfaces": [{"mac": "52:54:00:..", "address": "192.0.2.11/24"}]}}
+# Sets the hostname, writes authorized_keys of existing users, and a systemd-networkd
+# file per interface with a static address. Missing config: nothing to do.
+set -eu
+CONFIG=${KEEL_FW_CFG:-/sys/firmware/qemu_fw_cfg/by_name/opt/org.keel/config/raw}
+[ -e "$CONFIG" ] || modprobe qemu_fw_cfg 2>/dev/null || true
+if [ ! -r "$CONFIG" ]; then
+    echo "keel-qemu-firstboot: no config in fw_cfg, nothing to do"
+    exit 0
+fi
+json=$(cat "$CONFIG")
+if ! printf '%s' "$json" | jq -e 'type == "object"' >/dev/null; then
+    echo "keel-qemu-firstboot: fw_cfg opt/org.keel/config is not a JSON object" >&2
+    exit 1
+fi
+
+hostname=$(printf '%s' "$json" | jq -r '.hostname // empty')
+if [ -n "$hostname" ]; then
+    echo "$hostname" >/etc/hostname
+    echo "$hostname" >/proc/sys/kernel/hostname
+    grep -q "^127.0.1.1[[:space:]]" /etc/hosts 2>/dev/null || echo "127.0.1.1 $hostname" >>/etc/hosts
+fi
+
+printf '%s' "$json" | jq -r '.users // [] | .[] | .name' | while read -r user; do
+    home=$(getent passwd "$user" | cut -d: -f6)
+    if [ -z "$home" ]; then
+        echo "keel-qemu-firstboot: no user '$user' in this image, skipped" >&2
+        continue
+    fi
+    mkdir -p "$home/.ssh"
+    printf '%s' "$json" | jq -r --arg u "$user" \
+        '.users[] | select(.name == $u) | .ssh_authorized_keys // [] | .[]' >"$home/.ssh/authorized_keys"
+    chmod 700 "$home/.ssh"
+    chmod 600 "$home/.ssh/authorized_keys"
+    chown -R "$user:" "$home/.ssh"
+done
+
+mkdir -p /etc/systemd/network
+i=0
+printf '%s' "$json" | jq -r '.network.interfaces // [] | .[] | "\(.mac) \(.address // "")"' |
+while read -r mac address; do
+    [ -n "$address" ] || continue
+    i=$((i + 1))
+    cat >"/etc/systemd/network/10-keel-static-$i.network" <<NET
+[Match]
+MACAddress=$mac
+
+[Network]
+Address=$address
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+NET
+done

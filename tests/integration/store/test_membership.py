@@ -1,0 +1,79 @@
+"""etcdctl member add/list/promote/remove against a running keel-store cluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from .conftest import Proc, etcdctl, free_port
+
+pytestmark = [pytest.mark.host, pytest.mark.timeout(240)]
+
+
+def join(cluster, tmp_path, name: str, learner: bool = False) -> Proc:
+    """``member add`` then start the new member with the environment etcdctl printed."""
+    a = cluster.members[0].endpoint
+    peer, client = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    args = ["member", "add", name, f"--peer-urls={peer}", *(["--learner"] if learner else [])]
+    out = etcdctl(a, *args).stdout
+    env = dict(line.split("=", 1) for line in out.splitlines() if line.startswith("ETCD_"))
+    env = {k: v.strip('"') for k, v in env.items()}
+    assert env["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
+    argv = [
+        sys.executable,
+        "-m",
+        "keel_store.daemon",
+        f"--data-dir={tmp_path / name}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        "--initial-cluster-token=keel-test",
+    ]
+    member = Proc(name, argv, client, tmp_path / name, tmp_path / f"{name}.log", env=env)
+    member.start()
+    cluster.members.append(member)
+    return member
+
+
+def members(endpoint: str) -> dict[str, dict[str, object]]:
+    doc = json.loads(etcdctl(endpoint, "member", "list", "-w", "json").stdout)
+    return {format(m["ID"], "x"): m for m in doc["members"]}
+
+
+def test_add_start_remove_member(make_cluster, tmp_path) -> None:
+    cluster = make_cluster(3)
+    a = cluster.members[0].endpoint
+    for i in range(10):
+        etcdctl(a, "put", f"k{i}", str(i))
+    new = join(cluster, tmp_path, "m3")
+    cluster.wait_ready(new)
+    assert etcdctl(new.endpoint, "get", "k9", "--print-value-only").stdout.strip() == "9"
+    listed = members(a)
+    assert len(listed) == 4
+    (new_id,) = [mid for mid, m in listed.items() if m.get("name") == "m3"]
+    status = json.loads(etcdctl(new.endpoint, "endpoint", "status", "-w", "json").stdout)
+    assert format(status[0]["Status"]["header"]["member_id"], "x") == new_id
+    etcdctl(new.endpoint, "put", "from-new", "yes")
+    assert etcdctl(a, "get", "from-new", "--print-value-only").stdout.strip() == "yes"
+    assert "removed" in etcdctl(a, "member", "remove", new_id).stdout
+    assert len(members(a)) == 3
+    etcdctl(a, "put", "after", "remove")
+    r = etcdctl(a, "member", "remove", new_id, check=False)
+    assert "etcdserver: member not found" in r.stderr
+
+
+def test_learner_then_promote(make_cluster, tmp_path) -> None:
+    cluster = make_cluster(1)
+    a = cluster.members[0].endpoint
+    etcdctl(a, "put", "x", "1")
+    learner = join(cluster, tmp_path, "l1", learner=True)
+    (lid,) = [mid for mid, m in members(a).items() if m.get("isLearner")]
+    r = etcdctl(a, "member", "promote", lid, check=False)
+    assert r.returncode == 0, r.stderr
+    assert not any(m.get("isLearner") for m in members(a).values())
+    cluster.wait_ready(learner)
+    assert etcdctl(learner.endpoint, "get", "x", "--print-value-only").stdout.strip() == "1"
+    r = etcdctl(a, "member", "promote", lid, check=False)
+    assert "can only promote a learner member" in r.stderr

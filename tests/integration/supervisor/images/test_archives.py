@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from keel_supervisor.images.testing import (
     file,
     layer_tar,
     opaque,
+    tar_directory,
     whiteout,
     write_oci_layout,
 )
@@ -117,3 +120,42 @@ def test_image_with_many_layers_mounts(tmp_path):
         assert (merged / "f43").read_bytes() == b"43"
     finally:
         subprocess.run(["umount", str(merged)], check=True)
+
+
+@pytest.fixture
+def podman(tmp_path: Path) -> Iterator[Callable[..., None]]:
+    """Run podman with its own storage (vfs) in a temporary directory, removed afterwards."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman missing: run ./dev (system-packages.txt)")
+    runroot = tempfile.mkdtemp(prefix="keel-podman-")  # podman wants it under 50 characters
+    isolated = [
+        "--root", str(tmp_path / "podman"), "--runroot", runroot,
+        "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+    ]  # fmt: skip
+
+    def run(*args: str) -> None:
+        done = subprocess.run(
+            ["podman", *isolated, *args], check=False, capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            pytest.fail(f"podman {' '.join(args)} failed: {done.stderr}")
+
+    yield run
+    shutil.rmtree(runroot, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+def test_podman_save_archives_load(tmp_path, layout, podman, fmt):
+    """The real ``podman save``, both formats, from podman's own storage (vfs, in tmp)."""
+    path, built = layout
+    tar_directory(path, tmp_path / "layout.tar")
+    podman("load", "-i", str(tmp_path / "layout.tar"))
+    podman("tag", built.id[7:19], "localhost/keel/demo:v1")
+    podman("save", "--format", fmt, "-o", str(tmp_path / "saved.tar"),
+           "localhost/keel/demo:v1")  # fmt: skip
+    store = ImageStore(tmp_path / "store")
+    [image] = store.load(tmp_path / "saved.tar")
+    assert image.id == built.id
+    assert image.references == ("localhost/keel/demo:v1",)
+    upper = image.layer_dirs()[-1]
+    assert os.getxattr(upper / "var/cache", "trusted.overlay.opaque") == b"y"

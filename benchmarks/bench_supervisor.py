@@ -32,7 +32,7 @@ SETTLE = 0.4
 
 def main(argv: list[str]) -> int:
     """Run the comparison; prints medians and ratios, asserts nothing."""
-    runs = 15
+    runs = 30
     for arg in argv:
         if arg.startswith("--runs="):
             runs = int(arg.split("=", 1)[1])

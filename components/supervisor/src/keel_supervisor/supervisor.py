@@ -180,8 +180,9 @@ class Supervisor:
             record.ip = self.bridge.allocate(cdir.id)
             netns = self.bridge.attach(cdir.id, record.ip)
         # network "none": the runtime makes a fresh namespace with loopback up.
-        record.netns = str(netns or "")
-        write_json(cdir.record_file, asdict(record))
+        if record.netns != str(netns or "") or config.network == "bridge":
+            record.netns = str(netns or "")
+            write_json(cdir.record_file, asdict(record))
         etc = self._etc_files(cdir, config, record)
         volumes = {}
         for vol in config.volumes:
@@ -238,6 +239,8 @@ class Supervisor:
         if record.ip:
             lines.append(f"{record.ip}\t{hostname} {record.name}")
         hosts.write_text("\n".join(lines) + "\n")
+        if config.network == "none":
+            return {"/etc/hosts": hosts}  # no DNS without a network
         resolv = cdir.path / "resolv.conf"
         try:
             shutil.copyfile("/etc/resolv.conf", resolv)
@@ -251,10 +254,7 @@ class Supervisor:
         if self.monitor_alive(cdir):
             raise SupervisorError(f"container {cdir.record().name} is already running")
         self.prepare(cdir)
-        status = cdir.status()
-        status.stopped = False
-        cdir.save_status(status)
-        cdir.stop_file.unlink(missing_ok=True)
+        cdir.stop_file.unlink(missing_ok=True)  # the monitor clears status.stopped itself
         child, read_fd = self._take_monitor()
         assert child.stdin is not None
         try:

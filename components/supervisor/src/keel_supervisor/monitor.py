@@ -148,7 +148,10 @@ class Monitor:
 
     def wait_container(self, pid: int) -> int:
         """Wait for the container's init; handle stop requests meanwhile."""
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # gone and reaped by someone else: status unknown
+            return 255
         try:
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)

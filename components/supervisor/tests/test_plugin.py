@@ -12,7 +12,7 @@ from keel_core.schemas import ImageDefinition
 from keel_supervisor import apps, runtimes
 from keel_supervisor.api import Router
 from keel_supervisor.model import SupervisorError
-from keel_supervisor.supervisor import _image_health
+from keel_supervisor.sources import image_health
 
 
 def test_plugin_is_loaded_with_its_hooks() -> None:
@@ -88,7 +88,7 @@ def test_router_matches_segments() -> None:
 
 
 def test_image_healthcheck_is_used() -> None:
-    check = _image_health(
+    check = image_health(
         {
             "Healthcheck": {
                 "Test": ["CMD-SHELL", "curl -f localhost"],
@@ -100,7 +100,7 @@ def test_image_healthcheck_is_used() -> None:
     assert check is not None
     assert check.test == ["/bin/sh", "-c", "curl -f localhost"]
     assert (check.interval, check.retries) == (5.0, 2)
-    assert _image_health({"Healthcheck": {"Test": ["NONE"]}}) is None
+    assert image_health({"Healthcheck": {"Test": ["NONE"]}}) is None
     assert load_text("test: [x]\n", type(check)).test == ["x"]
 
 

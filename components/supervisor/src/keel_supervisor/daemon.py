@@ -24,7 +24,8 @@ from keel_supervisor import logs, views
 from keel_supervisor.api import NotFound, Router, Stream, UnixServer
 from keel_supervisor.model import ContainerConfig, Schema, SupervisorError
 from keel_supervisor.network import Bridge
-from keel_supervisor.supervisor import ImageSource, Supervisor
+from keel_supervisor.sources import ImageSource
+from keel_supervisor.supervisor import Supervisor
 
 log = logging.getLogger("keel.supervisor")
 

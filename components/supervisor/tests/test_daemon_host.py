@@ -209,6 +209,10 @@ def test_declarative_app_lifecycle(daemon: DaemonProcess, busybox_rootfs: Path) 
         in (daemon.base / "daemon.log").read_text()
     )
     assert inspect(daemon, "echo")["id"] == first["id"]
+    listed = daemon.keel("apps", check=False)
+    assert listed.returncode == 1
+    assert "echo" in listed.stdout
+    assert f"rejected: {app}:3:1: comand: unknown key" in listed.stderr
     # A good edit replaces the container.
     app.write_text(
         f"image: {busybox_rootfs}\nrootfs: true\nnetwork: none\n"

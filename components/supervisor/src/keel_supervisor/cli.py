@@ -291,6 +291,18 @@ def exec_command(
     ctx.exit(answer["exit_code"])
 
 
+@container.command("apps")
+@click.pass_context
+def apps_command(ctx: click.Context) -> None:
+    """Declarative apps and the app files the daemon rejected (exit 1 if any)."""
+    answer = client(ctx).request("GET", "/apps")
+    _table(["APP", "CONTAINER ID"], [[n, c[:12]] for n, c in sorted(answer["apps"].items())])
+    for problem in answer["problems"]:
+        click.secho(f"rejected: {problem}", fg="red", err=True)
+    if answer["problems"]:
+        ctx.exit(1)
+
+
 @container.command("inspect")
 @click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
 @click.pass_context

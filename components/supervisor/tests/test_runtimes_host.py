@@ -27,7 +27,7 @@ def test_runtime_runs_stops_and_execs(
         done = sup.run(busybox(busybox_rootfs, "sh", "-c", "echo hi from $0; exit 5", runtime))
         cdir = ContainerDir(sup.root, done)
         wait_for(lambda: not sup.monitor_alive(cdir), what="the container to end")
-        assert cdir.status().exit_code == 5
+        assert cdir.status().exit_code == 5, cdir.status()
         assert [line.text for line in logs.read(cdir.logs)] == [f"hi from {runtime}\n"]
         assert cdir.record().runtime == runtime
 

@@ -28,6 +28,9 @@ class OciRuntime:
     priority: int
     binary: str
     wrapper: Sequence[str] = field(default_factory=tuple)
+    create_then_start: bool = False
+    """Start in two calls, ``create`` then ``start``, instead of ``run --detach``: for
+    runtimes that may reap a container that exits before the runtime itself does."""
 
     def path(self) -> str | None:
         """The runtime binary on ``PATH``, or ``None``."""
@@ -64,7 +67,7 @@ def crun() -> OciRuntime:
             "-c",
             'umount /sys/fs/cgroup/unified && exec "$0" "$@"',
         )
-    return OciRuntime("crun", 90, "crun", wrapper)
+    return OciRuntime("crun", 90, "crun", wrapper, create_then_start=True)
 
 
 @dataclass

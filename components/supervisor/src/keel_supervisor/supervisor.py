@@ -163,6 +163,7 @@ class Supervisor:
             {
                 "runtime_argv": list(runtime.command()),
                 "runtime_root": str(self.run_dir / "runtime" / runtime.name),
+                "create_then_start": bool(getattr(runtime, "create_then_start", False)),
                 "cgroups_path": bundle["linux"]["cgroupsPath"],
                 "restart": {"name": config.restart.name, "max_retries": config.restart.max_retries},
                 "stop_signal": config.stop_signal

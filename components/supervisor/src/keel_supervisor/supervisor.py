@@ -266,6 +266,18 @@ class Supervisor:
             os.close(spare[1])
         return self._spawn_monitor()
 
+    def spare_waiting(self) -> bool:
+        """Whether a spare monitor has loaded and waits for work (blocked reading stdin)."""
+        with self._lock:
+            spare = self._spare
+        if spare is None or spare[0].poll() is not None:
+            return False
+        try:
+            syscall = Path(f"/proc/{spare[0].pid}/syscall").read_text().split()
+        except OSError:
+            return False
+        return syscall[:2] == ["0", "0x0"]  # read(0, ...)
+
     def close(self) -> None:
         """Let the spare monitor go (containers are not affected)."""
         with self._lock:

@@ -221,6 +221,14 @@ def test_explanation_names_the_rivals():
     assert "put('k', 'b')" in result.explanation
 
 
+def test_a_violation_on_another_key_beats_a_timeout():
+    slow = [op(1, 2 * t, 2 * t + 1, PUT, "big", value=t) for t in range(5000)]
+    stale = [op(1, 0, 1, PUT, "small", value="a"), op(2, 2, 3, GET, "small", output=None)]
+    result = check(slow + stale, timeout=0)
+    assert result.ok is False
+    assert result.key == "small"
+
+
 def test_timeout_gives_no_verdict():
     history = [op(1, 2 * t, 2 * t + 1, PUT, value=t) for t in range(5000)]
     result = check(history, timeout=0)

@@ -84,3 +84,10 @@ def test_a_stale_read_at_the_end_of_a_long_history_is_found():
     result = check(read_at_end(older))
     assert result.ok is False
     assert result.key == "key0"
+
+
+def test_twenty_overlapping_clients_on_one_key():
+    # About fifteen operations in flight at any time: without taking reads greedily the
+    # search space explodes and this times out.
+    history, _ = register_history(5, 2000, clients=20)
+    assert check(history, timeout=120).ok is True

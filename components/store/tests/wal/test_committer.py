@@ -111,6 +111,16 @@ def test_a_bad_job_fails_alone():
     committer.close()
 
 
+def test_a_malformed_job_fails_alone_and_the_committer_lives_on():
+    fs = MemoryFileSystem()
+    wal, _ = WriteAheadLog.open(fs, "/wal")
+    committer = GroupCommitter(wal)
+    with pytest.raises(AttributeError):
+        committer.submit([object()]).result(10)  # type: ignore[list-item]
+    committer.submit(entries(1, 1)).result(10)
+    committer.close()
+
+
 def test_a_failed_fsync_fails_its_callers_and_all_after():
     fs = MemoryFileSystem()
     wal, _ = WriteAheadLog.open(fs, "/wal")

@@ -50,7 +50,9 @@ def test_acknowledged_records_survive_any_crash(data):
     model = Model()
     candidates: list[State] = [model.state()]
     for _ in range(data.draw(st.integers(1, 40), label="steps")):
-        action = data.draw(st.sampled_from(["append", "append", "sync", "snapshot", "crash"]))
+        action = data.draw(
+            st.sampled_from(["append", "append", "sync", "snapshot", "install", "crash"])
+        )
         if action == "append":
             last = len(model.log)
             low = max(model.hard_state.commit, model.snapshot.index) + 1
@@ -91,6 +93,22 @@ def test_acknowledged_records_survive_any_crash(data):
                 wal.sync()
                 wal.compact(index)
                 model.snapshot = meta
+        elif action == "install":
+            # A leader's snapshot beyond our log replaces it.
+            wal.sync()
+            index = len(model.log) + data.draw(st.integers(1, 5), label="install at")
+            model.term += 1
+            meta = SnapshotMeta(index, model.term)
+            store.save(Snapshot(meta, f"state at {index}".encode()))
+            wal.save_snapshot(meta)
+            hard_state = HardState(model.term, 0, index)
+            wal.append((), hard_state)
+            wal.sync()
+            wal.compact(index)
+            # Entries the snapshot covers are never replayed: placeholders keep positions.
+            model.log = [Entry(model.term, i, data=b"covered") for i in range(1, index + 1)]
+            model.snapshot, model.hard_state = meta, hard_state
+            candidates = [model.state()]
         else:
             tear = data.draw(st.booleans(), label="tear")
             fs.crash(tear=tear)

@@ -187,3 +187,26 @@ def test_preallocated_segments_replay():
     fs.crash()
     _, replay = reopen(fs, segment_bytes=512, preallocate=True)
     assert replay.entries == entries(1, 41)
+
+
+def test_a_failure_while_cutting_a_segment_stops_the_log():
+    fs, wal = fresh(segment_bytes=256)
+    wal.save(entries(1, 3), HardState(1, 0, 1))
+    real_rename = fs.rename
+
+    def broken_rename(src, dst):
+        raise OSError(28, "No space left on device")
+
+    fs.rename = broken_rename
+    with pytest.raises(WALError, match="creating the next segment failed"):
+        wal.save(entries(4, 20), HardState(1, 0, 3))
+    with pytest.raises(WALError, match="unusable"):
+        wal.save(entries(4, 4))
+    fs.rename = real_rename
+    fs.crash()
+    wal, replay = reopen(fs, segment_bytes=256)
+    assert replay.entries[:3] == entries(1, 3)
+    wal.save(entries(len(replay.entries) + 1, 30))
+    fs.crash()
+    _, replay = reopen(fs, segment_bytes=256)
+    assert replay.entries == entries(1, 30)

@@ -41,7 +41,7 @@ def test_torn_tail_is_cut_and_the_log_goes_on(wal_dir):
     with open(path, "ab") as f:
         f.write(partial)
     wal, replay = WriteAheadLog.open(OSFileSystem(), wal_dir)
-    assert replay.torn_bytes == len(partial)
+    assert replay.torn_bytes == len(partial.rstrip(b"\x00"))
     assert replay.entries == entries(1, 10)
     assert os.path.getsize(path) == good_size
     wal.save(entries(11, 12))
@@ -112,3 +112,34 @@ def test_newest_valid_snapshot_file_is_loaded(tmp_path):
     assert store.load() == older
     assert os.path.exists(newest_path + ".broken")
     assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path / "snap"))
+
+
+def test_verify_command_reports_without_changing_anything(tmp_path, capsys):
+    from keel_store.wal.__main__ import main
+    from keel_store.wal.storage import NodeStorage
+
+    data = str(tmp_path / "node")
+    storage, _ = NodeStorage.open(OSFileSystem(), data)
+    storage.save(entries(1, 20), HardState(2, 1, 15))
+    storage.save_snapshot(Snapshot(SnapshotMeta(15, 1), b"state"))
+    storage.close()
+    (segment,) = os.listdir(os.path.join(data, "wal"))
+    path = os.path.join(data, "wal", segment)
+    with open(path, "ab") as f:
+        f.write(rec.encode_entry(entries(21, 21)[0])[:11])
+    with open(path, "rb") as f:
+        before = f.read()
+    assert main([data]) == 0
+    out = capsys.readouterr().out
+    assert "index 15, term 1" in out
+    assert "5 entries after it, last index 20; term 2, vote 1, commit 15" in out
+    assert "torn" in out
+    content = bytearray(before)
+    content[len(content) // 2] ^= 0x08
+    with open(path, "wb") as f:
+        f.write(content)
+    assert main([data]) == 1
+    assert f"DAMAGED  {path}: offset " in capsys.readouterr().out
+    with open(path, "rb") as f:
+        assert f.read() == bytes(content)
+    assert main([str(tmp_path / "nothing")]) == 2

@@ -75,13 +75,20 @@ def check(history: Iterable[Operation], timeout: float | None = None) -> Result:
         if op.kind is Kind.GET and op.ret is None:
             continue
         by_key.setdefault(op.key, []).append(op)
+    undecided: list[Hashable] = []
     for key, key_ops in by_key.items():
         try:
             stuck = _search(key_ops, deadline)
         except _Timeout:
-            return Result(None, key, f"timed out after {timeout}s while checking key {key!r}")
+            # Go on: a violation found on another key is still a definite answer.
+            undecided.append(key)
+            continue
         if stuck is not None:
             return _explain(key, key_ops, stuck)
+    if undecided:
+        keys = ", ".join(repr(k) for k in undecided[:5])
+        more = f" and {len(undecided) - 5} more" if len(undecided) > 5 else ""
+        return Result(None, undecided[0], f"timed out after {timeout}s on key(s) {keys}{more}")
     return Result(True)
 
 
@@ -111,14 +118,23 @@ def _search(ops: list[Operation], deadline: float | None) -> _Stuck | None:
             ret_node[i] = k
     completed = sum(1 for op in ops if op.ret is not None)
 
+    # A read (or a failed cas) changes nothing: if it can take effect now, some order
+    # that works (if any does) has it take effect now. So at every step the search first
+    # looks for such an operation and takes it without making it a choice point, which
+    # keeps the search narrow when many clients overlap.
+    read_only = [
+        op.ret is not None and (op.kind is Kind.GET or (op.kind is Kind.CAS and not op.output))
+        for op in ops
+    ]
     seen: set[tuple[int, Value]] = set()
-    stack: list[tuple[int, Value]] = []  # (call node lifted, value before it)
+    stack: list[tuple[int, Value, bool]] = []  # (call node lifted, value before, forced)
     linearized = 0
     done = 0
     value: Value = None
     best: _Stuck | None = None
     iterations = 0
     node = nxt[0]
+    reads_first = True
     # Operations of unknown outcome need not take effect (they can go last, unseen), so
     # the search is over once every completed operation has.
     while done < completed:
@@ -127,14 +143,17 @@ def _search(ops: list[Operation], deadline: float | None) -> _Stuck | None:
             raise _Timeout
         assert node != end, "an unlinearized completed operation's return is in the list"
         i = node_op[node]
+        failed = False
         if node_call[node]:
-            op = ops[i]
-            legal, after = step(value, op)
+            if reads_first and not read_only[i]:
+                node = nxt[node]
+                continue
+            legal, after = step(value, ops[i])
             if legal:
                 bits = linearized | (1 << i)
                 if (bits, after) not in seen:
                     seen.add((bits, after))
-                    stack.append((node, value))
+                    stack.append((node, value, reads_first))
                     linearized, value = bits, after
                     # Lift the call and its return out of the list.
                     nxt[prv[node]] = nxt[node]
@@ -145,26 +164,39 @@ def _search(ops: list[Operation], deadline: float | None) -> _Stuck | None:
                         prv[nxt[r]] = prv[r]
                         done += 1
                     node = nxt[0]
+                    reads_first = True
                     continue
-            node = nxt[node]
+                # A forced read into a state already explored: this state fails too.
+                failed = reads_first
+            if not failed:
+                node = nxt[node]
+                continue
+        elif reads_first:
+            reads_first = False
+            node = nxt[0]
             continue
         # A return: operation i had to take effect by now and could not.
-        if best is None or len(stack) > len(best.prefix):
-            best = _Stuck(tuple(node_op[c] for c, _ in stack), value, i)
-        if not stack:
-            assert best is not None
-            return best
-        node, value = stack.pop()
-        i = node_op[node]
-        linearized &= ~(1 << i)
-        r = ret_node[i]
-        if r >= 0:
-            nxt[prv[r]] = r
-            prv[nxt[r]] = r
-            done -= 1
-        nxt[prv[node]] = node
-        prv[nxt[node]] = node
+        elif best is None or len(stack) > len(best.prefix):
+            best = _Stuck(tuple(node_op[c] for c, _, _ in stack), value, i)
+        # Back to the last choice, undoing forced steps on the way.
+        while True:
+            if not stack:
+                assert best is not None
+                return best
+            node, value, forced = stack.pop()
+            i = node_op[node]
+            linearized &= ~(1 << i)
+            r = ret_node[i]
+            if r >= 0:
+                nxt[prv[r]] = r
+                prv[nxt[r]] = r
+                done -= 1
+            nxt[prv[node]] = node
+            prv[nxt[node]] = node
+            if not forced:
+                break
         node = nxt[node]
+        reads_first = False
     return None
 
 

@@ -80,15 +80,13 @@ class GroupCommitter:
             for entries, hard_state, future in jobs:
                 try:
                     self._wal.append(entries, hard_state)
-                except ValueError as exc:  # this job's mistake; the others go on
-                    future.set_exception(exc)
-                except WALError as exc:
+                except Exception as exc:  # this job's mistake (or a dead WAL); others go on
                     future.set_exception(exc)
                 else:
                     accepted.append(future)
             try:
                 self._wal.sync()
-            except WALError as exc:
+            except Exception as exc:  # the thread must live on, or every caller would hang
                 for future in accepted:
                     future.set_exception(exc)
                 continue

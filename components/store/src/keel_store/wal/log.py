@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 import logging
 import posixpath
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -32,21 +31,15 @@ from keel_store.raft.types import Entry, HardState, SnapshotMeta
 
 from . import records as rec
 from .fs import File, FileSystem
-from .replay import CorruptionError, Replayer, Segment, WALError
+from .replay import CorruptionError, Segment, WALError, read_wal, segment_name
 
 __all__ = ["CorruptionError", "Replay", "WALError", "WriteAheadLog", "segment_name"]
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 _FLUSH_BYTES = 4 * 1024 * 1024
 """Queued records past this size are written out (not synced) to bound memory."""
-
-
-def segment_name(sequence: int, first_index: int) -> str:
-    """The file name of a segment."""
-    return f"{sequence:016x}-{first_index:016x}.wal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +52,8 @@ class Replay:
     snapshot: SnapshotMeta
     """The snapshot the log continues (the one given to ``open``, or index 0)."""
     torn_bytes: int
-    """How many bytes of a torn tail were cut from the last segment (0: clean)."""
+    """How many bytes a torn write left after the last good record of the last segment
+    (zero fill not counted); they were cut. 0: the log ended cleanly."""
 
 
 class WriteAheadLog:
@@ -116,16 +110,10 @@ class WriteAheadLog:
         """
         fs.makedirs(directory)
         base = snapshot or SnapshotMeta()
-        names = fs.list(directory)
-        stale = [n for n in names if n.endswith(".wal.tmp")]
-        segments = []
-        for name in names:
-            match = _NAME.match(name)
-            if match:
-                segments.append(Segment(int(match[1], 16), int(match[2], 16), name))
-        if not segments:
-            for name in stale:
-                fs.remove(posixpath.join(directory, name))
+        found = read_wal(fs, directory, base)
+        for name in found.stale:
+            fs.remove(posixpath.join(directory, name))
+        if not found.segments:
             first = Segment(0, base.index + 1, segment_name(0, base.index + 1))
             file, end = _create_segment(
                 fs, directory, first, hard_state=HardState(), snapshot=base,
@@ -139,47 +127,23 @@ class WriteAheadLog:
                 segment_bytes=segment_bytes, preallocate=preallocate,
             )  # fmt: skip
             return wal, Replay(HardState(), [], base, 0)
-        for before, after in itertools.pairwise(segments):
-            if after.sequence != before.sequence + 1:
-                raise CorruptionError(
-                    posixpath.join(directory, after.name), 0,
-                    f"segment {before.sequence + 1} is missing before this one",
-                )  # fmt: skip
-        replay = Replayer(base, segments[0].first_index - 1)
-        torn = False
-        end = size = 0
-        for position, segment in enumerate(segments):
-            path = posixpath.join(directory, segment.name)
-            data = fs.read(path)
-            found = rec.scan(data)
-            if found.problem is not None:
-                follower = next(rec.records_after(data, found.end), None)
-                if position != len(segments) - 1 or follower is not None:
-                    tail = (
-                        f"; a valid record follows at offset {follower.offset}" if follower else ""
-                    )
-                    raise CorruptionError(path, found.end, f"{found.problem}{tail}")
-                torn = True
-            replay.segment(path, segment, found.records)
-            end, size = found.end, len(data)
-        path = posixpath.join(directory, segments[-1].name)
+        path = posixpath.join(directory, found.segments[-1].name)
         file = fs.open(path, create=False)
-        if torn:
-            log.warning("cutting a torn tail", extra={"path": path, "offset": end})
-            file.truncate(end)
+        if found.torn_bytes:
+            log.warning("cutting a torn tail", extra={"path": path, "offset": found.end})
+            file.truncate(found.end)
             file.sync()
         if preallocate:
             file.allocate(segment_bytes)
-        for name in stale:
-            fs.remove(posixpath.join(directory, name))
-        if stale:
+        if found.stale:
             fs.fsync_dir(directory)
+        replay = found.replayer
         replayed = (replay.last_index, replay.hard_state, replay.latest_snapshot)
         wal = cls(
-            fs, directory, segments=segments, file=file, offset=end, replayed=replayed,
-            segment_bytes=segment_bytes, preallocate=preallocate,
+            fs, directory, segments=found.segments, file=file, offset=found.end,
+            replayed=replayed, segment_bytes=segment_bytes, preallocate=preallocate,
         )  # fmt: skip
-        return wal, Replay(replay.hard_state, replay.entries(), base, size - end if torn else 0)
+        return wal, Replay(replay.hard_state, replay.entries(), base, found.torn_bytes)
 
     # ------------------------------------------------------------------ writing
 
@@ -192,6 +156,11 @@ class WriteAheadLog:
     def hard_state(self) -> HardState:
         """The last hard state appended."""
         return self._hard_state
+
+    @property
+    def snapshot(self) -> SnapshotMeta:
+        """The latest snapshot marker appended (durable or not)."""
+        return self._snapshot
 
     @property
     def segments(self) -> list[str]:
@@ -285,10 +254,12 @@ class WriteAheadLog:
 
     def close(self) -> None:
         """Sync what is queued (if the log is healthy) and release the file."""
-        if self._failed is None:
-            self.sync()
-        self._file.close()
-        self._failed = self._failed or WALError("the WAL is closed")
+        try:
+            if self._failed is None:
+                self.sync()
+        finally:
+            self._file.close()
+            self._failed = self._failed or WALError("the WAL is closed")
 
     # ---------------------------------------------------------------- internals
 
@@ -329,10 +300,15 @@ class WriteAheadLog:
         old = self._segments[-1]
         sequence, first = old.sequence + 1, self._last_index + 1
         new = Segment(sequence, first, segment_name(sequence, first))
-        file, self._offset = _create_segment(
-            self._fs, self._dir, new, hard_state=self._hard_state, snapshot=self._snapshot,
-            segment_bytes=self._segment_bytes, preallocate=self._preallocate,
-        )  # fmt: skip
+        try:
+            file, self._offset = _create_segment(
+                self._fs, self._dir, new, hard_state=self._hard_state, snapshot=self._snapshot,
+                segment_bytes=self._segment_bytes, preallocate=self._preallocate,
+            )  # fmt: skip
+        except OSError as exc:
+            # The new file may exist; writing on in the old one would put records before
+            # its (older) opening records in replay order. Stop; reopening sorts it out.
+            self._fail("creating the next segment", exc)
         self._file.close()
         self._file = file
         self._segments.append(new)

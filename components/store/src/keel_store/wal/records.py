@@ -167,6 +167,12 @@ def read_record(data: bytes | memoryview, offset: int) -> Record | str:
     return Record(offset, kind, bytes(body[1:]))
 
 
+def _first_nonzero(data: bytes, start: int) -> int | None:
+    """Offset of the first non-zero byte at or after ``start`` (fast over zero fill)."""
+    rest = data[start:].lstrip(b"\x00")
+    return len(data) - len(rest) if rest else None
+
+
 def _next_offset(record: Record) -> int:
     size = HEADER.size + 1 + len(record.payload)
     return record.offset + size + (-size % ALIGN)
@@ -179,7 +185,7 @@ def scan(data: bytes) -> Scan:
     view = memoryview(data)
     while offset < len(data):
         if offset + HEADER.size <= len(data) and HEADER.unpack_from(view, offset)[0] == 0:
-            if not any(view[offset:]):
+            if _first_nonzero(data, offset) is None:
                 return Scan(records, offset, None)
             return Scan(records, offset, "zero length followed by non-zero bytes")
         found = read_record(view, offset)
@@ -194,10 +200,17 @@ def records_after(data: bytes, offset: int) -> Iterator[Record]:
     """Valid records starting at any aligned offset past ``offset`` (to tell a torn tail,
     which has none, from corruption in the middle, which does)."""
     view = memoryview(data)
-    start = offset + ALIGN - offset % ALIGN
-    for at in range(start, len(data) - HEADER.size + 1, ALIGN):
+    at = offset + ALIGN - offset % ALIGN
+    while at <= len(data) - HEADER.size:
         length = HEADER.unpack_from(view, at)[0]
-        if 0 < length <= len(data) - at - HEADER.size:
+        if length == 0:  # skip zero fill at C speed
+            nonzero = _first_nonzero(data, at)
+            if nonzero is None:
+                return
+            at = max(at + ALIGN, nonzero - nonzero % ALIGN)
+            continue
+        if length <= len(data) - at - HEADER.size:
             found = read_record(view, at)
             if isinstance(found, Record):
                 yield found
+        at += ALIGN

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import posixpath
+import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from keel_store.raft.types import Entry, HardState, SnapshotMeta
 
 from . import records as rec
+from .fs import FileSystem
 
 log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
+
+
+def segment_name(sequence: int, first_index: int) -> str:
+    """The file name of a segment."""
+    return f"{sequence:016x}-{first_index:016x}.wal"
 
 
 class WALError(Exception):
@@ -143,3 +154,57 @@ class Replayer:
     def last_index(self) -> int:
         """The index of the last entry of the replayed log (snapshot included)."""
         return self.base.index + len(self.entries())
+
+
+@dataclass
+class Recovery:
+    """What reading a WAL directory found, before anything is changed."""
+
+    replayer: Replayer
+    segments: list[Segment] = field(default_factory=list)
+    end: int = 0
+    """Offset just after the last good record of the last segment."""
+    torn_bytes: int = 0
+    """Bytes a torn write left after ``end`` (zero fill not counted); 0: a clean end."""
+    stale: list[str] = field(default_factory=list)
+    """Leftover ``.wal.tmp`` files of a segment creation that a crash interrupted."""
+
+
+def read_wal(fs: FileSystem, directory: str, base: SnapshotMeta) -> Recovery:
+    """Read and verify every segment in ``directory`` without changing anything.
+
+    Raises :class:`CorruptionError` for damage that is not a torn tail of the last segment.
+    """
+    names = fs.list(directory)
+    found = Recovery(Replayer(base, base.index))
+    found.stale = [n for n in names if n.endswith(".wal.tmp")]
+    for name in names:
+        match = _NAME.match(name)
+        if match:
+            found.segments.append(Segment(int(match[1], 16), int(match[2], 16), name))
+    if not found.segments:
+        return found
+    for before, after in itertools.pairwise(found.segments):
+        if after.sequence != before.sequence + 1:
+            raise CorruptionError(
+                posixpath.join(directory, after.name), 0,
+                f"segment {before.sequence + 1} is missing before this one",
+            )  # fmt: skip
+    found.replayer = Replayer(base, found.segments[0].first_index - 1)
+    data = b""
+    torn = False
+    for position, segment in enumerate(found.segments):
+        path = posixpath.join(directory, segment.name)
+        data = fs.read(path)
+        scan = rec.scan(data)
+        if scan.problem is not None:
+            follower = next(rec.records_after(data, scan.end), None)
+            if position != len(found.segments) - 1 or follower is not None:
+                tail = f"; a valid record follows at offset {follower.offset}" if follower else ""
+                raise CorruptionError(path, scan.end, f"{scan.problem}{tail}")
+            torn = True
+        found.replayer.segment(path, segment, scan.records)
+        found.end = scan.end
+    if torn:
+        found.torn_bytes = max(1, len(data.rstrip(b"\x00")) - found.end)
+    return found

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,28 @@ def test_recover_restarts_by_policy_after_the_node_lost_them(
     assert again.recover() == [keep]
     assert status(again, keep).state == "running"
     assert status(again, gone).state == "exited"
+
+
+def test_host_network_shares_the_node_loopback(
+    supervisor: Supervisor, busybox_rootfs: Path
+) -> None:
+    received: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(30)
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                received.append(conn.recv(100))
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        port = server.getsockname()[1]
+        cid = supervisor.run(
+            busybox(busybox_rootfs, "sh", "-c", f"echo hi | nc 127.0.0.1 {port}", network="host")
+        )
+        thread.join(30)
+    assert received == [b"hi\n"]
+    cdir = ContainerDir(supervisor.root, cid)
+    wait_for(lambda: not supervisor.monitor_alive(cdir), what="the container to end")
+    assert status(supervisor, cid).exit_code == 0

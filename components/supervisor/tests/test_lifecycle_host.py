@@ -196,3 +196,19 @@ def test_host_network_shares_the_node_loopback(
     cdir = ContainerDir(supervisor.root, cid)
     wait_for(lambda: not supervisor.monitor_alive(cdir), what="the container to end")
     assert status(supervisor, cid).exit_code == 0
+
+
+def test_named_volume_outlives_its_container(supervisor: Supervisor, busybox_rootfs: Path) -> None:
+    writer = supervisor.run(
+        busybox(busybox_rootfs, "sh", "-c", "echo kept > /data/file", volumes=["notes:/data"])
+    )
+    wait_for(
+        lambda: not supervisor.monitor_alive(ContainerDir(supervisor.root, writer)),
+        what="the writer to end",
+    )
+    supervisor.remove(writer)
+    reader = supervisor.run(busybox(busybox_rootfs, "cat", "/data/file", volumes=["notes:/data"]))
+    cdir = ContainerDir(supervisor.root, reader)
+    wait_for(lambda: not supervisor.monitor_alive(cdir), what="the reader to end")
+    assert [line.text for line in logs.read(cdir.logs)] == ["kept\n"]
+    assert (supervisor.root / "volumes" / "notes" / "_data" / "file").read_text() == "kept\n"

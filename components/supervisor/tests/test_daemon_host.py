@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -40,6 +42,10 @@ def test_cli_verbs_end_to_end(daemon: DaemonProcess, busybox_rootfs: Path) -> No
     assert "Up " in ps
     wait_for(lambda: "oops" in daemon.keel("logs", "greeter").stderr, what="the output")
     assert daemon.keel("logs", "greeter").stdout == "hello keel\n"
+    assert daemon.keel("logs", "--since", "10m", "greeter").stdout == "hello keel\n"
+    assert daemon.keel("logs", "--since", "2099-01-01T00:00:00Z", "greeter").stdout == ""
+    stamped = daemon.keel("logs", "-t", "greeter").stdout
+    assert stamped.endswith("Z hello keel\n")
     logs = daemon.keel("logs", "--tail", "1", "greeter")
     assert (logs.stdout, logs.stderr) == ("", "oops\n")
     done = daemon.keel("exec", "greeter", "sh", "-c", "echo $WHO; exit 3", check=False)
@@ -106,6 +112,23 @@ def test_published_port_and_containers_reach_each_other(
     daemon.keel("run", "--rootfs", "--name", "client", str(busybox_rootfs), "sleep", "300")
     fetched = daemon.keel("exec", "client", "wget", "-q", "-O", "-", f"http://{web_ip}/index.html")
     assert fetched.stdout == "hello from keel\n"
+    # The default route leads to the node: a server on the bridge's address is reachable.
+    gateway = web_ip.rsplit(".", 1)[0] + ".1"
+    received: list[bytes] = []
+    with socket.create_server((gateway, 0)) as server:
+        server.settimeout(30)
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                received.append(conn.recv(100))
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        port_on_node = server.getsockname()[1]
+        daemon.keel("exec", "client", "sh", "-c", f"echo ping | nc {gateway} {port_on_node}")
+        thread.join(30)
+    assert received == [b"ping\n"]
     daemon.keel("rm", "-f", "web")
     assert _get(f"http://127.0.0.1:{port}/index.html") is None  # the port is closed with it
 
@@ -186,6 +209,10 @@ def test_declarative_app_lifecycle(daemon: DaemonProcess, busybox_rootfs: Path) 
         in (daemon.base / "daemon.log").read_text()
     )
     assert inspect(daemon, "echo")["id"] == first["id"]
+    listed = daemon.keel("apps", check=False)
+    assert listed.returncode == 1
+    assert "echo" in listed.stdout
+    assert f"rejected: {app}:3:1: comand: unknown key" in listed.stderr
     # A good edit replaces the container.
     app.write_text(
         f"image: {busybox_rootfs}\nrootfs: true\nnetwork: none\n"

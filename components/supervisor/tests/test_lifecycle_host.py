@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,9 +27,10 @@ def test_exit_code_and_logs_recorded(supervisor: Supervisor, busybox_rootfs: Pat
     wait_for(lambda: not supervisor.monitor_alive(cdir), what="the monitor to finish")
     assert status(supervisor, cid).exit_code == 7
     lines = logs.read(ContainerDir(supervisor.root, cid).logs)
-    assert [(line.stream, line.text) for line in lines] == [
-        ("stdout", "out\n"),
+    # Order holds within a stream; stdout and stderr are separate pipes, as in docker.
+    assert sorted((line.stream, line.text) for line in lines) == [
         ("stderr", "err\n"),
+        ("stdout", "out\n"),
     ]
     assert not supervisor.monitor_alive(ContainerDir(supervisor.root, cid))
 
@@ -168,3 +171,44 @@ def test_recover_restarts_by_policy_after_the_node_lost_them(
     assert again.recover() == [keep]
     assert status(again, keep).state == "running"
     assert status(again, gone).state == "exited"
+
+
+def test_host_network_shares_the_node_loopback(
+    supervisor: Supervisor, busybox_rootfs: Path
+) -> None:
+    received: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(30)
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                received.append(conn.recv(100))
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        port = server.getsockname()[1]
+        cid = supervisor.run(
+            busybox(busybox_rootfs, "sh", "-c", f"echo hi | nc 127.0.0.1 {port}", network="host")
+        )
+        thread.join(30)
+    assert received == [b"hi\n"]
+    cdir = ContainerDir(supervisor.root, cid)
+    wait_for(lambda: not supervisor.monitor_alive(cdir), what="the container to end")
+    assert status(supervisor, cid).exit_code == 0
+
+
+def test_named_volume_outlives_its_container(supervisor: Supervisor, busybox_rootfs: Path) -> None:
+    writer = supervisor.run(
+        busybox(busybox_rootfs, "sh", "-c", "echo kept > /data/file", volumes=["notes:/data"])
+    )
+    wait_for(
+        lambda: not supervisor.monitor_alive(ContainerDir(supervisor.root, writer)),
+        what="the writer to end",
+    )
+    supervisor.remove(writer)
+    reader = supervisor.run(busybox(busybox_rootfs, "cat", "/data/file", volumes=["notes:/data"]))
+    cdir = ContainerDir(supervisor.root, reader)
+    wait_for(lambda: not supervisor.monitor_alive(cdir), what="the reader to end")
+    assert [line.text for line in logs.read(cdir.logs)] == ["kept\n"]
+    assert (supervisor.root / "volumes" / "notes" / "_data" / "file").read_text() == "kept\n"

@@ -12,7 +12,7 @@ from keel_core.schemas import ImageDefinition
 from keel_supervisor import apps, runtimes
 from keel_supervisor.api import Router
 from keel_supervisor.model import SupervisorError
-from keel_supervisor.supervisor import _image_health
+from keel_supervisor.sources import image_health
 
 
 def test_plugin_is_loaded_with_its_hooks() -> None:
@@ -88,7 +88,7 @@ def test_router_matches_segments() -> None:
 
 
 def test_image_healthcheck_is_used() -> None:
-    check = _image_health(
+    check = image_health(
         {
             "Healthcheck": {
                 "Test": ["CMD-SHELL", "curl -f localhost"],
@@ -100,5 +100,24 @@ def test_image_healthcheck_is_used() -> None:
     assert check is not None
     assert check.test == ["/bin/sh", "-c", "curl -f localhost"]
     assert (check.interval, check.retries) == (5.0, 2)
-    assert _image_health({"Healthcheck": {"Test": ["NONE"]}}) is None
+    assert image_health({"Healthcheck": {"Test": ["NONE"]}}) is None
     assert load_text("test: [x]\n", type(check)).test == ["x"]
+
+
+def test_cli_verbs_at_top_level_and_in_the_group(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from keel_core.cli import cli
+
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["--help"]).output
+    for verb in ("run", "ps", "logs", "images", "rmi", "services", "container"):
+        assert f"  {verb} " in listed
+    socket = tmp_path / "none.sock"
+    for args in (["ps"], ["container", "--socket", str(socket), "ps"]):
+        result = runner.invoke(cli, args, env={"KEEL_SUPERVISOR_SOCKET": str(socket)})
+        assert result.exit_code == 2
+        assert f"no supervisor is listening on {socket}" in result.output
+    bad = runner.invoke(cli, ["container", "run", "--restart", "sometimes", "img"])
+    assert bad.exit_code == 2
+    assert "unknown restart policy 'sometimes'" in bad.output

@@ -93,6 +93,10 @@ class AppReconciler:
                 out[labels[APP_LABEL]] = (cid, labels.get(HASH_LABEL, ""))
         return out
 
+    def current_names(self) -> dict[str, str]:
+        """App name -> container id, for ``keel container apps``."""
+        return {name: cid for name, (cid, _) in self.current().items()}
+
     def reconcile(self) -> list[str]:
         """One pass; returns what it did, for logs and tests."""
         apps, problems = scan(self.directory)

@@ -52,33 +52,51 @@ def mode(root: Path = CGROUP_ROOT) -> CgroupMode:
 def memory_events(cgroups_path: str, root: Path = CGROUP_ROOT) -> int | None:
     """How many times the kernel OOM-killed a process in the container's memory cgroup.
 
-    ``cgroups_path`` is the container's ``linux.cgroupsPath`` (``/keel/<id>``). Returns
-    ``None`` when the cgroup is gone or the kernel does not report it.
+    ``cgroups_path`` is the container's ``linux.cgroupsPath`` (``/keel/<id>``); cgroups a
+    runtime made below it (LXC's ``lxc.payload.<id>``) count too. Returns ``None`` when the
+    cgroup is gone or the kernel does not report it.
     """
     rel = cgroups_path.lstrip("/")
-    candidates = [
-        (root / "memory" / rel / "memory.oom_control", "oom_kill"),
-        (root / rel / "memory.events", "oom_kill"),
-    ]
-    for path, key in candidates:
-        try:
-            text = path.read_text()
-        except OSError:
+    found: int | None = None
+    for base, name in (
+        (root / "memory" / rel, "memory.oom_control"),
+        (root / rel, "memory.events"),
+    ):
+        if not base.is_dir():
             continue
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-    return None
+        for path in [base / name, *base.glob(f"*/{name}")]:
+            try:
+                text = path.read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    found = (found or 0) + int(value)
+    return found
 
 
 def prune(cgroups_path: str, root: Path = CGROUP_ROOT) -> None:
-    """Remove the (empty) parent directories a runtime left after deleting a container."""
-    parent = Path(cgroups_path.lstrip("/")).parent
-    if str(parent) in ("", "."):
+    """Remove what a runtime left of a container's cgroups, and empty parents.
+
+    runc and crun remove the container's own cgroup but not the parents they made; LXC
+    leaves sub-cgroups of its own (``lxc.pivot``, ``lxc.monitor.*``). Only empty cgroups can
+    be removed, so a cgroup still in use is never touched.
+    """
+    rel = Path(cgroups_path.lstrip("/"))
+    if str(rel) in ("", "."):
         return
-    for hierarchy in [root, *(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []:
-        path = hierarchy / parent
-        if path.is_dir():
+    hierarchies = [root, *(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []
+    for hierarchy in hierarchies:
+        target = hierarchy / rel
+        if target.is_dir() and hierarchy != target:
+            for sub in sorted(target.rglob("*"), key=lambda p: -len(p.parts)):
+                if sub.is_dir():
+                    with contextlib.suppress(OSError):
+                        sub.rmdir()
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        parent = hierarchy / rel.parent
+        if str(rel.parent) not in ("", ".") and parent.is_dir():
             with contextlib.suppress(OSError):  # still used by another container, or not ours
-                path.rmdir()
+                parent.rmdir()

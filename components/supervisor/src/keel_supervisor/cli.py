@@ -1,6 +1,8 @@
 """``keel container ...`` (docker/podman verbs) and ``keel services``.
 
-Every verb but ``daemon`` talks to the supervisor daemon over its socket
+The docker verbs are also top-level commands (``keel run``, ``keel ps``, ``keel images``
+...), the same commands without the group's options. Every verb but ``daemon`` and the
+image verbs talks to the supervisor daemon over its socket
 (``--socket``, or ``KEEL_SUPERVISOR_SOCKET``); ``daemon`` runs it. ``run`` always starts
 the container in the background and prints its id, like ``docker run -d``; follow its
 output with ``keel container logs -f``.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +32,9 @@ DEFAULT_IMAGES = "/var/lib/keel/images"
 
 def _socket(ctx: click.Context) -> str:
     found = ctx.find_object(dict)
-    return str(found["socket"]) if found else DEFAULT_SOCKET
+    if found:
+        return str(found["socket"])
+    return os.environ.get("KEEL_SUPERVISOR_SOCKET", DEFAULT_SOCKET)
 
 
 def client(ctx: click.Context) -> Client:
@@ -286,6 +291,18 @@ def exec_command(
     ctx.exit(answer["exit_code"])
 
 
+@container.command("apps")
+@click.pass_context
+def apps_command(ctx: click.Context) -> None:
+    """Declarative apps and the app files the daemon rejected (exit 1 if any)."""
+    answer = client(ctx).request("GET", "/apps")
+    _table(["APP", "CONTAINER ID"], [[n, c[:12]] for n, c in sorted(answer["apps"].items())])
+    for problem in answer["problems"]:
+        click.secho(f"rejected: {problem}", fg="red", err=True)
+    if answer["problems"]:
+        ctx.exit(1)
+
+
 @container.command("inspect")
 @click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
 @click.pass_context
@@ -299,7 +316,8 @@ def _store(ctx: click.Context) -> Any:
     from keel_supervisor.images import ImageStore  # noqa: PLC0415 - only image verbs need it
 
     found = ctx.find_object(dict)
-    return ImageStore(Path(found["images"] if found else DEFAULT_IMAGES))
+    root = found["images"] if found else os.environ.get("KEEL_IMAGES_ROOT", DEFAULT_IMAGES)
+    return ImageStore(Path(root))
 
 
 @container.command("images")
@@ -400,3 +418,21 @@ def services_command(socket: str) -> None:
         ["SERVICE", "KEY", "HOST", "PORT", "CONTAINER"],
         [[r["service"], r["key"], r["host"], str(r["port"]), r["container"][:12]] for r in rows],
     )
+
+
+TOP_LEVEL = (
+    "run",
+    "ps",
+    "logs",
+    "start",
+    "stop",
+    "kill",
+    "rm",
+    "exec",
+    "inspect",
+    "images",
+    "load",
+    "pull",
+    "rmi",
+)
+"""Verbs also offered as ``keel <verb>``, docker-style (``keel container <verb>`` always works)."""

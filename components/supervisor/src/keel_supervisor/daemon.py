@@ -24,7 +24,8 @@ from keel_supervisor import logs, views
 from keel_supervisor.api import NotFound, Router, Stream, UnixServer
 from keel_supervisor.model import ContainerConfig, Schema, SupervisorError
 from keel_supervisor.network import Bridge
-from keel_supervisor.supervisor import ImageSource, Supervisor
+from keel_supervisor.sources import ImageSource
+from keel_supervisor.supervisor import Supervisor
 
 log = logging.getLogger("keel.supervisor")
 
@@ -103,6 +104,7 @@ class Daemon:
         r.add("POST", "/images/pull", self.pull_image)
         r.add("DELETE", "/images/{ref}", self.remove_image)
         r.add("GET", "/services", self.services)
+        r.add("GET", "/apps", self.list_apps)
         return r
 
     def _dir(self, ref: str) -> Any:
@@ -197,6 +199,16 @@ class Daemon:
     def remove_image(self, ref: str, query: dict[str, str], body: Any) -> dict[str, Any]:
         self._store().remove(ref, force=bool(query.get("force")))
         return {"removed": ref}
+
+    def list_apps(self, query: dict[str, str], body: Any) -> dict[str, Any]:
+        """The apps directory as the reconciler last saw it: apps and rejected files."""
+        if self.apps is None:
+            return {"directory": str(self.settings.apps_dir), "apps": {}, "problems": []}
+        return {
+            "directory": str(self.settings.apps_dir),
+            "apps": self.apps.current_names(),
+            "problems": list(self.apps.problems),
+        }
 
     def services(self, query: dict[str, str], body: Any) -> list[dict[str, Any]]:
         if self.discovery is None:

@@ -20,11 +20,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aetcd
-
 from keel_supervisor.supervisor import Supervisor
 
 if TYPE_CHECKING:
+    import aetcd
+
     from keel_supervisor.daemon import Settings
 
 log = logging.getLogger("keel.supervisor.discovery")
@@ -86,6 +86,10 @@ class Registrar:
 
     async def _connect(self) -> aetcd.Client:
         if self.client is None:
+            # Imported here, not at the top: aetcd registers etcd's protobuf names, which
+            # must not clash with another etcd binding loaded in the same process (tests).
+            import aetcd  # noqa: PLC0415
+
             host, _, port = self.settings.etcd[0].rpartition(":")
             self.client = aetcd.Client(host=host or "127.0.0.1", port=int(port or 2379), timeout=5)
             await self.client.connect()

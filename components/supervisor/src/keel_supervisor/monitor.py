@@ -103,14 +103,17 @@ class Monitor:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         log_file = self.dir.path / "runtime.log"
+        # ``run --detach`` is one call; runtimes that may reap a container which exits
+        # before they do (crun) get ``create`` (the process waits) and then ``start``, so
+        # that the process is ours to wait for by the time it can exit.
+        two_step = bool(self.spec.get("create_then_start"))
         try:
             proc = self.runtime(
                 "--log",
                 str(log_file),
                 "--log-format",
                 "json",
-                "run",
-                "--detach",
+                *(["create"] if two_step else ["run", "--detach"]),
                 "--pid-file",
                 str(pid_file),
                 "--bundle",
@@ -129,6 +132,17 @@ class Monitor:
         ]
         for pump in self.pumps:
             pump.start()
+        if proc.returncode == 0 and two_step:
+            proc = self.runtime(
+                "--log",
+                str(log_file),
+                "--log-format",
+                "json",
+                "start",
+                cid,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+            )
         if proc.returncode != 0:
             raise RuntimeError(self.runtime_error(log_file, proc.returncode))
         return int(pid_file.read_text().strip())
@@ -148,7 +162,10 @@ class Monitor:
 
     def wait_container(self, pid: int) -> int:
         """Wait for the container's init; handle stop requests meanwhile."""
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # gone and reaped by someone else: status unknown
+            return 255
         try:
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
@@ -169,7 +186,11 @@ class Monitor:
                         stop_sent_at = float("inf")  # KILL sent once
         finally:
             os.close(pidfd)
-        _, wait_status = os.waitpid(pid, 0)
+        try:
+            _, wait_status = os.waitpid(pid, 0)
+        except ChildProcessError:  # the runtime reaped it before it became ours
+            self.writer.write("stderr", "keel: the container's exit status was lost\n")
+            return 255
         return exit_code(wait_status)
 
     # -- health --------------------------------------------------------------------------

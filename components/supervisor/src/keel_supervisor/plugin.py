@@ -47,11 +47,14 @@ def keel_container_runtimes() -> Sequence[ContainerRuntime]:
 
 @hookimpl
 def keel_cli(cli: click.Group) -> None:
-    """Add ``keel container <verb>`` and ``keel services``."""
-    from keel_supervisor.cli import container, services_command  # noqa: PLC0415
+    """Add ``keel container <verb>``, the docker verbs at top level, and ``keel services``."""
+    from keel_supervisor.cli import TOP_LEVEL, container, services_command  # noqa: PLC0415
 
     cli.add_command(container)
     cli.add_command(services_command)
+    for verb in TOP_LEVEL:
+        if verb not in cli.commands:  # never shadow another component's command
+            cli.add_command(container.commands[verb], verb)
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""The OCI runtimes Keel ships as plugins: runc and crun.
+"""The OCI runtimes Keel ships as plugins: runc, crun and LXC.
 
 Both speak the same command line (``create``, ``start``, ``run --detach``, ``kill``,
 ``delete``, ``state``, ``exec``), so one class drives them; each plugin only says how to
@@ -11,6 +11,7 @@ machines, see docs/supervisor.md).
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,9 @@ class OciRuntime:
     priority: int
     binary: str
     wrapper: Sequence[str] = field(default_factory=tuple)
+    create_then_start: bool = False
+    """Start in two calls, ``create`` then ``start``, instead of ``run --detach``: for
+    runtimes that may reap a container that exits before the runtime itself does."""
 
     def path(self) -> str | None:
         """The runtime binary on ``PATH``, or ``None``."""
@@ -63,12 +67,32 @@ def crun() -> OciRuntime:
             "-c",
             'umount /sys/fs/cgroup/unified && exec "$0" "$@"',
         )
-    return OciRuntime("crun", 90, "crun", wrapper)
+    return OciRuntime("crun", 90, "crun", wrapper, create_then_start=True)
+
+
+@dataclass
+class LxcRuntime(OciRuntime):
+    """LXC behind an OCI command-line translator (:mod:`keel_supervisor.lxc`)."""
+
+    def available(self) -> bool:
+        """Whether LXC's tools are installed."""
+        return all(shutil.which(tool) for tool in ("lxc-execute", "lxc-attach", "lxc-info"))
+
+    def command(self) -> Sequence[str]:
+        """The translator, run by this Python."""
+        if not self.available():
+            raise SupervisorError("LXC is not installed (apt-get install lxc)")
+        return [sys.executable, "-m", "keel_supervisor.lxc"]
+
+
+def lxc() -> OciRuntime:
+    """LXC, as CoreOS used it: lowest priority, chosen only by name (``runtime: lxc``)."""
+    return LxcRuntime("lxc", 10, "lxc-execute")
 
 
 def builtin() -> list[ContainerRuntime]:
     """The runtimes this component contributes through ``keel_container_runtimes``."""
-    return [runc(), crun()]
+    return [runc(), crun(), lxc()]
 
 
 def choose(runtimes: Sequence[ContainerRuntime], name: str | None = None) -> ContainerRuntime:

@@ -21,58 +21,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
 
 from keel_core.types import ContainerRuntime
 from keel_supervisor import cgroups, network, policy, rootfs, spec
-from keel_supervisor.model import ContainerConfig, HealthCheck, SupervisorError
+from keel_supervisor.model import ContainerConfig, SupervisorError
 from keel_supervisor.runtimes import builtin, choose
+from keel_supervisor.sources import ImageLike, ImageSource, RootfsImage, image_health
 from keel_supervisor.state import ContainerDir, Record, Status, write_json
 
 READY_TIMEOUT = 60.0
-
-
-class ImageLike(Protocol):
-    """What the supervisor needs of an image (``keel_supervisor.images.Image``)."""
-
-    @property
-    def id(self) -> str:
-        """The image id (digest of its config)."""
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The image config's ``config`` object."""
-
-    def layer_dirs(self) -> list[Path]:
-        """Unpacked layers, lowest first."""
-
-
-class ImageSource(Protocol):
-    """What the supervisor needs of the image store (``keel_supervisor.images.ImageStore``)."""
-
-    def get(self, reference_or_id: str) -> ImageLike:
-        """The image, or :class:`KeelError` saying it is unknown."""
-
-    def pin(self, image_id: str, owner: str) -> None:
-        """Keep the image while ``owner`` (a container id) uses it."""
-
-    def unpin(self, image_id: str, owner: str) -> None:
-        """Release a :meth:`pin`."""
-
-
-class RootfsImage:
-    """A directory used as a one-layer image (``run --rootfs DIR``)."""
-
-    def __init__(self, path: Path) -> None:
-        if not path.is_dir():
-            raise SupervisorError(f"rootfs {path} is not a directory")
-        self.path = path.resolve()
-        self.id = f"rootfs:{self.path}"
-        self.config: dict[str, Any] = {}
-
-    def layer_dirs(self) -> list[Path]:
-        """The directory itself."""
-        return [self.path]
 
 
 class Supervisor:
@@ -180,8 +137,9 @@ class Supervisor:
             record.ip = self.bridge.allocate(cdir.id)
             netns = self.bridge.attach(cdir.id, record.ip)
         # network "none": the runtime makes a fresh namespace with loopback up.
-        record.netns = str(netns or "")
-        write_json(cdir.record_file, asdict(record))
+        if record.netns != str(netns or "") or config.network == "bridge":
+            record.netns = str(netns or "")
+            write_json(cdir.record_file, asdict(record))
         etc = self._etc_files(cdir, config, record)
         volumes = {}
         for vol in config.volumes:
@@ -199,12 +157,13 @@ class Supervisor:
         )
         write_json(cdir.bundle / "config.json", bundle)
         runtime = choose(self.runtimes, record.runtime)
-        health = config.healthcheck or _image_health(record.image_config)
+        health = config.healthcheck or image_health(record.image_config)
         write_json(
             cdir.monitor_file,
             {
                 "runtime_argv": list(runtime.command()),
                 "runtime_root": str(self.run_dir / "runtime" / runtime.name),
+                "create_then_start": bool(getattr(runtime, "create_then_start", False)),
                 "cgroups_path": bundle["linux"]["cgroupsPath"],
                 "restart": {"name": config.restart.name, "max_retries": config.restart.max_retries},
                 "stop_signal": config.stop_signal
@@ -238,6 +197,8 @@ class Supervisor:
         if record.ip:
             lines.append(f"{record.ip}\t{hostname} {record.name}")
         hosts.write_text("\n".join(lines) + "\n")
+        if config.network == "none":
+            return {"/etc/hosts": hosts}  # no DNS without a network
         resolv = cdir.path / "resolv.conf"
         try:
             shutil.copyfile("/etc/resolv.conf", resolv)
@@ -251,10 +212,7 @@ class Supervisor:
         if self.monitor_alive(cdir):
             raise SupervisorError(f"container {cdir.record().name} is already running")
         self.prepare(cdir)
-        status = cdir.status()
-        status.stopped = False
-        cdir.save_status(status)
-        cdir.stop_file.unlink(missing_ok=True)
+        cdir.stop_file.unlink(missing_ok=True)  # the monitor clears status.stopped itself
         child, read_fd = self._take_monitor()
         assert child.stdin is not None
         try:
@@ -307,6 +265,18 @@ class Supervisor:
         if spare is not None:
             os.close(spare[1])
         return self._spawn_monitor()
+
+    def spare_waiting(self) -> bool:
+        """Whether a spare monitor has loaded and waits for work (blocked reading stdin)."""
+        with self._lock:
+            spare = self._spare
+        if spare is None or spare[0].poll() is not None:
+            return False
+        try:
+            syscall = Path(f"/proc/{spare[0].pid}/syscall").read_text().split()
+        except OSError:
+            return False
+        return syscall[:2] == ["0", "0x0"]  # read(0, ...)
 
     def close(self) -> None:
         """Let the spare monitor go (containers are not affected)."""
@@ -488,23 +458,6 @@ class Supervisor:
         """Collect monitors that ended (they are our children while we live)."""
         with self._lock:
             self._children = [c for c in self._children if c.poll() is None]
-
-
-def _image_health(image_config: dict[str, Any]) -> HealthCheck | None:
-    """The image's HEALTHCHECK as a :class:`HealthCheck`, if it has a usable one."""
-    raw = image_config.get("Healthcheck") or {}
-    test = raw.get("Test") or []
-    if not test or test[0] == "NONE":
-        return None
-    argv = ["/bin/sh", "-c", test[1]] if test[0] == "CMD-SHELL" else list(test[1:])
-    ns = 1e9  # the image config counts in nanoseconds
-    return HealthCheck(
-        test=argv,
-        interval=raw.get("Interval", 30 * ns) / ns or 30.0,
-        timeout=raw.get("Timeout", 30 * ns) / ns or 30.0,
-        retries=raw.get("Retries", 3) or 3,
-        start_period=raw.get("StartPeriod", 0) / ns,
-    )
 
 
 def _read_ready(fd: int, timeout: float) -> str:

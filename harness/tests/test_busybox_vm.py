@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from keel_harness import accel, busybox, reaper, ssh
 from keel_harness.cluster import Cluster
 from keel_harness.console import find_trouble

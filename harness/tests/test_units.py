@@ -8,6 +8,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
+
 from keel_core import plugins
 from keel_core.hookspecs import hookimpl
 from keel_core.types import HealthCheck

@@ -10,31 +10,32 @@ from keel_harness import qemu
 from keel_harness.machine import Machine, MachineConfig, PrivateLink
 from keel_harness.network import PrivateSegment, private_address
 
-# ICMP echo for images without ping(8): Perl's core Net::Ping (perl is in Debian's base),
-# or Python's raw sockets.
-_PERL_PING = 'use Net::Ping; exit(Net::Ping->new("icmp", 5)->ping($ARGV[0]) ? 0 : 1)'
-
-_PY_PING = """
-import os, socket, struct, sys, time
-dst = sys.argv[1]
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-s.settimeout(5)
-ident = os.getpid() & 0xFFFF
-def csum(b):
-    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    t = (t >> 16) + (t & 0xFFFF)
-    return ~(t + (t >> 16)) & 0xFFFF
-body = b"keel-harness-ping"
-hdr = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
-s.sendto(struct.pack("!BBHHH", 8, 0, csum(hdr + body + b"\\0"[: len(body) % 2]), ident, 1) + body,
-         (dst, 0))
-end = time.monotonic() + 5
-while time.monotonic() < end:
-    data, addr = s.recvfrom(1024)
-    icmp = data[(data[0] & 15) * 4:]
-    if addr[0] == dst and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
-        print("reply from", dst); sys.exit(0)
-sys.exit(1)
+# One ICMP echo for images without ping(8), in Perl (perl-base is in every Debian system);
+# raw socket with protocol number 1, because minimal images have no /etc/protocols.
+_PERL_PING = """
+use Socket;
+my $dst = inet_aton($ARGV[0]) or die "bad address\n";
+socket(my $s, PF_INET, SOCK_RAW, 1) or die "raw socket: $!\n";
+my $id = $$ & 0xffff;
+my $data = "keel-harness-ping!";
+my $sum = 0;
+$sum += $_ for unpack("n*", pack("CCnnn", 8, 0, 0, $id, 1) . $data);
+$sum = ($sum >> 16) + ($sum & 0xffff);
+$sum += $sum >> 16;
+send($s, pack("CCnnn", 8, 0, ~$sum & 0xffff, $id, 1) . $data, 0, sockaddr_in(0, $dst))
+  or die "send: $!\n";
+my $end = time + 5;
+while (time < $end) {
+  my $rin = "";
+  vec($rin, fileno($s), 1) = 1;
+  select(my $rout = $rin, undef, undef, 1) or next;
+  my $from = recv($s, my $buf, 1500, 0) or next;
+  my (undef, $addr) = sockaddr_in($from);
+  my $ihl = (ord(substr($buf, 0, 1)) & 15) * 4;
+  my ($type, undef, undef, $rid) = unpack("CCnn", substr($buf, $ihl));
+  if ($addr eq $dst && $type == 0 && $rid == $id) { print "reply from $ARGV[0]\n"; exit 0 }
+}
+exit 1;
 """
 
 
@@ -43,8 +44,7 @@ def ping_command(address: str) -> str:
     addr = shlex.quote(address)
     return (
         f"if command -v ping >/dev/null; then ping -c 1 -W 5 {addr}; "
-        f"elif command -v perl >/dev/null; then perl -e {shlex.quote(_PERL_PING)} {addr}; "
-        f"else python3 -c {shlex.quote(_PY_PING)} {addr}; fi"
+        f"else perl -e {shlex.quote(_PERL_PING)} {addr}; fi"
     )
 
 

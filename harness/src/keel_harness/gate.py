@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from keel_core import plugins
 from keel_core.types import HealthCheck
-
 from keel_harness.console import find_trouble
 from keel_harness.errors import GateFailure, HarnessError
 

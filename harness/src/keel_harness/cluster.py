@@ -3,48 +3,34 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from keel_harness import qemu
+from keel_harness.errors import HarnessError
 from keel_harness.machine import Machine, MachineConfig, PrivateLink
 from keel_harness.network import PrivateSegment, private_address
 
-# One ICMP echo for images without ping(8), in Perl (perl-base is in every Debian system);
-# raw socket with protocol number 1, because minimal images have no /etc/protocols.
-_PERL_PING = """
-use Socket;
-my $dst = inet_aton($ARGV[0]) or die "bad address\n";
-socket(my $s, PF_INET, SOCK_RAW, 1) or die "raw socket: $!\n";
-my $id = $$ & 0xffff;
-my $data = "keel-harness-ping!";
-my $sum = 0;
-$sum += $_ for unpack("n*", pack("CCnnn", 8, 0, 0, $id, 1) . $data);
-$sum = ($sum >> 16) + ($sum & 0xffff);
-$sum += $sum >> 16;
-send($s, pack("CCnnn", 8, 0, ~$sum & 0xffff, $id, 1) . $data, 0, sockaddr_in(0, $dst))
-  or die "send: $!\n";
-my $end = time + 5;
-while (time < $end) {
-  my $rin = "";
-  vec($rin, fileno($s), 1) = 1;
-  select(my $rout = $rin, undef, undef, 1) or next;
-  my $from = recv($s, my $buf, 1500, 0) or next;
-  my (undef, $addr) = sockaddr_in($from);
-  my $ihl = (ord(substr($buf, 0, 1)) & 15) * 4;
-  my ($type, undef, undef, $rid) = unpack("CCnn", substr($buf, $ihl));
-  if ($addr eq $dst && $type == 0 && $rid == $id) { print "reply from $ARGV[0]\n"; exit 0 }
-}
-exit 1;
-"""
+# Minimal images have no ping(8) (nor perl or python to send ICMP with): the harness then
+# brings the host's static busybox (Debian busybox-static) into the guest's /run.
+GUEST_BUSYBOX = "/run/keel-harness/busybox"
+
+
+def host_busybox() -> Path:
+    """The host's busybox binary (static in Debian's busybox-static)."""
+    found = shutil.which("busybox")
+    if found is None:
+        raise HarnessError("busybox is not installed (Debian package busybox-static)")
+    return Path(found)
 
 
 def ping_command(address: str) -> str:
-    """A shell command that sends one ICMP echo to ``address`` and succeeds on the reply."""
+    """A shell command that sends ICMP echoes to ``address`` and succeeds on a reply."""
     addr = shlex.quote(address)
     return (
-        f"if command -v ping >/dev/null; then ping -c 1 -W 5 {addr}; "
-        f"else perl -e {shlex.quote(_PERL_PING)} {addr}; fi"
+        f"if command -v ping >/dev/null; then ping -c 3 -W 5 {addr}; "
+        f"else {GUEST_BUSYBOX} ping -c 3 -W 5 {addr}; fi"
     )
 
 
@@ -85,7 +71,9 @@ class Cluster:
         return machine.config.private.address.split("/")[0]
 
     def ping(self, source: Machine, target: Machine) -> str:
-        """``source`` pings ``target``'s private address once; fails the test if no reply."""
+        """``source`` pings ``target``'s private address; fails the test if no reply comes."""
+        if source.execute("command -v ping || test -x " + GUEST_BUSYBOX, timeout=60)[0] != 0:
+            source.copy_from_host(host_busybox(), GUEST_BUSYBOX, mode=0o755)
         return source.succeed(ping_command(self.address(target)), timeout=60)
 
     def start(self) -> None:

@@ -400,6 +400,15 @@ class Machine:
         """The kernel's boot id: changes on every boot."""
         return self.succeed("cat /proc/sys/kernel/random/boot_id").strip()
 
+    def copy_from_host(self, source: Path, destination: str, mode: int | None = None) -> None:
+        """Copy the host file ``source`` to ``destination`` in the guest (as root)."""
+        self._check_alive("QEMU is not running")
+        if self._session is None or not self._session.connected:
+            self.wait_for_ssh()
+        assert self._session is not None
+        file_mode = mode if mode is not None else source.stat().st_mode & 0o777
+        self._session.write_file(destination, source.read_bytes(), file_mode, timeout=300)
+
     def copy_from_vm(self, path: str, target_dir: Path) -> list[Path]:
         """Copy ``path`` (file or directory, read as root) into ``target_dir``."""
         self._check_alive("QEMU is not running")

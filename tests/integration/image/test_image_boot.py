@@ -23,7 +23,8 @@ def _manifest(disk: Path) -> dict:
 
 
 def _check_usr_from_slot_a(m: Machine, disk: Path) -> None:
-    assert m.succeed("findmnt -n -o SOURCE,FSTYPE /usr").split() == ["/dev/dm-0", "erofs"]
+    fstype = _manifest(disk)["usr"]["filesystem"]
+    assert m.succeed("findmnt -n -o SOURCE,FSTYPE /usr").split() == ["/dev/dm-0", fstype]
     options = m.succeed("findmnt -n -o OPTIONS /usr").strip().split(",")
     assert "ro" in options
     assert m.succeed("cat /sys/block/dm-0/dm/uuid").strip() == "KEEL-VERITY-USR-A"
@@ -31,7 +32,7 @@ def _check_usr_from_slot_a(m: Machine, disk: Path) -> None:
     table = m.succeed("dmsetup table usr").split()
     assert table[2] == "verity"
     usr_a = m.succeed("readlink -f /dev/disk/by-partlabel/USR-A").strip()
-    assert m.succeed(f"lsblk -no MAJ:MIN {usr_a}").strip() == table[4]
+    assert m.succeed(f"lsblk -dno MAJ:MIN {usr_a}").strip() == table[4]
     assert _manifest(disk)["usr"]["verity"]["root_hash"] in table
     status, out = m.execute("touch /usr/keel-write-test")
     assert status != 0

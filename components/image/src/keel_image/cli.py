@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from keel_image.cache import StageCache
+from keel_image.pipeline import build
+
 
 @click.command("build")
 @click.argument("definition", default="images/keel.yaml", type=click.Path(path_type=Path))
@@ -16,18 +19,14 @@ import click
     multiple=True,
     help="only these platforms' outputs (default: the definition's list)",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="output directory (default: ./out)",
-)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="output directory (default: ./out)")  # fmt: skip
 @click.option("--no-cache", is_flag=True, help="rebuild every stage")
 @click.option("--quiet", "-q", is_flag=True, help="no progress display")
 @click.option("--verbose", "-v", is_flag=True, help="log each step")
 def build_command(
     definition: Path,
+    *,
     platforms: tuple[str, ...],
     out_dir: Path | None,
     no_cache: bool,
@@ -35,9 +34,6 @@ def build_command(
     verbose: bool,
 ) -> None:
     """Build a bootable Keel disk from an image definition (images/keel.yaml)."""
-    from keel_image.cache import StageCache
-    from keel_image.pipeline import build
-
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(name)s %(levelname)s %(message)s",

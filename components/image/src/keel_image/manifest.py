@@ -15,7 +15,7 @@ def packages(tsv: Path) -> list[dict[str, str]]:
     """Installed Debian packages from the rootfs stage's ``packages.tsv``."""
     out = []
     for line in tsv.read_text().splitlines():
-        name, version, size = (line.split("\t") + ["", ""])[:3]
+        name, version, size = [*line.split("\t"), "", ""][:3]
         out.append({"name": name, "version": version, "installed_kib": size})
     return sorted(out, key=lambda p: p["name"])
 

@@ -203,7 +203,14 @@ def build(
     parts, total, disk_guid = disk.layout(d.partitions.model_dump(), seed)
     with show.stage("disk", disk_dir is not None):
         disk_dir = disk_dir or _disk(
-            recipe, cache, disk_key, system_dir, initrd_dir, usr, kernel_args, seed
+            recipe,
+            cache,
+            disk_key,
+            system_dir=system_dir,
+            initrd_dir=initrd_dir,
+            usr=usr,
+            kernel_args=kernel_args,
+            seed=seed,
         )
 
     with show.stage("outputs", False):
@@ -313,6 +320,7 @@ def _disk(
     recipe: Recipe,
     cache: StageCache,
     key: str,
+    *,
     system_dir: Path,
     initrd_dir: Path,
     usr: filesystems.UsrImage,

@@ -8,6 +8,7 @@ from keel_core import hookimpl
 from keel_core.schemas import ImageDefinition
 from keel_core.types import ImageContribution
 from keel_image import base
+from keel_image.cli import build_command
 
 
 @hookimpl
@@ -19,6 +20,4 @@ def keel_image_contribution(image: ImageDefinition) -> ImageContribution:
 @hookimpl
 def keel_cli(cli: click.Group) -> None:
     """Add ``keel build``."""
-    from keel_image.cli import build_command
-
     cli.add_command(build_command)

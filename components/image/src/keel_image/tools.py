@@ -51,7 +51,7 @@ def require(*tools: str, stage: str) -> None:
         raise BuildError(
             stage,
             f"missing tool(s): {', '.join(missing)}",
-            f"apt-get install {' '.join(pkgs)} (listed in system-packages.txt; ./dev installs them)",
+            f"apt-get install {' '.join(pkgs)} (in system-packages.txt; ./dev installs them)",
         )
 
 
@@ -88,6 +88,9 @@ def run(
         out = (proc.stdout + proc.stderr).decode(errors="replace").strip().splitlines()
         tail = "\n    ".join(out[-15:])
         raise BuildError(
-            stage, f"{Path(args[0]).name} failed (exit {proc.returncode}):\n    {tail}", hint
+            stage,
+            f"{Path(args[0]).name} failed (exit {proc.returncode}):\n    {tail}",
+            hint,
+            output="\n".join(out),
         )
     return proc.stdout.decode(errors="replace")

@@ -171,14 +171,15 @@ class FakeGuest:
         self.console_text = console_text
         self.commands: list[str] = []
 
-    def execute(self, command: str, timeout: float = 0) -> tuple[int, str]:
+    def run(self, command: str, timeout: float = 0) -> tuple[int, str, str]:
         self.commands.append(command)
+        noise = "Warning: something on stderr\n"  # must not leak into the parsed facts
         if command.startswith("echo '@@keel-gate:"):
-            return 0, "".join(f"@@keel-gate:{k}\n{v}" for k, v in self.facts.items())
+            return 0, "".join(f"@@keel-gate:{k}\n{v}" for k, v in self.facts.items()), noise
         if command.startswith("journalctl -b -u"):
-            return 0, "keel-broken.service: Main process exited, status=1/FAILURE\n"
+            return 0, "keel-broken.service: Main process exited, status=1/FAILURE\n", noise
         if command.startswith("sleep"):
-            return 0, self.facts["activating"]
+            return 0, self.facts["activating"], noise
         raise AssertionError(f"unexpected command {command}")
 
 

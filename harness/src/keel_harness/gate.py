@@ -48,7 +48,7 @@ def _facts(machine: Machine, settle: float) -> dict[str, str]:
         "kernel": "journalctl -k -b --no-pager -o cat",
     }
     script = "; ".join(f"echo '{_SECTION}{name}'; {cmd}" for name, cmd in sections.items())
-    _, out = machine.execute(script, timeout=settle + 360)
+    _, out, _ = machine.run(script, timeout=settle + 360)
     facts: dict[str, str] = dict.fromkeys(sections, "")
     current = None
     for line in out.splitlines(keepends=True):
@@ -82,13 +82,13 @@ def builtin_problems(machine: Machine, settle: float = SETTLE_SECONDS) -> list[s
     if state != "running":
         problems.append(f"system state is {state!r}, not 'running'")
     for unit in _units(facts["failed"]):
-        journal = machine.execute(
+        journal = machine.run(
             f"journalctl -b -u {shlex.quote(unit)} -n 5 --no-pager -o cat", timeout=60
         )[1]
         problems.append(f"failed unit: {unit}" + (f"\n{journal.rstrip()}" if journal else ""))
     stuck = _units(facts["activating"])
     if stuck:  # give them a moment: a unit may be legitimately starting (e.g. a timer job)
-        _, later = machine.execute(f"sleep {min(settle, 10):.0f}; {_UNITS}activating", timeout=90)
+        _, later, _ = machine.run(f"sleep {min(settle, 10):.0f}; {_UNITS}activating", timeout=90)
         stuck = [u for u in _units(later) if u in stuck]
     problems += [f"unit stuck activating: {unit}" for unit in stuck]
     seen = set()

@@ -306,9 +306,13 @@ class Machine:
         return self._session.run(command, timeout)
 
     def execute(self, command: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str]:
-        """Run ``command`` as root; returns (status, stdout) whatever the status."""
-        status, out, _ = self.run(command, timeout)
-        return status, out
+        """Run ``command`` as root; returns (status, stdout then stderr) whatever the status.
+
+        Both streams, because a test that expects a command to fail wants to read why
+        (``Read-only file system``); use :meth:`run` to get them apart.
+        """
+        status, out, err = self.run(command, timeout)
+        return status, out + err
 
     def succeed(self, *commands: str, timeout: float = DEFAULT_TIMEOUT) -> str:
         """Run each command as root; fail the test if one exits non-zero. Returns stdout."""

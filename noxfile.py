@@ -67,7 +67,10 @@ def pytest(session: nox.Session, marker: str, *args: str) -> None:
 def lint_all(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    dists = [*local_distributions(), *sorted(p.parent for p in ROOT.glob("examples/*/pyproject.toml"))]
+    dists = [
+        *local_distributions(),
+        *sorted(p.parent for p in ROOT.glob("examples/*/pyproject.toml")),
+    ]
     sources = [str(d / "src") for d in dists if (d / "src").is_dir()]
     session.run("mypy", *sources, "noxfile.py")
 
@@ -110,14 +113,17 @@ def integration(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def gate(session: nox.Session) -> None:
-    """What a release must pass."""
+    """What a release must pass: every machine boots (BIOS and UEFI) and passes the gate."""
     install(session, *TEST_DEPS)
-    pytest(session, "gate")
+    pytest(session, "gate", "-n", str(os.cpu_count() or 1))
 
 
 @nox.session(python=PYTHON)
 def smoke(session: nox.Session) -> None:
-    """The VM subset that fits CI's budget: build, boot, gate, one cluster ping."""
+    """The VM subset that fits CI's budget: build, boot, gate, one cluster ping.
+
+    Sequential on purpose: the 3-machine cluster already uses every core.
+    """
     install(session, *TEST_DEPS)
     pytest(session, "smoke")
 
@@ -152,4 +158,12 @@ def boot(session: nox.Session) -> None:
     """Build the default image and boot it under QEMU, console on this terminal."""
     install(session)
     session.run("keel", "build", str(ROOT / "images" / "keel.yaml"))
-    session.run("keel", "boot", str(ROOT / "images" / "keel.yaml"), *session.posargs)
+    # Reuses the build above (content-hash cache); --firmware uefi boots through OVMF.
+    session.run(
+        "python",
+        "-m",
+        "keel_harness",
+        "boot",
+        str(ROOT / "images" / "keel.yaml"),
+        *session.posargs,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from keel_harness import busybox
 from keel_harness import kernel as kernel_mod
 

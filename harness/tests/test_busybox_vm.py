@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from keel_harness import accel, busybox, reaper, ssh
 from keel_harness.cluster import Cluster
 from keel_harness.console import find_trouble
@@ -205,8 +206,11 @@ def test_probe_recognises_a_kernel_that_runs_and_one_that_does_not(debian_kernel
 
 CHILD = textwrap.dedent(
     """
-    import time
+    import signal, time
     from keel_harness import busybox
+    # Background jobs of a non-interactive shell start with SIGINT ignored; a terminal's
+    # Ctrl-C reaches Python as KeyboardInterrupt, which is what this test is about.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pathlib import Path
     from keel_harness.kernel import debian_kernel
     from keel_harness.machine import Machine, MachineConfig

@@ -7,7 +7,22 @@ import pytest
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 FAULT_AND_FAILURE = """
-from keel_harness.errors import QemuError
+import pytest
+from keel_harness.errors import GateFailure, QemuError, SshError
+
+@pytest.fixture
+def gated():
+    raise GateFailure("node1", ["failed unit: x.service"])
+
+@pytest.fixture
+def unreachable():
+    raise SshError("no SSH")
+
+def test_gate_in_fixture(gated):
+    pass
+
+def test_fault_in_fixture(unreachable):
+    pass
 
 def test_fault():
     raise QemuError("m1", "QEMU exited right after start", "no such device")
@@ -31,8 +46,15 @@ def test_fine(machine_factory):
 def test_harness_fault_is_an_error_and_a_test_failure_a_failure(pytester: pytest.Pytester):
     pytester.makepyfile(FAULT_AND_FAILURE)
     result = pytester.runpytest("-v", "-p", "no:cacheprovider")
-    result.assert_outcomes(failed=1, errors=1)
-    result.stdout.fnmatch_lines(["*::test_fault ERROR (harness)*", "*::test_failure FAILED*"])
+    result.assert_outcomes(failed=2, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_gate_in_fixture FAILED (gate)*",
+            "*::test_fault_in_fixture ERROR*",
+            "*::test_fault ERROR (harness)*",
+            "*::test_failure FAILED*",
+        ]
+    )
 
 
 def test_failed_test_leaves_machine_logs_and_prints_the_path(

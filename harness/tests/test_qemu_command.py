@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from keel_harness import qemu
 from keel_harness.errors import HarnessError
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
+
 from keel_core import plugins
 from keel_core.hookspecs import hookimpl
 from keel_core.types import HealthCheck
@@ -159,3 +160,67 @@ def test_hook_checks_include_core_and_third_party_checks():
     names = [c.name for c in gate.hook_checks(pm)]
     assert "third-party" in names
     assert "system-running" in names
+
+
+class FakeGuest:
+    """Answers the gate's commands from canned output (the real thing runs in VM tests)."""
+
+    def __init__(self, facts: dict[str, str], console_text: str = "") -> None:
+        self.facts = facts
+        self.console = console.ConsoleLog(Path("/nonexistent/console.log"))
+        self.console_text = console_text
+        self.commands: list[str] = []
+
+    def run(self, command: str, timeout: float = 0) -> tuple[int, str, str]:
+        self.commands.append(command)
+        noise = "Warning: something on stderr\n"  # must not leak into the parsed facts
+        if command.startswith("echo '@@keel-gate:"):
+            return 0, "".join(f"@@keel-gate:{k}\n{v}" for k, v in self.facts.items()), noise
+        if command.startswith("journalctl -b -u"):
+            return 0, "keel-broken.service: Main process exited, status=1/FAILURE\n", noise
+        if command.startswith("sleep"):
+            return 0, self.facts["activating"], noise
+        raise AssertionError(f"unexpected command {command}")
+
+
+HEALTHY = {
+    "state": "running\n",
+    "failed": "",
+    "activating": "dev-dm\\x2d0.device loaded activating tentative /dev/dm-0\n",
+    "usr": "ro,relatime\n",
+    "machine-id": "2a1008b5ca8249f09bb66d0fe03085bc\n",
+    "kernel": "[    0.0] Linux version 6.1\n",
+}
+
+
+def test_gate_finds_nothing_on_a_healthy_machine(monkeypatch: pytest.MonkeyPatch):
+    guest = FakeGuest(HEALTHY)
+    monkeypatch.setattr(guest.console, "text", lambda whole=False: "KEEL-BOOT-OK A\n")
+    assert gate.builtin_problems(guest) == []  # type: ignore[arg-type]
+    assert len(guest.commands) == 1  # one round trip when all is well
+
+
+def test_gate_names_every_problem(monkeypatch: pytest.MonkeyPatch):
+    guest = FakeGuest(
+        {
+            "state": "degraded\n",
+            "failed": "keel-broken.service loaded failed failed Fails on purpose\n",
+            "activating": "looping.service loaded activating auto-restart Loops\n",
+            "usr": "rw,relatime\n",
+            "machine-id": "uninitialized\n",
+            "kernel": "[ 3.1] foo[99]: segfault at 0 ip 0 sp 0 error 4 in foo\n",
+        }
+    )
+    monkeypatch.setattr(
+        guest.console, "text", lambda whole=False: "Kernel panic - not syncing: x\n"
+    )
+    problems = gate.builtin_problems(guest, settle=0)  # type: ignore[arg-type]
+    assert problems[0] == "system state is 'degraded', not 'running'"
+    assert problems[1].startswith("failed unit: keel-broken.service\n")
+    assert "status=1/FAILURE" in problems[1]
+    assert problems[2] == "unit stuck activating: looping.service"
+    assert problems[3].startswith("console: kernel panic: Kernel panic - not syncing")
+    assert problems[4].startswith("console: segfault: ")
+    assert problems[5] == "/usr is not mounted read-only (options: rw,relatime)"
+    assert problems[6] == "machine-id is not set: 'uninitialized'"
+    assert len(problems) == 7

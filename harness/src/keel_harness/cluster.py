@@ -3,48 +3,34 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from keel_harness import qemu
+from keel_harness.errors import HarnessError
 from keel_harness.machine import Machine, MachineConfig, PrivateLink
 from keel_harness.network import PrivateSegment, private_address
 
-# ICMP echo for images without ping(8): Perl's core Net::Ping (perl is in Debian's base),
-# or Python's raw sockets.
-_PERL_PING = 'use Net::Ping; exit(Net::Ping->new("icmp", 5)->ping($ARGV[0]) ? 0 : 1)'
+# Minimal images have no ping(8) (nor perl or python to send ICMP with): the harness then
+# brings the host's static busybox (Debian busybox-static) into the guest's /run.
+GUEST_BUSYBOX = "/run/keel-harness/busybox"
 
-_PY_PING = """
-import os, socket, struct, sys, time
-dst = sys.argv[1]
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-s.settimeout(5)
-ident = os.getpid() & 0xFFFF
-def csum(b):
-    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    t = (t >> 16) + (t & 0xFFFF)
-    return ~(t + (t >> 16)) & 0xFFFF
-body = b"keel-harness-ping"
-hdr = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
-s.sendto(struct.pack("!BBHHH", 8, 0, csum(hdr + body + b"\\0"[: len(body) % 2]), ident, 1) + body,
-         (dst, 0))
-end = time.monotonic() + 5
-while time.monotonic() < end:
-    data, addr = s.recvfrom(1024)
-    icmp = data[(data[0] & 15) * 4:]
-    if addr[0] == dst and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
-        print("reply from", dst); sys.exit(0)
-sys.exit(1)
-"""
+
+def host_busybox() -> Path:
+    """The host's busybox binary (static in Debian's busybox-static)."""
+    found = shutil.which("busybox")
+    if found is None:
+        raise HarnessError("busybox is not installed (Debian package busybox-static)")
+    return Path(found)
 
 
 def ping_command(address: str) -> str:
-    """A shell command that sends one ICMP echo to ``address`` and succeeds on the reply."""
+    """A shell command that sends ICMP echoes to ``address`` and succeeds on a reply."""
     addr = shlex.quote(address)
     return (
-        f"if command -v ping >/dev/null; then ping -c 1 -W 5 {addr}; "
-        f"elif command -v perl >/dev/null; then perl -e {shlex.quote(_PERL_PING)} {addr}; "
-        f"else python3 -c {shlex.quote(_PY_PING)} {addr}; fi"
+        f"if command -v ping >/dev/null; then ping -c 3 -W 5 {addr}; "
+        f"else {GUEST_BUSYBOX} ping -c 3 -W 5 {addr}; fi"
     )
 
 
@@ -85,7 +71,9 @@ class Cluster:
         return machine.config.private.address.split("/")[0]
 
     def ping(self, source: Machine, target: Machine) -> str:
-        """``source`` pings ``target``'s private address once; fails the test if no reply."""
+        """``source`` pings ``target``'s private address; fails the test if no reply comes."""
+        if source.execute("command -v ping || test -x " + GUEST_BUSYBOX, timeout=60)[0] != 0:
+            source.copy_from_host(host_busybox(), GUEST_BUSYBOX, mode=0o755)
         return source.succeed(ping_command(self.address(target)), timeout=60)
 
     def start(self) -> None:

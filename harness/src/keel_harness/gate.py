@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from keel_core import plugins
 from keel_core.types import HealthCheck
-
 from keel_harness.console import find_trouble
 from keel_harness.errors import GateFailure, HarnessError
 
@@ -34,12 +33,36 @@ def hook_checks(pm: plugins.KeelPluginManager | None = None) -> list[HealthCheck
     return checks
 
 
-def _units(machine: Machine, state: str) -> list[str]:
-    out = machine.succeed(
-        f"systemctl list-units --all --state={state} --plain --no-legend --no-pager", timeout=60
-    )
+_SECTION = "@@keel-gate:"
+_UNITS = "systemctl list-units --all --plain --no-legend --no-pager --state="
+
+
+def _facts(machine: Machine, settle: float) -> dict[str, str]:
+    """Everything the built-in checks need, in one round trip: ``{section: output}``."""
+    sections = {
+        "state": f"timeout {int(settle) + 240} systemctl is-system-running --wait",
+        "failed": _UNITS + "failed",
+        "activating": _UNITS + "activating",
+        "usr": "findmnt -n -o OPTIONS /usr",
+        "machine-id": "cat /etc/machine-id",
+        "kernel": "journalctl -k -b --no-pager -o cat",
+    }
+    script = "; ".join(f"echo '{_SECTION}{name}'; {cmd}" for name, cmd in sections.items())
+    _, out, _ = machine.run(script, timeout=settle + 360)
+    facts: dict[str, str] = dict.fromkeys(sections, "")
+    current = None
+    for line in out.splitlines(keepends=True):
+        if line.startswith(_SECTION):
+            current = line[len(_SECTION) :].strip()
+        elif current is not None:
+            facts[current] += line
+    return facts
+
+
+def _units(listing: str) -> list[str]:
+    """Unit names from ``systemctl list-units --plain --no-legend`` output."""
     units = []
-    for line in out.splitlines():
+    for line in listing.splitlines():
         fields = line.split()
         if not fields:
             continue
@@ -54,32 +77,29 @@ def _units(machine: Machine, state: str) -> list[str]:
 def builtin_problems(machine: Machine, settle: float = SETTLE_SECONDS) -> list[str]:
     """Problems the harness's own checks find on ``machine`` (empty when it is healthy)."""
     problems: list[str] = []
-    status, out = machine.execute(
-        f"timeout {int(settle) + 240} systemctl is-system-running --wait", timeout=settle + 300
-    )
-    state = out.strip().splitlines()[-1] if out.strip() else f"(no answer, status {status})"
+    facts = _facts(machine, settle)
+    state = facts["state"].strip().splitlines()[-1] if facts["state"].strip() else "(no answer)"
     if state != "running":
         problems.append(f"system state is {state!r}, not 'running'")
-    for unit in _units(machine, "failed"):
-        journal = machine.execute(
+    for unit in _units(facts["failed"]):
+        journal = machine.run(
             f"journalctl -b -u {shlex.quote(unit)} -n 5 --no-pager -o cat", timeout=60
         )[1]
         problems.append(f"failed unit: {unit}" + (f"\n{journal.rstrip()}" if journal else ""))
-    stuck = _units(machine, "activating")
+    stuck = _units(facts["activating"])
     if stuck:  # give them a moment: a unit may be legitimately starting (e.g. a timer job)
-        machine.execute(f"sleep {min(settle, 10):.0f}", timeout=60)
-        stuck = [u for u in _units(machine, "activating") if u in stuck]
+        _, later, _ = machine.run(f"sleep {min(settle, 10):.0f}; {_UNITS}activating", timeout=90)
+        stuck = [u for u in _units(later) if u in stuck]
     problems += [f"unit stuck activating: {unit}" for unit in stuck]
-    kernel_log = machine.execute("journalctl -k -b --no-pager -o cat", timeout=60)[1]
     seen = set()
-    for trouble in find_trouble(machine.console.text()) + find_trouble(kernel_log):
+    for trouble in find_trouble(machine.console.text()) + find_trouble(facts["kernel"]):
         if trouble not in seen:
             seen.add(trouble)
             problems.append(f"console: {trouble}")
-    options = machine.execute("findmnt -n -o OPTIONS /usr", timeout=60)[1].strip()
+    options = facts["usr"].strip()
     if "ro" not in options.split(","):
         problems.append(f"/usr is not mounted read-only (options: {options or 'not a mount'})")
-    machine_id = machine.execute("cat /etc/machine-id", timeout=60)[1].strip()
+    machine_id = facts["machine-id"].strip()
     if not _MACHINE_ID.match(machine_id):
         problems.append(f"machine-id is not set: {machine_id!r}")
     return problems

@@ -306,9 +306,13 @@ class Machine:
         return self._session.run(command, timeout)
 
     def execute(self, command: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str]:
-        """Run ``command`` as root; returns (status, stdout) whatever the status."""
-        status, out, _ = self.run(command, timeout)
-        return status, out
+        """Run ``command`` as root; returns (status, stdout then stderr) whatever the status.
+
+        Both streams, because a test that expects a command to fail wants to read why
+        (``Read-only file system``); use :meth:`run` to get them apart.
+        """
+        status, out, err = self.run(command, timeout)
+        return status, out + err
 
     def succeed(self, *commands: str, timeout: float = DEFAULT_TIMEOUT) -> str:
         """Run each command as root; fail the test if one exits non-zero. Returns stdout."""
@@ -399,6 +403,15 @@ class Machine:
     def boot_id(self) -> str:
         """The kernel's boot id: changes on every boot."""
         return self.succeed("cat /proc/sys/kernel/random/boot_id").strip()
+
+    def copy_from_host(self, source: Path, destination: str, mode: int | None = None) -> None:
+        """Copy the host file ``source`` to ``destination`` in the guest (as root)."""
+        self._check_alive("QEMU is not running")
+        if self._session is None or not self._session.connected:
+            self.wait_for_ssh()
+        assert self._session is not None
+        file_mode = mode if mode is not None else source.stat().st_mode & 0o777
+        self._session.write_file(destination, source.read_bytes(), file_mode, timeout=300)
 
     def copy_from_vm(self, path: str, target_dir: Path) -> list[Path]:
         """Copy ``path`` (file or directory, read as root) into ``target_dir``."""

@@ -34,7 +34,7 @@ import pytest
 
 from keel_harness import artifacts, images
 from keel_harness.cluster import Cluster
-from keel_harness.errors import HarnessError
+from keel_harness.errors import CommandFailed, GateFailure, HarnessError
 from keel_harness.gate import run_gate
 from keel_harness.machine import Machine
 from keel_harness.run import HarnessRun
@@ -194,6 +194,8 @@ def pytest_runtest_makereport(
     report = yield
     if call.excinfo is not None and call.excinfo.errisinstance(HarnessError):
         report.keel_harness_fault = True  # type: ignore[attr-defined]
+    elif call.excinfo is not None and call.excinfo.errisinstance((GateFailure, CommandFailed)):
+        report.keel_machine_failure = True  # type: ignore[attr-defined]
     machines = item.stash.get(MACHINES, [])
     if report.failed and machines:
         start = time.monotonic()
@@ -209,9 +211,12 @@ def pytest_runtest_makereport(
 def pytest_report_teststatus(
     report: pytest.TestReport, config: pytest.Config
 ) -> tuple[str, str, str] | None:
-    """A harness fault in a test's body counts as an error, like a fixture error."""
+    """A harness fault in a test's body counts as an error, like a fixture error; a machine
+    that fails the gate while a fixture boots it counts as a failure, like a failed assert."""
     if report.when == "call" and getattr(report, "keel_harness_fault", False):
         return "error", "E", "ERROR (harness)"
+    if report.when == "setup" and getattr(report, "keel_machine_failure", False):
+        return "failed", "F", "FAILED (gate)"
     return None
 
 

@@ -3,7 +3,8 @@
 Every child the harness starts goes through :func:`spawn`: it gets its own process group
 (so a terminal's Ctrl-C reaches only the harness, which then stops it in order), a
 parent-death signal (so it dies even if the harness is killed with SIGKILL), and an entry
-in a registry that an ``atexit`` hook and SIGTERM/SIGHUP handlers empty.
+in a registry that an ``atexit`` hook empties. SIGTERM and SIGHUP unwind the program as
+Ctrl-C does (KeyboardInterrupt), so fixtures and ``finally`` blocks clean up on the way out.
 """
 
 from __future__ import annotations
@@ -121,9 +122,11 @@ def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    stop_all()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    # Unwind like Ctrl-C does: finally blocks and fixtures stop their machines and remove
+    # their folders, pytest ends the session, and the atexit hook stops whatever is left.
+    # (Stopping children right here could block: the main thread may hold a child's
+    # wait lock.)
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def install_handlers() -> None:

@@ -113,6 +113,25 @@ class Session:
         out, err, status = self._exec(command, timeout, root=root)
         return status, out.decode(errors="replace"), err.decode(errors="replace")
 
+    def write_file(self, path: str, data: bytes, mode: int, timeout: float) -> None:
+        """Write ``data`` to ``path`` in the guest as root (parents created) with ``mode``."""
+        if self._client is None:
+            raise SshError("not connected")
+        q = shlex.quote(path)
+        script = f'mkdir -p "$(dirname {q})" && cat > {q} && chmod {mode:o} {q}'
+        try:
+            stdin, stdout, stderr = self._client.exec_command(
+                f"sudo -n sh -c {shlex.quote(script)}", timeout=timeout
+            )
+            stdin.write(data)
+            stdin.channel.shutdown_write()
+            status = stdout.channel.recv_exit_status()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.close()
+            raise SshError(f"SSH to 127.0.0.1:{self.port} broke writing {path}: {exc}") from exc
+        if status != 0:
+            raise SshError(f"cannot write {path} in the guest: {stderr.read().decode()}")
+
     def read_tar(self, path: str, timeout: float) -> bytes:
         """A tar stream of ``path`` (file or directory) from the guest, read as root."""
         p = Path(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from keel_harness import CommandFailed, Machine, run_gate
 
 pytestmark = pytest.mark.vm

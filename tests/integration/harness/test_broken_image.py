@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_core.hookspecs import hookimpl
 from keel_core.types import FileContribution, ImageContribution
 from keel_harness import GateFailure, run_gate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_core import plugins
 from keel_core.hookspecs import hookimpl
 from keel_core.types import HealthCheck

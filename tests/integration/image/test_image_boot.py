@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ def _manifest(disk: Path) -> dict:
 
 
 def _check_usr_from_slot_a(m: Machine, disk: Path) -> None:
-    assert m.succeed("findmnt -n -o SOURCE,FSTYPE /usr").split() == ["/dev/dm-0", "erofs"]
+    fstype = _manifest(disk)["usr"]["filesystem"]
+    assert m.succeed("findmnt -n -o SOURCE,FSTYPE /usr").split() == ["/dev/dm-0", fstype]
     options = m.succeed("findmnt -n -o OPTIONS /usr").strip().split(",")
     assert "ro" in options
     assert m.succeed("cat /sys/block/dm-0/dm/uuid").strip() == "KEEL-VERITY-USR-A"
@@ -30,7 +32,7 @@ def _check_usr_from_slot_a(m: Machine, disk: Path) -> None:
     table = m.succeed("dmsetup table usr").split()
     assert table[2] == "verity"
     usr_a = m.succeed("readlink -f /dev/disk/by-partlabel/USR-A").strip()
-    assert m.succeed(f"lsblk -no MAJ:MIN {usr_a}").strip() == table[4]
+    assert m.succeed(f"lsblk -dno MAJ:MIN {usr_a}").strip() == table[4]
     assert _manifest(disk)["usr"]["verity"]["root_hash"] in table
     status, out = m.execute("touch /usr/keel-write-test")
     assert status != 0
@@ -86,3 +88,19 @@ def test_flipped_byte_in_usr_a_refuses_to_boot(machine_factory, keel_image: Path
     )
     assert m.wait_for_shutdown(timeout=120) == 0
     assert m.console.search(re.compile("KEEL-BOOT-OK")) is None
+
+
+def test_root_grows_to_fill_a_bigger_disk(machine_factory, keel_image: Path, tmp_path: Path):
+    bigger = tmp_path / "bigger.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(keel_image), "-F", "qcow2",
+         str(bigger), "4G"],
+        check=True,
+    )  # fmt: skip
+    m = machine_factory("grow", image=bigger)
+    m.start()
+    m.wait_for_ssh()
+    m.wait_for_unit("systemd-repart.service", timeout=300)
+    size = int(m.succeed("findmnt -n -b -o SIZE /").strip())
+    assert size > 2_500_000_000  # 256 MiB as built; the 4 GiB disk minus the other partitions
+    assert m.succeed("blockdev --getsize64 /dev/disk/by-partlabel/ROOT").strip() != str(256 << 20)

@@ -101,8 +101,17 @@ WantedBy=multi-user.target
 """
 
 FSTAB = """\
-# ROOT (/) and /usr are mounted by the initramfs. The ESP holds kernels and the grubenv.
+# ROOT (/) and /usr are mounted by the initramfs; / is listed so that systemd grows it
+# (after systemd-repart grew the partition) to fill the disk on first boot.
+PARTLABEL=ROOT / ext4 rw,x-systemd.growfs 0 0
 PARTLABEL=EFI-SYSTEM /boot vfat umask=0077,noauto,nofail,x-systemd.automount 0 2
+"""
+
+REPART_ROOT = """\
+# Grow ROOT (the last partition) into the free space of a bigger disk: systemd-repart at
+# boot moves the backup GPT to the disk's end and enlarges the partition.
+[Partition]
+Type=root
 """
 
 USR_DEVICE_RULES = """\
@@ -138,6 +147,7 @@ def contribution(image: ImageDefinition) -> ImageContribution:
         FileContribution("/usr/lib/systemd/system/ssh.service.d/keel.conf", SSH_DROPIN.encode()),
         FileContribution("/usr/lib/systemd/system/keel-boot-ok.service", BOOT_OK.encode()),
         FileContribution("/etc/fstab", FSTAB.encode()),
+        FileContribution("/usr/lib/repart.d/50-keel-root.conf", REPART_ROOT.encode()),
         FileContribution("/usr/lib/udev/rules.d/99-zz-keel-usr.rules", USR_DEVICE_RULES.encode()),
         FileContribution("/etc/sudoers.d/keel-core", b"core ALL=(ALL) NOPASSWD: ALL\n", mode=0o440),
         FileContribution("/usr/lib/tmpfiles.d/keel-core.conf", TMPFILES.encode()),

@@ -12,9 +12,11 @@ class BuildError(KeelError):
     directory and only a complete result is renamed into place.
     """
 
-    def __init__(self, stage: str, message: str, hint: str = "") -> None:
+    def __init__(self, stage: str, message: str, hint: str = "", output: str = "") -> None:
         self.stage = stage
         self.hint = hint
+        self.output = output
+        """The failed command's whole output (the message shows its tail)."""
         text = f"image build, stage {stage!r}: {message}"
         if hint:
             text += f"\n  fix: {hint}"

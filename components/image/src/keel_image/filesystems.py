@@ -162,4 +162,28 @@ def make_root(tree: Path, dest: Path, *, size_mib: int, epoch: int, seed: str, s
         env={"E2FSPROGS_FAKE_TIME": str(epoch)},
         hint="if the tree does not fit, raise partitions.root in the image definition",
     )
+    _clamp_inode_times(dest, staging, epoch, stage)
     shutil.rmtree(staging)
+
+
+def _clamp_inode_times(image: Path, tree: Path, epoch: int, stage: str) -> None:
+    """Set every inode's times to ``epoch`` with debugfs.
+
+    ``mkfs.ext4 -d`` copies atime and ctime from the source files, and ctime cannot be set
+    on the host, so without this two builds of the same tree differ.
+    """
+    paths = ["/", *sorted("/" + str(p.relative_to(tree)) for p in tree.rglob("*"))]
+    lines = []
+    for path in paths:
+        if '"' in path:
+            raise BuildError(stage, f"cannot handle a double quote in ROOT path {path!r}")
+        for field in ("atime", "ctime", "mtime", "crtime"):
+            lines.append(f'set_inode_field "{path}" {field} @{epoch}')
+    script = image.parent / "root-times.debugfs"
+    script.write_text("\n".join(lines) + "\n")
+    tools.run(
+        ["debugfs", "-w", "-f", script, image],
+        stage=stage,
+        env={"E2FSPROGS_FAKE_TIME": str(epoch)},
+    )
+    script.unlink()

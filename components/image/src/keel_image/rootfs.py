@@ -39,8 +39,22 @@ EXCLUDES = [
 ]
 INCLUDES = ["/usr/share/doc/*/copyright"]
 
-PURGE = ["initramfs-tools", "initramfs-tools-core", "klibc-utils", "libklibc"]
-"""Pulled in by the kernel package's dependencies; removed after installation."""
+PURGE = [
+    "initramfs-tools",
+    "initramfs-tools-core",
+    "klibc-utils",
+    "libklibc",
+    "usrmerge",
+    "libfile-find-rule-perl",
+    "libnumber-compare-perl",
+    "libtext-glob-perl",
+    "perl",
+    "perl-modules-5.36",
+    "libperl5.36",
+]
+"""Pulled in by dependencies but useless in a running Keel machine (the kernel package's
+initramfs generator; usrmerge and the 55 MB of perl it needs, which mmdebstrap picks for
+the essential set before ``usr-is-merged`` is considered); removed after installation."""
 
 
 def key(recipe: Recipe) -> str:
@@ -107,8 +121,8 @@ def build(recipe: Recipe, cache: StageCache) -> Path:
 
 def _explain(exc: BuildError, recipe: Recipe) -> Exception:
     """Turn apt's "Unable to locate package X" into an error at the line that asked for X."""
-    m = re.search(r"Unable to locate package (\S+)", str(exc)) or re.search(
-        r"Package '?(\S+?)'? has no installation candidate", str(exc)
+    m = re.search(r"Unable to locate package (\S+)", exc.output) or re.search(
+        r"Package '?(\S+?)'? has no installation candidate", exc.output
     )
     if not m:
         return exc

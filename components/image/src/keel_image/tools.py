@@ -88,6 +88,9 @@ def run(
         out = (proc.stdout + proc.stderr).decode(errors="replace").strip().splitlines()
         tail = "\n    ".join(out[-15:])
         raise BuildError(
-            stage, f"{Path(args[0]).name} failed (exit {proc.returncode}):\n    {tail}", hint
+            stage,
+            f"{Path(args[0]).name} failed (exit {proc.returncode}):\n    {tail}",
+            hint,
+            output="\n".join(out),
         )
     return proc.stdout.decode(errors="replace")

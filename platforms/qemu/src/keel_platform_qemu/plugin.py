@@ -31,7 +31,8 @@ FIRSTBOOT_UNIT = """\
 [Unit]
 Description=Apply first-boot config from QEMU fw_cfg (hostname, SSH keys, addresses)
 DefaultDependencies=no
-After=systemd-sysusers.service systemd-tmpfiles-setup.service local-fs.target
+After=systemd-sysusers.service systemd-tmpfiles-setup.service systemd-modules-load.service
+After=local-fs.target
 Before=ssh.service systemd-networkd.service network-pre.target
 Wants=network-pre.target
 ConditionVirtualization=qemu
@@ -113,6 +114,7 @@ def keel_image_contribution(image: ImageDefinition) -> ImageContribution | None:
             FileContribution(
                 "/usr/lib/systemd/system/keel-qemu-firstboot.service", FIRSTBOOT_UNIT.encode()
             ),
+            FileContribution("/usr/lib/modules-load.d/keel-qemu.conf", b"qemu_fw_cfg\n"),
         ],
         units=["keel-qemu-firstboot.service"],
     )

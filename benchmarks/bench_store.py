@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 
 import grpc
-from keel_store.pb import rpcgrpc, rpcpb
 from rich.console import Console
 from rich.table import Table
+
+from keel_store.pb import rpcgrpc, rpcpb
 
 console = Console()
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"

@@ -24,11 +24,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from keel_store.raft.types import Entry, HardState
 from keel_store.wal import GroupCommitter, OSFileSystem, WriteAheadLog
 from keel_store.wal.records import encode_entry
-from rich.console import Console
-from rich.table import Table
 
 PAYLOAD = b"x" * 100
 """Roughly an etcd put of a short key and value."""

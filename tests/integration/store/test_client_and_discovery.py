@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+
 from keel_store import discovery
 from keel_store.client import Client, StoreError
 

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+
 from keel_store.client import Client, StoreError
 
 from .conftest import etcdctl

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+
 from keel_store.client import Client, StoreError
 from keel_store.linearizability import Kind, Recorder, check
 from keel_store.pb import rpcpb

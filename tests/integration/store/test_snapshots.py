@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from keel_store.client import Client
 
 from .conftest import etcdctl

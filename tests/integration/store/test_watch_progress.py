@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+
 from keel_store.pb import rpcgrpc, rpcpb
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(120)]

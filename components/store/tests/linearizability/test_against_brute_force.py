@@ -6,6 +6,7 @@ import itertools
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from keel_store.linearizability import Kind, Operation, check
 from keel_store.linearizability.model import step
 

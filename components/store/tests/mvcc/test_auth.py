@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_store.mvcc import auth, snapshot
 from keel_store.mvcc.auth import READ, READWRITE, WRITE, AuthStore, Perm
 from keel_store.mvcc.store import StateMachine

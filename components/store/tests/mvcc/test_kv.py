@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_store.mvcc import errors
 from keel_store.mvcc.keyspace import prefix_end
 from keel_store.mvcc.store import StateMachine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_store.mvcc import commands, errors, snapshot
 from keel_store.mvcc.keyspace import DELETE, PUT, Event, prefix_end
 from keel_store.mvcc.lessor import Lessor

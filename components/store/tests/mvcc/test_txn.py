@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_store.mvcc import errors, validate
 from keel_store.mvcc.store import StateMachine
 from keel_store.pb import rpcpb

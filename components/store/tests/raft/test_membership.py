@@ -1,6 +1,7 @@
 """Membership: learners, promotion, removal, one change at a time."""
 
 import pytest
+
 from keel_store.raft import (
     ConfChange,
     ConfChangeError,

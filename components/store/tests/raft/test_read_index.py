@@ -1,6 +1,7 @@
 """ReadIndex: a read is released only after a quorum confirms the leader."""
 
 import pytest
+
 from keel_store.raft import MessageType, ProposalDroppedError, Role
 
 from .conftest import Cluster

@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import pytest
+
 from keel_store.raft import Entry, Message, MessageType, ProposalDroppedError, Role
 
 from .conftest import Cluster

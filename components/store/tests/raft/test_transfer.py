@@ -1,6 +1,7 @@
 """Leader transfer: the transferee catches up, gets TIMEOUT_NOW, and wins at once."""
 
 import pytest
+
 from keel_store.raft import ProposalDroppedError, Role
 
 from .conftest import Cluster

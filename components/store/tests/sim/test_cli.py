@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from keel_store.sim.__main__ import main
 
 VOTE_STORM = [

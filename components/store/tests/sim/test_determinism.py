@@ -3,6 +3,7 @@
 import re
 
 import pytest
+
 from keel_store.sim import SimOptions, run_seed
 from keel_store.sim.options import SimOptions as Options
 

@@ -3,6 +3,7 @@
 import random
 
 import pytest
+
 from keel_store.raft import Entry, MemoryStorage, RaftConfig, RaftNode, Role
 from keel_store.raft.membership import bootstrap_entries
 from keel_store.raft.progress import Progress

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+
 from keel_store.sim import RunResult, SimOptions, run_seed
 
 # Many elections, crashes, long-delayed messages; no pre-vote or check-quorum to damp them.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from keel_store import daemon, discovery, plugin
 from keel_store.raft import (
     ConfState,

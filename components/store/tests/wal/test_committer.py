@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import pytest
+
 from keel_store.raft.types import HardState
 from keel_store.wal import GroupCommitter, MemoryFileSystem, WALError, WriteAheadLog
 

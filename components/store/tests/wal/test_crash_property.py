@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from keel_store.raft.types import Entry, HardState, Snapshot, SnapshotMeta
 from keel_store.wal import MemoryFileSystem, SnapshotStore, WriteAheadLog
 

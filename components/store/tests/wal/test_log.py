@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_store.raft.types import HardState, Snapshot, SnapshotMeta
 from keel_store.wal import (
     CorruptionError,

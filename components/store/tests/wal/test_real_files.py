@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from keel_store.raft.types import HardState, Snapshot, SnapshotMeta
 from keel_store.wal import CorruptionError, OSFileSystem, SnapshotStore, WriteAheadLog
 from keel_store.wal import records as rec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_store.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from keel_store.wal import records as rec
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_store.raft.types import ConfState, Snapshot, SnapshotMeta
 from keel_store.wal import MemoryFileSystem, SnapshotError, SnapshotStore
 from keel_store.wal.snapshots import decode, encode

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_store.raft.types import Entry, HardState, Snapshot, SnapshotMeta
 from keel_store.wal import MemoryFileSystem
 from keel_store.wal.storage import NodeStorage, Restart

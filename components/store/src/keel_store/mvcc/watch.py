@@ -40,19 +40,29 @@ class Watcher:
             return key >= self.key
         return self.key <= key < self.end
 
-    def select(self, events: Iterable[Event]) -> list[Event]:
-        """The events this watcher wants, shaped as it asked (filters, prev_kv)."""
+    def select(self, events: list[Event], bare: list[Event] | None = None) -> list[Event]:
+        """The events this watcher wants, shaped as it asked (filters, prev_kv).
+
+        ``bare``: the same events without ``prev_kv``, shared by every watcher of one
+        revision (so fan-out does not copy each event once per watcher).
+        """
+        if bare is None and not self.prev_kv:
+            bare = strip_prev(events)
+        source = events if self.prev_kv else bare
+        assert source is not None
         out = []
-        for event in events:
+        for event in source:
             if not self.matches(event.kv.key):
                 continue
             if (event.type == PUT and self.no_put) or (event.type == DELETE and self.no_delete):
                 continue
-            if self.prev_kv or not event.HasField("prev_kv"):
-                out.append(event)
-            else:
-                out.append(Event(type=event.type, kv=event.kv))
+            out.append(event)
         return out
+
+
+def strip_prev(events: Iterable[Event]) -> list[Event]:
+    """``events`` without their ``prev_kv`` (what most watchers get)."""
+    return [e if not e.HasField("prev_kv") else Event(type=e.type, kv=e.kv) for e in events]
 
 
 class WatchHub:
@@ -118,10 +128,13 @@ class WatchHub:
                     touched[w] = None
         for w in self._ranges:
             touched[w] = None
+        bare: list[Event] | None = None
         for w in touched:
             if w.next_revision > revision:
                 continue  # a future start revision not reached yet
             w.next_revision = revision + 1
-            selected = w.select(events)
+            if bare is None and not w.prev_kv:
+                bare = strip_prev(events)
+            selected = w.select(events, bare)
             if selected:
                 w.sink(w, selected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 from pathlib import Path
 
 import paramiko
@@ -224,3 +225,46 @@ def test_gate_names_every_problem(monkeypatch: pytest.MonkeyPatch):
     assert problems[5] == "/usr is not mounted read-only (options: rw,relatime)"
     assert problems[6] == "machine-id is not set: 'uninitialized'"
     assert len(problems) == 7
+
+
+class ShellGuest:
+    """Runs the gate's commands with the host's real /bin/sh, with a stand-in systemctl.
+
+    The stand-in knows exactly the units in ``installed`` (this host runs no systemd);
+    VM tests cover the real systemctl.
+    """
+
+    def __init__(self, tmp_path: Path, installed: set[str]) -> None:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir(parents=True)
+        cases = " | ".join(installed) or "__none__"
+        (bin_dir / "systemctl").write_text(
+            f'#!/bin/sh\n[ "$1" = cat ] || exit 2\ncase "$2" in {cases}) exit 0;; esac\nexit 1\n'
+        )
+        (bin_dir / "systemctl").chmod(0o755)
+        self.env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+    def run(self, command: str, timeout: float = 0) -> tuple[int, str, str]:
+        proc = subprocess.run(
+            ["/bin/sh", "-c", command], capture_output=True, text=True, env=self.env, check=False
+        )
+        return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_component_checks_apply_only_where_their_unit_is_installed(tmp_path: Path):
+    checks = [
+        HealthCheck("store-healthy", "echo store down; exit 1", "store", unit="keel-store.service"),
+        HealthCheck("everywhere", "echo broken; exit 1", "applies to every machine"),
+        HealthCheck("absent-but-exit-77", "exit 77", "77 from a check without a unit is a failure"),
+    ]
+    without_store = gate.health_problems(ShellGuest(tmp_path / "a", set()), checks)  # type: ignore[arg-type]
+    assert [p.split(" failed")[0] for p in without_store] == [
+        "health check 'everywhere'",
+        "health check 'absent-but-exit-77'",
+    ]
+    with_store = gate.health_problems(
+        ShellGuest(tmp_path / "b", {"keel-store.service"}),
+        checks,  # type: ignore[arg-type]
+    )
+    assert with_store[0] == "health check 'store-healthy' failed (exit 1): store\nstore down"
+    assert len(with_store) == 3

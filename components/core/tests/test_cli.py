@@ -93,3 +93,38 @@ def test_main_prints_plugin_errors_without_traceback(tmp_path):
         "keel: error: plugin 'broken': failed to load brokenplugin (from brokenplugin): "
         "ImportError: missing dependency xyz"
     )
+
+
+def test_health_skips_checks_whose_unit_is_absent_and_fails_the_others(entry_points):
+    entry_points(
+        {
+            "checks": """
+            from keel_core import hookimpl
+            from keel_core.types import HealthCheck
+
+            @hookimpl
+            def keel_health_checks():
+                return [
+                    HealthCheck("passes", "true"),
+                    HealthCheck("absent", "exit 1", unit="keel-absent-unit-xyz.service"),
+                    HealthCheck("fails", "echo out of luck; exit 3"),
+                ]
+            """
+        }
+    )
+    result = CliRunner().invoke(cli, ["health"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "ok   passes",
+        "skip absent: keel-absent-unit-xyz.service is not on this machine",
+        "FAIL fails: out of luck",
+    ]
+
+
+def test_health_check_script_guards_on_its_unit():
+    from keel_core.types import HealthCheck
+
+    plain = HealthCheck("a", "true")
+    assert plain.script() == "true"
+    guarded = HealthCheck("b", "true", unit="x y.service")
+    assert guarded.script() == "systemctl cat 'x y.service' >/dev/null 2>&1 || exit 77\ntrue"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from keel_core import plugins
-from keel_core.types import HealthCheck
+from keel_core.types import NOT_APPLICABLE, HealthCheck
 from keel_harness.console import find_trouble
 from keel_harness.errors import GateFailure, HarnessError
 
@@ -109,14 +109,15 @@ def health_problems(machine: Machine, checks: Sequence[HealthCheck]) -> list[str
     """Run each plugin health check in the guest; one problem per check that fails."""
     problems = []
     for check in checks:
-        status, out, err = machine.run(check.command, timeout=check.timeout + 30)
-        if status != 0:
-            output = (out + err).strip()
-            problems.append(
-                f"health check {check.name!r} failed (exit {status})"
-                + (f": {check.description}" if check.description else "")
-                + (f"\n{output}" if output else "")
-            )
+        status, out, err = machine.run(check.script(), timeout=check.timeout + 30)
+        if status == 0 or (check.unit is not None and status == NOT_APPLICABLE):
+            continue  # healthy, or about a unit this image does not have
+        output = (out + err).strip()
+        problems.append(
+            f"health check {check.name!r} failed (exit {status})"
+            + (f": {check.description}" if check.description else "")
+            + (f"\n{output}" if output else "")
+        )
     return problems
 
 

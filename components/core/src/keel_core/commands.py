@@ -11,7 +11,7 @@ from rich.table import Table
 
 from keel_core import plugins
 from keel_core.cli import plugin_manager
-from keel_core.types import HealthCheck, Platform
+from keel_core.types import NOT_APPLICABLE, HealthCheck, Platform
 
 
 @click.command("plugins")
@@ -58,21 +58,30 @@ def health_command(only_list: bool) -> None:
         if only_list:
             click.echo(f"{check.name}: {check.description}")
             continue
-        try:
-            proc = subprocess.run(
-                ["/bin/sh", "-c", check.command],
-                capture_output=True,
-                text=True,
-                timeout=check.timeout,
-                check=False,
-            )
-            ok, output = proc.returncode == 0, (proc.stdout + proc.stderr).strip()
-        except subprocess.TimeoutExpired:
-            ok, output = False, f"timed out after {check.timeout:g} s"
+        status, output = _run(check)
+        if check.unit is not None and status == NOT_APPLICABLE:
+            click.echo(f"skip {check.name}: {check.unit} is not on this machine")
+            continue
+        ok = status == 0
         click.echo(f"{'ok  ' if ok else 'FAIL'} {check.name}" + ("" if ok else f": {output}"))
         failed += not ok
     if failed:
         raise SystemExit(1)
+
+
+def _run(check: HealthCheck) -> tuple[int | None, str]:
+    """Exit status (``None`` on timeout) and output of one check run here."""
+    try:
+        proc = subprocess.run(
+            ["/bin/sh", "-c", check.script()],
+            capture_output=True,
+            text=True,
+            timeout=check.timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {check.timeout:g} s"
+    return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
 ALL = [plugins_command, platforms_command, health_command]

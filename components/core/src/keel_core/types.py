@@ -7,6 +7,7 @@ the harness, the supervisor) may accept richer subclasses, but must work with th
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,18 +60,35 @@ class ImageContribution:
     """Keel distributions (e.g. ``keel-store``) whose code must be installed in /usr."""
 
 
+NOT_APPLICABLE = 77
+"""Exit status of :meth:`HealthCheck.script` on a machine the check does not concern."""
+
+
 @dataclass(frozen=True)
 class HealthCheck:
     """A check that must pass before a boot is marked good.
 
     ``command`` runs on the machine itself (by ``keel health`` at boot, and by the harness
     over SSH); exit status 0 means healthy. Its output is shown when it fails.
+
+    A component's check is about a service that not every image has: name that service in
+    ``unit`` and the check applies only on machines where the unit is installed. Runners
+    execute :meth:`script`, never ``command`` directly, so that rule holds everywhere.
     """
 
     name: str
     command: str
     description: str = ""
     timeout: float = 30.0
+    unit: str | None = None
+    """The systemd unit this check is about; ``None``: the check applies to every machine."""
+
+    def script(self) -> str:
+        """The shell script to run: exits :data:`NOT_APPLICABLE` where ``unit`` is absent."""
+        if self.unit is None:
+            return self.command
+        guard = f"systemctl cat {shlex.quote(self.unit)} >/dev/null 2>&1 || exit {NOT_APPLICABLE}"
+        return f"{guard}\n{self.command}"
 
 
 @runtime_checkable

@@ -75,5 +75,6 @@ def keel_health_checks() -> Sequence[HealthCheck]:
             command="python3 -m keel_store.health 127.0.0.1:2379",
             description="keel-store serves a linearizable read on 127.0.0.1:2379",
             timeout=15.0,
+            unit="keel-store.service",
         )
     ]

@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
             start = time.monotonic()
             build(DEFINITION, out_dir=out / "cold", progress=False,
                   cache=StageCache(out / "cache"))  # fmt: skip
-            _row("cold build (.debs cached)", time.monotonic() - start, "s", "cold_s")
+            _row("cold build (empty caches)", time.monotonic() - start, "s", "cold_s")
         start = time.monotonic()
         build(DEFINITION, out_dir=out / "warm", progress=False, extra_plugins=[("touch", touch)])
         _row("rebuild, one file changed", time.monotonic() - start, "s", "warm_s")

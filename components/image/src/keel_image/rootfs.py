@@ -86,6 +86,7 @@ def build(recipe: Recipe, cache: StageCache) -> Path:
         sources = [f"deb {d.mirror} {d.suite} main", *d.sources]
         dpkgopts = [f"path-exclude={p}" for p in EXCLUDES] + [f"path-include={p}" for p in INCLUDES]
         purge = " ".join(PURGE)
+        # Not --quiet: apt's "Unable to locate package" lines are only printed without it.
         argv: list[str | Path] = [
             "mmdebstrap",
             "--variant=essential",
@@ -93,7 +94,6 @@ def build(recipe: Recipe, cache: StageCache) -> Path:
             "--format=directory",
             "--skip=download/empty",
             "--skip=essential/unlink",
-            "--quiet",
             f"--include={','.join(sorted({*recipe.packages, *BASE_PACKAGES}))}",
             *[f"--dpkgopt={o}" for o in dpkgopts],
             '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',

@@ -58,6 +58,7 @@ def test_bios_boot_mounts_usr_read_only_from_usr_a(machine: Machine, keel_image:
     assert machine.succeed("cat /etc/os-release | grep ^ID=").strip() == "ID=keel"
 
 
+@pytest.mark.smoke  # CI boots both firmwares
 def test_uefi_boot_mounts_usr_read_only_from_usr_a(machine_factory, keel_image: Path):
     m = machine_factory("uefi", image=keel_image, firmware="uefi")
     m.start()

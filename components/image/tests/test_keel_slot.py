@@ -88,3 +88,28 @@ def test_empty_slot_and_bad_arguments_are_refused(esp: Path):
 
 def test_current_reads_the_kernel_command_line(esp: Path):
     assert slot(esp, "current", booted="B").strip() == "B"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root")
+def test_unprivileged_user_is_told_to_use_sudo(esp: Path):
+    esp.chmod(0o700)  # as the ESP is mounted: umask=0077
+    env = {
+        "KEEL_GRUBENV": str(esp / "grubenv"),
+        "KEEL_CMDLINE": "/proc/cmdline",
+        "PATH": "/usr/bin:/bin",
+    }
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    proc = subprocess.run(
+        [*nobody, "sh", str(SCRIPT), "status"], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"keel slot: {esp / 'grubenv'} is readable by root only "
+        "(the ESP is mounted umask=0077): use sudo"
+    )
+
+
+def test_missing_grubenv_says_where_it_looked(esp: Path):
+    (esp / "grubenv").unlink()
+    out = slot(esp, "status", check=False)
+    assert f"keel slot: {esp / 'grubenv'} not found (is the ESP mounted on /boot?)" in out

@@ -9,7 +9,7 @@ import pytest
 from keel_core import hookimpl
 from keel_core.errors import ConfigError
 from keel_core.types import FileContribution, ImageContribution
-from keel_image import recipe
+from keel_image import pipeline, recipe
 from keel_image.cache import StageCache
 from keel_image.errors import BuildError
 from keel_image.pipeline import build
@@ -52,6 +52,19 @@ def test_extra_plugin_changes_the_contributions_digest(definition: Path):
     assert "loop" in extra.kernel_modules
     assert plain.contributions_digest() != extra.contributions_digest()
     assert recipe.load(definition).contributions_digest() == plain.contributions_digest()
+
+
+def test_a_variant_builds_into_its_own_output_directory(definition: Path, tmp_path: Path):
+    """A test variant must never overwrite the plain image that other tests boot."""
+    plain = recipe.load(definition)
+    extra = recipe.load(definition, extra_plugins=[("extra", Extra())])
+    other = recipe.load(definition, extra_plugins=[("other", Extra("other", "/etc/other"))])
+    name = f"{plain.definition.name}-{plain.definition.version}"
+    assert pipeline._out_dir(plain, tmp_path) == tmp_path / name
+    assert pipeline._out_dir(extra, tmp_path) == tmp_path / f"{name}+{extra.variant}"
+    assert len(extra.variant) == 12
+    assert extra.variant != other.variant
+    assert recipe.load(definition, extra_plugins=[("extra", Extra())]).variant == extra.variant
 
 
 def test_two_plugins_writing_one_path_is_an_error(definition: Path):

@@ -86,7 +86,7 @@ class Progress:
 
 def _out_dir(recipe: Recipe, out_dir: Path | None) -> Path:
     base = out_dir if out_dir is not None else Path.cwd() / "out"
-    return base / f"{recipe.definition.name}-{recipe.definition.version}"
+    return base / recipe.output_name
 
 
 def _seed(recipe: Recipe) -> str:

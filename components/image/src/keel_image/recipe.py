@@ -8,7 +8,7 @@ and checks that the platforms the definition asks for exist.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -29,6 +29,14 @@ class Recipe:
     path: Path
     contributions: tuple[ImageContribution, ...]
     platforms: tuple[Platform, ...]
+    variant: str = ""
+    """Empty for the definition as it stands; a short hash when extra plugins changed it."""
+
+    @property
+    def output_name(self) -> str:
+        """``<name>-<version>``, plus ``+<variant>`` for a variant: never the plain image's."""
+        base = f"{self.definition.name}-{self.definition.version}"
+        return f"{base}+{self.variant}" if self.variant else base
 
     @property
     def packages(self) -> list[str]:
@@ -165,4 +173,7 @@ def load(path: str | Path, *, extra_plugins: Sequence[tuple[str, object]] = ()) 
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise locate(path, "components", None, f"two plugins contribute as {', '.join(dupes)}")
-    return Recipe(definition, path, tuple(contributions), tuple(chosen))
+    recipe = Recipe(definition, path, tuple(contributions), tuple(chosen))
+    if extra_plugins:  # a test variant is another image: it must not overwrite the plain one
+        recipe = replace(recipe, variant=recipe.contributions_digest()[:12])
+    return recipe

@@ -98,6 +98,8 @@ def test_filesystems_pass_fsck(built, tmp_path: Path):
         assert (tmp_path / "usr/lib/systemd/systemd").is_file()
         assert (tmp_path / "usr/share/factory/etc/fstab").is_file()
         assert not list((tmp_path / "usr/share/factory/etc/ssh").glob("ssh_host_*"))
+        # empty, not missing: no ID baked in, and no systemd "first boot" (preset-all)
+        assert (tmp_path / "usr/share/factory/etc/machine-id").read_bytes() == b""
 
 
 def test_verity_tree_matches_the_root_hash_on_the_kernel_line(built, tmp_path: Path):

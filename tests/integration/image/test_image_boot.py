@@ -56,6 +56,13 @@ def test_bios_boot_mounts_usr_read_only_from_usr_a(machine: Machine, keel_image:
         == "no"
     )
     assert machine.succeed("cat /etc/os-release | grep ^ID=").strip() == "ID=keel"
+    # machine-id: empty in the image, so systemd writes a new one into /etc at boot without
+    # taking it for a "first boot" (whose preset-all would have enabled ssh.socket)
+    assert machine.succeed("stat -c %s /usr/share/factory/etc/machine-id").strip() == "0"
+    assert machine.succeed("findmnt -n /etc/machine-id || echo not-a-mount").strip() == (
+        "not-a-mount"
+    )
+    assert machine.execute("systemctl is-enabled ssh.socket")[1].strip() == "disabled"
 
 
 @pytest.mark.smoke  # CI boots both firmwares

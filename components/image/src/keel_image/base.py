@@ -70,11 +70,16 @@ PermitRootLogin no
 UseDNS no
 """
 
+# Early (no default dependencies: it needs only a writable /etc), so that it runs beside
+# the other first-boot units instead of after basic.target, on the path to sshd.
 SSH_HOSTKEYS = """\
 [Unit]
 Description=Make this machine's SSH host key (first boot)
 ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
-Before=ssh.service
+DefaultDependencies=no
+After=local-fs.target
+Before=ssh.service shutdown.target
+Conflicts=shutdown.target
 
 [Service]
 Type=oneshot

@@ -27,12 +27,14 @@ from keel_core.types import (
 NAME = "qemu"
 FW_CFG_NAME = "opt/org.keel/config"
 
+# On the path to sshd, so ordered after as little as it needs: users (sysusers) and a
+# writable /etc, not systemd-tmpfiles-setup (which waits for the journal flush); the script
+# makes ~/.ssh itself and tmpfiles sets the home's owner before sshd starts (after sysinit).
 FIRSTBOOT_UNIT = """\
 [Unit]
 Description=Apply first-boot config from QEMU fw_cfg (hostname, SSH keys, addresses)
 DefaultDependencies=no
-After=systemd-sysusers.service systemd-tmpfiles-setup.service systemd-modules-load.service
-After=local-fs.target
+After=systemd-sysusers.service systemd-modules-load.service local-fs.target
 Before=ssh.service systemd-networkd.service network-pre.target
 Wants=network-pre.target
 ConditionVirtualization=qemu

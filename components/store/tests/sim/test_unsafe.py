@@ -13,19 +13,11 @@ from dataclasses import replace
 import pytest
 
 from keel_store.sim import RunResult, SimOptions, run_seed
+from keel_store.sim.options import PROFILES
 
-# Many elections, crashes, long-delayed messages; no pre-vote or check-quorum to damp them.
-CHURN = {
-    "check_liveness": False,
-    "crash_rate": 0.03,
-    "restart_rate": 0.3,
-    "straggler_rate": 0.2,
-    "straggler_factor": 40,
-    "partition_rate": 0.04,
-    "pre_vote": False,
-    "check_quorum": False,
-    "check_linearizability": False,
-}
+# The simulator's "churn" mix (many elections, crashes, long-delayed messages; no pre-vote or
+# check-quorum to damp them), minus the linearizability check.
+CHURN = {**PROFILES["churn"], "check_linearizability": False}
 # Crash-restart storms right after votes.
 VOTE_CRASHES = {
     "check_liveness": False,

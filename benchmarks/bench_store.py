@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,18 +29,13 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from keel_core.testing import free_port
 from keel_store.pb import rpcgrpc, rpcpb
 
 console = Console()
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 VALUE = b"v" * 256
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

@@ -111,14 +111,6 @@ def test_private_addresses_come_from_test_net_1():
         network.private_address(300)
 
 
-def test_free_port_is_on_loopback_and_bindable():
-    import socket
-
-    port = network.free_port()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
-
-
 def test_generated_key_is_private_ed25519_and_reused(tmp_path: Path):
     pair = ssh.generate_key(tmp_path / "id_ed25519")
     assert pair.public.startswith("ssh-ed25519 ")

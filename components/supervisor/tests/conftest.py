@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from keel_core.testing import free_port
 from keel_supervisor.network import Bridge
 from keel_supervisor.supervisor import Supervisor
-from keel_supervisor.testing import BUSYBOX, DaemonProcess, free_port, make_busybox_rootfs, wait_for
+from keel_supervisor.testing import BUSYBOX, DaemonProcess, make_busybox_rootfs, wait_for
 
 
 @pytest.fixture(scope="session")

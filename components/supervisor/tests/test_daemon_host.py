@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from keel_supervisor.testing import DaemonProcess, free_port, wait_for
+from keel_core.testing import free_port
+from keel_supervisor.testing import DaemonProcess, wait_for
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(180)]
 

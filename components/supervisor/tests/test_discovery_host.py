@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from keel_core.testing import free_port
 from keel_supervisor.discovery import domain_path
-from keel_supervisor.testing import DaemonProcess, free_port, wait_for
+from keel_supervisor.testing import DaemonProcess, wait_for
 
 from .conftest import etcdctl
 

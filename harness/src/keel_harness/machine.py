@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keel_core.testing import free_port
 from keel_harness import provision, qemu, reaper, ssh
 from keel_harness.console import ConsoleLog, find_trouble
 from keel_harness.errors import CommandFailed, GateFailure, HarnessError, QemuError, SshError
-from keel_harness.network import free_port
 from keel_harness.retry import retry
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,13 +19,6 @@ from keel_harness.errors import HarnessError
 
 PRIVATE_NET = ipaddress.IPv4Network("192.0.2.0/24")
 FIRST_HOST = 11
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (QEMU binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def private_address(index: int) -> ipaddress.IPv4Interface:

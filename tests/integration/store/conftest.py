@@ -22,14 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from keel_core.testing import free_port
+
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

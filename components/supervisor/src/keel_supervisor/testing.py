@@ -65,16 +65,6 @@ def busybox(rootfs: Path, *command: str, **settings: object) -> ContainerConfig:
     )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class DaemonProcess:
     """A real supervisor daemon (``keel container daemon``) in a temporary directory.
 

@@ -29,14 +29,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from keel_core.testing import free_port
+
 USER, PASSWORD = "keel", "s3cret-test"
 SERVICE, ISSUER = "keel-test-registry", "keel-test-issuer"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def b64url(data: bytes) -> str:

@@ -35,6 +35,17 @@ USER, PASSWORD = "keel", "s3cret-test"
 SERVICE, ISSUER = "keel-test-registry", "keel-test-issuer"
 
 
+def self_signed(key: Path, cert: Path, subject: str, alt_name: str | None = None) -> None:
+    """A throwaway self-signed RSA certificate and key, valid for a day."""
+    extra = ["-addext", alt_name] if alt_name else []
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", subject, *extra, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -50,26 +61,7 @@ class TokenServer:
     def __post_init__(self) -> None:
         self.key = self.directory / "token.key"
         self.cert = self.directory / "token.crt"
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=keel-test-token-issuer",
-                "-keyout",
-                str(self.key),
-                "-out",
-                str(self.cert),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        self_signed(self.key, self.cert, "/CN=keel-test-token-issuer")
         der = subprocess.run(
             ["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
             check=True,
@@ -168,28 +160,7 @@ class Registry:
         ]
         if tls:  # a self-signed certificate for 127.0.0.1; clients trust it via SSL_CERT_FILE
             cert, key = directory / "tls.crt", directory / "tls.key"
-            subprocess.run(
-                [
-                    "openssl",
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "1",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                    "-keyout",
-                    str(key),
-                    "-out",
-                    str(cert),
-                ],
-                check=True,
-                capture_output=True,
-            )
+            self_signed(key, cert, "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1")
             lines[-1] = (
                 f"http: {{addr: '127.0.0.1:{port}', tls: {{certificate: {cert}, key: {key}}}}}"
             )

@@ -123,6 +123,28 @@ def require_root(node: StoreNode, context: Any) -> None:
         raise errors.PERMISSION_DENIED
 
 
+def require_lease_keys(node: StoreNode, context: Any, lease_id: int) -> None:
+    """Write permission on every key attached to a lease (etcd's ``checkLeasePuts``).
+
+    Revoking a lease deletes its keys, and attaching a key to a lease lets whoever may
+    revoke it delete the key, so both need write access to all of the lease's keys. A
+    lease without keys (or an unknown one) needs nothing; root may do anything. Checked
+    when the request arrives (etcd checks when it applies the entry).
+    """
+    auth = node.sm.auth
+    if not auth.enabled:
+        return
+    lease = node.sm.leases.get(lease_id)
+    if lease is None or not lease.keys:
+        return
+    user = auth_user(node, context)
+    if user is None or auth.is_root(user):
+        return
+    for key in lease.keys:
+        if not auth.allowed(user, key, b"", write=True):
+            raise errors.PERMISSION_DENIED
+
+
 def _require_txn(node: StoreNode, context: Any, req: rpcpb.TxnRequest) -> None:
     for cmp in req.compare:
         require(node, context, cmp.key, cmp.range_end, write=False)
@@ -172,6 +194,10 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
     async def Put(self, request: Any, context: Any) -> Any:
         validate.check_put(request)
         require(self.node, context, request.key, b"", write=True)
+        if request.lease:
+            require_lease_keys(self.node, context, request.lease)
+        if request.prev_kv:
+            require(self.node, context, request.key, b"", write=False)
         await check_quota(self.node, _put_cost(request))
         resp = await self.node.propose(Kind.PUT, request)
         self.headers.fill(resp.header, resp.header.revision)

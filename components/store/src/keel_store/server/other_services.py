@@ -10,7 +10,16 @@ from keel_store.mvcc import errors, snapshot
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
 from keel_store.pb import rpcgrpc, rpcpb
-from keel_store.server.kv_service import Headers, abort, check_quota, guarded, require_root
+from keel_store.server.kv_service import (
+    Headers,
+    abort,
+    auth_user,
+    check_quota,
+    guarded,
+    require,
+    require_lease_keys,
+    require_root,
+)
 from keel_store.server.members import member_id
 from keel_store.server.node import StoreNode
 from keel_store.server.transport import host_port
@@ -19,6 +28,12 @@ ETCD_VERSION = "3.4.23"
 """The etcd version we answer with: the API level we implement (what etcdctl checks)."""
 CLUSTER_VERSION = "3.4.0"
 SNAPSHOT_CHUNK = 32 * 1024
+
+
+def _check_token(node: StoreNode, context: Any) -> None:
+    """A token that is sent must be valid, even where no permission is needed (as etcd)."""
+    if any(k == "token" for k, _ in context.invocation_metadata() or ()):
+        auth_user(node, context)
 
 
 class LeaseService(rpcgrpc.LeaseServicer):  # type: ignore[misc]
@@ -31,6 +46,7 @@ class LeaseService(rpcgrpc.LeaseServicer):  # type: ignore[misc]
     @guarded
     async def LeaseGrant(self, request: Any, context: Any) -> Any:
         """The TTL is raised to etcd's minimum; the ID is picked here when 0."""
+        _check_token(self.node, context)
         await check_quota(self.node, 64)
         req = rpcpb.LeaseGrantRequest(
             TTL=max(request.TTL, self.node.config.min_lease_ttl),
@@ -42,6 +58,9 @@ class LeaseService(rpcgrpc.LeaseServicer):  # type: ignore[misc]
 
     @guarded
     async def LeaseRevoke(self, request: Any, context: Any) -> Any:
+        """Revoking deletes the lease's keys: it needs write permission on all of them."""
+        _check_token(self.node, context)
+        require_lease_keys(self.node, context, request.ID)
         resp = await self.node.propose(Kind.LEASE_REVOKE, request)
         self.headers.fill(resp.header)
         return resp
@@ -62,9 +81,17 @@ class LeaseService(rpcgrpc.LeaseServicer):  # type: ignore[misc]
 
     @guarded
     async def LeaseTimeToLive(self, request: Any, context: Any) -> Any:
-        """TTL -1 when the lease does not exist (as etcd answers)."""
+        """TTL -1 when the lease does not exist (as etcd answers).
+
+        With auth enabled, the caller needs read permission on every key attached to the
+        lease (it would learn their names): etcd 3.4.26 and 3.5.9 added this check
+        (CVE-2023-32082); 3.4.23 answers anyone.
+        """
         await self.node.read_barrier()
+        auth_user(self.node, context)
         lease = self.node.sm.leases.get(request.ID)
+        for key in sorted(lease.keys if lease is not None else ()):
+            require(self.node, context, key, b"", write=False)
         resp = rpcpb.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)
         if lease is not None:
             resp.TTL = await self.node.lease_remaining(request.ID)

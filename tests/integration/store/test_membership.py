@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 
 from .conftest import Proc, etcdctl, free_port
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(240)]
+
+NOT_IN_SYNC = "etcdserver: can only promote a learner member which is in sync with leader"
 
 
 def join(cluster, tmp_path, name: str, learner: bool = False) -> Proc:
@@ -70,10 +73,37 @@ def test_learner_then_promote(make_cluster, tmp_path) -> None:
     etcdctl(a, "put", "x", "1")
     learner = join(cluster, tmp_path, "l1", learner=True)
     (lid,) = [mid for mid, m in members(a).items() if m.get("isLearner")]
-    r = etcdctl(a, "member", "promote", lid, check=False)
-    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 30
+    while (r := etcdctl(a, "member", "promote", lid, check=False)).returncode != 0:
+        assert NOT_IN_SYNC in r.stderr, r.stderr  # only "not caught up yet" may be retried
+        assert time.monotonic() < deadline, "the learner never caught up"
+        time.sleep(0.3)
     assert not any(m.get("isLearner") for m in members(a).values())
     cluster.wait_ready(learner)
     assert etcdctl(learner.endpoint, "get", "x", "--print-value-only").stdout.strip() == "1"
     r = etcdctl(a, "member", "promote", lid, check=False)
     assert "can only promote a learner member" in r.stderr
+
+
+def promote_unstarted_learner(endpoint: str) -> list[str]:
+    """Add a learner that never starts, then try to promote it (and a made-up member)."""
+    for i in range(20):
+        etcdctl(endpoint, "put", f"k{i}", "v")
+    peer = f"http://127.0.0.1:{free_port()}"
+    etcdctl(endpoint, "member", "add", "ghost", f"--peer-urls={peer}", "--learner")
+    (lid,) = [mid for mid, m in members(endpoint).items() if m.get("isLearner")]
+    time.sleep(1.0)  # the leader has the learner in its Raft configuration by now
+    out = []
+    for target in (lid, "1234abcd"):
+        r = etcdctl(endpoint, "member", "promote", target, check=False)
+        out.append(r.stderr.strip().splitlines()[-1] if r.returncode else "promoted")
+    return out
+
+
+def test_promote_refuses_a_learner_behind_the_leader_as_etcd(make_cluster) -> None:
+    keel = make_cluster(1)
+    etcd = make_cluster(1, binary="etcd")
+    ours = promote_unstarted_learner(keel.members[0].endpoint)
+    theirs = promote_unstarted_learner(etcd.members[0].endpoint)
+    assert NOT_IN_SYNC in theirs[0]
+    assert ours == theirs

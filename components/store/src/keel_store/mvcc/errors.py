@@ -67,6 +67,10 @@ PEER_URL_EXISTS = _e(Code.FAILED_PRECONDITION, "etcdserver: Peer URLs already ex
 MEMBER_BAD_URLS = _e(Code.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid")
 MEMBER_NOT_FOUND = _e(Code.NOT_FOUND, "etcdserver: member not found")
 MEMBER_NOT_LEARNER = _e(Code.FAILED_PRECONDITION, "etcdserver: can only promote a learner member")
+LEARNER_NOT_READY = _e(
+    Code.FAILED_PRECONDITION,
+    "etcdserver: can only promote a learner member which is in sync with leader",
+)
 REQUEST_TOO_LARGE = _e(Code.INVALID_ARGUMENT, "etcdserver: request is too large")
 NO_LEADER = _e(Code.UNAVAILABLE, "etcdserver: no leader")
 LEADER_CHANGED = _e(Code.UNAVAILABLE, "etcdserver: leader changed")

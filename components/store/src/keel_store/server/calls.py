@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import struct
 
-CALL_READ_INDEX, CALL_KEEPALIVE, CALL_TTL, CALL_PROPOSE = 1, 2, 3, 4
+CALL_READ_INDEX, CALL_KEEPALIVE, CALL_TTL, CALL_PROPOSE, CALL_LEARNER_READY = 1, 2, 3, 4, 5
 _CALL = struct.Struct(">QB")
 """Call frame header: call ID (for the reply), call kind."""

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keel_store.node")
 
+LEARNER_READY_FRACTION = 0.9
+"""etcd's ``readyPercent``: a learner may be promoted once its log holds 90% of ours."""
+
 
 class MembershipMixin:
     """Membership for :class:`~keel_store.server.node.StoreNode`."""
@@ -56,6 +59,18 @@ class MembershipMixin:
                 )
             )
         return out
+
+    def learner_in_sync(self, member_id: int) -> bool:
+        """Leader only: has this learner's log caught up enough to vote (etcd's check)?
+
+        A member the leader has no progress for (not yet in the Raft configuration,
+        or not a member at all) passes, as with etcd; promoting it then fails for what
+        it is (unknown member, not a learner).
+        """
+        progress = self.raft.progress.get(member_id)
+        if progress is None or member_id == self.raft.id:
+            return True
+        return progress.match >= self.raft.log.last_index() * LEARNER_READY_FRACTION
 
     def _reconcile_membership(self) -> None:
         """Leader: move the Raft configuration one step towards the replicated members."""

@@ -41,7 +41,14 @@ from keel_store.raft import (
     SnapshotMeta,
 )
 from keel_store.server import transport
-from keel_store.server.calls import _CALL, CALL_KEEPALIVE, CALL_PROPOSE, CALL_READ_INDEX, CALL_TTL
+from keel_store.server.calls import (
+    _CALL,
+    CALL_KEEPALIVE,
+    CALL_LEARNER_READY,
+    CALL_PROPOSE,
+    CALL_READ_INDEX,
+    CALL_TTL,
+)
 from keel_store.server.config import NodeConfig
 from keel_store.server.membership import MembershipMixin
 from keel_store.server.reads import ReadIndexMixin
@@ -432,6 +439,13 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         reply = await self._leader_call(CALL_TTL, struct.pack(">q", lease_id))
         return int(struct.unpack(">q", reply)[0])
 
+    async def learner_ready(self, member_id: int) -> bool:
+        """Ask the leader (the only one who knows followers' logs) if a learner caught up."""
+        if self.is_leader:
+            return self.learner_in_sync(member_id)
+        reply = await self._leader_call(CALL_LEARNER_READY, struct.pack(">Q", member_id))
+        return reply == b"\x01"
+
     async def transfer_leadership(self, target: int) -> None:
         """Hand leadership to ``target`` and wait until it leads (or time out)."""
         self._submit(lambda: self.raft.transfer_leadership(target))
@@ -484,6 +498,9 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         elif call == CALL_TTL:
             (lease_id,) = struct.unpack(">q", body)
             reply(struct.pack(">q", self.lessor.remaining(lease_id, time.monotonic())))
+        elif call == CALL_LEARNER_READY:
+            (member,) = struct.unpack(">Q", body)
+            reply(b"\x01" if not self.is_leader or self.learner_in_sync(member) else b"\x00")
 
 
 def _lease_revoke(lease_id: int) -> PbMessage:

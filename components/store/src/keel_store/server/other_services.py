@@ -158,7 +158,10 @@ class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
 
     @guarded
     async def MemberPromote(self, request: Any, context: Any) -> Any:
+        """Refused until the leader sees the learner's log within 90% of its own (etcd)."""
         require_root(self.node, context)
+        if not await self.node.learner_ready(request.ID):
+            raise errors.LEARNER_NOT_READY
         return self._with_members(await self.node.propose(Kind.MEMBER_PROMOTE, request))
 
 

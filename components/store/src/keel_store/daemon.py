@@ -29,7 +29,7 @@ import grpc
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
-from keel_store.server import auth_service, gateway, kv_service, other_services
+from keel_store.server import auth_service, gateway, kv_service, other_services, tokens
 from keel_store.server.members import Cluster, ClusterConfigError, parse_initial_cluster
 from keel_store.server.node import NodeConfig, StoreNode
 from keel_store.server.transport import host_port
@@ -68,6 +68,7 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("peer-key-file", "", "peer TLS key"),
     ("peer-trusted-ca-file", "", "peer TLS trusted CA: peers' certificates must chain to it"),
     ("peer-client-cert-auth", False, "require peers to present certificates from the CA"),
+    ("auth-token", "simple", "simple, or jwt,pub-key=PEM,priv-key=PEM,sign-method=RS256,ttl=5m"),
     ("log-level", "warn", "debug, info, warn or error"),
     ("logger", "zap", "accepted for compatibility; logs are JSON lines on stderr"),
     ("enable-v2", False, "accepted for compatibility; the v2 API is not served"),
@@ -175,6 +176,10 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     if args.heartbeat_interval <= 0 or args.election_timeout < 5 * args.heartbeat_interval:
         raise FlagError("--election-timeout: must be at least 5 times --heartbeat-interval")
     server_ssl, client_ssl = peer_tls(args)
+    try:
+        token_provider = tokens.parse(args.auth_token)
+    except tokens.TokenSpecError as exc:
+        raise FlagError(str(exc)) from None
     peer_url = _first(args.initial_advertise_peer_urls, "initial-advertise-peer-urls")
     spec = args.initial_cluster or f"{args.name}={peer_url}"
     try:
@@ -196,6 +201,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         peer_server_ssl=server_ssl,
         peer_client_ssl=client_ssl,
         listen_peer_url=_first(args.listen_peer_urls, "listen-peer-urls"),
+        token_provider=token_provider,
     )
 
 

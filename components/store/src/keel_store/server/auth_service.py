@@ -3,15 +3,14 @@
 Changes go through the log with passwords already hashed here (bcrypt, etcd's cost
 10), so every member stores the same hash. ``Authenticate`` checks the password on the
 member that receives it and hands out a member-local token, like etcd's "simple"
-tokens; clients send it as ``token`` metadata. Administration needs the root role once
+tokens, or a JWT with ``--auth-token jwt,...`` (``keel_store.server.tokens``); clients
+send it as ``token`` metadata. Administration needs the root role once
 authentication is enabled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import secrets
 from typing import Any
 
 import bcrypt
@@ -35,7 +34,6 @@ class AuthService(rpcgrpc.AuthServicer):  # type: ignore[misc]
     def __init__(self, node: StoreNode) -> None:
         self.node = node
         self.headers = Headers(node)
-        self._counter = itertools.count(1)
 
     async def _change(self, kind: Kind, request: Any, context: Any) -> Any:
         require_root(self.node, context)
@@ -73,8 +71,7 @@ class AuthService(rpcgrpc.AuthServicer):  # type: ignore[misc]
         )
         if not ok:
             raise auth.AUTH_FAILED
-        token = f"{secrets.token_urlsafe(12)}.{next(self._counter)}"
-        self.node.tokens[token] = user.name
+        token = self.node.tokens.assign(user.name, store.revision)
         resp = rpcpb.AuthenticateResponse(token=token)
         self.headers.fill(resp.header)
         return resp

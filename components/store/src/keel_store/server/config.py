@@ -30,6 +30,8 @@ class NodeConfig:
     """ssl.SSLContext for accepting peers (peer TLS), or None."""
     peer_client_ssl: Any = None
     """ssl.SSLContext for dialing peers (peer TLS), or None."""
+    token_provider: Any = None
+    """``--auth-token``: a :class:`~keel_store.server.tokens.TokenProvider` (None: simple)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -103,9 +103,12 @@ def auth_user(node: StoreNode, context: Any) -> str | None:
     token = next((v for k, v in context.invocation_metadata() or () if k == "token"), None)
     if token is None:
         raise auth_errors.USER_EMPTY
-    user = node.tokens.get(token)
-    if user is None or user not in auth.users:
+    found = node.tokens.info(token)
+    if found is None or found[0] not in auth.users:
         raise errors.INVALID_AUTH_TOKEN
+    user, revision = found
+    if revision is not None and revision < auth.revision:
+        raise errors.AUTH_OLD_REVISION  # a JWT from before an auth change: authenticate again
     return user
 
 

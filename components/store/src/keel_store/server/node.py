@@ -52,6 +52,7 @@ from keel_store.server.calls import (
 from keel_store.server.config import NodeConfig
 from keel_store.server.membership import MembershipMixin
 from keel_store.server.reads import ReadIndexMixin
+from keel_store.server.tokens import SimpleTokens, TokenProvider
 from keel_store.wal import NodeStorage, OSFileSystem
 
 log = logging.getLogger("keel_store.node")
@@ -89,8 +90,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._next_id = self._rng.getrandbits(40)
         self.last_snapshot_index = 0
         self.leader_changed = asyncio.Event()
-        self.tokens: dict[str, str] = {}
-        """Auth tokens this member issued -> user name (etcd's member-local simple tokens)."""
+        self.tokens: TokenProvider = config.token_provider or SimpleTokens()
+        """Issues auth tokens and maps them back to users (``--auth-token``)."""
         self.attributes: dict[int, tuple[str, list[str]]] = {}
         """Member ID -> (name, client URLs) as each member announced itself."""
         self._known_leader = 0

@@ -59,7 +59,11 @@ FLAGS: list[tuple[str, Any, str]] = [
         "how often watches created with progress_notify hear the current revision",
     ),
     ("max-txn-ops", validate.DEFAULT_MAX_TXN_OPS, "maximum operations in one txn"),
-    ("max-request-bytes", 1_572_864, "maximum client request size in bytes"),
+    (
+        "max-request-bytes",
+        validate.DEFAULT_MAX_REQUEST_BYTES,
+        "maximum client request size in bytes (and of a fragmented watch response)",
+    ),
     ("cert-file", "", "client server TLS certificate"),
     ("key-file", "", "client server TLS key"),
     ("trusted-ca-file", "", "client server TLS trusted CA certificate"),
@@ -257,7 +261,7 @@ async def auto_compact(node: StoreNode, mode: str, retention: float) -> None:
 
 
 def _server(node: StoreNode, kv: kv_service.KVService, args: argparse.Namespace) -> grpc.aio.Server:
-    limit = args.max_request_bytes + 512 * 1024
+    limit = args.max_request_bytes + validate.GRPC_OVERHEAD_BYTES
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),
@@ -272,7 +276,8 @@ def _server(node: StoreNode, kv: kv_service.KVService, args: argparse.Namespace)
         args.experimental_watch_progress_notify_interval,
         "experimental-watch-progress-notify-interval",
     )
-    rpcgrpc.add_WatchServicer_to_server(kv_service.WatchService(node, interval), server)
+    watch = kv_service.WatchService(node, interval, limit)
+    rpcgrpc.add_WatchServicer_to_server(watch, server)
     rpcgrpc.add_LeaseServicer_to_server(other_services.LeaseService(node), server)
     rpcgrpc.add_ClusterServicer_to_server(other_services.ClusterService(node), server)
     rpcgrpc.add_MaintenanceServicer_to_server(other_services.MaintenanceService(node), server)

@@ -11,6 +11,10 @@ from keel_store.pb import rpcpb
 
 DEFAULT_MAX_TXN_OPS = 128
 """etcd's ``--max-txn-ops`` default."""
+DEFAULT_MAX_REQUEST_BYTES = 1_572_864
+"""etcd's ``--max-request-bytes`` default: 1.5 MiB."""
+GRPC_OVERHEAD_BYTES = 512 * 1024
+"""What etcd allows a gRPC message beyond ``--max-request-bytes`` (its framing)."""
 
 
 def check_range(req: rpcpb.RangeRequest) -> None:

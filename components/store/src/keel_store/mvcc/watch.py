@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 
 from keel_store.mvcc.keyspace import DELETE, PUT, Event, KeySpace
 
+REPLAY_BATCH_REVISIONS = 1000
+"""etcd's ``watchBatchMaxRevs``: a catching-up watch gets at most this many revisions
+per response (one revision's events are never split, except by ``fragment``)."""
+
 
 @dataclass(eq=False, slots=True)
 class Watcher:
@@ -88,9 +92,10 @@ class WatchHub:
     def watch(self, watcher: Watcher, start_revision: int) -> int:
         """Register ``watcher`` from ``start_revision`` (0: the next revision).
 
-        Returns 0 when registered (history replayed already), or the compact revision
-        when ``start_revision`` is compacted; the watcher is then not registered and
-        the caller cancels it with that revision, as etcd does.
+        Past revisions are replayed in batches of up to 1000 revisions, as etcd sends a
+        catching-up watcher. Returns 0 when registered (history replayed already), or
+        the compact revision when ``start_revision`` is compacted; the watcher is then
+        not registered and the caller cancels it with that revision, as etcd does.
         """
         if 0 < start_revision < self._kv.compact_revision:
             return self._kv.compact_revision
@@ -99,8 +104,16 @@ class WatchHub:
         watcher.next_revision = start
         if start <= current:
             replay: list[Event] = []
+            revisions = 0
             for _, events in self._kv.events_since(start):
-                replay.extend(watcher.select(events))
+                selected = watcher.select(events)
+                if not selected:
+                    continue
+                if revisions == REPLAY_BATCH_REVISIONS:
+                    watcher.sink(watcher, replay)
+                    replay, revisions = [], 0
+                replay.extend(selected)
+                revisions += 1
             watcher.next_revision = current + 1
             if replay:
                 watcher.sink(watcher, replay)

@@ -17,6 +17,7 @@ from keel_store.mvcc.keyspace import ENTRY_OVERHEAD, Event
 from keel_store.mvcc.watch import Watcher
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.node import StoreNode
+from keel_store.server.watch_fragments import fragments
 
 T = TypeVar("T")
 STATUS = {code.value[0]: code for code in grpc.StatusCode}
@@ -245,11 +246,19 @@ def _fill_nested(resp: rpcpb.TxnResponse, headers: Headers) -> None:
 class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
     """Watch: many watches per stream, from any revision, filters, prev_kv, progress."""
 
-    def __init__(self, node: StoreNode, progress_interval: float = 600.0) -> None:
+    def __init__(
+        self,
+        node: StoreNode,
+        progress_interval: float = 600.0,
+        fragment_bytes: int = validate.DEFAULT_MAX_REQUEST_BYTES + validate.GRPC_OVERHEAD_BYTES,
+    ) -> None:
         self.node = node
         self.headers = Headers(node)
         self.progress_interval = progress_interval
         """etcd's ``--experimental-watch-progress-notify-interval`` (10 minutes)."""
+        self.fragment_bytes = fragment_bytes
+        """Watches created with ``fragment`` get responses split under this size
+        (etcd: ``--max-request-bytes`` plus gRPC's 512 KiB overhead allowance)."""
 
     async def Watch(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         if self.node.leader_id == 0 and _wants_leader(context):
@@ -262,7 +271,11 @@ class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
             resp = rpcpb.WatchResponse(watch_id=watcher.id)
             self.headers.fill(resp.header)
             resp.events.extend(events)
-            queue.put_nowait(resp)
+            if watcher.fragment:
+                for part in fragments(resp, self.fragment_bytes):
+                    queue.put_nowait(part)
+            else:
+                queue.put_nowait(resp)
 
         def respond(**fields: Any) -> None:
             resp = rpcpb.WatchResponse(**fields)
@@ -300,6 +313,7 @@ class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
                             no_put=rpcpb.WatchCreateRequest.NOPUT in filters,
                             no_delete=rpcpb.WatchCreateRequest.NODELETE in filters,
                             progress_notify=cr.progress_notify,
+                            fragment=cr.fragment,
                         )
                         try:
                             require(self.node, context, cr.key, cr.range_end, write=False)

@@ -1,7 +1,8 @@
-"""Catch-up batches of at most 1,000 revisions, and etcd's fragment splitting."""
+"""Catch-up batches of 1,000 revisions, fragment splitting, sub revisions in snapshots."""
 
 from __future__ import annotations
 
+from keel_store.mvcc import snapshot
 from keel_store.mvcc.keyspace import Event
 from keel_store.mvcc.store import StateMachine
 from keel_store.mvcc.watch import REPLAY_BATCH_REVISIONS, Watcher, WatchHub
@@ -53,3 +54,32 @@ def test_small_or_single_event_responses_are_not_fragmented() -> None:
     single = response([5000])
     assert fragments(single, 1000) == [single]
     assert not single.fragment
+
+
+def test_snapshot_keeps_sub_revisions_and_event_order() -> None:
+    sm = StateMachine()
+    ops = [rpcpb.RequestOp(request_put=rpcpb.PutRequest(key=k, value=b"v")) for k in (b"z", b"m")]
+    sm.txn(rpcpb.TxnRequest(success=ops))
+    before = snapshot.hash_kv(sm, sm.kv.revision)
+    restored = snapshot.restore(snapshot.save(sm))
+    (_, events), *_ = restored.kv.events_since(2)
+    assert [e.kv.key for e in events] == [b"z", b"m"]  # the txn's order, not key order
+    assert snapshot.hash_kv(restored, restored.kv.revision) == before
+    # A version-1 snapshot (no sub revisions) still restores.
+    v1 = snapshot.save(sm).replace(snapshot.MAGIC, snapshot.MAGIC_V1, 1)
+    head_end = v1.index(b"\n", len(snapshot.MAGIC_V1)) + 1
+    body, out, pos = v1[head_end:], bytearray(v1[:head_end]), 0
+    while pos < len(body):
+        klen = int.from_bytes(body[pos : pos + 4], "big")
+        count = int.from_bytes(body[pos + 4 + klen : pos + 8 + klen], "big")
+        out += body[pos : pos + 8 + klen]
+        pos += 8 + klen
+        for _ in range(count):
+            rev, _sub, length = snapshot._ENTRY.unpack_from(body, pos)
+            out += snapshot._ENTRY_V1.pack(rev, length)
+            pos += snapshot._ENTRY.size
+            out += body[pos : pos + max(length, 0)]
+            pos += max(length, 0)
+    old = snapshot.restore(bytes(out))
+    assert old.kv.get(b"m") is not None
+    assert old.kv.get(b"m").value == b"v"  # type: ignore[union-attr]

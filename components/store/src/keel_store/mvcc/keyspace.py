@@ -36,10 +36,15 @@ def prefix_end(prefix: bytes) -> bytes:
 
 @dataclass(slots=True)
 class KeyHistory:
-    """The versions of one key, oldest first; ``None`` marks a deletion (tombstone)."""
+    """The versions of one key, oldest first; ``None`` marks a deletion (tombstone).
+
+    ``subs`` is each version's position among its revision's changes (etcd's sub
+    revision: the bbolt key is ``main, sub``), needed to hash as etcd hashes.
+    """
 
     revs: list[int] = field(default_factory=list)
     kvs: list[KeyValue | None] = field(default_factory=list)
+    subs: list[int] = field(default_factory=list)
 
     def at(self, revision: int) -> KeyValue | None:
         """The key as it was at ``revision`` (``None``: absent then)."""
@@ -121,6 +126,7 @@ class KeySpace:
         )
         history.revs.append(rev)
         history.kvs.append(kv)
+        history.subs.append(len(self._pending))
         self.size += len(key) + len(value) + ENTRY_OVERHEAD
         event = Event(type=PUT, kv=kv)
         if prev is not None:
@@ -137,6 +143,7 @@ class KeySpace:
             history = self._keys[prev.key]
             history.revs.append(rev)
             history.kvs.append(None)
+            history.subs.append(len(self._pending))
             self.size += len(prev.key) + ENTRY_OVERHEAD
             event = Event(type=DELETE, kv=KeyValue(key=prev.key, mod_revision=rev))
             event.prev_kv.CopyFrom(prev)
@@ -210,6 +217,7 @@ class KeySpace:
             if drop:
                 del history.revs[:drop]
                 del history.kvs[:drop]
+                del history.subs[:drop]
             if not history.revs:
                 emptied.append(key)
         for key in emptied:
@@ -232,19 +240,19 @@ class KeySpace:
 
     def restore_events(self) -> None:
         """Rebuild the event log (for watches) from the restored key histories."""
-        by_rev: dict[int, list[tuple[bytes, Event]]] = {}
+        by_rev: dict[int, list[tuple[int, bytes, Event]]] = {}
         for key, history in self._keys.items():
             prev: KeyValue | None = None
-            for rev, kv in zip(history.revs, history.kvs, strict=True):
+            for rev, kv, sub in zip(history.revs, history.kvs, history.subs, strict=True):
                 if kv is None:
                     event = Event(type=DELETE, kv=KeyValue(key=key, mod_revision=rev))
                 else:
                     event = Event(type=PUT, kv=kv)
                 if prev is not None:
                     event.prev_kv.CopyFrom(prev)
-                by_rev.setdefault(rev, []).append((key, event))
+                by_rev.setdefault(rev, []).append((sub, key, event))
                 prev = kv
         self._log_revs = sorted(r for r in by_rev if r > self.compact_revision)
         self._log_events = [
-            [e for _, e in sorted(by_rev[r], key=lambda p: p[0])] for r in self._log_revs
+            [e for _, _, e in sorted(by_rev[r], key=lambda p: p[:2])] for r in self._log_revs
         ]

@@ -10,17 +10,23 @@ from __future__ import annotations
 import io
 import json
 import struct
-import zlib
+from collections.abc import Callable
 
+import google_crc32c
 from google.protobuf.message import DecodeError
 
 from keel_store.mvcc.auth import AuthStore
 from keel_store.mvcc.keyspace import KeyHistory, KeyValue
 from keel_store.mvcc.store import Lease, MemberRecord, StateMachine
 
-MAGIC = b"KEELSNAP1\n"
+MAGIC = b"KEELSNAP2\n"
+MAGIC_V1 = b"KEELSNAP1\n"
 _U32 = struct.Struct(">I")
-_ENTRY = struct.Struct(">qi")
+_ENTRY = struct.Struct(">qii")
+_ENTRY_V1 = struct.Struct(">qi")
+_BOLT_REV = struct.Struct(">QcQ")
+_crc32c: Callable[[int, bytes], int] = google_crc32c.extend
+"""CRC-32C (Castagnoli), etcd's hash, in C."""
 
 
 def save(sm: StateMachine) -> bytes:
@@ -44,18 +50,22 @@ def save(sm: StateMachine) -> bytes:
     out.write(json.dumps(head, sort_keys=True).encode() + b"\n")
     for key, history in sm.kv.histories():
         out.write(_U32.pack(len(key)) + key + _U32.pack(len(history.revs)))
-        for rev, kv in zip(history.revs, history.kvs, strict=True):
+        for rev, kv, sub in zip(history.revs, history.kvs, history.subs, strict=True):
             if kv is None:
-                out.write(_ENTRY.pack(rev, -1))
+                out.write(_ENTRY.pack(rev, sub, -1))
             else:
                 blob = kv.SerializeToString(deterministic=True)
-                out.write(_ENTRY.pack(rev, len(blob)) + blob)
+                out.write(_ENTRY.pack(rev, sub, len(blob)) + blob)
     return out.getvalue()
 
 
 def restore(data: bytes) -> StateMachine:
     """Rebuild a state machine from :func:`save`'s bytes; ValueError if malformed."""
-    if not data.startswith(MAGIC):
+    if data.startswith(MAGIC):
+        entry, with_sub = _ENTRY, True
+    elif data.startswith(MAGIC_V1):
+        entry, with_sub = _ENTRY_V1, False
+    else:
         raise ValueError("not a keel-store snapshot (bad magic)")
     view = memoryview(data)
     newline = data.index(b"\n", len(MAGIC))
@@ -80,8 +90,11 @@ def restore(data: bytes) -> StateMachine:
             pos += 4
             history = KeyHistory()
             for _ in range(count):
-                rev, length = _ENTRY.unpack_from(view, pos)
-                pos += _ENTRY.size
+                if with_sub:
+                    rev, sub, length = entry.unpack_from(view, pos)
+                else:
+                    (rev, length), sub = entry.unpack_from(view, pos), 0
+                pos += entry.size
                 kv: KeyValue | None = None
                 if length >= 0:
                     if pos + length > len(data):
@@ -91,6 +104,7 @@ def restore(data: bytes) -> StateMachine:
                     pos += length
                 history.revs.append(rev)
                 history.kvs.append(kv)
+                history.subs.append(sub)
             sm.kv.restore_history(key, history)
             latest = history.latest()
             if latest is not None and latest.lease in sm.leases:
@@ -102,17 +116,34 @@ def restore(data: bytes) -> StateMachine:
 
 
 def hash_kv(sm: StateMachine, revision: int) -> int:
-    """Maintenance.HashKV: CRC-32 of every version at or below ``revision``.
+    """Maintenance.HashKV at ``revision``, computed as etcd 3.4 computes it.
 
-    Members with the same history give the same hash (what ``etcdctl endpoint hashkv``
-    compares); the value differs from etcd's, which hashes its bbolt layout.
+    etcd hashes ``b"key"``, then every (bbolt key, value) of its key bucket in revision
+    order up to ``revision``; of the versions at or below the compact revision it
+    only hashes those still live at ``revision`` (unless none is). The caller checks
+    that ``revision`` is neither compacted nor in the future.
     """
-    crc = 0
+    compact = sm.kv.compact_revision
+    entries: list[tuple[int, int, bytes, KeyValue | None]] = []
+    live: set[tuple[int, int]] = set()
     for key, history in sm.kv.histories():
-        for rev, kv in zip(history.revs, history.kvs, strict=True):
+        last: tuple[int, int, KeyValue | None] | None = None
+        for rev, kv, sub in zip(history.revs, history.kvs, history.subs, strict=True):
             if rev > revision:
                 break
-            crc = zlib.crc32(key + struct.pack(">q", rev), crc)
-            if kv is not None:
-                crc = zlib.crc32(kv.SerializeToString(deterministic=True), crc)
+            entries.append((rev, sub, key, kv))
+            last = (rev, sub, kv)
+        if last is not None and last[2] is not None:
+            live.add((last[0], last[1]))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    crc = _crc32c(0, b"key")
+    for rev, sub, key, kv in entries:
+        if rev <= compact and live and (rev, sub) not in live:
+            continue
+        if kv is None:
+            crc = _crc32c(crc, _BOLT_REV.pack(rev, b"_", sub) + b"t")
+            crc = _crc32c(crc, KeyValue(key=key).SerializeToString())
+        else:
+            crc = _crc32c(crc, _BOLT_REV.pack(rev, b"_", sub))
+            crc = _crc32c(crc, kv.SerializeToString(deterministic=True))
     return crc

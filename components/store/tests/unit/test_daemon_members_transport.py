@@ -54,6 +54,11 @@ def test_node_config_defaults_and_errors(tmp_path: Path) -> None:
     args = daemon.parse_args(["--election-timeout=200"], {})
     with pytest.raises(daemon.FlagError, match="--election-timeout"):
         daemon.node_config(args)
+    args = daemon.parse_args(["--auth-token=jwt,sign-method=RS256"], {})
+    with pytest.raises(daemon.FlagError, match="--auth-token: jwt needs pub-key"):
+        daemon.node_config(args)
+    args = daemon.parse_args([], {"ETCD_AUTH_TOKEN": "simple"})
+    assert daemon.node_config(args).token_provider is not None
 
 
 def test_cluster_ids_are_stable_and_token_dependent() -> None:

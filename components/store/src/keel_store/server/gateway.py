@@ -2,10 +2,13 @@
 
 etcd serves these on its client port next to gRPC (cmux); grpcio cannot share a port
 with an HTTP/1.1 server, so keel-store serves them on ``--listen-metrics-urls`` (where
-etcd also answers ``/health``). Bodies are the request messages in proto3 JSON, as with
-etcd: bytes in base64, 64-bit integers as strings, proto field names; errors come back as
-``{"error", "message", "code"}``. ``/v3/watch`` streams newline-separated
-``{"result": WatchResponse}`` objects. ``/v3beta/`` is accepted as an alias of ``/v3/``.
+etcd also answers ``/health``). A forwarder in front of grpcio would cost 6-18% on
+sequential put latency (``benchmarks/bench_store_port_sharing.py``, docs/store.md).
+
+Bodies are the request messages in proto3 JSON, as with etcd: bytes in base64, 64-bit
+integers as strings, proto field names; errors come back as ``{"error", "message",
+"code"}``. ``/v3/watch`` streams newline-separated ``{"result": WatchResponse}``
+objects. ``/v3beta/`` is accepted as an alias of ``/v3/``.
 """
 
 from __future__ import annotations

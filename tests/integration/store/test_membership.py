@@ -107,3 +107,12 @@ def test_promote_refuses_a_learner_behind_the_leader_as_etcd(make_cluster) -> No
     theirs = promote_unstarted_learner(etcd.members[0].endpoint)
     assert NOT_IN_SYNC in theirs[0]
     assert ours == theirs
+
+
+def test_promote_through_a_follower_asks_the_leader(make_cluster) -> None:
+    """Only the leader knows how far the learner's log is; a follower must ask it."""
+    cluster = make_cluster(3)
+    leader = cluster.leader()
+    follower = next(m for m in cluster.members if m is not leader).endpoint
+    out = promote_unstarted_learner(follower)
+    assert out == [f"Error: {NOT_IN_SYNC}", "Error: etcdserver: member not found"]

@@ -46,6 +46,8 @@ class Recipe:
             names.update(c.packages)
         for p in self.platforms:
             names.update(p.packages)
+        if any(c.python_distributions for c in self.contributions):
+            names.add("python3")  # runs the distributions installed in /usr/lib/keel/python
         return sorted(names)
 
     @property

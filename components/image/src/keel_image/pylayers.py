@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import zipfile
@@ -255,6 +256,38 @@ def wrapper(command: str, dist: str, target: str) -> bytes:
     ).encode()
 
 
+LIBRARY_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib")
+
+
+def needed(library: Path, stage: str) -> list[str]:
+    """The DT_NEEDED entries of an ELF shared object (``readelf -d``)."""
+    out = tools.run(["readelf", "-d", "-W", library], stage=stage)
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+
+
+def _check_libraries(tree: Path, site: Path, stage: str) -> None:
+    """Every shared library a wheel's extension links is in the image or in the wheel."""
+    tools.require("readelf", stage=stage)
+    objects = sorted(p for p in site.rglob("*.so*") if p.is_file() and not p.is_symlink())
+    vendored = {p.name for p in objects}
+    system = {p.name for d in LIBRARY_DIRS if (tree / d).is_dir() for p in (tree / d).iterdir()}
+    missing: dict[str, list[str]] = {}
+    for obj in objects:
+        for lib in needed(obj, stage):
+            if lib not in vendored and lib not in system:
+                missing.setdefault(lib, []).append(str(obj.relative_to(site)))
+    if missing:
+        lines = "; ".join(
+            f"{lib} (needed by {', '.join(who[:3])})" for lib, who in sorted(missing.items())
+        )
+        raise BuildError(
+            stage,
+            f"shared libraries missing from the image for {PREFIX}: {lines}",
+            "add the Debian package that ships each library to the contribution's packages "
+            "(e.g. libstdc++6 for libstdc++.so.6)",
+        )
+
+
 def install(tree: Path, layers: list[Path], stage: str) -> list[str]:
     """Copy the layers' ``site/`` into ``tree``; write keel.pth and console scripts.
 
@@ -266,6 +299,11 @@ def install(tree: Path, layers: list[Path], stage: str) -> list[str]:
     dest.mkdir(parents=True, exist_ok=True)
     for layer in layers:
         tools.run(["cp", "-a", "--link", f"{layer / 'site'}/.", dest], stage=stage)
+    _check_libraries(tree, dest, stage)
+    # python3.11's binfmt rule (run .pyc files directly) needs binfmt_misc, which the image's
+    # pruned kernel lacks: systemd-binfmt would fail at every boot. Nothing runs .pyc files.
+    for rule in (tree / "usr/lib/binfmt.d").glob("python3*.conf"):
+        rule.unlink()
     pth = tree / PTH
     pth.parent.mkdir(parents=True, exist_ok=True)
     pth.write_text(PREFIX + "\n")

@@ -47,7 +47,9 @@ class Recipe:
         for p in self.platforms:
             names.update(p.packages)
         if any(c.python_distributions for c in self.contributions):
-            names.add("python3")  # runs the distributions installed in /usr/lib/keel/python
+            # python3 runs the distributions installed in /usr/lib/keel/python; manylinux
+            # wheels (grpcio, ...) link the system's libstdc++ (PEP 599's allowed libraries).
+            names.update(("python3", "libstdc++6"))
         return sorted(names)
 
     @property

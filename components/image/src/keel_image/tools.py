@@ -26,6 +26,7 @@ PACKAGE_OF = {
     "dmsetup": "dmsetup",
     "depmod": "kmod",
     "zstd": "zstd",
+    "readelf": "binutils",
 }
 """The Debian package that provides each tool, for the "missing tool" hint."""
 

@@ -79,6 +79,14 @@ def _strip(site: Path) -> None:
                 (here / name).unlink()
 
 
+def _strip_symbols(site: Path, stage: str) -> None:
+    """Drop the debug symbols manylinux extensions ship (zstandard's 12 MB -> 1 MB)."""
+    objects = sorted(p for p in site.rglob("*.so*") if p.is_file() and not p.is_symlink())
+    if objects:
+        tools.require("strip", stage=stage)
+        tools.run(["strip", "--strip-unneeded", *objects], stage=stage)
+
+
 def _compile(site: Path, stage: str) -> None:
     tools.run(
         [
@@ -156,6 +164,7 @@ def deps_layer(plan: PythonPlan, cache: StageCache) -> Path:
             )
             _pip(*offline, *plan.requirements, stage="pydeps")
         _strip(site)
+        _strip_symbols(site, "pydeps")
         _compile(site, "pydeps")
         names = sorted(requirement_name(r) for r in plan.requirements)
         (work / "requirements.json").write_text(json.dumps(names, indent=1))

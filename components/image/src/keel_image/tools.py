@@ -27,6 +27,7 @@ PACKAGE_OF = {
     "depmod": "kmod",
     "zstd": "zstd",
     "readelf": "binutils",
+    "strip": "binutils",
 }
 """The Debian package that provides each tool, for the "missing tool" hint."""
 

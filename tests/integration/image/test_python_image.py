@@ -131,6 +131,10 @@ def test_daemons_run_and_the_store_answers_etcdctl(
     assert get.stdout.strip() == "from-the-host"
     # and the guest's own view agrees (its health module reads it linearizably)
     m.succeed("python3 -m keel_store.health 127.0.0.1:2379")
+    # the store also listens on the guest's own address (other nodes reach it there)
+    address = m.succeed("ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1").split()
+    assert address, "the guest has no global IPv4 address"
+    m.succeed(f"python3 -m keel_store.health {address[0]}:2379")
     for unit in ("keel-store.service", "keel-supervisor.service"):
         pid = m.succeed(f"systemctl show -p MainPID --value {unit}").strip()
         rss = m.succeed(f"grep VmRSS /proc/{pid}/status").split()[1]

@@ -4,6 +4,9 @@ The default definition built with the ``store`` and ``supervisor`` components (t
 variant plugin), booted under QEMU, through the gate with every health check (the units
 exist, so the store's check applies). ``etcdctl`` on the host talks to the guest's
 keel-store through an SSH port forward.
+
+Not in ``smoke``: it needs a second image (its own rootfs with python3, runc, iptables and
+the wheels: about 2.5 min cold at load 10) and a boot, far more than a minute of CI.
 """
 
 from __future__ import annotations
@@ -80,7 +83,6 @@ def store_forward(py_machine: Machine) -> Iterator[int]:
         proc.wait(timeout=10)
 
 
-@pytest.mark.smoke
 def test_daemons_run_and_the_store_answers_etcdctl(
     py_machine: Machine, store_forward: int, request: pytest.FixtureRequest
 ):

@@ -7,6 +7,7 @@ the build host, and two builds from empty stage caches give the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from keel_image import build
+from keel_image import build, pydists, pylayers, recipe
 from keel_image.cache import StageCache
+from keel_image.errors import BuildError
 from keel_image.pydists import source_root
 
 from .conftest import DEFINITION
@@ -130,3 +132,22 @@ def test_second_build_is_byte_identical(py_built, tmp_path: Path):
             }
         )
     assert digests[0] == digests[1]
+
+
+def test_a_pin_without_a_wheel_names_it_who_needs_it_and_the_fix(tmp_path: Path):
+    """pip finds no wheel at the pin (index queried): the error says which and why it is there."""
+    plan = pydists.plan(recipe.load(DEFINITION, extra_plugins=components_on("store")))
+    pins = plan.constraints.read_text().replace(
+        "sortedcontainers==2.4.0", "sortedcontainers==0.0.1"
+    )
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text(pins)
+    bad = dataclasses.replace(plan, constraints=constraints)
+    with pytest.raises(BuildError) as err:
+        pylayers.deps_layer(bad, StageCache(tmp_path / "cache"))
+    text = str(err.value)
+    assert "no cp311 manylinux x86_64 wheel of sortedcontainers==0.0.1 that fits" in text
+    assert "required by keel-store" in text
+    assert "'store'" in text
+    assert f"pin a version of sortedcontainers that has such a wheel in {constraints}" in text
+    assert not list((tmp_path / "cache/image/stages/pydeps").iterdir())  # nothing half-made

@@ -114,6 +114,22 @@ class PythonPlan:
     requirements: tuple[str, ...]
     """Third-party requirements of those distributions, sorted, as written."""
     constraints: Path
+    asked: tuple[tuple[str, str], ...] = ()
+    """(contribution, Keel distribution) pairs as the contributions asked."""
+    required_by: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Third-party name -> the Keel distributions that list it."""
+
+    def who_needs(self, name: str) -> str:
+        """``keel-store (asked for by 'store')`` for a third-party distribution ``name``."""
+        dists = dict(self.required_by).get(normalize(name), ())
+        if not dists:
+            return "a dependency of another requirement"
+        direct = {c for c, d in self.asked if d in dists}
+        contributions = sorted(direct or {c for c, _ in self.asked})  # keel-core: everyone's
+        return (
+            f"required by {', '.join(dists)}; the image has it for contribution(s) "
+            f"{', '.join(repr(c) for c in contributions)}"
+        )
 
     @property
     def empty(self) -> bool:
@@ -153,6 +169,7 @@ def plan(recipe: Recipe, root: Path | None = None) -> PythonPlan:
     todo = ["keel-core", *(n for _, n in wanted)]
     chosen: dict[str, KeelDistribution] = {}
     third: set[str] = set()
+    users: dict[str, set[str]] = {}
     while todo:
         name = todo.pop()
         if name in chosen:
@@ -166,6 +183,7 @@ def plan(recipe: Recipe, root: Path | None = None) -> PythonPlan:
                 todo.append(dep)
             else:
                 third.add(req.strip())
+                users.setdefault(dep, set()).add(name)
     constraints = root / "constraints.txt"
     if not constraints.is_file():
         raise BuildError(STAGE, f"{constraints} is missing", "restore the repository's pins")
@@ -173,4 +191,6 @@ def plan(recipe: Recipe, root: Path | None = None) -> PythonPlan:
         tuple(chosen[n] for n in sorted(chosen)),
         tuple(sorted(third, key=lambda r: (requirement_name(r), r))),
         constraints,
+        asked=tuple(sorted(set(wanted))),
+        required_by=tuple((n, tuple(sorted(u))) for n, u in sorted(users.items())),
     )

@@ -150,18 +150,10 @@ def deps_layer(plan: PythonPlan, cache: StageCache) -> Path:
             _pip(*offline, *plan.requirements, stage="pydeps")
         except BuildError:
             shutil.rmtree(site, ignore_errors=True)
-            _pip(
-                "download",
-                "-q",
-                "-d",
-                wheels,
-                *target,
-                *plan.requirements,
-                stage="pydeps",
-                hint=f"no cp311 manylinux x86_64 wheel for one of {', '.join(plan.requirements)} "
-                f"at the pins of {plan.constraints}: pin a version that has one (the line "
-                "above names the distribution), or drop the dependency",
-            )
+            try:
+                _pip("download", "-q", "-d", wheels, *target, *plan.requirements, stage="pydeps")
+            except BuildError as exc:
+                raise _no_wheel(exc, plan) from None
             _pip(*offline, *plan.requirements, stage="pydeps")
         _strip(site)
         _strip_symbols(site, "pydeps")
@@ -170,6 +162,32 @@ def deps_layer(plan: PythonPlan, cache: StageCache) -> Path:
         (work / "requirements.json").write_text(json.dumps(names, indent=1))
     cache.prune("pydeps")
     return cache.path("pydeps", key)
+
+
+def _no_wheel(exc: BuildError, plan: PythonPlan) -> BuildError:
+    """pip found no wheel: name the distribution, who needs it and the fix."""
+    m = (
+        re.search(r"No matching distribution found for (\S+)", exc.output)
+        or re.search(r"Could not find a version that satisfies the requirement (\S+)", exc.output)
+        or re.search(r"Cannot install (\S+) because", exc.output)  # the pin excludes it
+    )
+    if not m:
+        return exc
+    name = requirement_name(m.group(1))
+    pins = [
+        line.strip()
+        for line in plan.constraints.read_text().splitlines()
+        if line.strip() and not line.startswith("#") and requirement_name(line) == name
+    ]
+    pin = pins[0] if pins else m.group(1)
+    return BuildError(
+        "pydeps",
+        f"no cp{TARGET[0]}{TARGET[1]} manylinux x86_64 wheel of {pin} that fits the "
+        f"requirements ({plan.who_needs(name)}) in the configured index",
+        f"pin a version of {name} that has such a wheel in {plan.constraints}, or drop the "
+        "dependency from the pyproject.toml that lists it",
+        output=exc.output,
+    )
 
 
 def _build_env(plan: PythonPlan, cache: StageCache) -> Path:

@@ -20,9 +20,9 @@ from keel_image import build, pydists, pylayers, recipe
 from keel_image.cache import StageCache
 from keel_image.errors import BuildError
 from keel_image.pydists import source_root
+from keel_image.testing import components_on
 
 from .conftest import DEFINITION
-from .pyimage import components_on
 
 pytestmark = pytest.mark.host
 

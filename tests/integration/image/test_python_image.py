@@ -22,8 +22,7 @@ import pytest
 from keel_core.testing import free_port
 from keel_harness import Machine, run_gate
 from keel_harness.__main__ import SSH_OPTIONS
-
-from .pyimage import components_on
+from keel_image.testing import components_on
 
 pytestmark = pytest.mark.vm
 

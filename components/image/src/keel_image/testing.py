@@ -1,4 +1,9 @@
-"""Test plugins that turn components on for a variant of the default image."""
+"""Helpers for tests and benchmarks: turn components on in a variant of a definition.
+
+``keel_image_variant(components_on("store", "supervisor"))`` (harness fixture) or
+``build(definition, extra_plugins=components_on(...))`` builds the definition as if its
+``components`` listed those names, without a second definition file.
+"""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -197,6 +198,27 @@ def _build_env(plan: PythonPlan, cache: StageCache) -> Path:
     env = cache.root / "python-build" / key
     if (env / "ok").exists():
         return env
+    # Made aside and renamed into place: builds sharing the cache never see half a venv.
+    env.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=env.parent))
+    try:
+        tools.run([sys.executable, "-m", "venv", work], stage="pykeel")
+        tools.run(
+            [work / "bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check",
+             "-c", plan.constraints, *requires],
+            stage="pykeel",
+            hint=f"the build backends {', '.join(requires)} must install from the configured index",
+        )  # fmt: skip
+        (work / "ok").write_text("")
+        shutil.rmtree(env, ignore_errors=True)  # a leftover without "ok"
+        try:
+            work.rename(env)
+        except OSError:  # another build renamed its own first
+            if not (env / "ok").exists():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return env
     shutil.rmtree(env, ignore_errors=True)
     env.parent.mkdir(parents=True, exist_ok=True)
     tools.run([sys.executable, "-m", "venv", env], stage="pykeel")

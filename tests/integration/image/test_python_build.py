@@ -79,6 +79,10 @@ def test_listing_has_wrappers_packages_and_metadata(py_built):
             assert not name.endswith(".pyi"), path
     pythons = {p["name"] for p in py_built.manifest["packages"]}
     assert {"python3", "libstdc++6", "runc"} <= pythons
+    dists = {d["name"]: d["version"] for d in py_built.manifest["python"]}
+    assert dists["keel-store"] == "0.1.0"
+    assert dists["grpcio"] == "1.85.3"  # the pin in constraints.txt
+    assert {"keel-core", "keel-supervisor", "pydantic-core", "aetcd"} <= set(dists)
 
 
 def test_installed_files_say_where_they_run_not_where_they_were_built(usr: Path):

@@ -259,6 +259,7 @@ def build(
             modules=info["modules"],
             digests=digests,
             outputs=outputs,
+            python=pylayers.installed(layers),
         )
         manifest.write(tmp / "manifest.json", data)
         if target.exists():

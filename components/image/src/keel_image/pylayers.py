@@ -29,7 +29,7 @@ from pathlib import Path
 from keel_image import tools
 from keel_image.cache import StageCache, code_digest, digest, file_digest
 from keel_image.errors import BuildError
-from keel_image.pydists import KeelDistribution, PythonPlan, requirement_name
+from keel_image.pydists import KeelDistribution, PythonPlan, normalize, requirement_name
 
 PREFIX = "/usr/lib/keel/python"
 BIN = "/usr/lib/keel/bin"
@@ -289,6 +289,20 @@ def keel_layer(plan: PythonPlan, cache: StageCache, epoch: int) -> Path:
         (work / "scripts.json").write_text(json.dumps(scripts, indent=1, sort_keys=True))
     cache.prune("pykeel")
     return cache.path("pykeel", key)
+
+
+def installed(layers: list[Path]) -> list[dict[str, str]]:
+    """Name and version of every distribution in the layers (for the manifest), sorted."""
+    out = []
+    for layer in layers:
+        for meta in (layer / "site").glob("*.dist-info/METADATA"):
+            fields = dict(
+                line.split(": ", 1)
+                for line in meta.read_text(encoding="utf-8").split("\n\n", 1)[0].splitlines()
+                if ": " in line
+            )
+            out.append({"name": normalize(fields["Name"]), "version": fields["Version"]})
+    return sorted(out, key=lambda d: d["name"])
 
 
 def wrapper(command: str, dist: str, target: str) -> bytes:

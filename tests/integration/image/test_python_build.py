@@ -138,8 +138,14 @@ def test_second_build_is_byte_identical(py_built, tmp_path: Path):
     assert digests[0] == digests[1]
 
 
-def test_a_pin_without_a_wheel_names_it_who_needs_it_and_the_fix(tmp_path: Path):
-    """pip finds no wheel at the pin (index queried): the error says which and why it is there."""
+def test_a_pin_without_a_wheel_names_it_who_needs_it_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """pip finds no wheel at the pin: the error says which and why it is there.
+
+    Offline: pip's "index" is the shared wheel cache, which has every other pin."""
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(StageCache().root / "wheels"))
     plan = pydists.plan(recipe.load(DEFINITION, extra_plugins=components_on("store")))
     pins = plan.constraints.read_text().replace(
         "sortedcontainers==2.4.0", "sortedcontainers==0.0.1"

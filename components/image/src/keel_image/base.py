@@ -119,6 +119,14 @@ REPART_ROOT = """\
 Type=root
 """
 
+REMOUNT_AFTER_REPART = """\
+# systemd-repart rewrites the partition table (first boot on a bigger disk) while
+# systemd-remount-fs resolves PARTLABEL=ROOT for / : seen failing under load with
+# "mount: /: can't find PARTLABEL=ROOT" as the kernel re-read the table. One after the other.
+[Unit]
+After=systemd-repart.service
+"""
+
 USR_DEVICE_RULES = """\
 # /usr is opened by Keel's initramfs, where no udev runs, so dm's rules see the device
 # only at coldplug and mark it not ready. It is ready: it was mounted before systemd ran.
@@ -153,6 +161,10 @@ def contribution(image: ImageDefinition) -> ImageContribution:
         FileContribution("/usr/lib/systemd/system/keel-boot-ok.service", BOOT_OK.encode()),
         FileContribution("/etc/fstab", FSTAB.encode()),
         FileContribution("/usr/lib/repart.d/50-keel-root.conf", REPART_ROOT.encode()),
+        FileContribution(
+            "/usr/lib/systemd/system/systemd-remount-fs.service.d/keel-after-repart.conf",
+            REMOUNT_AFTER_REPART.encode(),
+        ),
         FileContribution("/usr/lib/udev/rules.d/99-zz-keel-usr.rules", USR_DEVICE_RULES.encode()),
         FileContribution("/etc/sudoers.d/keel-core", b"core ALL=(ALL) NOPASSWD: ALL\n", mode=0o440),
         FileContribution("/usr/lib/tmpfiles.d/keel-core.conf", TMPFILES.encode()),

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from keel_image import kmods, tools
+from keel_image import kmods, pylayers, tools
 from keel_image.errors import BuildError
 from keel_image.recipe import Recipe
 
@@ -68,8 +68,13 @@ def kernel_of(tree: Path) -> tuple[str, Path]:
     return kernels[0].name.removeprefix("vmlinuz-"), kernels[0]
 
 
-def build(recipe: Recipe, rootfs: Path, work: Path) -> Tree:
-    """Build the customized tree under ``work/tree``; ``vmlinuz`` is moved to ``work``."""
+def build(
+    recipe: Recipe, rootfs: Path, work: Path, python_layers: list[Path] | None = None
+) -> Tree:
+    """Build the customized tree under ``work/tree``; ``vmlinuz`` is moved to ``work``.
+
+    ``python_layers`` (the ``pydeps`` and ``pykeel`` stage results) go to /usr/lib/keel/python.
+    """
     tree = work / "tree"
     copy_tree(rootfs / "tree", tree)
     version, vmlinuz = kernel_of(tree)
@@ -85,6 +90,8 @@ def build(recipe: Recipe, rootfs: Path, work: Path) -> Tree:
     tools.run(["chroot", str(tree), "/usr/sbin/depmod", version], stage=STAGE)
 
     _apply_contributions(recipe, tree)
+    if python_layers:
+        pylayers.install(tree, python_layers, STAGE)
     _clean_first_boot_state(tree)
     _os_release(recipe, tree)
     _factory_etc(tree)

@@ -35,6 +35,7 @@ def make(
     modules: dict[str, int],
     digests: dict[str, str],
     outputs: dict[str, str],
+    python: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The manifest as a JSON-able dict."""
     d = recipe.definition
@@ -88,10 +89,12 @@ def make(
                 "files": sorted(f.path for f in c.files),
                 "kernel_args": list(c.kernel_args),
                 "kernel_modules": sorted(c.kernel_modules),
+                "python_distributions": list(c.python_distributions),
             }
             for c in recipe.contributions
         ],
         "packages": package_list,
+        "python": python or [],
         "digests": digests,
         "outputs": outputs,
     }

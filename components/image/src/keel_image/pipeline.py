@@ -36,6 +36,8 @@ from keel_image import (
     initramfs,
     kmods,
     manifest,
+    pydists,
+    pylayers,
     rootfs,
     tools,
 )
@@ -117,12 +119,19 @@ def build(
     seed = _seed(recipe)
 
     rootfs_key = rootfs.key(recipe)
+    python = pydists.plan(recipe)
+    python_keys = (
+        {}
+        if python.empty
+        else {"pydeps": pylayers.deps_key(python), "pykeel": pylayers.keel_key(python, epoch)}
+    )
     system_key = digest(
         "system",
         SYSTEM_VERSION,
-        code_digest(customize, filesystems, kmods),
+        code_digest(customize, filesystems, kmods, pylayers),
         rootfs_key,
         recipe.contributions_digest(),
+        python_keys,
         recipe.kernel_modules,
         d.usr_filesystem,
         d.compression,
@@ -160,6 +169,7 @@ def build(
     build_key = digest(disk_key, sorted((n, f.name, f.filename) for n, f in formats))
     stage_keys = {
         "rootfs": rootfs_key,
+        **python_keys,
         "system": system_key,
         "initramfs": initramfs_key,
         "disk": disk_key,
@@ -176,9 +186,20 @@ def build(
     with show.stage("rootfs", rootfs_dir is not None):
         rootfs_dir = rootfs_dir or rootfs.build(recipe, cache)
 
+    layers: list[Path] = []
+    if not python.empty:
+        deps_dir = cache.lookup("pydeps", python_keys["pydeps"])
+        with show.stage("pydeps", deps_dir is not None):
+            layers.append(deps_dir or pylayers.deps_layer(python, cache))
+        keel_dir = cache.lookup("pykeel", python_keys["pykeel"])
+        with show.stage("pykeel", keel_dir is not None):
+            layers.append(keel_dir or pylayers.keel_layer(python, cache, epoch))
+
     system_dir = cache.lookup("system", system_key)
     with show.stage("system", system_dir is not None):
-        system_dir = system_dir or _system(recipe, cache, system_key, rootfs_dir, seed)
+        system_dir = system_dir or _system(
+            recipe, cache, system_key, rootfs_dir, seed, layers=layers
+        )
     info = json.loads((system_dir / "info.json").read_text())
     usr = filesystems.UsrImage(
         system_dir / "usr.img",
@@ -238,6 +259,7 @@ def build(
             modules=info["modules"],
             digests=digests,
             outputs=outputs,
+            python=pylayers.installed(layers),
         )
         manifest.write(tmp / "manifest.json", data)
         if target.exists():
@@ -273,10 +295,12 @@ def _normalize_times(tree: Path, epoch: int) -> None:
     os.utime(tree, (epoch, epoch))
 
 
-def _system(recipe: Recipe, cache: StageCache, key: str, rootfs_dir: Path, seed: str) -> Path:
+def _system(
+    recipe: Recipe, cache: StageCache, key: str, rootfs_dir: Path, seed: str, *, layers: list[Path]
+) -> Path:
     d = recipe.definition
     with cache.produce("system", key) as work:
-        tree = customize.build(recipe, rootfs_dir, work)
+        tree = customize.build(recipe, rootfs_dir, work, layers)
         _normalize_times(tree.root, d.source_date_epoch)
         usr = filesystems.make_usr(
             tree.root,

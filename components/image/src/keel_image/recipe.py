@@ -46,6 +46,10 @@ class Recipe:
             names.update(c.packages)
         for p in self.platforms:
             names.update(p.packages)
+        if any(c.python_distributions for c in self.contributions):
+            # python3 runs the distributions installed in /usr/lib/keel/python; manylinux
+            # wheels (grpcio, ...) link the system's libstdc++ (PEP 599's allowed libraries).
+            names.update(("python3", "libstdc++6"))
         return sorted(names)
 
     @property

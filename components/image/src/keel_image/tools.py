@@ -26,6 +26,8 @@ PACKAGE_OF = {
     "dmsetup": "dmsetup",
     "depmod": "kmod",
     "zstd": "zstd",
+    "readelf": "binutils",
+    "strip": "binutils",
 }
 """The Debian package that provides each tool, for the "missing tool" hint."""
 

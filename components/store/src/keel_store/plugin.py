@@ -39,7 +39,7 @@ DEFAULTS = """\
 # Factory defaults of keel-store; override in /etc/keel/store.env (etcd's variables).
 ETCD_NAME=default
 ETCD_DATA_DIR=/var/lib/keel-store
-ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379
+ETCD_LISTEN_CLIENT_URLS=http://0.0.0.0:2379
 ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379
 ETCD_LISTEN_PEER_URLS=http://127.0.0.1:2380
 ETCD_INITIAL_ADVERTISE_PEER_URLS=http://127.0.0.1:2380

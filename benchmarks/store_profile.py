@@ -220,6 +220,15 @@ class _AioKV(rpcgrpc.KVServicer):  # type: ignore[misc]
         return rpcpb.RangeResponse()
 
 
+class _SuspendingKV(_AioKV):
+    """Like the store: the handler waits once for a future another callback resolves."""
+
+    async def Put(self, request: Any, context: Any) -> Any:
+        fut = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(fut.set_result, _RESP)
+        return await fut
+
+
 class _SyncKV(rpcgrpc.KVServicer):  # type: ignore[misc]
     def Put(self, request: Any, context: Any) -> Any:
         return _RESP
@@ -233,6 +242,8 @@ FLOOR_KINDS = {
     "aio so_reuseport=0": [("grpc.so_reuseport", 0)],
     "aio max_concurrent_streams=1000": [("grpc.max_concurrent_streams", 1000)],
     "aio uvloop": [],
+    "aio, handler suspends once": [],
+    "aio uvloop, handler suspends once": [],
     "sync pool 4": [],
     "sync pool 16": [],
     "sync pool 64": [],
@@ -254,7 +265,8 @@ def _serve_floor(kind: str, address: str) -> int:
 
     async def run() -> None:
         server = grpc.aio.server(options=options)
-        rpcgrpc.add_KVServicer_to_server(_AioKV(), server)
+        servicer = _SuspendingKV() if "suspends" in kind else _AioKV()
+        rpcgrpc.add_KVServicer_to_server(servicer, server)
         server.add_insecure_port(address)
         await server.start()
         stop = asyncio.Event()
@@ -289,7 +301,7 @@ def floor(puts: int, kinds: list[str]) -> int:
     """Sequential and concurrent no-op Puts against each server set-up."""
     print(f"load {_load()}")
     for kind in kinds:
-        if kind == "aio uvloop":
+        if "uvloop" in kind:
             try:
                 import uvloop  # noqa: F401, PLC0415
             except ImportError:

@@ -22,6 +22,7 @@ before blaming the store for it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -170,7 +171,7 @@ def trace(puts: int) -> int:
     )
     typical = [s for s in spans if _key(s) == shape]
     for s in typical:
-        for (a, ta), (b, tb) in zip(s, s[1:], strict=False):
+        for (a, ta), (b, tb) in itertools.pairwise(s):
             by_step[f"{a} -> {b}"].append(tb - ta)
     client_p50 = statistics.median(lat)
     handler_p50 = statistics.median(handler)
@@ -316,7 +317,8 @@ def floor(puts: int, kinds: list[str]) -> int:
             proc.terminate()
             proc.wait(10)
         p50 = statistics.median(lat) / 1000
-        print(f"{kind:34s} sequential p50 {p50:6.1f} us ({1e6 / p50:6.0f}/s)  conc 64 {rate:6.0f}/s")
+        seq = f"sequential p50 {p50:6.1f} us ({1e6 / p50:5.0f}/s)"
+        print(f"{kind:34s} {seq}, conc 64 {rate:5.0f}/s")
     print(f"load {_load()}")
     return 0
 

@@ -381,14 +381,17 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         """Replicate ``request`` and return the state machine's response (or raise)."""
         request_id = self._new_request_id()
         data = commands.encode(kind, request_id, request)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._waiters[request_id] = fut
         self._submit(lambda: self._propose_or_forward(data, fut))
+        # Not asyncio.wait_for: its extra future costs the handler one more loop turn
+        # after the apply resolves ``fut`` (measured ~10 us per put).
+        timer = loop.call_later(self.config.request_timeout, _time_out, fut)
         try:
-            return await asyncio.wait_for(fut, self.config.request_timeout)
-        except TimeoutError:
-            raise errors.TIMEOUT from None
+            return await fut
         finally:
+            timer.cancel()
             self._waiters.pop(request_id, None)
 
     def _propose_or_forward(self, data: bytes, fut: asyncio.Future[Any]) -> None:
@@ -497,6 +500,11 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         elif call == CALL_TTL:
             (lease_id,) = struct.unpack(">q", body)
             reply(struct.pack(">q", self.lessor.remaining(lease_id, time.monotonic())))
+
+
+def _time_out(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(errors.TIMEOUT)
 
 
 def _lease_revoke(lease_id: int) -> PbMessage:

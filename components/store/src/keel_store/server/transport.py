@@ -223,16 +223,18 @@ class PeerTransport:
             except asyncio.CancelledError:
                 raise
             except (OSError, ConnectionError, KeyError, ssl.SSLError):
-                if self._writers.get(pid) is writer:
-                    del self._writers[pid]
+                self._forget_writer(pid, writer)
                 await asyncio.sleep(0.05)
                 while not queue.empty():  # Raft retransmits; stale frames only slow recovery
                     queue.get_nowait()
             finally:
-                if self._writers.get(pid) is writer:
-                    del self._writers[pid]
+                self._forget_writer(pid, writer)
                 if writer is not None:
                     writer.close()
+
+    def _forget_writer(self, pid: int, writer: asyncio.StreamWriter | None) -> None:
+        if writer is not None and self._writers.get(pid) is writer:
+            del self._writers[pid]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -247,18 +247,15 @@ def check_perf(ep: str, load: str) -> dict[str, float]:
     )
     out = {"writes/s": 0.0, "slowest s": float("nan"), "pass": 0.0}
     for line in r.stdout.replace("\r", "\n").splitlines():
-        # The progress bar shares a line with the verdicts: take what follows it.
-        found = re.search(r"(PASS|FAIL)(: .*)?$", line)
-        if found is None:
-            continue
-        verdict, detail = found.group(1), found.group(2) or ""
-        number = re.findall(r"\d+(?:\.\d+)?", detail)
-        if "Throughput" in detail and number:
-            out["writes/s"] = float(number[-1])
-        elif "Slowest request" in detail and number:
-            out["slowest s"] = float(number[-1])
-        elif not detail:
-            out["pass"] = 1.0 if verdict == "PASS" else 0.0
+        # The progress bar may share a line with a verdict; a failed slowest-request or
+        # stddev check has no "FAIL:" prefix ("Slowest request took too long: 1.3s").
+        number = re.findall(r"\d+(?:\.\d+)?", line.rsplit(":", 1)[-1])
+        if "Throughput" in line and number:
+            out["writes/s"] = float(number[0])
+        elif "Slowest request took" in line and number:
+            out["slowest s"] = float(number[0])
+        elif line.strip().endswith(("PASS", "FAIL")) and ":" not in line:
+            out["pass"] = 1.0 if line.strip().endswith("PASS") else 0.0
     return out
 
 

@@ -47,13 +47,16 @@ class ReadIndexMixin:
 
     async def read_barrier(self) -> None:
         """Wait until this member has applied everything committed before the call."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         self._reads.append(fut)
         self._wake.set()
+        # A timer rather than asyncio.wait_for, whose extra future costs a loop turn.
+        timer = loop.call_later(self.config.request_timeout, _time_out, fut)
         try:
-            await asyncio.wait_for(fut, self.config.request_timeout)
-        except TimeoutError:
-            raise errors.TIMEOUT from None
+            await fut
+        finally:
+            timer.cancel()
 
     def _start_read_round(self) -> None:
         if not self._reads:
@@ -134,3 +137,8 @@ class ReadIndexMixin:
                 )
             else:
                 self._remote_reads.pop(ctx, None)
+
+
+def _time_out(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(errors.TIMEOUT)

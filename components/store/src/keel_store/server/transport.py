@@ -140,6 +140,8 @@ class PeerTransport:
         self.peers: dict[int, str] = {}
         self._queues: dict[int, asyncio.Queue[bytes]] = {}
         self._senders: dict[int, asyncio.Task[None]] = {}
+        self._writers: dict[int, asyncio.StreamWriter] = {}
+        """Connected peers: a frame for an idle connection is written at once."""
         self._server: asyncio.Server | None = None
         self._readers: set[asyncio.Task[None]] = set()
         self.paused: set[int] = set()
@@ -161,6 +163,7 @@ class PeerTransport:
         for pid in [p for p in self._senders if p not in peers]:
             self._senders.pop(pid).cancel()
             self._queues.pop(pid, None)
+            self._writers.pop(pid, None)
         self.peers = {p: u for p, u in peers.items() if p != self.member_id}
         for pid in self.peers:
             if pid not in self._senders:
@@ -170,8 +173,18 @@ class PeerTransport:
     def send(self, to: int, kind: int, payload: bytes) -> None:
         """Queue one frame for ``to`` (dropped if ``to`` is unknown)."""
         queue = self._queues.get(to)
-        if queue is not None and to not in self.paused:
-            queue.put_nowait(_FRAME.pack(len(payload) + 1, kind) + payload)
+        if queue is None or to in self.paused:
+            return
+        frame = _FRAME.pack(len(payload) + 1, kind) + payload
+        writer = self._writers.get(to)
+        if writer is not None and queue.empty() and not writer.is_closing():
+            # Nothing queued before it (the sender writes what it takes from the queue
+            # in the same step), so order holds. Written now rather than by the sender
+            # task on a later loop turn: a leader's APPEND must be on the wire before
+            # its own fsync starts, so that the followers' fsyncs overlap it.
+            writer.write(frame)
+        else:
+            queue.put_nowait(frame)
 
     async def close(self) -> None:
         for task in [*self._senders.values(), *self._readers]:
@@ -200,6 +213,7 @@ class PeerTransport:
                 else:
                     _, writer = await asyncio.open_connection(host, port)
                 writer.write(_FRAME.pack(len(hello) + 1, HELLO) + hello)
+                self._writers[pid] = writer
                 while True:
                     frames = [await queue.get()]
                     while not queue.empty():
@@ -209,12 +223,18 @@ class PeerTransport:
             except asyncio.CancelledError:
                 raise
             except (OSError, ConnectionError, KeyError, ssl.SSLError):
+                self._forget_writer(pid, writer)
                 await asyncio.sleep(0.05)
                 while not queue.empty():  # Raft retransmits; stale frames only slow recovery
                     queue.get_nowait()
             finally:
+                self._forget_writer(pid, writer)
                 if writer is not None:
                     writer.close()
+
+    def _forget_writer(self, pid: int, writer: asyncio.StreamWriter | None) -> None:
+        if writer is not None and self._writers.get(pid) is writer:
+            del self._writers[pid]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -55,9 +55,10 @@ def _check_host() -> None:
         )
 
 
-def _pip(*args: str | Path, stage: str, hint: str = "") -> str:
+def _pip(python: Path, *args: str | Path, stage: str, hint: str = "") -> str:
+    """Run pip with ``python`` (the tool venv's: the builder's own may have no pip, as uv's)."""
     return tools.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", *args],
+        [python, "-m", "pip", "--disable-pip-version-check", "--no-input", *args],
         stage=stage,
         hint=hint,
     )
@@ -136,6 +137,7 @@ def deps_layer(plan: PythonPlan, cache: StageCache) -> Path:
         "-c",
         str(plan.constraints),
     ]
+    python = _pip_python(cache)
     with cache.produce("pydeps", key) as work:
         site = work / "site"
         offline: list[str | Path] = [
@@ -148,14 +150,23 @@ def deps_layer(plan: PythonPlan, cache: StageCache) -> Path:
             *target,
         ]
         try:
-            _pip(*offline, *plan.requirements, stage="pydeps")
+            _pip(python, *offline, *plan.requirements, stage="pydeps")
         except BuildError:
             shutil.rmtree(site, ignore_errors=True)
             try:
-                _pip("download", "-q", "-d", wheels, *target, *plan.requirements, stage="pydeps")
+                _pip(
+                    python,
+                    "download",
+                    "-q",
+                    "-d",
+                    wheels,
+                    *target,
+                    *plan.requirements,
+                    stage="pydeps",
+                )
             except BuildError as exc:
                 raise _no_wheel(exc, plan) from None
-            _pip(*offline, *plan.requirements, stage="pydeps")
+            _pip(python, *offline, *plan.requirements, stage="pydeps")
         _strip(site)
         _strip_symbols(site, "pydeps")
         _compile(site, "pydeps")
@@ -191,24 +202,26 @@ def _no_wheel(exc: BuildError, plan: PythonPlan) -> BuildError:
     )
 
 
-def _build_env(plan: PythonPlan, cache: StageCache) -> Path:
-    """A venv with the Keel distributions' build backends (hatchling, ...), made once."""
-    requires = sorted({r for d in plan.keel for r in d.build_requires})
-    key = digest("buildenv", requires, file_digest(plan.constraints), sys.version)
+def _venv(cache: StageCache, key: str, stage: str, install: list[str | Path], hint: str) -> Path:
+    """A cached venv (``<cache>/python-build/<key>``) with ``install`` pip-installed, made once.
+
+    Made aside and renamed into place: builds sharing the cache never see half a venv.
+    ``python -m venv`` seeds pip from the interpreter's own ensurepip (no index needed).
+    """
     env = cache.root / "python-build" / key
     if (env / "ok").exists():
         return env
-    # Made aside and renamed into place: builds sharing the cache never see half a venv.
     env.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=env.parent))
     try:
-        tools.run([sys.executable, "-m", "venv", work], stage="pykeel")
-        tools.run(
-            [work / "bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check",
-             "-c", plan.constraints, *requires],
-            stage="pykeel",
-            hint=f"the build backends {', '.join(requires)} must install from the configured index",
-        )  # fmt: skip
+        tools.run([sys.executable, "-m", "venv", work], stage=stage)
+        if install:
+            tools.run(
+                [work / "bin/python", "-m", "pip", "install", "-q",
+                 "--disable-pip-version-check", *install],
+                stage=stage,
+                hint=hint,
+            )  # fmt: skip
         (work / "ok").write_text("")
         shutil.rmtree(env, ignore_errors=True)  # a leftover without "ok"
         try:
@@ -219,26 +232,29 @@ def _build_env(plan: PythonPlan, cache: StageCache) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return env
-    shutil.rmtree(env, ignore_errors=True)
-    env.parent.mkdir(parents=True, exist_ok=True)
-    tools.run([sys.executable, "-m", "venv", env], stage="pykeel")
-    tools.run(
-        [
-            env / "bin/python",
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "-c",
-            plan.constraints,
-            *requires,
-        ],
-        stage="pykeel",
-        hint=f"the build backends {', '.join(requires)} must install from the configured index",
+
+
+def _pip_python(cache: StageCache) -> Path:
+    """A Python with pip for the ``pydeps`` layer.
+
+    The Python running the build may have none (uv-made virtualenvs, as nox's sessions
+    are, have no pip), so pip comes from a venv seeded by ensurepip: offline, and the same
+    pip for a given interpreter.
+    """
+    return _venv(cache, digest("pip", sys.version), "pydeps", [], "") / "bin/python"
+
+
+def _build_env(plan: PythonPlan, cache: StageCache) -> Path:
+    """A venv with the Keel distributions' build backends (hatchling, ...), made once."""
+    requires = sorted({r for d in plan.keel for r in d.build_requires})
+    key = digest("buildenv", requires, file_digest(plan.constraints), sys.version)
+    return _venv(
+        cache,
+        key,
+        "pykeel",
+        ["-c", plan.constraints, *requires],
+        f"the build backends {', '.join(requires)} must install from the configured index",
     )
-    (env / "ok").write_text("")
-    return env
 
 
 BUILD_WHEEL = (

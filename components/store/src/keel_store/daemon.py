@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from keel_store import snapshot_cli
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
@@ -352,8 +353,11 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["snapshot"]:
+        return snapshot_cli.main(argv[1:])
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
         if args.version:
             print(f"keel-store (etcd API {other_services.ETCD_VERSION})")
             return 0

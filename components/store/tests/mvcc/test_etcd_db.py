@@ -147,7 +147,7 @@ def test_scheduled_compaction_is_finished_on_load() -> None:
 def test_foreign_rows_are_refused_with_the_place() -> None:
     root = Bucket()
     root.bucket(b"key").items[b"not-a-revision"] = b""
-    with pytest.raises(EtcdDBError, match="bucket key: .* is not a revision key"):
+    with pytest.raises(EtcdDBError, match=r"bucket key: .* is not a revision key"):
         from_database(read_db(write_db(root)))
     root = Bucket()
     root.bucket(b"key").items[revision_key(2, 0)] = b"\xff\xff"

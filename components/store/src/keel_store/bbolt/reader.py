@@ -42,7 +42,7 @@ class Database:
 
     @property
     def size(self) -> int:
-        """Bytes in use up to the high water mark (``Tx.Size``: pgid × page size)."""
+        """Bytes in use up to the high water mark (``Tx.Size``: pgid times the page size)."""
         return self.meta.pgid * self.page_size
 
 
@@ -71,7 +71,9 @@ class _Parser:
                 self.problems.append(f"page {i}: multiple references")
             self.reachable[i] = pgid
 
-    def leaf(self, buf: memoryview, base: int, count: int, end: int) -> list[tuple[bytes, int, bytes]]:
+    def leaf(
+        self, buf: memoryview, base: int, count: int, end: int
+    ) -> list[tuple[bytes, int, bytes]]:
         """Leaf elements of the page at ``base`` in ``buf`` (page bytes end at ``end``)."""
         out = []
         for i in range(count):

@@ -96,9 +96,9 @@ class _Writer:
         """Write leaf pages (and branch pages above them); returns the root page id."""
         level: list[_Branch] = []
         for start, end in self._chunks([_leaf_size(e) for e in elements]):
-            part = elements[start:end]
-            pgid = self._page(LEAF_PAGE, len(part), _leaf_body(part))
-            level.append((part[0][0] if part else b"", pgid))
+            leaves = elements[start:end]
+            pgid = self._page(LEAF_PAGE, len(leaves), _leaf_body(leaves))
+            level.append((leaves[0][0] if leaves else b"", pgid))
         while len(level) > 1:
             upper: list[_Branch] = []
             for start, end in self._chunks([_branch_size(e) for e in level]):

@@ -191,7 +191,9 @@ def to_buckets(sm: StateMachine) -> Bucket:
         roles.items[name.encode()] = role.SerializeToString(deterministic=True)
     alarms = root.bucket(b"alarm")
     for member, kind in sm.alarms:
-        alarms.items[rpcpb.AlarmMember(memberID=member, alarm=kind).SerializeToString()] = b""
+        alarm = rpcpb.AlarmMember(memberID=member)
+        alarm.alarm = kind  # type: ignore[assignment]
+        alarms.items[alarm.SerializeToString()] = b""
     return root
 
 

@@ -1,7 +1,8 @@
 """Client-facing snapshots in etcd's format: a bbolt file, as ``etcdctl snapshot`` expects.
 
-``Maintenance.Snapshot`` streams :func:`database_bytes` followed by its SHA-256, which
-``etcdctl snapshot save`` checks and ``snapshot restore`` verifies.
+``Maintenance.Snapshot`` streams the state as etcd's bbolt database
+(:func:`keel_store.mvcc.etcd_db.to_buckets`, :func:`keel_store.bbolt.write_db`) followed
+by its SHA-256, which ``etcdctl snapshot save`` checks and ``snapshot restore`` verifies.
 :func:`status` and :func:`restore` are ``etcdctl snapshot status/restore`` for
 keel-store: they read a snapshot saved from etcd or from keel-store. Keel's own Raft
 snapshots between members stay in :mod:`keel_store.mvcc.snapshot`'s format.
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import google_crc32c
 
-from keel_store.bbolt import BoltError, Database, read_db, write_db
+from keel_store.bbolt import BoltError, Database, read_db
 from keel_store.mvcc import snapshot as keel_snapshot
-from keel_store.mvcc.etcd_db import EtcdDBError, from_database, to_buckets
+from keel_store.mvcc.etcd_db import EtcdDBError, from_database
 from keel_store.mvcc.store import MemberRecord, StateMachine
 from keel_store.raft import ConfState, Snapshot, SnapshotMeta
 from keel_store.server.members import Cluster
@@ -31,11 +32,6 @@ SHA_SIZE = 32
 
 class SnapshotFileError(ValueError):
     """A snapshot file that cannot be used; the message names the file and the fault."""
-
-
-def database_bytes(sm: StateMachine) -> bytes:
-    """``sm`` as an etcd 3.4 bbolt database."""
-    return write_db(to_buckets(sm))
 
 
 def has_checksum(size: int) -> bool:

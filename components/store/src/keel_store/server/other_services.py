@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from keel_store.etcd_snapshot import database_bytes
+from keel_store.bbolt import write_db
 from keel_store.mvcc import errors, snapshot
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
+from keel_store.mvcc.etcd_db import to_buckets
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.kv_service import (
     Headers,
@@ -244,7 +246,9 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
         except EtcdError as exc:
             await abort(context, exc)
             return
-        blob = snapshot_stream(database_bytes(self.node.sm))
+        # The rows are taken on the loop (one point in time); pages are laid out aside.
+        root = to_buckets(self.node.sm)
+        blob = snapshot_stream(await asyncio.to_thread(write_db, root))
         for start in range(0, len(blob), SNAPSHOT_CHUNK):
             chunk = blob[start : start + SNAPSHOT_CHUNK]
             resp = rpcpb.SnapshotResponse(

@@ -48,8 +48,31 @@ def write_history(endpoint: str) -> None:
         kv.DeleteRange(rpcpb.DeleteRangeRequest(key=b"k1", range_end=b"k2"), timeout=10)
         lease.LeaseRevoke(rpcpb.LeaseRevokeRequest(ID=LEASE + 1), timeout=10)
         kv.Compact(rpcpb.CompactionRequest(revision=COMPACT_AT, physical=True), timeout=10)
+        for batch in range(4):  # enough rows for branch pages in the key bucket
+            ops = [put(f"bulk/{batch}/{i:03d}", "b" * 100) for i in range(125)]
+            kv.Txn(rpcpb.TxnRequest(success=ops), timeout=10)
         kv.Put(rpcpb.PutRequest(key=b"k05", value=b"d"), timeout=10)
         kv.Put(rpcpb.PutRequest(key=b"\xffbinary\x00", value=b"\x00" * 5000), timeout=10)
+
+
+def add_users(endpoint: str) -> None:
+    etcdctl(endpoint, "user", "add", "root:rootpw")
+    etcdctl(endpoint, "role", "add", "reader")
+    etcdctl(endpoint, "role", "grant-permission", "reader", "read", "k", "--prefix")
+    etcdctl(endpoint, "user", "add", "alice:alicepw")
+    etcdctl(endpoint, "user", "grant-role", "alice", "reader")
+
+
+def check_users(endpoint: str) -> None:
+    """The users, roles and password hashes came across: enable auth and use them."""
+    assert "reader" in etcdctl(endpoint, "user", "get", "alice").stdout
+    assert "[k, l)" in etcdctl(endpoint, "role", "get", "reader").stdout
+    etcdctl(endpoint, "auth", "enable")
+    r = etcdctl(endpoint, "--user=alice:alicepw", "get", "k00", check=False)
+    assert r.returncode == 0, r.stderr
+    assert "v0" in r.stdout
+    r = etcdctl(endpoint, "--user=alice:wrong", "get", "k00", check=False)
+    assert "authentication failed" in r.stderr
 
 
 def view(endpoint: str) -> dict[str, object]:
@@ -102,8 +125,9 @@ def test_keel_snapshot_restored_by_etcdctl_serves_the_same_in_etcd(
     keel = make_cluster(1)
     ep = keel.members[0].endpoint
     write_history(ep)
+    add_users(ep)
     before = view(ep)
-    assert before["revision"] == 39, before
+    assert before["revision"] == 43, before
     assert before["compact"] == COMPACT_AT, before
     assert before["attached"] == ["l1", "l2"]
     snap = tmp_path / "keel.db"
@@ -113,8 +137,9 @@ def test_keel_snapshot_restored_by_etcdctl_serves_the_same_in_etcd(
     assert status == ours
     assert status["revision"] == before["revision"]
     # rows of every bucket: the key bucket holds 19 versions live at the compaction
-    # (k00-k18) and 30 after it; then meta 3, lease 1, members 1, cluster 1, auth 2
-    assert status["totalKey"] == 19 + 30 + 8
+    # (k00-k18) and 530 after it; then meta 3, lease 1, members 1, cluster 1, auth 2,
+    # authUsers 2, authRoles 1
+    assert status["totalKey"] == 19 + 530 + 11
     assert status["totalSize"] == snap.stat().st_size - 32
 
     etcd = Cluster(tmp_path, 1, "etcd")
@@ -133,6 +158,7 @@ def test_keel_snapshot_restored_by_etcdctl_serves_the_same_in_etcd(
     try:
         etcd.start()
         after = view(member.endpoint)
+        check_users(member.endpoint)
     finally:
         etcd.stop()
     assert after == before
@@ -142,11 +168,7 @@ def test_etcd_snapshot_restored_into_a_keel_cluster(make_cluster, tmp_path: Path
     etcd = make_cluster(1, binary="etcd")
     ep = etcd.members[0].endpoint
     write_history(ep)
-    etcdctl(ep, "user", "add", "root:rootpw")
-    etcdctl(ep, "role", "add", "reader")
-    etcdctl(ep, "role", "grant-permission", "reader", "read", "k", "--prefix")
-    etcdctl(ep, "user", "add", "alice:alicepw")
-    etcdctl(ep, "user", "grant-role", "alice", "reader")
+    add_users(ep)
     before = view(ep)
     snap = tmp_path / "etcd.db"
     etcdctl(ep, "snapshot", "save", str(snap))
@@ -155,6 +177,12 @@ def test_etcd_snapshot_restored_into_a_keel_cluster(make_cluster, tmp_path: Path
     assert json.loads(status.stdout) == json.loads(
         etcdctl(ep, "snapshot", "status", str(snap), "-w", "json").stdout
     )
+    # etcd's own db file (freelist, free pages, grown file) reads the same way
+    live = etcd.members[0].data_dir / "member" / "snap" / "db"
+    ours = keel_snapshot("status", str(live), "-w", "json")
+    assert ours.returncode == 0, ours.stderr
+    theirs = etcdctl(ep, "snapshot", "status", str(live), "-w", "json").stdout
+    assert json.loads(ours.stdout) == json.loads(theirs)
 
     keel = Cluster(tmp_path, 3, "keel")
     for member in keel.members:
@@ -174,13 +202,7 @@ def test_etcd_snapshot_restored_into_a_keel_cluster(make_cluster, tmp_path: Path
         for member in keel.members:
             assert view(member.endpoint) == before, member.name
         first = keel.members[0].endpoint
-        roles = etcdctl(first, "user", "get", "alice").stdout
-        assert "reader" in roles
-        assert "[k, l)" in etcdctl(first, "role", "get", "reader").stdout
-        etcdctl(first, "auth", "enable")  # the root user came across
-        r = etcdctl(first, "--user=alice:alicepw", "get", "k00", check=False)
-        assert r.returncode == 0, r.stderr
-        assert "v0" in r.stdout
+        check_users(first)
         out = etcdctl(first, "--user=root:rootpw", "put", "new", "1", "-w", "json").stdout
         assert json.loads(out)["header"]["revision"] == int(str(before["revision"])) + 1
     finally:

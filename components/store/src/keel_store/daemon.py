@@ -6,6 +6,9 @@ client and peer URL flags, ``--initial-cluster*``, the Raft timing flags,
 TLS flags mean what they mean for etcd 3.4. As with etcd, every flag can also come
 from the environment (``--initial-cluster-token`` from ``ETCD_INITIAL_CLUSTER_TOKEN``);
 a flag on the command line wins. Flags may be spelt with one dash or two.
+
+``keel-store snapshot status|restore ...`` are etcdctl's snapshot commands for keel-store
+(:mod:`keel_store.snapshot_cli`).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
@@ -137,3 +138,41 @@ def test_unreachable_page_is_reported() -> None:
 def test_root_cannot_hold_plain_keys() -> None:
     with pytest.raises(BoltError, match="buckets only"):
         write_db(Bucket(items={b"k": b"v"}))
+
+
+_FUZZ_BASE = write_db(_tree({b"key": 400, b"meta": 2, b"empty": 0}))
+
+
+_HEADERS = st.builds(
+    lambda page, at: page * PAGE_SIZE + at,
+    st.integers(0, len(_FUZZ_BASE) // PAGE_SIZE - 1),
+    st.integers(0, 96),  # page headers, meta fields, the first elements
+)
+_ANYWHERE = st.integers(0, len(_FUZZ_BASE) - 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.one_of(_HEADERS, _ANYWHERE), st.integers(1, 255)), max_size=8))
+def test_damaged_files_fail_only_with_bolt_errors(flips: list[tuple[int, int]]) -> None:
+    data = bytearray(_FUZZ_BASE)
+    for offset, mask in flips:
+        data[offset] ^= mask
+    with contextlib.suppress(BoltError):
+        read_db(bytes(data))
+
+
+def test_a_page_pointing_back_at_itself_is_found_quickly() -> None:
+    data = bytearray(write_db(_tree({b"a": 3000})))
+    db = read_db(bytes(data))
+    root = db.root.buckets  # the bucket "a" has a branch page as its root: find it
+    assert root
+    for pgid in range(3, len(data) // PAGE_SIZE):
+        if PAGE_HEADER.unpack_from(data, pgid * PAGE_SIZE)[1] == 0x01:
+            count = PAGE_HEADER.unpack_from(data, pgid * PAGE_SIZE)[2]
+            for i in range(count):  # every child is the branch page itself
+                struct.pack_into("<Q", data, pgid * PAGE_SIZE + 16 + i * 16 + 8, pgid)
+            break
+    else:
+        raise AssertionError("no branch page")
+    problems = read_db(bytes(data)).problems
+    assert f"page {pgid}: multiple references" in problems

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keel_store.bbolt import Bucket, read_db, write_db
+from keel_store.bbolt import BoltError, Bucket, read_db, write_db
 from keel_store.mvcc import errors, snapshot
 from keel_store.mvcc.etcd_db import (
     EtcdDBError,
@@ -153,3 +155,18 @@ def test_foreign_rows_are_refused_with_the_place() -> None:
     root.bucket(b"key").items[revision_key(2, 0)] = b"\xff\xff"
     with pytest.raises(EtcdDBError, match="bucket key, revision 2/0: bad KeyValue"):
         from_database(read_db(write_db(root)))
+
+
+_FUZZ_BASE = write_db(to_buckets(_sample()))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(3 * 4096, len(_FUZZ_BASE) - 1), st.integers(1, 255)), max_size=6)
+)
+def test_damaged_rows_fail_only_with_layout_errors(flips: list[tuple[int, int]]) -> None:
+    data = bytearray(_FUZZ_BASE)
+    for offset, mask in flips:
+        data[offset] ^= mask
+    with contextlib.suppress(BoltError, EtcdDBError):
+        from_database(read_db(bytes(data)))

@@ -96,6 +96,9 @@ class _Parser:
         if pgid < 2:
             raise BoltError(f"page {pgid}: a meta page used as a bucket page")
         _, flags, count, overflow = self.header(pgid)
+        if pgid in self.reachable:  # do not walk a shared subtree twice (or a cycle)
+            self.problems.append(f"page {pgid}: multiple references")
+            return
         self.mark(pgid, overflow)
         base = pgid * self.page_size
         end = base + (overflow + 1) * self.page_size

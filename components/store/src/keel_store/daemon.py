@@ -6,6 +6,9 @@ client and peer URL flags, ``--initial-cluster*``, the Raft timing flags,
 TLS flags mean what they mean for etcd 3.4. As with etcd, every flag can also come
 from the environment (``--initial-cluster-token`` from ``ETCD_INITIAL_CLUSTER_TOKEN``);
 a flag on the command line wins. Flags may be spelt with one dash or two.
+
+``keel-store snapshot status|restore ...`` are etcdctl's snapshot commands for keel-store
+(:mod:`keel_store.snapshot_cli`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from keel_store import snapshot_cli
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
@@ -352,8 +356,11 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["snapshot"]:
+        return snapshot_cli.main(argv[1:])
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
         if args.version:
             print(f"keel-store (etcd API {other_services.ETCD_VERSION})")
             return 0

@@ -16,6 +16,7 @@ import google_crc32c
 from google.protobuf.message import DecodeError
 
 from keel_store.mvcc.auth import AuthStore
+from keel_store.mvcc.etcd_db import key_bucket
 from keel_store.mvcc.keyspace import KeyHistory, KeyValue
 from keel_store.mvcc.store import Lease, MemberRecord, StateMachine
 
@@ -24,7 +25,6 @@ MAGIC_V1 = b"KEELSNAP1\n"
 _U32 = struct.Struct(">I")
 _ENTRY = struct.Struct(">qii")
 _ENTRY_V1 = struct.Struct(">qi")
-_BOLT_REV = struct.Struct(">QcQ")
 _crc32c: Callable[[int, bytes], int] = google_crc32c.extend
 """CRC-32C (Castagnoli), etcd's hash, in C."""
 
@@ -124,26 +124,12 @@ def hash_kv(sm: StateMachine, revision: int) -> int:
     that ``revision`` is neither compacted nor in the future.
     """
     compact = sm.kv.compact_revision
-    entries: list[tuple[int, int, bytes, KeyValue | None]] = []
-    live: set[tuple[int, int]] = set()
-    for key, history in sm.kv.histories():
-        last: tuple[int, int, KeyValue | None] | None = None
-        for rev, kv, sub in zip(history.revs, history.kvs, history.subs, strict=True):
-            if rev > revision:
-                break
-            entries.append((rev, sub, key, kv))
-            last = (rev, sub, kv)
-        if last is not None and last[2] is not None:
-            live.add((last[0], last[1]))
-    entries.sort(key=lambda e: (e[0], e[1]))
+    rows = key_bucket(sm, revision)
+    any_live = any(row.live for row in rows)
     crc = _crc32c(0, b"key")
-    for rev, sub, key, kv in entries:
-        if rev <= compact and live and (rev, sub) not in live:
+    for row in rows:
+        if row.main <= compact and any_live and not row.live:
             continue
-        if kv is None:
-            crc = _crc32c(crc, _BOLT_REV.pack(rev, b"_", sub) + b"t")
-            crc = _crc32c(crc, KeyValue(key=key).SerializeToString())
-        else:
-            crc = _crc32c(crc, _BOLT_REV.pack(rev, b"_", sub))
-            crc = _crc32c(crc, kv.SerializeToString(deterministic=True))
+        crc = _crc32c(crc, row.key)
+        crc = _crc32c(crc, row.value)
     return crc

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from keel_store.bbolt import write_db
 from keel_store.mvcc import errors, snapshot
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
+from keel_store.mvcc.etcd_db import to_buckets
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.kv_service import (
     Headers,
@@ -166,7 +169,8 @@ class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
 
 
 def snapshot_stream(data: bytes) -> bytes:
-    """Pad to 512 bytes and append a SHA-256, as etcdctl's ``snapshot save`` expects."""
+    """Pad to 512 bytes and append a SHA-256, as etcdctl's ``snapshot save`` expects
+    (a bbolt file is whole 4 KiB pages: no padding)."""
     padded = data + b"\0" * (-len(data) % 512)
     return padded + hashlib.sha256(padded).digest()
 
@@ -236,13 +240,15 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
         return resp
 
     async def Snapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        """The state machine image, streamed in chunks, etcdctl-compatible framing."""
+        """The state as etcd's bbolt database, streamed in chunks, then its SHA-256."""
         try:
             require_root(self.node, context)
         except EtcdError as exc:
             await abort(context, exc)
             return
-        blob = snapshot_stream(snapshot.save(self.node.sm))
+        # The rows are taken on the loop (one point in time); pages are laid out aside.
+        root = to_buckets(self.node.sm)
+        blob = snapshot_stream(await asyncio.to_thread(write_db, root))
         for start in range(0, len(blob), SNAPSHOT_CHUNK):
             chunk = blob[start : start + SNAPSHOT_CHUNK]
             resp = rpcpb.SnapshotResponse(

@@ -1,0 +1,300 @@
+"""The state machine as etcd 3.4 keeps it in bbolt, and back.
+
+The buckets and keys are etcd's (``mvcc/kvstore.go``, ``lease/lessor.go``,
+``auth/store.go``, ``etcdserver/api/membership/store.go``, ``v3alarm``):
+
+======================  ==============================================================
+``key``                 ``main u64 BE, '_', sub u64 BE`` (+ ``'t'`` for a deletion) ->
+                        marshalled ``mvccpb.KeyValue`` (a deletion: only its key)
+``meta``                ``consistent_index`` (u64 BE), ``finishedCompactRev`` and
+                        ``scheduledCompactRev`` (a revision key, sub 0)
+``lease``               lease ID (i64 BE) -> ``leasepb.Lease{ID, TTL, RemainingTTL}``
+``members``             member ID in hex -> JSON ``{"id", "peerURLs", "name", ...}``
+``members_removed``     member ID in hex -> ``removed``
+``cluster``             ``clusterVersion`` -> ``3.4.0``
+``auth``                ``authEnabled`` (one byte), ``authRevision`` (u64 BE)
+``authUsers``           name -> ``authpb.User``; ``authRoles``: name -> ``authpb.Role``
+``alarm``               marshalled ``AlarmMember`` -> empty
+======================  ==============================================================
+
+The ``key`` bucket is built by :func:`key_bucket`, which HashKV hashes as well.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from keel_store.bbolt import Bucket, Database
+from keel_store.mvcc.auth import AuthStore, Perm, User
+from keel_store.mvcc.keyspace import KeyHistory, KeyValue
+from keel_store.mvcc.store import Lease, StateMachine
+from keel_store.pb import authpb, rpcpb
+
+CLUSTER_VERSION = b"3.4.0"
+"""What etcd 3.4 keeps under ``cluster/clusterVersion``."""
+
+_REV = struct.Struct(">QcQ")
+_U64 = struct.Struct(">Q")
+_ENABLED, _DISABLED = b"\x01", b"\x00"
+
+
+class EtcdDBError(ValueError):
+    """The bbolt file is readable but not etcd's layout; the message says where."""
+
+
+def revision_key(main: int, sub: int, tombstone: bool = False) -> bytes:
+    """etcd's bbolt key of a revision (``revToBytes``), with the tombstone mark."""
+    return _REV.pack(main, b"_", sub) + (b"t" if tombstone else b"")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyBucketEntry:
+    """One row of etcd's ``key`` bucket."""
+
+    main: int
+    sub: int
+    key: bytes
+    """The bbolt key (:func:`revision_key`)."""
+    value: bytes
+    live: bool
+    """The latest version of its key at the revision asked for, and not a deletion."""
+
+
+def key_bucket(sm: StateMachine, revision: int) -> list[KeyBucketEntry]:
+    """etcd's ``key`` bucket rows up to ``revision``, in revision order."""
+    rows: list[KeyBucketEntry] = []
+    for key, history in sm.kv.histories():
+        mine: list[tuple[int, int, KeyValue | None]] = []
+        for rev, kv, sub in zip(history.revs, history.kvs, history.subs, strict=True):
+            if rev > revision:
+                break
+            mine.append((rev, sub, kv))
+        for i, (rev, sub, kv) in enumerate(mine):
+            if kv is None:
+                bolt_key = revision_key(rev, sub, tombstone=True)
+                value = KeyValue(key=key).SerializeToString()
+            else:
+                bolt_key = revision_key(rev, sub)
+                value = kv.SerializeToString(deterministic=True)
+            live = kv is not None and i == len(mine) - 1
+            rows.append(KeyBucketEntry(rev, sub, bolt_key, value, live))
+    rows.sort(key=lambda e: (e.main, e.sub))
+    return rows
+
+
+# --- leasepb.Lease: three int64 fields, encoded by hand (no leasepb stubs here) --------
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_lease(lease_id: int, ttl: int, remaining: int = 0) -> bytes:
+    """``leasepb.Lease{ID, TTL, RemainingTTL}`` marshalled (zero fields omitted)."""
+    out = b""
+    for field_no, value in ((1, lease_id), (2, ttl), (3, remaining)):
+        if value:
+            out += _varint(field_no << 3) + _varint(value)
+    return out
+
+
+def decode_lease(data: bytes) -> tuple[int, int, int]:
+    """(ID, TTL, RemainingTTL) of a marshalled ``leasepb.Lease``; ValueError if bad."""
+    fields = {1: 0, 2: 0, 3: 0}
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        shift = value = 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise ValueError("truncated varint")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+
+    while pos < len(data):
+        tag = varint()
+        field_no, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value = varint()
+            if value >= 1 << 63:
+                value -= 1 << 64
+            if field_no in fields:
+                fields[field_no] = value
+        elif wire == 2:
+            pos += varint()
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        if pos > len(data):
+            raise ValueError("field runs past the end")
+    return fields[1], fields[2], fields[3]
+
+
+# --- state machine -> buckets ----------------------------------------------------------
+
+
+def to_buckets(sm: StateMachine) -> Bucket:
+    """The root of an etcd 3.4 bbolt database holding ``sm``."""
+    root = Bucket()
+    keys = root.bucket(b"key")
+    for row in key_bucket(sm, sm.kv.revision):
+        keys.items[row.key] = row.value
+    meta = root.bucket(b"meta")
+    meta.items[b"consistent_index"] = _U64.pack(sm.applied_index)
+    if sm.kv.compact_revision > 0:
+        meta.items[b"finishedCompactRev"] = revision_key(sm.kv.compact_revision, 0)
+        meta.items[b"scheduledCompactRev"] = revision_key(sm.kv.compact_revision, 0)
+    leases = root.bucket(b"lease")
+    for lease in sm.leases.values():
+        leases.items[_U64.pack(lease.id)] = encode_lease(lease.id, lease.ttl)
+    members = root.bucket(b"members")
+    root.bucket(b"members_removed")
+    for m in sm.members.values():
+        doc: dict[str, object] = {"id": m.id, "peerURLs": m.peer_urls}
+        if m.is_learner:
+            doc["isLearner"] = True
+        if m.name:
+            doc["name"] = m.name
+        members.items[format(m.id, "x").encode()] = json.dumps(doc, separators=(",", ":")).encode()
+    root.bucket(b"cluster").items[b"clusterVersion"] = CLUSTER_VERSION
+    auth = root.bucket(b"auth")
+    auth.items[b"authEnabled"] = _ENABLED if sm.auth.enabled else _DISABLED
+    auth.items[b"authRevision"] = _U64.pack(sm.auth.revision)
+    users = root.bucket(b"authUsers")
+    for user in sm.auth.users.values():
+        pb = authpb.User(name=user.name.encode(), password=user.password_hash)
+        pb.roles.extend(sorted(user.roles))
+        pb.options.no_password = user.no_password
+        pb.options.SetInParent()
+        users.items[user.name.encode()] = pb.SerializeToString(deterministic=True)
+    roles = root.bucket(b"authRoles")
+    for name, perms in sm.auth.roles.items():
+        role = authpb.Role(name=name.encode())
+        for p in perms:
+            role.keyPermission.add(permType=p.type, key=p.key, range_end=p.range_end)
+        roles.items[name.encode()] = role.SerializeToString(deterministic=True)
+    alarms = root.bucket(b"alarm")
+    for member, kind in sm.alarms:
+        alarm = rpcpb.AlarmMember(memberID=member)
+        alarm.alarm = kind  # type: ignore[assignment]
+        alarms.items[alarm.SerializeToString()] = b""
+    return root
+
+
+# --- buckets -> state machine ----------------------------------------------------------
+
+
+def _bucket(db: Database, name: bytes) -> Bucket:
+    return db.root.buckets.get(name) or Bucket()
+
+
+def _parse_rev(raw: bytes, where: str) -> tuple[int, int, bool]:
+    if len(raw) not in (17, 18) or raw[8:9] != b"_" or (len(raw) == 18 and raw[17:] != b"t"):
+        raise EtcdDBError(f"{where}: {raw.hex()} is not a revision key")
+    main, _, sub = _REV.unpack_from(raw)
+    return main, sub, len(raw) == 18
+
+
+def _load_keys(sm: StateMachine, db: Database) -> int:
+    """Fill the key space from the ``key`` bucket; returns the last revision seen."""
+    histories: dict[bytes, KeyHistory] = {}
+    last = 0
+    for raw, value in _bucket(db, b"key").items.items():
+        main, sub, tombstone = _parse_rev(raw, "bucket key")
+        kv = KeyValue()
+        try:
+            kv.ParseFromString(value)
+        except DecodeError as exc:
+            raise EtcdDBError(f"bucket key, revision {main}/{sub}: bad KeyValue: {exc}") from None
+        if not kv.key:
+            raise EtcdDBError(f"bucket key, revision {main}/{sub}: KeyValue without a key")
+        history = histories.setdefault(kv.key, KeyHistory())
+        if history.revs and history.revs[-1] >= main:
+            raise EtcdDBError(f"bucket key, revision {main}/{sub}: out of order")
+        history.revs.append(main)
+        history.kvs.append(None if tombstone else kv)
+        history.subs.append(sub)
+        last = max(last, main)
+    for key in sorted(histories):
+        sm.kv.restore_history(key, histories[key])
+    return last
+
+
+def from_database(db: Database) -> StateMachine:
+    """A state machine holding what the etcd bbolt database ``db`` holds.
+
+    Members are not taken over (a restored member joins the cluster its flags
+    describe, as ``etcdctl snapshot restore`` does); a compaction etcd had scheduled
+    but not finished is finished here.
+    """
+    sm = StateMachine()
+    meta = _bucket(db, b"meta").items
+    finished = scheduled = 0
+    if b"finishedCompactRev" in meta:
+        finished = _parse_rev(meta[b"finishedCompactRev"], "meta finishedCompactRev")[0]
+    if b"scheduledCompactRev" in meta:
+        scheduled = _parse_rev(meta[b"scheduledCompactRev"], "meta scheduledCompactRev")[0]
+    sm.kv.compact_revision = finished
+    last = _load_keys(sm, db)
+    sm.kv.revision = max(last, finished, 1)
+    for raw, value in _bucket(db, b"lease").items.items():
+        try:
+            lease_id, ttl, _ = decode_lease(value)
+        except ValueError as exc:
+            raise EtcdDBError(f"bucket lease, key {raw.hex()}: bad Lease: {exc}") from None
+        sm.leases[lease_id] = Lease(lease_id, ttl)
+    for key, history in sm.kv.histories():
+        latest = history.latest()
+        if latest is not None and latest.lease in sm.leases:
+            sm.leases[latest.lease].keys.add(key)
+    sm.auth = _load_auth(db)
+    for raw in _bucket(db, b"alarm").items:
+        alarm = rpcpb.AlarmMember()
+        try:
+            alarm.ParseFromString(raw)
+        except DecodeError as exc:
+            raise EtcdDBError(f"bucket alarm: bad AlarmMember: {exc}") from None
+        sm.alarms.add((alarm.memberID, alarm.alarm))
+    if scheduled > finished and scheduled <= sm.kv.revision:
+        sm.kv.compact(scheduled)
+    sm.kv.restore_events()
+    return sm
+
+
+def _load_auth(db: Database) -> AuthStore:
+    store = AuthStore()
+    auth = _bucket(db, b"auth").items
+    store.enabled = auth.get(b"authEnabled") == _ENABLED
+    if len(rev := auth.get(b"authRevision", b"")) == 8:
+        (store.revision,) = _U64.unpack(rev)
+    try:
+        for raw in _bucket(db, b"authUsers").items.values():
+            user = authpb.User()
+            user.ParseFromString(raw)
+            store.users[user.name.decode()] = User(
+                user.name.decode(), user.password, set(user.roles), user.options.no_password
+            )
+        for raw in _bucket(db, b"authRoles").items.values():
+            role = authpb.Role()
+            role.ParseFromString(raw)
+            perms = [Perm(p.permType, p.key, p.range_end) for p in role.keyPermission]
+            store.roles[role.name.decode()] = sorted(perms, key=lambda p: (p.key, p.range_end))
+    except (DecodeError, UnicodeDecodeError) as exc:
+        raise EtcdDBError(f"auth buckets: bad user or role: {exc}") from None
+    return store

@@ -25,6 +25,7 @@ TEST_DEPS = [
     "pytest-virtualenv",
     "uv",
     "aetcd",  # host tests: a third-party etcd client library against keel-store
+    "prometheus-client",  # tests: an independent parser for /metrics (not used by the store)
 ]
 LINT_DEPS = ["ruff", "mypy", "types-PyYAML", "nox"]
 SIM_SEEDS_CI = "500"

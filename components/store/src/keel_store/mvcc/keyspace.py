@@ -92,6 +92,11 @@ class KeySpace:
         return events
 
     @property
+    def key_count(self) -> int:
+        """Keys with a history, deleted ones included until compacted (etcd's keyIndex)."""
+        return len(self._keys)
+
+    @property
     def changed(self) -> bool:
         """Whether the open write transaction has changed anything yet."""
         return bool(self._pending)

@@ -49,10 +49,32 @@ def _end(range_end: bytes) -> bytes:
     return range_end
 
 
+class OpCounts:
+    """Operations seen by this member, counted as etcd's ``etcd_mvcc_*_total``.
+
+    As etcd's ``metricsTxnWrite``: a txn's compares count as ranges, its ops as
+    ranges/puts/deletes, and it counts as a txn when it did more than one of those.
+    Not part of the replicated state: a member keeps one across snapshot installs.
+    """
+
+    __slots__ = ("ranges", "puts", "deletes", "txns")
+
+    def __init__(self) -> None:
+        self.ranges = 0
+        self.puts = 0
+        self.deletes = 0
+        self.txns = 0
+
+    @property
+    def total(self) -> int:
+        return self.ranges + self.puts + self.deletes
+
+
 class StateMachine:
     """The deterministic KV + lease state machine that Raft entries are applied to."""
 
     def __init__(self) -> None:
+        self.ops = OpCounts()
         self.kv = KeySpace()
         self.leases: dict[int, Lease] = {}
         self.applied_index = 0
@@ -96,6 +118,7 @@ class StateMachine:
 
         ``in_write``: called inside a write transaction, whose earlier writes it sees.
         """
+        self.ops.ranges += 1
         # The header carries the store's current revision, whatever revision is read
         # (inside a write txn: the txn's revision once it has changed something).
         current = self.kv.write_revision if in_write and self.kv.changed else self.kv.revision
@@ -144,6 +167,7 @@ class StateMachine:
             raise errors.LEASE_NOT_FOUND
 
     def _put(self, req: rpcpb.PutRequest) -> rpcpb.PutResponse:
+        self.ops.puts += 1
         prev = self.kv.get(req.key)
         value = prev.value if req.ignore_value and prev is not None else req.value
         lease = prev.lease if req.ignore_lease and prev is not None else req.lease
@@ -163,6 +187,7 @@ class StateMachine:
         return resp
 
     def _delete(self, req: rpcpb.DeleteRangeRequest) -> rpcpb.DeleteRangeResponse:
+        self.ops.deletes += 1
         deleted = self.kv.delete(req.key, _end(req.range_end))
         self._detach(deleted)
         rev = self.kv.write_revision if self.kv.changed else self.kv.revision
@@ -182,6 +207,7 @@ class StateMachine:
     # --- transactions ---------------------------------------------------------------
 
     def _compare(self, cmp: rpcpb.Compare) -> bool:
+        self.ops.ranges += 1
         kvs = self.kv.range(cmp.key, _end(cmp.range_end), self.kv.revision)
         if not kvs:
             if cmp.target == rpcpb.Compare.VALUE:
@@ -233,12 +259,15 @@ class StateMachine:
         Checks (ignore_* on missing keys, unknown leases, compacted or future range
         revisions) run before any write, so a failing txn changes nothing.
         """
+        ops_before = self.ops.total
         path = self._path(req)
         self._check_ops(req, path)
         resp = rpcpb.TxnResponse()
         self.kv.begin()
         self._run(req, path, resp)
         self._commit()
+        if self.ops.total - ops_before > 1:
+            self.ops.txns += 1
         resp.header.revision = self.kv.revision
         return resp
 

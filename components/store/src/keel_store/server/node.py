@@ -52,6 +52,7 @@ from keel_store.server.calls import (
 from keel_store.server.config import NodeConfig
 from keel_store.server.membership import MembershipMixin
 from keel_store.server.reads import ReadIndexMixin
+from keel_store.server.stats import ServerStats
 from keel_store.server.tokens import SimpleTokens, TokenProvider
 from keel_store.wal import NodeStorage, OSFileSystem
 
@@ -59,6 +60,9 @@ log = logging.getLogger("keel_store.node")
 
 _EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 """Leader messages that may leave before the leader's own fsync."""
+
+_PROPOSAL_FAILURES = (errors.TIMEOUT, errors.LEADER_CHANGED, errors.NO_LEADER, errors.STOPPED)
+"""Proposals that end so count as failed (etcd's ``proposals_failed_total``)."""
 
 _INLINE_SYNC_ENTRIES = 1
 """Readies with at most this many new entries fsync on the loop itself: waking a worker
@@ -76,6 +80,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.disk: NodeStorage
         self.storage = MemoryStorage()
         self.sm = StateMachine()
+        self.ops = self.sm.ops
+        """Ranges/puts/deletes/txns seen here (kept across snapshot installs)."""
+        self.stats = ServerStats()
+        """Counters for ``/metrics`` (keel_store.server.metrics)."""
         self.hub = WatchHub(self.sm.kv)
         self.sm.listeners.append(self.hub.notify)
         self.lessor = Lessor()
@@ -172,6 +180,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
 
     def _install_state(self, snap: Snapshot) -> None:
         self.sm = snapshot.restore(snap.data)
+        self.sm.ops = self.ops
         self.sm.applied_index = snap.meta.index
         self.sm.listeners.append(self.hub.notify)
         self.hub.rebind(self.sm.kv)
@@ -211,6 +220,11 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     def commit_index(self) -> int:
         return self.raft.log.committed
 
+    @property
+    def pending_proposals(self) -> int:
+        """Proposals made here still waiting for their entry to apply."""
+        return len(self._waiters)
+
     # --- the loop ---------------------------------------------------------------------------
 
     def _submit(self, action: Callable[[], None]) -> None:
@@ -231,6 +245,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             for lease_id in self.lessor.expired(now):
                 if lease_id not in self._revoking and lease_id in self.sm.leases:
                     self._revoking.add(lease_id)
+                    self.stats.leases_expired += 1
                     req = commands.encode(Kind.LEASE_REVOKE, 0, _lease_revoke(lease_id))
                     with contextlib.suppress(ProposalDroppedError):
                         self.raft.propose(req)
@@ -268,6 +283,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                         # waited for a first leader are proposed to the new one.
                         if self._known_leader != 0:
                             self._fail_in_flight()
+                        if rd.soft_state.leader != 0:
+                            self.stats.leader_changes += 1
                         self._known_leader = rd.soft_state.leader
                     self.leader_changed.set()
                     self.leader_changed = asyncio.Event()
@@ -305,12 +322,15 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                     if len(rd.entries) <= _INLINE_SYNC_ENTRIES:
                         # A small Ready (one client writing, a follower's single
                         # entry): the thread hand-off costs more than it overlaps.
+                        started = time.perf_counter()
                         self.disk.sync()
+                        self.stats.wal_fsync.observe(time.perf_counter() - started)
                     else:
                         # In a thread: requests keep arriving and share the next
                         # fsync. (Measured: fsync inline on the loop halves the
-                        # concurrent put rate.)
-                        await loop.run_in_executor(None, self.disk.sync)
+                        # concurrent put rate.) Timed there, recorded here.
+                        took = await loop.run_in_executor(None, self._timed_sync)
+                        self.stats.wal_fsync.observe(took)
                 for m in later:
                     self.transport.send(m.to, transport.RAFT, transport.encode_message(m))
                 for entry in rd.committed_entries:
@@ -320,6 +340,11 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                     self._read_ready(rs)
                 self._maybe_snapshot()
             self._release_apply_waits()
+
+    def _timed_sync(self) -> float:
+        started = time.perf_counter()
+        self.disk.sync()
+        return time.perf_counter() - started
 
     def _fail_in_flight(self) -> None:
         """The leader changed: what was sent to the old one may be lost.
@@ -355,7 +380,9 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                 self._refresh_peers()
             if kind == Kind.LEASE_GRANT:
                 self.lessor.grant(result.ID, result.TTL, now)
+                self.stats.leases_granted += 1
             elif kind == Kind.LEASE_REVOKE:
+                self.stats.leases_revoked += 1
                 lease_id = commands.decode(data)[2].ID
                 self.lessor.forget(lease_id)
                 self._revoking.discard(lease_id)
@@ -370,9 +397,11 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         applied = self.sm.applied_index
         if applied - self.last_snapshot_index < self.config.snapshot_count:
             return
+        started = time.perf_counter()
         data = snapshot.save(self.sm)
         snap = self.storage.create_snapshot(applied, self.raft.conf, data)
         self.disk.save_snapshot(snap)
+        self.stats.snapshot_save.observe(time.perf_counter() - started)
         # Keep some log behind the snapshot (etcd: 5000 entries) so slightly lagging
         # followers catch up from the log rather than a snapshot.
         retain = min(5000, self.config.snapshot_count)
@@ -398,6 +427,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         timer = loop.call_later(self.config.request_timeout, _time_out, fut)
         try:
             return await fut
+        except EtcdError as exc:
+            if exc in _PROPOSAL_FAILURES:  # not an error the state machine answered
+                self.stats.proposals_failed += 1
+            raise
         finally:
             timer.cancel()
             self._waiters.pop(request_id, None)
@@ -445,7 +478,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     async def keep_alive(self, lease_id: int) -> int:
         """Renew a lease on the leader; returns its TTL, or 0 if it does not exist."""
         if self.is_leader:
-            return self.lessor.renew(lease_id, time.monotonic()) or 0
+            ttl = self.lessor.renew(lease_id, time.monotonic())
+            if ttl:
+                self.stats.leases_renewed += 1
+            return ttl or 0
         reply = await self._leader_call(CALL_KEEPALIVE, struct.pack(">q", lease_id))
         return int(struct.unpack(">q", reply)[0])
 
@@ -511,6 +547,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         elif call == CALL_KEEPALIVE:
             (lease_id,) = struct.unpack(">q", body)
             ttl = self.lessor.renew(lease_id, time.monotonic()) if self.is_leader else None
+            if ttl:
+                self.stats.leases_renewed += 1
             reply(struct.pack(">q", ttl or 0))
         elif call == CALL_TTL:
             (lease_id,) = struct.unpack(">q", body)

@@ -144,6 +144,10 @@ class PeerTransport:
         """Connected peers: a frame for an idle connection is written at once."""
         self._server: asyncio.Server | None = None
         self._readers: set[asyncio.Task[None]] = set()
+        self.sent_bytes: dict[int, int] = {}
+        """Peer ID -> bytes of frames sent to it (etcd_network_peer_sent_bytes_total)."""
+        self.received_bytes: dict[int, int] = {}
+        """Peer ID -> bytes of frames received from it."""
         self.paused: set[int] = set()
         """Peers whose traffic is dropped (fault injection from tests)."""
         self.hello_info: dict[str, object] = {}
@@ -176,6 +180,7 @@ class PeerTransport:
         if queue is None or to in self.paused:
             return
         frame = _FRAME.pack(len(payload) + 1, kind) + payload
+        self.sent_bytes[to] = self.sent_bytes.get(to, 0) + len(frame)
         writer = self._writers.get(to)
         if writer is not None and queue.empty() and not writer.is_closing():
             # Nothing queued before it (the sender writes what it takes from the queue
@@ -249,12 +254,14 @@ class PeerTransport:
             sender = int(hello["from"])
             if self.on_hello is not None:
                 self.on_hello(sender, hello)
+            received = self.received_bytes
             while True:
                 size, kind = _FRAME.unpack(await reader.readexactly(_FRAME.size))
                 if size - 1 > MAX_FRAME:
                     log.warning("peer %x sent an oversize frame; dropping connection", sender)
                     return
                 payload = await reader.readexactly(size - 1)
+                received[sender] = received.get(sender, 0) + _FRAME.size + size - 1
                 if sender in self.paused:
                     continue
                 result = self.on_frame(sender, kind, payload)

@@ -34,6 +34,7 @@ from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server import auth_service, gateway, kv_service, other_services, tokens
+from keel_store.server.grpc_metrics import GrpcStats, instrument
 from keel_store.server.members import Cluster, ClusterConfigError, parse_initial_cluster
 from keel_store.server.node import NodeConfig, StoreNode
 from keel_store.server.transport import host_port
@@ -46,7 +47,7 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("listen-client-urls", "http://localhost:2379", "URLs to listen on for client traffic"),
     ("advertise-client-urls", "http://localhost:2379", "client URLs told to the cluster"),
     ("listen-peer-urls", "http://localhost:2380", "URLs to listen on for peer traffic"),
-    ("listen-metrics-urls", "", "URLs for /health, /version and the JSON gateway /v3/..."),
+    ("listen-metrics-urls", "", "URLs for /metrics, /health, /version and the JSON gateway"),
     ("initial-advertise-peer-urls", "http://localhost:2380", "peer URLs told to the cluster"),
     ("initial-cluster", "", "initial cluster: name=peer-url,... (default: ${name}=peer-url)"),
     ("initial-cluster-state", "new", "new or existing"),
@@ -264,7 +265,9 @@ async def auto_compact(node: StoreNode, mode: str, retention: float) -> None:
                 await node.propose(Kind.COMPACT, rpcpb.CompactionRequest(revision=target))
 
 
-def _server(node: StoreNode, kv: kv_service.KVService, args: argparse.Namespace) -> grpc.aio.Server:
+def _server(
+    node: StoreNode, kv: kv_service.KVService, args: argparse.Namespace, stats: GrpcStats
+) -> grpc.aio.Server:
     limit = args.max_request_bytes + validate.GRPC_OVERHEAD_BYTES
     server = grpc.aio.server(
         options=[
@@ -275,17 +278,18 @@ def _server(node: StoreNode, kv: kv_service.KVService, args: argparse.Namespace)
             ("grpc.http2.max_ping_strikes", 0),
         ]
     )
-    rpcgrpc.add_KVServicer_to_server(kv, server)
+    counted = instrument(server, stats)  # grpc_server_*_total, client bytes
+    rpcgrpc.add_KVServicer_to_server(kv, counted)
     interval = go_duration(
         args.experimental_watch_progress_notify_interval,
         "experimental-watch-progress-notify-interval",
     )
     watch = kv_service.WatchService(node, interval, limit)
-    rpcgrpc.add_WatchServicer_to_server(watch, server)
-    rpcgrpc.add_LeaseServicer_to_server(other_services.LeaseService(node), server)
-    rpcgrpc.add_ClusterServicer_to_server(other_services.ClusterService(node), server)
-    rpcgrpc.add_MaintenanceServicer_to_server(other_services.MaintenanceService(node), server)
-    rpcgrpc.add_AuthServicer_to_server(auth_service.AuthService(node), server)
+    rpcgrpc.add_WatchServicer_to_server(watch, counted)
+    rpcgrpc.add_LeaseServicer_to_server(other_services.LeaseService(node), counted)
+    rpcgrpc.add_ClusterServicer_to_server(other_services.ClusterService(node), counted)
+    rpcgrpc.add_MaintenanceServicer_to_server(other_services.MaintenanceService(node), counted)
+    rpcgrpc.add_AuthServicer_to_server(auth_service.AuthService(node), counted)
     credentials = None
     if args.cert_file or args.key_file:
         if not (args.cert_file and args.key_file):
@@ -328,11 +332,12 @@ async def serve(args: argparse.Namespace) -> int:
     node = StoreNode(config)
     await node.start()
     kv = kv_service.KVService(node, args.max_txn_ops)
-    server = _server(node, kv, args)
+    grpc_stats = GrpcStats()
+    server = _server(node, kv, args, grpc_stats)
     await server.start()
     gateways = []
     for url in filter(None, (u.strip() for u in args.listen_metrics_urls.split(","))):
-        gw = gateway.Gateway(node, kv)
+        gw = gateway.Gateway(node, kv, grpc_stats)
         await gw.listen(*host_port(url))
         gateways.append(gw)
     log.info("serving clients on %s as member %x", args.listen_client_urls, node.member_id)

@@ -1,4 +1,4 @@
-"""etcd's grpc-gateway JSON API (``POST /v3/...``), ``GET /health`` and ``GET /version``.
+"""etcd's grpc-gateway JSON API (``POST /v3/...``), ``/health``, ``/version``, ``/metrics``.
 
 etcd serves these on its client port next to gRPC (cmux); grpcio cannot share a port
 with an HTTP/1.1 server, so keel-store serves them on ``--listen-metrics-urls`` (where
@@ -28,7 +28,10 @@ from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.keyspace import Event
 from keel_store.mvcc.watch import Watcher
 from keel_store.pb import rpcpb
+from keel_store.server import metrics
 from keel_store.server.auth_service import AuthService
+from keel_store.server.exposition import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from keel_store.server.grpc_metrics import GrpcStats
 from keel_store.server.kv_service import Headers, KVService
 from keel_store.server.node import StoreNode
 from keel_store.server.other_services import (
@@ -94,8 +97,9 @@ def _to_json(message: Any) -> bytes:
 class Gateway:
     """Routes JSON requests to the same service objects the gRPC server uses."""
 
-    def __init__(self, node: StoreNode, kv: KVService) -> None:
+    def __init__(self, node: StoreNode, kv: KVService, grpc_stats: GrpcStats | None = None) -> None:
         self.node = node
+        self.grpc_stats = grpc_stats
         self.headers = Headers(node)
         lease, cluster, maint = LeaseService(node), ClusterService(node), MaintenanceService(node)
         au = AuthService(node)
@@ -180,6 +184,10 @@ class Gateway:
                     await self._send(writer, 413, _error(errors.REQUEST_TOO_LARGE))
                     return
                 body = await reader.readexactly(length) if length else b""
+                if method == "GET" and path.partition("?")[0] == "/metrics":
+                    body = metrics.exposition(self.node, self.grpc_stats)
+                    await self._send(writer, 200, body, METRICS_CONTENT_TYPE)
+                    continue
                 if path.rstrip("/") in ("/v3/watch", "/v3beta/watch") and method == "POST":
                     await self._watch(body, writer)
                     return
@@ -194,10 +202,16 @@ class Gateway:
         finally:
             writer.close()
 
-    async def _send(self, writer: asyncio.StreamWriter, status: int, payload: bytes) -> None:
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: bytes,
+        content_type: str = "application/json",
+    ) -> None:
         writer.write(
             f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
         await writer.drain()

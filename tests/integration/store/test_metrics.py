@@ -153,8 +153,11 @@ def test_metrics_from_a_cluster_match_etcd(tmp_path: Path) -> None:
         ):
             assert must in ours, must
         buckets = [
-            [s.labels["le"] for s in f["etcd_disk_wal_fsync_duration_seconds"].samples
-             if s.name.endswith("_bucket")]
+            [
+                s.labels["le"]
+                for s in f["etcd_disk_wal_fsync_duration_seconds"].samples
+                if s.name.endswith("_bucket")
+            ]
             for f in (ours, theirs)
         ]
         assert buckets[0] == buckets[1]

@@ -45,7 +45,7 @@ def test_render_parses_with_prometheus_parser() -> None:
     h.observe(0.02)
     text = render(
         [
-            Family("b_total", "counter", 'help with \\ and\nnewline').add(3),
+            Family("b_total", "counter", "help with \\ and\nnewline").add(3),
             Family("a_gauge", "gauge", "g").add(1, (("server_id", 'x"y\\z\n'),)),
             Family("c_seconds", "histogram", "h").add_histogram(h),
         ]

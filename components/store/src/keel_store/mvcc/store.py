@@ -57,7 +57,7 @@ class OpCounts:
     Not part of the replicated state: a member keeps one across snapshot installs.
     """
 
-    __slots__ = ("ranges", "puts", "deletes", "txns")
+    __slots__ = ("deletes", "puts", "ranges", "txns")
 
     def __init__(self) -> None:
         self.ranges = 0

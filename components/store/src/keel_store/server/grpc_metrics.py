@@ -50,7 +50,7 @@ _TYPES = {
 class MethodStats:
     """Calls of one method: started, and handled per ``grpc_code`` (all pre-set to 0)."""
 
-    __slots__ = ("service", "method", "type", "started", "handled")
+    __slots__ = ("handled", "method", "service", "started", "type")
 
     def __init__(self, service: str, method: str, grpc_type: str) -> None:
         self.service = service
@@ -135,7 +135,7 @@ def _count_call(behavior: Callable[..., Any], m: MethodStats) -> Callable[..., A
     return plain
 
 
-class instrument:  # noqa: N801 - used like a function: add_KVServicer_to_server(svc, instrument(...))
+class instrument:
     """Stands in for a grpc server while the generated code registers a service."""
 
     def __init__(self, server: Any, stats: GrpcStats) -> None:
@@ -158,5 +158,7 @@ class instrument:  # noqa: N801 - used like a function: add_KVServicer_to_server
                 response_serializer=self.stats.serializer(h.response_serializer),
                 **{kind: _count_call(getattr(h, kind), m)},
             )
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, wrapped),)
+        )
         self.server.add_registered_method_handlers(service, wrapped)

@@ -36,7 +36,9 @@ def collect() -> list[Family]:
     start_ticks, vsize, rss = int(fields[19]), int(fields[20]), int(fields[21])
     return [
         Family(
-            "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds."
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
         ).add((utime + stime) / _TICKS),
         Family("process_open_fds", "gauge", "Number of open file descriptors.").add(
             len(os.listdir("/proc/self/fd"))

@@ -54,13 +54,13 @@ class ServerStats:
 
     __slots__ = (
         "leader_changes",
-        "proposals_failed",
-        "wal_fsync",
-        "snapshot_save",
-        "leases_granted",
-        "leases_revoked",
-        "leases_renewed",
         "leases_expired",
+        "leases_granted",
+        "leases_renewed",
+        "leases_revoked",
+        "proposals_failed",
+        "snapshot_save",
+        "wal_fsync",
     )
 
     def __init__(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import Cluster, etcdctl, free_port
+from .conftest import ETCDCTL, Cluster, etcdctl, free_port
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(240)]
 
@@ -67,12 +68,24 @@ def test_metrics_from_a_cluster_match_etcd(tmp_path: Path) -> None:
         metrics_url[m.name] = f"http://127.0.0.1:{free_port()}"
         m.argv.append(f"--listen-metrics-urls={metrics_url[m.name]}")
     etcd = Cluster(tmp_path, 3, "etcd")
+    watcher = None
     try:
         keel.start()
         leader = keel.leader()
         before = {n: scrape(u) for n, u in metrics_url.items()}
         workload(leader.endpoint)
         ids = member_ids(leader.endpoint)
+        watcher = subprocess.Popen(
+            [ETCDCTL, f"--endpoints={leader.endpoint}", "watch", "w"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        health = http.client.HTTPConnection(
+            "127.0.0.1", int(metrics_url[leader.name].rsplit(":", 1)[1])
+        )
+        health.request("GET", "/health")
+        assert health.getresponse().status == 200
+        health.close()
 
         # Followers learn the commit index with the next append or heartbeat.
         deadline = time.monotonic() + 10
@@ -83,7 +96,8 @@ def test_metrics_from_a_cluster_match_etcd(tmp_path: Path) -> None:
                 - value(before[n], "etcd_server_proposals_applied_total")
                 for n in after
             ]
-            if min(grown) >= PUTS + 3 or time.monotonic() > deadline:
+            watching = value(after[leader.name], "etcd_debugging_mvcc_watcher_total")
+            if (min(grown) >= PUTS + 3 and watching == 1) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
 
@@ -126,6 +140,12 @@ def test_metrics_from_a_cluster_match_etcd(tmp_path: Path) -> None:
         assert value(lead, "grpc_server_started", grpc_method="Put") == PUTS
         assert value(lead, "grpc_server_handled", grpc_method="Put", grpc_code="OK") == PUTS
         assert value(lead, "etcd_mvcc_range") >= 1
+        assert value(lead, "etcd_server_health_success") == 1
+        assert value(lead, "etcd_debugging_mvcc_watcher_total") == 1
+        assert value(lead, "etcd_debugging_mvcc_watch_stream_total") == 1
+        assert value(lead, "grpc_server_started", grpc_method="Watch") == 1
+        watcher.kill()
+        watcher.wait()
 
         # The same families from etcd 3.4 (on its client port) after the same workload.
         keel.stop()
@@ -162,5 +182,7 @@ def test_metrics_from_a_cluster_match_etcd(tmp_path: Path) -> None:
         ]
         assert buckets[0] == buckets[1]
     finally:
+        if watcher is not None and watcher.poll() is None:
+            watcher.kill()
         keel.stop()
         etcd.stop()

@@ -227,7 +227,9 @@ class Gateway:
             try:
                 await self.node.read_barrier()
             except EtcdError as exc:
+                self.node.stats.health_failures += 1
                 return 503, _doc({"health": "false", "reason": exc.message})
+            self.node.stats.health_success += 1
             return 200, b'{"health":"true"}'
         route = None
         for prefix in ("/v3/", "/v3beta/"):

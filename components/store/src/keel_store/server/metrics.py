@@ -93,6 +93,16 @@ def server_families(node: StoreNode) -> list[Family]:
             node.config.quota_bytes,
         ),
         _counter(
+            "etcd_server_health_success",
+            "The total number of successful health checks",
+            node.stats.health_success,
+        ),
+        _counter(
+            "etcd_server_health_failures",
+            "The total number of failed health checks",
+            node.stats.health_failures,
+        ),
+        _counter(
             "etcd_debugging_server_lease_expired_total",
             "The total number of expired leases.",
             node.stats.leases_expired,
@@ -114,6 +124,7 @@ def mvcc_families(node: StoreNode) -> list[Family]:
             kv.size,
         ),
         _gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", kv.key_count),
+        _gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers.", len(node.hub)),
         _gauge(
             "etcd_debugging_mvcc_current_revision", "The current revision of store.", kv.revision
         ),
@@ -202,12 +213,18 @@ def network_families(node: StoreNode, grpc_stats: GrpcStats | None) -> list[Fami
         "counter",
         "Total number of RPCs completed on the server, regardless of success or failure.",
     )
+    streams = 0
     for m in sorted(grpc_stats.methods, key=lambda m: (m.method, m.service)):
         labels = (("grpc_method", m.method), ("grpc_service", m.service), ("grpc_type", m.type))
         started.add(m.started, labels)
         for code, n in sorted(m.handled.items()):
             handled.add(n, (("grpc_code", code), *labels))
-    return [*out, started, handled]
+        if (m.service, m.method) == ("etcdserverpb.Watch", "Watch"):
+            streams = m.started - sum(m.handled.values())
+    watch_streams = _gauge(
+        "etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams.", streams
+    )
+    return [*out, started, handled, watch_streams]
 
 
 def exposition(node: StoreNode, grpc_stats: GrpcStats | None = None) -> bytes:

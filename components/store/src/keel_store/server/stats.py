@@ -53,6 +53,8 @@ class ServerStats:
     """What a member counts as it runs (etcd's ``etcdserver``, ``wal``, ``lease``)."""
 
     __slots__ = (
+        "health_failures",
+        "health_success",
         "leader_changes",
         "leases_expired",
         "leases_granted",
@@ -65,6 +67,8 @@ class ServerStats:
 
     def __init__(self) -> None:
         self.leader_changes = 0
+        self.health_success = 0
+        self.health_failures = 0
         self.proposals_failed = 0
         self.wal_fsync = Histogram(ETCD_DISK_BUCKETS)
         self.snapshot_save = Histogram(ETCD_DISK_BUCKETS)

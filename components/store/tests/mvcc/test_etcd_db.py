@@ -19,7 +19,7 @@ from keel_store.mvcc.etcd_db import (
     to_buckets,
 )
 from keel_store.mvcc.store import StateMachine
-from keel_store.pb import authpb, rpcpb
+from keel_store.pb import authpb, mvccpb, rpcpb
 
 
 def _through_bbolt(sm: StateMachine) -> StateMachine:
@@ -150,6 +150,12 @@ def test_foreign_rows_are_refused_with_the_place() -> None:
     root = Bucket()
     root.bucket(b"key").items[b"not-a-revision"] = b""
     with pytest.raises(EtcdDBError, match=r"bucket key: .* is not a revision key"):
+        from_database(read_db(write_db(root)))
+    root = Bucket()
+    root.bucket(b"key").items[b"\x80" + revision_key(2, 0)[1:]] = mvccpb.KeyValue(
+        key=b"k"
+    ).SerializeToString()
+    with pytest.raises(EtcdDBError, match=r"bucket key: .* holds a revision out of range"):
         from_database(read_db(write_db(root)))
     root = Bucket()
     root.bucket(b"key").items[revision_key(2, 0)] = b"\xff\xff"

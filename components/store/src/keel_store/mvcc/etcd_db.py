@@ -39,6 +39,7 @@ CLUSTER_VERSION = b"3.4.0"
 
 _REV = struct.Struct(">QcQ")
 _U64 = struct.Struct(">Q")
+_INT64_LIMIT = 1 << 63
 _ENABLED, _DISABLED = b"\x01", b"\x00"
 
 
@@ -208,6 +209,8 @@ def _parse_rev(raw: bytes, where: str) -> tuple[int, int, bool]:
     if len(raw) not in (17, 18) or raw[8:9] != b"_" or (len(raw) == 18 and raw[17:] != b"t"):
         raise EtcdDBError(f"{where}: {raw.hex()} is not a revision key")
     main, _, sub = _REV.unpack_from(raw)
+    if main >= _INT64_LIMIT or sub >= _INT64_LIMIT:  # etcd's revisions are int64
+        raise EtcdDBError(f"{where}: {raw.hex()} holds a revision out of range")
     return main, sub, len(raw) == 18
 
 

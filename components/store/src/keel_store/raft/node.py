@@ -92,6 +92,28 @@ class RaftNode(LeaderSide):
         else:
             self._campaign(pre_vote=False, transfer=transfer)
 
+    def report_leader_unreachable(self, leader: int) -> None:
+        """The caller lost its connection to ``leader`` (its process died, most likely).
+
+        The follower side of etcd-raft's ``ReportUnreachable``: a follower of ``leader``
+        forgets it (so it stops honouring the leader lease on votes, and its caller
+        stops forwarding to a dead leader) and, with pre-vote, campaigns after 1 to
+        ``max(1, election_ticks // 3)`` ticks (random, so that two followers that saw the
+        same death rarely split the vote) instead of a whole election timeout. Safety
+        does not depend on the report: when it is wrong (the leader is alive), the pre-vote
+        is refused by every follower still in the lease and ignored by the leader, and
+        the leader's next heartbeat restores it. Without pre-vote the node only forgets
+        the leader: a campaign would bump the term and depose a live leader.
+        """
+        if self.role is not Role.FOLLOWER or leader == 0 or self.leader != leader:
+            return  # stale: we already moved on from that leader
+        self.leader = 0
+        if self.config.pre_vote and self.promotable:
+            early = 1 + self._rng.randrange(max(1, self.config.election_ticks // 3))
+            self.election_elapsed = max(
+                self.election_elapsed, self.randomized_election_ticks - early
+            )
+
     def propose(self, data: bytes) -> int:
         """Append a command to the log; returns its index. Leader only."""
         self._check_can_propose()

@@ -296,7 +296,7 @@ def check_perf(ep: str, load: str) -> dict[str, float]:
 
 
 async def measure(
-    kind: str, n: int, quick: bool, perf: list[str], only: str = "", rounds: int = 1
+    kind: str, n: int, quick: bool, perf: list[str], *, only: str = "", rounds: int = 1
 ) -> dict[str, dict[str, float]]:
     scale = 4 if quick else 1
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
@@ -359,7 +359,7 @@ def main(argv: list[str]) -> int:
         load_before = _load()
         for kind in ("etcd", "keel"):
             console.print(f"[bold]{kind}[/bold], {n} member(s) ...")
-            results[kind] = asyncio.run(measure(kind, n, quick, perf, only, rounds))
+            results[kind] = asyncio.run(measure(kind, n, quick, perf, only=only, rounds=rounds))
         table = Table(
             title=f"keel-store vs etcd 3.4.23, {n} member(s), loopback, 256 B values",
             caption=f"load average (1, 5, 15 min) before {load_before}, after {_load()}",

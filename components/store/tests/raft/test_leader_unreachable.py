@@ -77,3 +77,29 @@ def test_without_pre_vote_a_report_only_forgets_the_leader() -> None:
     assert cluster.nodes[2].leader == 0
     cluster.tick(times=EARLY)
     assert cluster.nodes[2].term == 2  # no early campaign: it would bump the term
+
+
+def test_a_split_vote_after_an_early_campaign_is_retried_early() -> None:
+    """Both followers saw 1 die and campaigned at once: each voted for itself."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.down = {1}
+    a, b = cluster.nodes[2], cluster.nodes[3]
+    for node in (a, b):
+        node.report_leader_unreachable(1)
+        node.campaign()  # as if their early ticks came together
+    for _ in range(2):  # pre-votes cross and are granted; then the votes cross
+        out = {2: cluster.flush(2), 3: cluster.flush(3)}
+        for m in out[2] + out[3]:
+            if m.to in (2, 3):
+                cluster.nodes[m.to].step(m)
+    for m in cluster.flush(2) + cluster.flush(3):
+        if m.to in (2, 3):
+            cluster.nodes[m.to].step(m)
+    assert a.role is Role.CANDIDATE
+    assert b.role is Role.CANDIDATE
+    assert a.term == b.term == 3
+    cluster.tick(times=EARLY)
+    leader = cluster.leader()
+    assert leader.id in (2, 3)
+    assert leader.term == 4

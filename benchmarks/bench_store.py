@@ -10,7 +10,10 @@ and the keel/etcd ratio. Timings on a shared machine are noisy; nothing is asser
 size) runs too, so a full run takes about 6 minutes.
 
 Options: ``--quick`` (smaller counts, no check perf), ``--nodes=1,3``,
-``--check-perf=s,m,l`` (the loads to run; 60 s each per server), ``--no-check-perf``.
+``--check-perf=s,m,l`` (the loads to run; 60 s each per server), ``--no-check-perf``,
+``--only=failover`` (just the leader kill, 3 members, no check perf) with
+``--rounds=N`` (N kills per server, the victim restarted in between; prints each window
+and the median, min and max).
 """
 
 from __future__ import annotations
@@ -210,6 +213,39 @@ async def watch_fanout(ep: str, watchers: int, puts: int) -> dict[str, float]:
     return {"events/s": received / elapsed}
 
 
+def wait_healthy(server: Server, i: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (
+        subprocess.run(
+            [ETCDCTL, f"--endpoints={server.endpoints[i]}", "endpoint", "health"],
+            capture_output=True,
+            check=False,
+        ).returncode
+        != 0
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.kind} member {i} did not become healthy")
+        time.sleep(0.2)
+
+
+async def failovers(server: Server, rounds: int) -> dict[str, float]:
+    """``rounds`` leader kills; the victim is restarted and healthy before the next."""
+    if rounds == 1:
+        return await failover(server)
+    windows = []
+    for r in range(rounds):
+        windows.append((await failover(server))["unavailable s"])
+        console.print(f"  {server.kind} leader kill {r + 1}/{rounds}: {windows[-1]:.3f} s")
+        for i in range(len(server.procs)):
+            wait_healthy(server, i)
+        await asyncio.sleep(1.0)  # let the restarted member catch up and settle
+    return {
+        "unavailable s": statistics.median(windows),
+        "min s": min(windows),
+        "max s": max(windows),
+    }
+
+
 async def failover(server: Server) -> dict[str, float]:
     victim = leader_index(server)
     others = [e for i, e in enumerate(server.endpoints) if i != victim]
@@ -259,11 +295,15 @@ def check_perf(ep: str, load: str) -> dict[str, float]:
     return out
 
 
-async def measure(kind: str, n: int, quick: bool, perf: list[str]) -> dict[str, dict[str, float]]:
+async def measure(
+    kind: str, n: int, quick: bool, perf: list[str], *, only: str = "", rounds: int = 1
+) -> dict[str, dict[str, float]]:
     scale = 4 if quick else 1
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
         server = launch(kind, n, Path(tmp))
         try:
+            if only == "failover":
+                return {"leader kill": await failovers(server, rounds)} if n > 1 else {}
             ep = server.endpoints[leader_index(server)]
             out = {
                 "sequential put": await sequential_puts(ep, 2000 // scale),
@@ -279,7 +319,7 @@ async def measure(kind: str, n: int, quick: bool, perf: list[str]) -> dict[str, 
             for load in perf:
                 out[f"etcdctl check perf {load}"] = check_perf(",".join(server.endpoints), load)
             if n > 1:
-                out["leader kill"] = await failover(server)
+                out["leader kill"] = await failovers(server, rounds)
             return out
         finally:
             server.stop()
@@ -300,6 +340,16 @@ def main(argv: list[str]) -> int:
         elif a == "--no-check-perf":
             perf = []
     nodes = [1, 3]
+    only, rounds = "", 1
+    for a in argv:
+        if a.startswith("--only="):
+            only = a.split("=", 1)[1]
+            if only != "failover":
+                print(f"--only: only 'failover' is selectable, not {only!r}")
+                return 2
+            nodes, perf = [3], []
+        elif a.startswith("--rounds="):
+            rounds = max(1, int(a.split("=", 1)[1]))
     for a in argv:
         if a.startswith("--nodes="):
             nodes = [int(x) for x in a.split("=", 1)[1].split(",")]
@@ -309,7 +359,7 @@ def main(argv: list[str]) -> int:
         load_before = _load()
         for kind in ("etcd", "keel"):
             console.print(f"[bold]{kind}[/bold], {n} member(s) ...")
-            results[kind] = asyncio.run(measure(kind, n, quick, perf))
+            results[kind] = asyncio.run(measure(kind, n, quick, perf, only=only, rounds=rounds))
         table = Table(
             title=f"keel-store vs etcd 3.4.23, {n} member(s), loopback, 256 B values",
             caption=f"load average (1, 5, 15 min) before {load_before}, after {_load()}",

@@ -13,6 +13,7 @@ VOTE_STORM = [
     "--unsafe", "unsafe_skip_persist_vote",
     "--set", "crash_rate=0.05", "--set", "restart_rate=0.5", "--set", "pre_vote=false",
     "--set", "check_quorum=false", "--set", "check_liveness=false", "--no-linearizability",
+    "--set", "unreachable_report_rate=0", "--set", "unreachable_seen=0",
 ]  # fmt: skip
 
 

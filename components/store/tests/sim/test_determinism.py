@@ -32,7 +32,17 @@ def test_runs_exercise_the_faults_they_claim() -> None:
     assert sum(r.snapshots_sent for r in results) > 0
     assert sum(r.membership_changes for r in results) > 0
     assert sum(r.transfers for r in results) > 0
+    assert sum(r.unreachable_reports for r in results) > 10
     assert all(r.linearizable for r in results)
+
+
+def test_many_leader_unreachable_reports_keep_every_invariant() -> None:
+    """Leader crashes seen by every follower (early campaigns), many wrong reports."""
+    options = Options(crash_rate=0.02, restart_rate=0.2, unreachable_report_rate=0.05)
+    options.unreachable_seen = 1.0
+    results = [run_seed(s, options) for s in range(12)]
+    assert all(r.ok for r in results), [r.failure for r in results if not r.ok]
+    assert sum(r.unreachable_reports for r in results) > 200
 
 
 def test_options_from_the_command_line_are_checked() -> None:

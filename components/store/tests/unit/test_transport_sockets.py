@@ -79,3 +79,57 @@ def test_a_dropped_connection_is_replaced() -> None:
             await b.close()
 
     asyncio.run(scenario())
+
+
+def test_an_idle_connection_to_a_restarted_peer_loses_no_frame() -> None:
+    """A follower rarely writes to another follower; when that peer restarts, the old
+    connection is replaced at once, so the next frame (a vote request) is not written
+    into a dead socket."""
+
+    async def scenario() -> None:
+        got: list[bytes] = []
+        a = transport.PeerTransport(1, "tok", lambda s, k, p: None)
+        url_a, url_b = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+        b = transport.PeerTransport(2, "tok", lambda s, k, p: got.append(p))
+        await a.listen(url_a)
+        await b.listen(url_b)
+        a.set_peers({1: url_a, 2: url_b})
+        try:
+            a.send(2, transport.RAFT, b"one")
+            await _until(lambda: got == [b"one"])
+            old = a._writers[2]
+            await b.close()
+            b = transport.PeerTransport(2, "tok", lambda s, k, p: got.append(p))
+            await b.listen(url_b)
+            await _until(lambda: a._writers.get(2) not in (None, old))
+            a.send(2, transport.RAFT, b"vote")
+            await _until(lambda: len(got) > 1)
+            assert got == [b"one", b"vote"]
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_losing_the_last_connection_from_a_peer_is_reported() -> None:
+    async def scenario() -> None:
+        lost: list[int] = []
+        a = transport.PeerTransport(1, "tok", lambda s, k, p: None)
+        b = transport.PeerTransport(2, "tok", lambda s, k, p: None)
+        b.on_peer_lost = lost.append
+        url_a, url_b = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+        await a.listen(url_a)
+        await b.listen(url_b)
+        a.set_peers({1: url_a, 2: url_b})
+        try:
+            a.send(2, transport.RAFT, b"hello")
+            await _until(lambda: b._inbound.get(1) == 1)
+            assert lost == []
+            await a.close()  # as when a's process dies: its connections close
+            await _until(lambda: lost == [1])
+        finally:
+            await b.close()
+        assert lost == [1]  # closing b itself reports nothing
+
+    asyncio.run(scenario())

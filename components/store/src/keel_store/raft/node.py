@@ -53,6 +53,9 @@ class RaftNode(LeaderSide):
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_ticks = config.election_ticks
+        self._early_retry = False
+        """An early campaign is under way: if it becomes a candidate and the vote splits
+        (two followers saw the same leader die), retry early once more too."""
         self.pending_conf_index = 0
         self.lead_transferee = 0
         self.reads = PendingReads()
@@ -91,6 +94,32 @@ class RaftNode(LeaderSide):
             self._campaign(pre_vote=True, transfer=False)
         else:
             self._campaign(pre_vote=False, transfer=transfer)
+
+    def report_leader_unreachable(self, leader: int) -> None:
+        """The caller lost its connection to ``leader`` (its process died, most likely).
+
+        The follower side of etcd-raft's ``ReportUnreachable``: a follower of ``leader``
+        forgets it (so it stops honouring the leader lease on votes, and its caller
+        stops forwarding to a dead leader) and, with pre-vote, campaigns after 1 to
+        ``max(1, election_ticks // 3)`` ticks (random, so that two followers that saw the
+        same death rarely split the vote) instead of a whole election timeout; if
+        that campaign reaches the vote and the vote splits, the retry is early too (once).
+        Safety
+        does not depend on the report: when it is wrong (the leader is alive), the pre-vote
+        is refused by every follower still in the lease and ignored by the leader, and
+        the leader's next heartbeat restores it. Without pre-vote the node only forgets
+        the leader: a campaign would bump the term and depose a live leader.
+        """
+        if self.role is not Role.FOLLOWER or leader == 0 or self.leader != leader:
+            return  # stale: we already moved on from that leader
+        self.leader = 0
+        if self.config.pre_vote and self.promotable:
+            self._campaign_early()
+            self._early_retry = True
+
+    def _campaign_early(self) -> None:
+        early = 1 + self._rng.randrange(max(1, self.config.election_ticks // 3))
+        self.election_elapsed = max(self.election_elapsed, self.randomized_election_ticks - early)
 
     def propose(self, data: bytes) -> int:
         """Append a command to the log; returns its index. Leader only."""
@@ -265,11 +294,13 @@ class RaftNode(LeaderSide):
             self.progress[nid] = pr
 
     def _become_follower(self, term: int, leader: int) -> None:
+        self._early_retry = False
         self._reset(term)
         self.role = Role.FOLLOWER
         self.leader = leader
 
     def _become_leader(self) -> None:
+        self._early_retry = False
         self._reset(self.term)
         self.role = Role.LEADER
         self.leader = self.id
@@ -290,6 +321,10 @@ class RaftNode(LeaderSide):
             self._reset(self.term + 1)
             self.role = Role.CANDIDATE
             self.vote = self.id
+            if self._early_retry:
+                # A split vote would otherwise wait for a whole election timeout.
+                self._early_retry = False
+                self._campaign_early()
             term, kind = self.term, MT.VOTE
         self.votes[self.id] = True
         if has_quorum(self.conf.voters, {self.id}):

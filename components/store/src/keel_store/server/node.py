@@ -108,6 +108,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.attributes: dict[int, tuple[str, list[str]]] = {}
         """Member ID -> (name, client URLs) as each member announced itself."""
         self._known_leader = 0
+        self._parked: list[tuple[bytes, asyncio.Future[Any]]] = []
+        """Proposals that arrived while there was no leader: sent once one is known."""
         self.stopped = False
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -157,6 +159,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.attributes[self.member_id] = (me.name, list(me.client_urls))
         self.transport.hello_info = {"name": me.name, "client_urls": me.client_urls}
         self.transport.on_hello = self._on_hello
+        self.transport.on_peer_lost = self._on_peer_lost
         self._refresh_peers()
         self._tasks = [
             asyncio.create_task(self._run()),
@@ -286,6 +289,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                         if rd.soft_state.leader != 0:
                             self.stats.leader_changes += 1
                         self._known_leader = rd.soft_state.leader
+                        if self._known_leader != 0 and (self._parked or self._reads):
+                            self._submit(self._unpark)
                     self.leader_changed.set()
                     self.leader_changed = asyncio.Event()
                 if rd.snapshot is not None:
@@ -445,17 +450,35 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             return
         leader = self.raft.leader
         if leader == 0:
-            # No leader yet: retry on the next turn until the request times out.
-            asyncio.get_running_loop().call_later(
-                self.config.heartbeat_ms / 1000,
-                lambda: (
-                    None
-                    if fut.done()
-                    else self._submit(lambda: self._propose_or_forward(data, fut))
-                ),
-            )
+            # No leader (yet, or it was just lost): wait for one, until the request
+            # times out. The loop unparks these as soon as a leader is known.
+            if len(self._parked) >= 1024:
+                self._parked = [(d, f) for d, f in self._parked if not f.done()]
+            self._parked.append((data, fut))
             return
         self.transport.send(leader, transport.CALL, _CALL.pack(0, CALL_PROPOSE) + data)
+
+    def _unpark(self) -> None:
+        parked, self._parked = self._parked, []
+        for data, fut in parked:
+            if not fut.done():
+                self._propose_or_forward(data, fut)
+
+    def _on_peer_lost(self, peer: int) -> None:
+        """The peer transport saw the last connection from ``peer`` close.
+
+        When ``peer`` is our leader, its process has most likely died (a live leader
+        reconnects at once): the core forgets it and campaigns early (see
+        ``RaftNode.report_leader_unreachable``), and writes forwarded to it fail with
+        "leader changed" now rather than at their deadline.
+        """
+
+        def report() -> None:
+            if self.raft.leader == peer and not self.is_leader:
+                log.info("lost the connection from leader %x", peer)
+            self.raft.report_leader_unreachable(peer)
+
+        self._submit(report)
 
     # --- leases through the leader --------------------------------------------------------------
 

@@ -157,6 +157,12 @@ class PeerTransport:
         """Peer TLS (``--peer-cert-file`` ...): accept peers over TLS."""
         self.client_ssl: ssl.SSLContext | None = None
         """Peer TLS: dial peers over TLS, verifying them against the peer CA."""
+        self.on_peer_lost: Callable[[int], None] | None = None
+        """Called with a peer's ID when its last connection to us closes (its process
+        died, most likely: the kernel closes its sockets at once)."""
+        self._closing = False
+        self._inbound: dict[int, int] = {}
+        """Peer ID -> open connections from it."""
 
     async def listen(self, url: str) -> None:
         host, port = host_port(url)
@@ -192,6 +198,7 @@ class PeerTransport:
             queue.put_nowait(frame)
 
     async def close(self) -> None:
+        self._closing = True
         for task in [*self._senders.values(), *self._readers]:
             task.cancel()
         for task in [*self._senders.values(), *self._readers]:
@@ -209,20 +216,24 @@ class PeerTransport:
                 {**self.hello_info, "token": self.token, "from": self.member_id}
             ).encode()
             writer = None
+            watcher = None
             try:
                 host, port = host_port(self.peers[pid])
                 if self.client_ssl is not None:
-                    _, writer = await asyncio.open_connection(
+                    reader, writer = await asyncio.open_connection(
                         host, port, ssl=self.client_ssl, server_hostname=host
                     )
                 else:
-                    _, writer = await asyncio.open_connection(host, port)
+                    reader, writer = await asyncio.open_connection(host, port)
                 writer.write(_FRAME.pack(len(hello) + 1, HELLO) + hello)
                 self._writers[pid] = writer
+                watcher = asyncio.create_task(self._watch_closed(pid, reader, writer, queue))
                 while True:
                     frames = [await queue.get()]
                     while not queue.empty():
                         frames.append(queue.get_nowait())
+                    if writer.is_closing():
+                        raise ConnectionResetError(f"peer {pid:x} closed the connection")
                     writer.write(b"".join(frames))
                     await writer.drain()
             except asyncio.CancelledError:
@@ -233,9 +244,33 @@ class PeerTransport:
                 while not queue.empty():  # Raft retransmits; stale frames only slow recovery
                     queue.get_nowait()
             finally:
+                if watcher is not None:
+                    watcher.cancel()
                 self._forget_writer(pid, writer)
                 if writer is not None:
                     writer.close()
+
+    async def _watch_closed(
+        self,
+        pid: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        queue: asyncio.Queue[bytes],
+    ) -> None:
+        """Notice at once when the peer closes our connection (it died or restarted).
+
+        Peers never write on a connection they accepted, so anything but EOF is
+        ignored. Without this, an idle connection (one follower to another) would stay
+        in ``_writers`` after the peer restarted, and the next frame (a vote request,
+        typically) would be written into the dead socket and lost, costing a whole
+        election timeout.
+        """
+        with contextlib.suppress(OSError, ConnectionError, ssl.SSLError):
+            while await reader.read(4096):
+                pass
+        self._forget_writer(pid, writer)
+        writer.close()
+        queue.put_nowait(b"")  # wake the sender: it reconnects
 
     def _forget_writer(self, pid: int, writer: asyncio.StreamWriter | None) -> None:
         if writer is not None and self._writers.get(pid) is writer:
@@ -245,6 +280,7 @@ class PeerTransport:
         task = asyncio.current_task()
         assert task is not None
         self._readers.add(task)
+        sender: int | None = None
         try:
             size, kind = _FRAME.unpack(await reader.readexactly(_FRAME.size))
             hello = json.loads(await reader.readexactly(size - 1)) if kind == HELLO else {}
@@ -252,6 +288,7 @@ class PeerTransport:
                 log.warning("peer refused: wrong cluster token %r", hello.get("token"))
                 return
             sender = int(hello["from"])
+            self._inbound[sender] = self._inbound.get(sender, 0) + 1
             if self.on_hello is not None:
                 self.on_hello(sender, hello)
             received = self.received_bytes
@@ -279,3 +316,14 @@ class PeerTransport:
         finally:
             self._readers.discard(task)
             writer.close()
+            if sender is not None:
+                self._lost_inbound(sender)
+
+    def _lost_inbound(self, sender: int) -> None:
+        left = self._inbound.get(sender, 1) - 1
+        if left > 0:
+            self._inbound[sender] = left
+            return
+        self._inbound.pop(sender, None)
+        if self.on_peer_lost is not None and not self._closing:
+            self.on_peer_lost(sender)

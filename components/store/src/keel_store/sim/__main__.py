@@ -23,7 +23,7 @@ from keel_store.sim.world import RunResult, run_seed
 
 DEFAULT_STEPS = SimOptions().steps
 TOTALS: tuple[str, ...] = ("committed", "ops", "unknown", "crashes", "elections", "snapshots")
-TOTALS += ("changes", "transfers")
+TOTALS += ("changes", "transfers", "reports")
 UNSAFE = sorted(n for n in RaftConfig.__dataclass_fields__ if n.startswith("unsafe_"))
 
 
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             "snapshots",
             "changes",
             "transfers",
+            "reports",
         ),
         0,
     )
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             totals["snapshots"] += result.snapshots_sent
             totals["changes"] += result.membership_changes
             totals["transfers"] += result.transfers
+            totals["reports"] += result.unreachable_reports
             if not result.ok:
                 failures.append(result)
                 progress.console.print(
@@ -166,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         f" {totals['committed']} entries committed, {totals['ops']} client ops completed,"
         f" {totals['unknown']} unknown, {totals['elections']} elections,"
         f" {totals['crashes']} crashes, {totals['snapshots']} snapshots sent,"
-        f" {totals['changes']} membership changes, {totals['transfers']} leader transfers",
+        f" {totals['changes']} membership changes, {totals['transfers']} leader transfers,"
+        f" {totals['reports']} leader-unreachable reports",
         highlight=False,
     )
     for result in sorted(failures, key=lambda r: r.seed):
@@ -186,8 +189,8 @@ def summary(result: RunResult) -> str:
         f" {result.acked_writes}, ops {result.completed_ops} (+{result.unknown_ops} unknown),"
         f" elections {result.elections}, crashes {result.crashes}, messages {result.messages},"
         f" snapshots sent {result.snapshots_sent}, membership changes"
-        f" {result.membership_changes}, transfers {result.transfers},"
-        f" linearizable {result.linearizable}"
+        f" {result.membership_changes}, transfers {result.transfers}, leader-unreachable"
+        f" reports {result.unreachable_reports}, linearizable {result.linearizable}"
     )
 
 

@@ -66,6 +66,13 @@ class SimOptions:
     straggler_rate: float = 0.02
     """Share of messages delayed ``straggler_factor`` times longer (overtaken by later ones)."""
     straggler_factor: int = 5
+    unreachable_report_rate: float = 0.01
+    """Per step, the chance that a node is told its leader is unreachable although the
+    leader may well be alive (``RaftNode.report_leader_unreachable``: a wrong report must
+    cost liveness only). Besides, when a leader crashes or is cut off, each of its
+    followers is told with probability ``unreachable_seen``, as the peer transport does
+    when the leader's connections close."""
+    unreachable_seen: float = 0.8
     max_entries_per_message: int = 64
     max_inflight: int = 64
     pre_vote: bool = True

@@ -47,6 +47,7 @@ class RunResult:
     snapshots_sent: int = 0
     membership_changes: int = 0
     transfers: int = 0
+    unreachable_reports: int = 0
     linearizable: bool | None = None
     log: list[str] = field(default_factory=list)
 
@@ -93,6 +94,9 @@ class World:
         self.opts = options
         self.verbose = verbose
         self.rng = random.Random(f"world:{seed}")
+        self.report_rng = random.Random(f"reports:{seed}")
+        """Decides leader-unreachable reports (its own stream: runs without them replay
+        exactly as before they existed)."""
         self.net = Network(
             random.Random(f"net:{seed}"),
             max_delay=options.max_delay,
@@ -149,12 +153,36 @@ class World:
         self.trace(f"node {node.id} starts (incarnation {node.incarnation})")
 
     def _crash(self, node: SimNode) -> None:
+        self._report_unreachable(node.id)
         node.raft = None
         node.proposals.clear()
         node.reads.clear()
         node.waiting_reads.clear()
         self.result.crashes += 1
         self.trace(f"node {node.id} crashes")
+
+    def _report_unreachable(self, leader: int) -> None:
+        """Followers of ``leader`` see their connections to it close (most of them)."""
+        for other in self.nodes.values():
+            raft = other.raft
+            if raft is None or other.id == leader or raft.leader != leader:
+                continue
+            if self.report_rng.random() < self.opts.unreachable_seen:
+                raft.report_leader_unreachable(leader)
+                self.result.unreachable_reports += 1
+                self.trace(f"node {other.id} sees leader {leader} unreachable")
+
+    def _report_unreachable_across(self, leader: int) -> None:
+        """After a partition: followers cut off from ``leader`` may see it (a proxy that
+        drops connections; a real partition usually closes nothing)."""
+        for other in self.nodes.values():
+            raft = other.raft
+            if raft is None or raft.leader != leader or self.net.connected(other.id, leader):
+                continue
+            if self.report_rng.random() < self.opts.unreachable_seen / 2:
+                raft.report_leader_unreachable(leader)
+                self.result.unreachable_reports += 1
+                self.trace(f"node {other.id} sees leader {leader} unreachable (partition)")
 
     def trace(self, text: str) -> None:
         """Record an event for ``--replay SEED -v``."""
@@ -248,6 +276,22 @@ class World:
                 else:
                     self.net.partition(sorted(n.id for n in live))
                 self.trace(f"network partitions: {self.net.groups}")
+                if leader is not None:
+                    self._report_unreachable_across(leader.id)
+        reports = self.report_rng
+        if reports.random() < opts.unreachable_report_rate:
+            # A report that may be wrong: about the node's leader, alive or not, or about
+            # any other node.
+            node = reports.choice(live)
+            if node.raft is not None:
+                target = (
+                    node.raft.leader
+                    if reports.random() < 0.7
+                    else reports.choice(sorted(self.nodes))
+                )
+                node.raft.report_leader_unreachable(target)
+                self.result.unreachable_reports += 1
+                self.trace(f"node {node.id} is told {target} is unreachable")
         if rng.random() < opts.membership_rate:
             self._change_membership()
         if rng.random() < opts.transfer_rate:

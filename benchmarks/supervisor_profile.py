@@ -176,6 +176,10 @@ def _report(title: str, starts: list[list[Stamp]]) -> None:
 PHASES = (
     ("API: client to handler", None, "API handler >"),
     ("supervisor: create, prepare", None, "wait ready >"),
+    ("  of which create", "create >", "create <"),
+    ("  of which start: look-up", "start >", "prepare >"),
+    ("  of which prepare", "prepare >", "prepare <"),
+    ("    of which the overlay mount", "overlay mount >", "overlay mount <"),
     ("hand-off to the spare monitor", "wait ready >", "monitor wait_for_work <"),
     ("monitor, before the runtime", "monitor wait_for_work <", "runtime >"),
     ("runtime (runc run --detach)", "runtime >", "runtime <"),

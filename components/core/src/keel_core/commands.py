@@ -6,8 +6,6 @@ import json
 import subprocess
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from keel_core import plugins
 from keel_core.cli import plugin_manager
@@ -24,6 +22,9 @@ def plugins_command(as_json: bool) -> None:
         rows = [vars(i) for i in infos]
         click.echo(json.dumps({"plugins": rows, "disabled": sorted(pm.disabled)}, indent=2))
         return
+    from rich.console import Console  # noqa: PLC0415 - rich costs every keel command 0.2 s
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table("name", "version", "distribution", "location", "hooks", box=None)
     for info in infos:
         hooks = ", ".join(h.removeprefix("keel_") for h in info.hooks) or "(none yet)"
@@ -39,6 +40,9 @@ def platforms_command() -> None:
     """List the platforms that plugins provide and the formats each makes."""
     pm = plugin_manager()
     found: list[Platform] = plugins.collect(pm.hook.keel_platforms())
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table("platform", "formats", "description", box=None)
     for platform in sorted(found, key=lambda p: p.name):
         table.add_row(

@@ -9,9 +9,12 @@ component's contribution.
 from __future__ import annotations
 
 from importlib import resources
+from typing import TYPE_CHECKING
 
-from keel_core.schemas import ImageDefinition
 from keel_core.types import FileContribution, ImageContribution
+
+if TYPE_CHECKING:
+    from keel_core.schemas import ImageDefinition  # pydantic: not for every `keel` command
 
 PACKAGES = ["dbus", "iproute2", "kmod", "openssh-server", "sudo", "systemd", "systemd-sysv", "udev"]
 

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import click
 
-from keel_image.cache import StageCache
-from keel_image.pipeline import build
-
 
 @click.command("build")
 @click.argument("definition", default="images/keel.yaml", type=click.Path(path_type=Path))
@@ -34,6 +31,11 @@ def build_command(
     verbose: bool,
 ) -> None:
     """Build a bootable Keel disk from an image definition (images/keel.yaml)."""
+    # Imported here: every `keel` command loads this plugin, and the pipeline's imports
+    # take about a second (pydantic schemas, yaml, ...); only `keel build` needs them.
+    from keel_image.cache import StageCache  # noqa: PLC0415
+    from keel_image.pipeline import build  # noqa: PLC0415
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(name)s %(levelname)s %(message)s",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from keel_core import hookimpl
-from keel_core.schemas import ImageDefinition
 from keel_core.types import ImageContribution
 from keel_image import base
 from keel_image.cli import build_command
+
+if TYPE_CHECKING:
+    from keel_core.schemas import ImageDefinition  # pydantic: not for every `keel` command
 
 
 @hookimpl

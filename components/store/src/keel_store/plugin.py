@@ -8,10 +8,13 @@ The daemon runs as ``keel-store.service`` with etcd's flags taken from
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from keel_core.hookspecs import hookimpl
-from keel_core.schemas import ImageDefinition
 from keel_core.types import FileContribution, HealthCheck, ImageContribution
+
+if TYPE_CHECKING:
+    from keel_core.schemas import ImageDefinition  # pydantic: not for every `keel` command
 
 UNIT = """\
 [Unit]

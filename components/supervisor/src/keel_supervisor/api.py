@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from keel_core.errors import KeelError
-from keel_supervisor.model import SupervisorError
+from keel_supervisor.errors import SupervisorError
 
 Handler = Callable[..., Any]
 """A route: called with the path's groups, ``query`` (dict) and ``body`` (JSON or None)."""

@@ -19,11 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from keel_supervisor.api import Client, q
-from keel_supervisor.model import HealthCheck, Mount, PortMapping, RestartPolicy
 
 DEFAULT_SOCKET = "/run/keel/supervisor.sock"
 DEFAULT_CONFIG = "/etc/keel/supervisor.yaml"
@@ -42,7 +39,16 @@ def client(ctx: click.Context) -> Client:
     return Client(Path(_socket(ctx)))
 
 
+def _console() -> Any:
+    from rich.console import Console  # noqa: PLC0415 - rich costs `keel run` 0.2 s
+
+    return Console()
+
+
 def _table(columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(*columns, box=None, pad_edge=False)
     for row in rows:
         table.add_row(*row)
@@ -74,11 +80,30 @@ def container(ctx: click.Context, socket: str, images_root: str) -> None:
     ctx.ensure_object(dict).update(socket=socket, images=images_root)
 
 
-def _parse(kind: type[Any], values: tuple[str, ...]) -> list[Any]:
+# The settings' models (pydantic) are imported only when an option needs parsing: the
+# import costs `keel run` about a third of its time; the daemon validates the whole config.
+
+
+def _parse(kind: str, values: tuple[str, ...]) -> list[dict[str, Any]]:
+    if not values:
+        return []
+    from keel_supervisor import model  # noqa: PLC0415
+
     try:
-        return [kind.parse(v) for v in values]
+        return [getattr(model, kind).parse(v).model_dump() for v in values]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _restart(text: str) -> dict[str, Any]:
+    if text == "no":
+        return {"name": "no", "max_retries": 0}
+    from keel_supervisor.model import RestartPolicy  # noqa: PLC0415
+
+    try:
+        return RestartPolicy.parse(text).model_dump()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--restart") from None
 
 
 @container.command("run", context_settings={"allow_interspersed_args": False})
@@ -124,10 +149,7 @@ def run_command(ctx: click.Context, /, image: str, command: tuple[str, ...], **o
             out[key] = value
         return out
 
-    try:
-        restart = RestartPolicy.parse(opts["restart"])
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--restart") from None
+    restart = _restart(opts["restart"])
     config: dict[str, Any] = {
         "image": str(Path(image).resolve()) if opts["rootfs"] else image,
         "rootfs": opts["rootfs"],
@@ -136,9 +158,9 @@ def run_command(ctx: click.Context, /, image: str, command: tuple[str, ...], **o
         "entrypoint": [opts["entrypoint"]] if opts["entrypoint"] is not None else None,
         "env": pairs(opts["env"], "--env"),
         "labels": pairs(opts["label"], "--label"),
-        "ports": [p.model_dump() for p in _parse(PortMapping, opts["publish"])],
-        "volumes": [v.model_dump() for v in _parse(Mount, opts["volume"])],
-        "restart": restart.model_dump(),
+        "ports": _parse("PortMapping", opts["publish"]),
+        "volumes": _parse("Mount", opts["volume"]),
+        "restart": restart,
         "resources": {"memory": opts["memory"], "cpus": opts["cpus"], "pids": opts["pids_limit"]},
         "network": opts["network"],
         "read_only": opts["read_only"],
@@ -151,6 +173,8 @@ def run_command(ctx: click.Context, /, image: str, command: tuple[str, ...], **o
         "service": opts["service"],
     }
     if opts["health_cmd"]:
+        from keel_supervisor.model import HealthCheck  # noqa: PLC0415
+
         config["healthcheck"] = HealthCheck(
             test=["/bin/sh", "-c", opts["health_cmd"]],
             interval=opts["health_interval"],
@@ -327,7 +351,7 @@ def images_command(ctx: click.Context, quiet: bool) -> None:
     """List images."""
     from keel_supervisor.images import commands  # noqa: PLC0415
 
-    commands.images(_store(ctx), Console(), quiet=quiet)
+    commands.images(_store(ctx), _console(), quiet=quiet)
 
 
 @container.command("load")
@@ -337,7 +361,7 @@ def load_command(ctx: click.Context, archive: str) -> None:
     """Load images from a docker save / podman save archive or an OCI layout."""
     from keel_supervisor.images import commands  # noqa: PLC0415
 
-    commands.load(_store(ctx), Path(archive), Console())
+    commands.load(_store(ctx), Path(archive), _console())
 
 
 @container.command("pull")
@@ -349,7 +373,7 @@ def pull_command(ctx: click.Context, reference: str, insecure: bool, creds: str 
     """Pull an image from an OCI distribution registry."""
     from keel_supervisor.images import commands  # noqa: PLC0415
 
-    commands.pull(_store(ctx), reference, Console(), insecure=insecure, creds=creds)
+    commands.pull(_store(ctx), reference, _console(), insecure=insecure, creds=creds)
 
 
 @container.command("rmi")
@@ -360,7 +384,7 @@ def rmi_command(ctx: click.Context, refs: tuple[str, ...], force: bool) -> None:
     """Remove images (refused while a container uses one, unless --force)."""
     from keel_supervisor.images import commands  # noqa: PLC0415
 
-    commands.rmi(_store(ctx), list(refs), Console(), force=force)
+    commands.rmi(_store(ctx), list(refs), _console(), force=force)
 
 
 @container.command("daemon")

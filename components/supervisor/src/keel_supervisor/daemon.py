@@ -25,6 +25,7 @@ from keel_supervisor.api import NotFound, Router, Stream, UnixServer
 from keel_supervisor.model import ContainerConfig, Schema, SupervisorError
 from keel_supervisor.network import Bridge
 from keel_supervisor.sources import ImageSource
+from keel_supervisor.state import ContainerDir
 from keel_supervisor.supervisor import Supervisor
 
 log = logging.getLogger("keel.supervisor")
@@ -124,10 +125,11 @@ class Daemon:
 
     def create(self, query: dict[str, str], body: Any) -> dict[str, Any]:
         config = ContainerConfig.model_validate(body["config"])
-        cid = self.supervisor.create(config)
         if body.get("start", True):
-            self.supervisor.start(cid)
-        return {"id": cid, "name": self.supervisor.resolve(cid).record().name}
+            cid = self.supervisor.run(config)
+        else:
+            cid = self.supervisor.create(config)
+        return {"id": cid, "name": ContainerDir(self.supervisor.root, cid).record().name}
 
     def inspect(self, ref: str, query: dict[str, str], body: Any) -> dict[str, Any]:
         cdir = self._dir(ref)

@@ -14,15 +14,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from keel_core.errors import KeelError
+from keel_supervisor.errors import SupervisorError as SupervisorError  # noqa: PLC0414 - re-exported
 
 _SIZE = re.compile(r"^(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<u>[bkmgt]?)i?b?$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
-
-
-class SupervisorError(KeelError):
-    """A request the supervisor cannot carry out; the message says what to do instead."""
 
 
 def parse_size(text: str | int) -> int:

@@ -126,12 +126,12 @@ class Monitor:
         finally:
             os.close(out_w)
             os.close(err_w)
+        # Started by run() once the supervisor was told (starting threads takes a while);
+        # the pipes hold what the container writes meanwhile.
         self.pumps = [
             threading.Thread(target=logs.pump, args=(fd, stream, self.writer), daemon=True)
             for fd, stream in ((out_r, "stdout"), (err_r, "stderr"))
         ]
-        for pump in self.pumps:
-            pump.start()
         if proc.returncode == 0 and two_step:
             proc = self.runtime(
                 "--log",
@@ -146,6 +146,12 @@ class Monitor:
         if proc.returncode != 0:
             raise RuntimeError(self.runtime_error(log_file, proc.returncode))
         return int(pid_file.read_text().strip())
+
+    def start_pumps(self) -> None:
+        """Start copying the container's output into the log (once per start)."""
+        for pump in self.pumps:
+            if pump.ident is None:
+                pump.start()
 
     def runtime_error(self, log_file: Path, code: int) -> str:
         """The runtime's own error message from its JSON log."""
@@ -260,6 +266,7 @@ class Monitor:
             except (RuntimeError, OSError, ValueError) as exc:
                 self.update(state="exited", error=str(exc), finished_at=time.time(), pid=0)
                 self.signal_ready(str(exc))
+                self.start_pumps()  # the runtime's own complaints go to the log
                 code = 127
             else:
                 self.update(
@@ -272,6 +279,7 @@ class Monitor:
                     error="",
                 )
                 self.signal_ready("ok")
+                self.start_pumps()
                 run_done = threading.Event()
                 if self.spec["health"]:
                     threading.Thread(
@@ -332,6 +340,7 @@ def wait_for_work() -> Path | None:
 def main(argv: list[str]) -> int:
     """Entry point: ``monitor DIR [READY_FD]`` or ``monitor --spare READY_FD``."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    become_subreaper()  # before waiting for work: a spare has no children yet
     if argv[0] == "--spare":
         found = wait_for_work()
         if found is None:
@@ -345,7 +354,6 @@ def main(argv: list[str]) -> int:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    become_subreaper()
     monitor = Monitor(directory, ready_fd)
     signal.signal(signal.SIGTERM, lambda *_: monitor.stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: monitor.stop_requested.set())

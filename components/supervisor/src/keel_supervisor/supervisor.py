@@ -61,9 +61,14 @@ class Supervisor:
         self._spare: tuple[subprocess.Popen[bytes], int] | None = None
         self._children: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
+        self._want_spare = threading.Event()
+        self._closed = False
         (root / "containers").mkdir(parents=True, exist_ok=True)
         if warm:
             self._spare = self._spawn_monitor()
+            # Spares are refilled by one long-lived thread: waking it costs a start less
+            # than starting a thread would.
+            threading.Thread(target=self._refiller, name="spare-monitor", daemon=True).start()
 
     # -- lookup --------------------------------------------------------------------------
     def ids(self) -> list[str]:
@@ -211,6 +216,9 @@ class Supervisor:
         cdir = self.resolve(ref)
         if self.monitor_alive(cdir):
             raise SupervisorError(f"container {cdir.record().name} is already running")
+        return self._start(cdir)
+
+    def _start(self, cdir: ContainerDir) -> str:
         self.prepare(cdir)
         cdir.stop_file.unlink(missing_ok=True)  # the monitor clears status.stopped itself
         child, read_fd = self._take_monitor()
@@ -225,7 +233,7 @@ class Supervisor:
             self._children.append(child)
         message = _read_ready(read_fd, READY_TIMEOUT)
         if self.warm:  # the next start's monitor, started off the critical path
-            threading.Thread(target=self._refill, daemon=True).start()
+            self._want_spare.set()
         if message != "ok":
             raise SupervisorError(f"container {cdir.record().name} did not start: {message}")
         return cdir.id
@@ -247,10 +255,26 @@ class Supervisor:
             os.close(write_fd)
         return child, read_fd
 
+    def _refiller(self) -> None:
+        """Start a new spare whenever one was taken, until :meth:`close`."""
+        while True:
+            self._want_spare.wait()
+            self._want_spare.clear()
+            with self._lock:
+                if self._closed:
+                    return
+                have = self._spare is not None
+            if not have:
+                self._refill()
+
     def _refill(self) -> None:
         spare = self._spawn_monitor()
+        old: tuple[subprocess.Popen[bytes], int] | None
         with self._lock:
-            old, self._spare = self._spare, spare
+            if self._closed:  # closed meanwhile: this spare is not wanted
+                old = spare
+            else:
+                old, self._spare = self._spare, spare
         if old is not None:  # two starts raced: let the older spare go
             assert old[0].stdin is not None
             old[0].stdin.close()
@@ -282,6 +306,8 @@ class Supervisor:
         """Let the spare monitor go (containers are not affected)."""
         with self._lock:
             spare, self._spare = self._spare, None
+            self._closed = True
+        self._want_spare.set()
         if spare is not None:
             assert spare[0].stdin is not None
             spare[0].stdin.close()  # end of input: the spare exits
@@ -291,7 +317,7 @@ class Supervisor:
     def run(self, config: ContainerConfig) -> str:
         """Create and start (``docker run -d``)."""
         cid = self.create(config)
-        self.start(cid)
+        self._start(ContainerDir(self.root, cid))  # new: no need to look it up or probe it
         return cid
 
     # -- stop / kill / remove ------------------------------------------------------------

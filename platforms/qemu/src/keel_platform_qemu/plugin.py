@@ -12,10 +12,10 @@ import subprocess
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from keel_core import hookimpl
 from keel_core.errors import KeelError
-from keel_core.schemas import ImageDefinition
 from keel_core.types import (
     FileContribution,
     ImageContribution,
@@ -23,6 +23,9 @@ from keel_core.types import (
     Platform,
     QemuEmulation,
 )
+
+if TYPE_CHECKING:
+    from keel_core.schemas import ImageDefinition  # pydantic: not for every `keel` command
 
 NAME = "qemu"
 FW_CFG_NAME = "opt/org.keel/config"

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import Field
 
+from keel_core import systemd
 from keel_supervisor import logs, views
 from keel_supervisor.api import NotFound, Router, Stream, UnixServer
 from keel_supervisor.model import ContainerConfig, Schema, SupervisorError
@@ -257,6 +258,7 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     daemon.start_services()
     log.info("supervisor listening on %s", settings.socket)
+    systemd.notify()  # Type=notify unit: active once the API answers
     while not done.wait(1.0):
         daemon.supervisor.reap()
     daemon.shutdown()

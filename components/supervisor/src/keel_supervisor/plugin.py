@@ -24,7 +24,9 @@ After=network-online.target local-fs.target
 Wants=network-online.target
 
 [Service]
-Type=simple
+# READY=1 once the API socket answers: `keel run` right after boot finds the daemon.
+Type=notify
+TimeoutStartSec=300
 ExecStart=/usr/bin/keel container daemon
 # Containers have their own monitors: stopping the daemon must not kill them.
 KillMode=process

@@ -1,0 +1,37 @@
+"""sd_notify without libsystemd: what systemd's notification socket receives."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from keel_core import systemd
+
+
+def test_ready_goes_to_the_socket_and_the_variable_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert systemd.notify() is True
+        assert server.recv(100) == b"READY=1"
+    assert "NOTIFY_SOCKET" not in os.environ  # children (monitors) never notify
+
+
+def test_abstract_socket_address(monkeypatch: pytest.MonkeyPatch):
+    name = f"keel-test-notify-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind("\0" + name)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert systemd.notify("STATUS=serving") is True
+        assert server.recv(100) == b"STATUS=serving"
+
+
+def test_nothing_happens_outside_systemd(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert systemd.notify() is False

@@ -35,3 +35,17 @@ def test_abstract_socket_address(monkeypatch: pytest.MonkeyPatch):
 def test_nothing_happens_outside_systemd(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert systemd.notify() is False
+
+
+def test_a_taken_socket_is_out_of_the_environment_and_still_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        address = systemd.take_socket()
+        assert "NOTIFY_SOCKET" not in os.environ
+        assert systemd.notify() is False  # nothing left in the environment
+        assert systemd.notify(address=address) is True
+        assert server.recv(100) == b"READY=1"

@@ -13,13 +13,21 @@ import os
 import socket
 
 
-def notify(state: str = "READY=1") -> bool:
-    """Send ``state`` to systemd's notification socket; returns whether there was one.
+def take_socket() -> str:
+    """Remove ``$NOTIFY_SOCKET`` from this process's environment and return it ("" if none).
 
-    The variable is removed afterwards (``sd_notify``'s ``unset_environment``), so child
-    processes (the supervisor's container monitors) never speak for the unit.
+    A daemon that starts children should call this first: whatever inherits the variable
+    may speak for the unit, and an OCI runtime that sees it (runc, crun) proxies it into
+    the container and waits for the *container* to say READY=1 before ``run --detach``
+    returns, which a normal container never does.
     """
-    address = os.environ.pop("NOTIFY_SOCKET", "")
+    return os.environ.pop("NOTIFY_SOCKET", "")
+
+
+def notify(state: str = "READY=1", address: str | None = None) -> bool:
+    """Send ``state`` to systemd's notification socket ``address`` (default: taken from
+    the environment with :func:`take_socket`); returns whether there was one."""
+    address = take_socket() if address is None else address
     if not address:
         return False
     if address.startswith("@"):  # abstract namespace

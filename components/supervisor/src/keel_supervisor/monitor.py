@@ -332,6 +332,9 @@ def wait_for_work() -> Path | None:
 def main(argv: list[str]) -> int:
     """Entry point: ``monitor DIR [READY_FD]`` or ``monitor --spare READY_FD``."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Never hand systemd's socket to the runtime: runc/crun would wait for the container
+    # to send READY=1 (sd_notify proxying) before `run --detach` returns.
+    os.environ.pop("NOTIFY_SOCKET", None)
     if argv[0] == "--spare":
         found = wait_for_work()
         if found is None:

@@ -39,6 +39,18 @@ WantedBy=multi-user.target
 """
 
 
+NETWORK = b"""\
+# The supervisor's bridge and its containers' veth ends are its own: without this, networkd
+# matches them with keel-base's DHCP file (any Ethernet link), takes the veths off the
+# bridge and containers lose their network.
+[Match]
+Name=keel0 vk*
+
+[Link]
+Unmanaged=yes
+"""
+
+
 @hookimpl
 def keel_container_runtimes() -> Sequence[ContainerRuntime]:
     """runc (default everywhere) and crun (preferred less, works around hybrid cgroups)."""
@@ -69,6 +81,7 @@ def keel_image_contribution(image: ImageDefinition) -> ImageContribution | None:
         packages=["runc", "crun", "iproute2", "iptables"],
         files=[
             FileContribution("/usr/lib/systemd/system/keel-supervisor.service", UNIT.encode()),
+            FileContribution("/usr/lib/systemd/network/10-keel-supervisor.network", NETWORK),
             FileContribution(
                 "/etc/keel/apps/README",
                 b"Declarative apps: one <name>.yaml per container; see docs/supervisor.md.\n",

@@ -263,7 +263,7 @@ def test_component_checks_apply_only_where_their_unit_is_installed(tmp_path: Pat
 
 
 def test_machine_forwards_pick_host_ports_and_name_missing_ones(tmp_path: Path):
-    from keel_harness.machine import Machine, MachineConfig  # noqa: PLC0415
+    from keel_harness.machine import Machine, MachineConfig
 
     key = ssh.generate_key(tmp_path / "key")
     config = MachineConfig("m1", kernel=tmp_path / "vmlinuz", key=key, forwards=[8080])

@@ -443,7 +443,9 @@ class Machine:
             yield port
 
     @contextlib.contextmanager
-    def tunnel_to_host(self, host_port: int, guest_port: int, timeout: float = 60.0) -> Iterator[None]:
+    def tunnel_to_host(
+        self, host_port: int, guest_port: int, timeout: float = 60.0
+    ) -> Iterator[None]:
         """``ssh -R``: the guest's 127.0.0.1:``guest_port`` reaches the host's
         127.0.0.1:``host_port`` (e.g. a registry the test runs), through the SSH connection;
         the guest's network stays restricted."""
@@ -474,7 +476,9 @@ class Machine:
         def alive() -> None:
             if proc.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-1000:]
-                raise HarnessError(f"{self.name}: ssh {option} {spec} exited {proc.returncode}: {tail}")
+                raise HarnessError(
+                    f"{self.name}: ssh {option} {spec} exited {proc.returncode}: {tail}"
+                )
 
         try:
             yield alive

@@ -27,7 +27,6 @@ from typing import Any
 import grpc
 
 from keel_core import systemd
-
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb

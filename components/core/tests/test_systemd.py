@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,15 +12,18 @@ import pytest
 from keel_core import systemd
 
 
-def test_ready_goes_to_the_socket_and_the_variable_is_dropped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    path = tmp_path / "notify"
+@pytest.fixture
+def systemd_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """systemd's end: a datagram socket named by $NOTIFY_SOCKET."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
-        server.bind(str(path))
-        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-        assert systemd.notify() is True
-        assert server.recv(100) == b"READY=1"
+        server.bind(str(tmp_path / "notify"))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        yield server
+
+
+def test_ready_goes_to_the_socket_and_the_variable_is_dropped(systemd_socket: socket.socket):
+    assert systemd.notify() is True
+    assert systemd_socket.recv(100) == b"READY=1"
     assert "NOTIFY_SOCKET" not in os.environ  # children (monitors) never notify
 
 
@@ -38,14 +42,10 @@ def test_nothing_happens_outside_systemd(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_a_taken_socket_is_out_of_the_environment_and_still_usable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    systemd_socket: socket.socket,
 ):
-    path = tmp_path / "notify"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
-        server.bind(str(path))
-        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-        address = systemd.take_socket()
-        assert "NOTIFY_SOCKET" not in os.environ
-        assert systemd.notify() is False  # nothing left in the environment
-        assert systemd.notify(address=address) is True
-        assert server.recv(100) == b"READY=1"
+    address = systemd.take_socket()
+    assert "NOTIFY_SOCKET" not in os.environ
+    assert systemd.notify() is False  # nothing left in the environment
+    assert systemd.notify(address=address) is True
+    assert systemd_socket.recv(100) == b"READY=1"

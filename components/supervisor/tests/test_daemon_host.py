@@ -262,8 +262,9 @@ def test_under_a_notify_unit_the_daemon_says_ready_and_containers_start(
 def test_a_node_shutdown_is_no_user_stop(daemon: DaemonProcess, busybox_rootfs: Path) -> None:
     """systemd's final SIGTERM at shutdown reaches monitors with no stop request: the
     container ends, is not marked stopped, and unless-stopped brings it back at boot."""
-    daemon.keel("run", "--rootfs", "--name", "stays", "--network", "none", "--restart",
-                "unless-stopped", "--stop-timeout", "1", str(busybox_rootfs), "sleep", "300")  # fmt: skip
+    daemon.keel("run", "--rootfs", "--name", "stays", "--network", "none",
+                "--restart", "unless-stopped", "--stop-timeout", "1",
+                str(busybox_rootfs), "sleep", "300")  # fmt: skip
     before = inspect(daemon, "stays")["status_detail"]
     daemon.kill()
     os.kill(before["monitor_pid"], signal.SIGTERM)  # what systemd-shutdown sends

@@ -11,6 +11,9 @@ the others meaningful.
 
 Images are written on the host with ``keel_supervisor.images.testing`` (busybox-static
 layers, no engine) and copied in over SSH.
+
+Not in ``smoke``: about 9 minutes under TCG on the shared 2-core machine with the image
+cached (a boot, a reboot, and every ``keel`` command starting Python in the guest).
 """
 
 from __future__ import annotations

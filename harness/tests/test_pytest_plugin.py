@@ -72,3 +72,34 @@ def test_failed_test_leaves_machine_logs_and_prints_the_path(
         out / "test_failed_test_leaves_machine_logs_and_prints_the_path.py_test_fine"
     ).exists()
     result.stdout.fnmatch_lines([f"machine logs: {folder}"])
+
+
+SHARED = """
+import pytest
+
+@pytest.fixture(scope="module")
+def shared(module_machine_factory):
+    m = module_machine_factory("node9")
+    (m.state_dir / "console.log").write_text("[ 2.0] shared boot\\n")
+    return m
+
+def test_uses_it(shared):
+    pass
+
+def test_fails_with_it(shared):
+    assert False, "the shared machine did not do its job"
+"""
+
+
+def test_a_module_machine_leaves_logs_for_each_failing_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("KEEL_HARNESS_ACCEL", "tcg")
+    pytester.makepyfile(SHARED)
+    out = pytester.path / "arts"
+    result = pytester.runpytest("--keel-artifacts", str(out), "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, passed=1)
+    prefix = "test_a_module_machine_leaves_logs_for_each_failing_test.py_"
+    folder = out / f"{prefix}test_fails_with_it"
+    assert (folder / "node9" / "console.log").read_text() == "[ 2.0] shared boot\n"
+    assert not (out / f"{prefix}test_uses_it").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -57,14 +59,22 @@ def test_harness_fault_is_an_error_and_a_test_failure_a_failure(pytester: pytest
     )
 
 
-def test_failed_test_leaves_machine_logs_and_prints_the_path(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-):
+def run_with_artifacts(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str
+) -> tuple[pytest.RunResult, Path]:
+    """Run ``source`` (one failing and one passing test) with artifacts under ``arts``."""
     monkeypatch.setenv("KEEL_HARNESS_ACCEL", "tcg")
-    pytester.makepyfile(ARTIFACTS)
+    pytester.makepyfile(source)
     out = pytester.path / "arts"
     result = pytester.runpytest("--keel-artifacts", str(out), "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1, passed=1)
+    return result, out
+
+
+def test_failed_test_leaves_machine_logs_and_prints_the_path(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
+    result, out = run_with_artifacts(pytester, monkeypatch, ARTIFACTS)
     folder = out / "test_failed_test_leaves_machine_logs_and_prints_the_path.py_test_broken"
     assert (folder / "node7" / "console.log").read_text().startswith("[ 1.0] Kernel panic")
     assert (folder / "node7" / "config.json").exists()
@@ -72,3 +82,30 @@ def test_failed_test_leaves_machine_logs_and_prints_the_path(
         out / "test_failed_test_leaves_machine_logs_and_prints_the_path.py_test_fine"
     ).exists()
     result.stdout.fnmatch_lines([f"machine logs: {folder}"])
+
+
+SHARED = """
+import pytest
+
+@pytest.fixture(scope="module")
+def shared(module_machine_factory):
+    m = module_machine_factory("node9")
+    (m.state_dir / "console.log").write_text("[ 2.0] shared boot\\n")
+    return m
+
+def test_uses_it(shared):
+    pass
+
+def test_fails_with_it(shared):
+    assert False, "the shared machine did not do its job"
+"""
+
+
+def test_a_module_machine_leaves_logs_for_each_failing_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
+    _, out = run_with_artifacts(pytester, monkeypatch, SHARED)
+    prefix = "test_a_module_machine_leaves_logs_for_each_failing_test.py_"
+    folder = out / f"{prefix}test_fails_with_it"
+    assert (folder / "node9" / "console.log").read_text() == "[ 2.0] shared boot\n"
+    assert not (out / f"{prefix}test_uses_it").exists()

@@ -36,6 +36,18 @@ def test_user_network_is_restricted_and_forwards_ssh_on_loopback_only():
     assert "hostfwd=tcp:127.0.0.1:2345-:22" in user.split(",")
 
 
+def test_extra_forwards_listen_on_loopback_only_and_stay_restricted():
+    nic = qemu.Nic("user", "52:54:00:00:00:01", ssh_port=2345, forwards=((4000, 8080), (4001, 53)))
+    (user,) = netdevs(qemu.command(spec(nics=[nic])))
+    parts = user.split(",")
+    assert "restrict=on" in parts
+    assert [p for p in parts if p.startswith("hostfwd=")] == [
+        "hostfwd=tcp:127.0.0.1:2345-:22",
+        "hostfwd=tcp:127.0.0.1:4000-:8080",
+        "hostfwd=tcp:127.0.0.1:4001-:53",
+    ]
+
+
 def test_private_nic_is_a_vde_socket_never_multicast():
     argv = qemu.command(
         spec(

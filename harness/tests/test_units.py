@@ -260,3 +260,18 @@ def test_component_checks_apply_only_where_their_unit_is_installed(tmp_path: Pat
     )
     assert with_store[0] == "health check 'store-healthy' failed (exit 1): store\nstore down"
     assert len(with_store) == 3
+
+
+def test_machine_forwards_pick_host_ports_and_name_missing_ones(tmp_path: Path):
+    from keel_harness.machine import Machine, MachineConfig
+
+    key = ssh.generate_key(tmp_path / "key")
+    config = MachineConfig("m1", kernel=tmp_path / "vmlinuz", key=key, forwards=[8080])
+    m = Machine(config, tmp_path / "m1")
+    spec = m._spec()
+    (user,) = spec.nics
+    host = m.forwarded_port(8080)
+    assert user.forwards == ((host, 8080),)
+    assert host not in (0, m.ssh_port)
+    with pytest.raises(HarnessError, match="guest port 80 is not forwarded"):
+        m.forwarded_port(80)

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,53 @@ def test_declarative_app_lifecycle(daemon: DaemonProcess, busybox_rootfs: Path) 
     # Removing the file removes the container.
     app.unlink()
     wait_for(lambda: "echo" not in daemon.keel("ps", "-a").stdout, what="the app to go")
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """systemd's side of a Type=notify unit: NOTIFY_SOCKET for the daemon started next."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(tmp_path / "notify.sock"))
+        server.settimeout(60)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+        yield server
+
+
+def test_under_a_notify_unit_the_daemon_says_ready_and_containers_start(
+    notify_socket: socket.socket, daemon: DaemonProcess, busybox_rootfs: Path
+) -> None:
+    assert notify_socket.recv(100) == b"READY=1"
+    # runc given NOTIFY_SOCKET waits for the container itself to notify: `run` would hang
+    daemon.keel("run", "--rootfs", "--name", "quiet", "--network", "none",
+                str(busybox_rootfs), "sleep", "300")  # fmt: skip
+    detail = inspect(daemon, "quiet")["status_detail"]
+    assert detail["state"] == "running"
+    for pid in (detail["monitor_pid"], detail["pid"]):
+        assert b"NOTIFY_SOCKET=" not in Path(f"/proc/{pid}/environ").read_bytes()
+    daemon.keel("rm", "-f", "quiet")
+
+
+def test_a_node_shutdown_is_no_user_stop(daemon: DaemonProcess, busybox_rootfs: Path) -> None:
+    """systemd's final SIGTERM at shutdown reaches monitors with no stop request: the
+    container ends, is not marked stopped, and unless-stopped brings it back at boot."""
+    daemon.keel("run", "--rootfs", "--name", "stays", "--network", "none",
+                "--restart", "unless-stopped", "--stop-timeout", "1",
+                str(busybox_rootfs), "sleep", "300")  # fmt: skip
+    before = inspect(daemon, "stays")["status_detail"]
+    daemon.kill()
+    os.kill(before["monitor_pid"], signal.SIGTERM)  # what systemd-shutdown sends
+    wait_for(lambda: not Path(f"/proc/{before['monitor_pid']}").exists(), what="the monitor")
+    wait_for(lambda: not Path(f"/proc/{before['pid']}").exists(), what="the container")
+    daemon.start()  # the next boot
+    after = wait_for(
+        lambda: (d := inspect(daemon, "stays"))["state"] == "running" and d, what="the restart"
+    )
+    assert isinstance(after, dict)
+    assert after["status_detail"]["pid"] != before["pid"]
+    assert after["status_detail"]["stopped"] is False
+    # a user's stop still counts: not started at the next boot
+    daemon.keel("stop", "-t", "1", "stays")
+    assert inspect(daemon, "stays")["status_detail"]["stopped"] is True
+    daemon.restart()
+    assert inspect(daemon, "stays")["state"] == "stopped"
+    daemon.keel("rm", "stays")

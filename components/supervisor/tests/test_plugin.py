@@ -38,6 +38,13 @@ def test_image_contribution_only_when_included() -> None:
     unit = next(f for f in mine.files if f.path.endswith("keel-supervisor.service"))
     assert unit.content is not None
     assert b"KillMode=process" in unit.content  # stopping the daemon keeps containers
+    # networkd leaves the bridge and the veths alone, and sorts this before keel-base's
+    # catch-all DHCP file (99-keel-dhcp.network)
+    network = next(f for f in mine.files if f.path.startswith("/usr/lib/systemd/network/"))
+    assert network.path.rsplit("/", 1)[1] < "99-keel-dhcp.network"
+    assert network.content is not None
+    assert b"Name=keel0 vk*" in network.content
+    assert b"Unmanaged=yes" in network.content
 
 
 class FakeRuntime:

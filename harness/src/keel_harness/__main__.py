@@ -14,12 +14,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from keel_harness import images, qemu, reaper
+from keel_harness import images, qemu, reaper, ssh
 from keel_harness.errors import HarnessError
 from keel_harness.machine import Machine
 from keel_harness.run import HarnessRun
 
-SSH_OPTIONS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+SSH_OPTIONS = " ".join(ssh.CLI_OPTIONS)
 
 
 def boot(image: Path, firmware: str, memory: int | None, cpus: int | None) -> int:

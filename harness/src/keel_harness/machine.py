@@ -13,9 +13,10 @@ import logging
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,10 @@ class MachineConfig:
     index: int = 0
     """The machine's number in its run: makes its MACs unique."""
     extra_config: dict[str, Any] = field(default_factory=dict)
+    forwards: Sequence[int] = ()
+    """Guest TCP ports reachable from the host: each gets a free port on the host's
+    127.0.0.1, forwarded to the guest's address on the user network (not its loopback);
+    :meth:`Machine.forwarded_port` says which."""
 
 
 class Machine:
@@ -78,6 +83,8 @@ class Machine:
         self.console = ConsoleLog(state_dir / "console.log")
         self.qemu_log = state_dir / "qemu.log"
         self.ssh_port = 0
+        self.forwarded: dict[int, int] = {}
+        """Guest port -> host port on 127.0.0.1, for ``config.forwards`` (set by start)."""
         self.boot_seconds: float | None = None
         """Seconds from the last start until SSH answered (None until then)."""
         self._proc: subprocess.Popen[bytes] | None = None
@@ -102,8 +109,8 @@ class Machine:
             time.sleep(0.3)
             if self.is_running or "host forwarding rule" not in self._qemu_stderr():
                 break
-            # Someone took our "free" port between bind and QEMU: pick another one.
-            log.info("%s: SSH port %d taken, retrying (%d)", self.name, self.ssh_port, attempt)
+            # Someone took one of our "free" ports between bind and QEMU: pick others.
+            log.info("%s: a forwarded port was taken, retrying (%d)", self.name, attempt)
             spec = self._spec()
         self._check_alive("QEMU exited right after start")
 
@@ -112,7 +119,15 @@ class Machine:
         nics: list[qemu.Nic] = []
         if cfg.key is not None or cfg.image is not None:
             self.ssh_port = free_port() if cfg.key is not None else 0
-            nics.append(qemu.Nic("user", qemu.mac_address(0, cfg.index), ssh_port=self.ssh_port))
+            self.forwarded = {guest: free_port() for guest in cfg.forwards}
+            nics.append(
+                qemu.Nic(
+                    "user",
+                    qemu.mac_address(0, cfg.index),
+                    ssh_port=self.ssh_port,
+                    forwards=tuple((host, guest) for guest, host in self.forwarded.items()),
+                )
+            )
         if cfg.private is not None:
             nics.append(qemu.Nic("vde", cfg.private.mac, socket=cfg.private.socket))
         return qemu.QemuSpec(
@@ -399,6 +414,78 @@ class Machine:
 
         return retry(check, timeout=timeout, what=f"console text {pattern!r} on {self.name}",
                      interval=0.2)  # fmt: skip
+
+    def forwarded_port(self, guest_port: int) -> int:
+        """The host port (on 127.0.0.1) that reaches ``guest_port`` of the guest's address."""
+        if guest_port not in self.forwarded:
+            raise HarnessError(
+                f"{self.name}: guest port {guest_port} is not forwarded; add it to the "
+                f"machine's forwards (machine_factory(..., forwards=[{guest_port}]))"
+            )
+        return self.forwarded[guest_port]
+
+    @contextlib.contextmanager
+    def tunnel_to_guest(
+        self, guest_port: int, guest_host: str = "127.0.0.1", timeout: float = 60.0
+    ) -> Iterator[int]:
+        """``ssh -L``: a free port on the host's 127.0.0.1 reaching ``guest_host:guest_port``
+        as the guest sees it (its loopback by default). Yields the host port."""
+        port = free_port()
+        with self._ssh_tunnel("-L", f"127.0.0.1:{port}:{guest_host}:{guest_port}") as alive:
+
+            def listening(last: bool) -> bool:
+                alive()
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                    return True
+                return False
+
+            retry(listening, timeout=timeout, what=f"ssh -L to {self.name}:{guest_port}")
+            yield port
+
+    @contextlib.contextmanager
+    def tunnel_to_host(
+        self, host_port: int, guest_port: int, timeout: float = 60.0
+    ) -> Iterator[None]:
+        """``ssh -R``: the guest's 127.0.0.1:``guest_port`` reaches the host's
+        127.0.0.1:``host_port`` (e.g. a registry the test runs), through the SSH connection;
+        the guest's network stays restricted."""
+        with self._ssh_tunnel("-R", f"127.0.0.1:{guest_port}:127.0.0.1:{host_port}") as alive:
+            probe = f"timeout 3 bash -c {shlex.quote(f'</dev/tcp/127.0.0.1/{guest_port}')}"
+
+            def listening(last: bool) -> bool:
+                alive()
+                return self.execute(probe, timeout=30)[0] == 0
+
+            retry(listening, timeout=timeout, what=f"ssh -R from {self.name}:{guest_port}")
+            yield
+
+    @contextlib.contextmanager
+    def _ssh_tunnel(self, option: str, spec: str) -> Iterator[Callable[[], None]]:
+        """Run ``ssh -N option spec``; yields a check that raises if it has ended."""
+        key = self.config.key
+        if key is None:
+            raise HarnessError(f"{self.name} was started without an SSH key: no tunnels")
+        self.wait_for_ssh()
+        argv = ["ssh", "-N", "-i", str(key.private), "-p", str(self.ssh_port),
+                *ssh.CLI_OPTIONS, "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR",
+                option, spec, f"{self.config.user}@127.0.0.1"]  # fmt: skip
+        log_path = self.state_dir / "ssh-tunnels.log"
+        with log_path.open("ab") as err:
+            proc = reaper.spawn(argv, stderr=err)
+
+        def alive() -> None:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-1000:]
+                raise HarnessError(
+                    f"{self.name}: ssh {option} {spec} exited {proc.returncode}: {tail}"
+                )
+
+        try:
+            yield alive
+        finally:
+            reaper.stop(proc, grace=5.0)
+        if proc.returncode not in (0, -15, 255):  # ended by us (TERM), or by the guest going
+            log.warning("%s: ssh %s %s exited %s", self.name, option, spec, proc.returncode)
 
     def boot_id(self) -> str:
         """The kernel's boot id: changes on every boot."""

@@ -10,6 +10,8 @@ Fixtures:
 ``machine_factory``
     ``machine_factory(name, image=None, **config) -> Machine``, not started; stopped, and
     its artifacts kept on failure, at teardown.
+``module_machine_factory``
+    the same for machines shared by a module's tests (stopped after the module).
 ``machine``
     one booted machine of the default image that passed the gate.
 ``cluster``
@@ -110,16 +112,14 @@ def _track(request: pytest.FixtureRequest, machine: Machine) -> None:
     request.node.stash.setdefault(MACHINES, []).append(machine)
 
 
-@pytest.fixture
-def machine_factory(
-    request: pytest.FixtureRequest, keel_run: HarnessRun, tmp_path: Path
+def _machines(
+    request: pytest.FixtureRequest, keel_run: HarnessRun, directory: Path
 ) -> Iterator[Callable[..., Machine]]:
-    """Make machines (not started) that are stopped at teardown whatever happens."""
     made: list[Machine] = []
 
     def make(name: str = "machine", image: Path | None = None, **config: Any) -> Machine:
         cfg = keel_run.config(name, image=image, **config)
-        machine = Machine(cfg, tmp_path / name)
+        machine = Machine(cfg, directory / name)
         made.append(machine)
         _track(request, machine)
         return machine
@@ -127,6 +127,23 @@ def machine_factory(
     yield make
     for machine in made:
         machine.stop()
+
+
+@pytest.fixture
+def machine_factory(
+    request: pytest.FixtureRequest, keel_run: HarnessRun, tmp_path: Path
+) -> Iterator[Callable[..., Machine]]:
+    """Make machines (not started) that are stopped at teardown whatever happens."""
+    yield from _machines(request, keel_run, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_machine_factory(
+    request: pytest.FixtureRequest, keel_run: HarnessRun, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Machine]]:
+    """Like ``machine_factory``, for machines a whole module shares (one boot for many tests);
+    any failing test of the module keeps their logs. Stopped after the module's last test."""
+    yield from _machines(request, keel_run, tmp_path_factory.mktemp("module-machines"))
 
 
 def boot_and_gate(machine: Machine, request: pytest.FixtureRequest | None = None) -> Machine:
@@ -196,7 +213,8 @@ def pytest_runtest_makereport(
         report.keel_harness_fault = True  # type: ignore[attr-defined]
     elif call.excinfo is not None and call.excinfo.errisinstance((GateFailure, CommandFailed)):
         report.keel_machine_failure = True  # type: ignore[attr-defined]
-    machines = item.stash.get(MACHINES, [])
+    # the test's own machines, then those its module or session shares
+    machines = [m for node in reversed(item.listchain()) for m in node.stash.get(MACHINES, [])]
     if report.failed and machines:
         start = time.monotonic()
         folder = artifacts.test_dir(_artifacts_root(item.config), item.nodeid)

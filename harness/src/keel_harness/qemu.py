@@ -32,6 +32,8 @@ class Nic:
     """Host port on 127.0.0.1 forwarded to the guest's 22 (``user`` only)."""
     socket: Path | None = None
     """The vde_switch control directory (``vde`` only)."""
+    forwards: tuple[tuple[int, int], ...] = ()
+    """More ``(host port, guest port)`` TCP forwards, host side on 127.0.0.1 (``user`` only)."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,10 @@ def _nic_args(machine: str, index: int, nic: Nic) -> list[str]:
     netdev = f"net{index}"
     if nic.kind == "user":
         # restrict=on: the guest reaches neither the host nor the outside; only the
-        # forward to its SSH server works, and it listens on loopback only.
+        # forwards into it work (SSH and any extra ones), and they listen on loopback only.
         fwd = f",hostfwd=tcp:127.0.0.1:{nic.ssh_port}-:22" if nic.ssh_port else ""
+        for host_port, guest_port in nic.forwards:
+            fwd += f",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"
         backend = f"user,id={netdev},restrict=on{fwd}"
     elif nic.kind == "vde":
         if nic.socket is None:

@@ -22,6 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keel_harness.errors import SshError
 
+CLI_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null")
+"""Options for the ``ssh`` command line tool: every boot makes a new host key."""
+
 
 @dataclass(frozen=True)
 class KeyPair:

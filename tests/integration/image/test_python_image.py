@@ -13,73 +13,28 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from keel_core.testing import free_port
-from keel_harness import Machine, run_gate
-from keel_harness.__main__ import SSH_OPTIONS
-from keel_image.testing import components_on
+from keel_harness import Machine
+from keel_harness.pytest_plugin import boot_and_gate
 
 pytestmark = pytest.mark.vm
 
 
-@pytest.fixture(scope="module")
-def py_image(keel_image_variant) -> Path:
-    """The default definition with components [store, supervisor]."""
-    return keel_image_variant(components_on("store", "supervisor"))
-
-
 @pytest.fixture
 def py_machine(machine_factory, py_image: Path, request: pytest.FixtureRequest) -> Machine:
-    m = machine_factory("pydist", image=py_image)
-    m.start()
-    seconds = m.wait_for_ssh()
-    request.node.user_properties.append(("boot_to_ssh_pydist", round(seconds, 1)))
-    run_gate(m)
-    return m
+    """py_image (tests/integration/conftest.py) booted and through the gate."""
+    return boot_and_gate(machine_factory("pydist", image=py_image), request)
 
 
 @pytest.fixture
 def store_forward(py_machine: Machine) -> Iterator[int]:
     """A host port on 127.0.0.1 forwarded (ssh -L) to the guest's 127.0.0.1:2379."""
-    key = py_machine.config.key
-    assert key is not None
-    port = free_port()
-    argv = [
-        "ssh",
-        "-N",
-        "-i",
-        str(key.private),
-        "-p",
-        str(py_machine.ssh_port),
-        *SSH_OPTIONS.split(),
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-L",
-        f"127.0.0.1:{port}:127.0.0.1:2379",
-        f"{py_machine.config.user}@127.0.0.1",
-    ]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"ssh -L exited {proc.returncode}: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
-            if subprocess.run(
-                ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=False
-            ).stdout.strip():
-                break
-            time.sleep(0.2)
+    with py_machine.tunnel_to_guest(2379) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_daemons_run_and_the_store_answers_etcdctl(

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from keel_core import systemd
 from keel_store import snapshot_cli
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
@@ -341,6 +342,7 @@ async def serve(args: argparse.Namespace) -> int:
         await gw.listen(*host_port(url))
         gateways.append(gw)
     log.info("serving clients on %s as member %x", args.listen_client_urls, node.member_id)
+    systemd.notify()  # Type=notify: the unit is active once clients can connect
     tasks = []
     retention = _retention_seconds(args.auto_compaction_retention, args.auto_compaction_mode)
     if retention > 0:

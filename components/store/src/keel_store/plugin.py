@@ -24,7 +24,10 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
-Type=simple
+# READY=1 once the client port listens (what etcd's unit does too): the boot gate's
+# is-system-running --wait and units after this one then find the store answering.
+Type=notify
+TimeoutStartSec=300
 User=keel-store
 EnvironmentFile=/usr/share/keel/store.env
 EnvironmentFile=-/etc/keel/store.env

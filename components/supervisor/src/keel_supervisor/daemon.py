@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import Field
 
+from keel_core import systemd
 from keel_supervisor import logs, views
 from keel_supervisor.api import NotFound, Router, Stream, UnixServer
 from keel_supervisor.model import ContainerConfig, Schema, SupervisorError
@@ -252,6 +253,9 @@ def serve(settings: Settings) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     from keel_supervisor.monitor import become_subreaper  # noqa: PLC0415
 
+    # Before any child starts (the spare monitor starts with the Daemon): runc would see
+    # the variable and wait for each container to notify systemd itself.
+    notify_socket = systemd.take_socket()
     become_subreaper()
     daemon = Daemon(settings)
     done = threading.Event()
@@ -259,6 +263,7 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     daemon.start_services()
     log.info("supervisor listening on %s", settings.socket)
+    systemd.notify(address=notify_socket)  # Type=notify unit: active once the API answers
     while not done.wait(1.0):
         daemon.supervisor.reap()
     daemon.shutdown()

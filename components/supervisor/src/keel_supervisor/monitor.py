@@ -299,20 +299,35 @@ class Monitor:
                     finished_at=time.time(),
                     oom_killed=bool(ooms),
                 )
-            stopped = self.stop_requested.is_set()
+            ending = self.stop_requested.is_set()
             if time.time() - started >= policy.STABLE_AFTER:
                 attempt = 0
             if not policy.should_restart(
-                restart["name"], restart["max_retries"], code, self.status.restarts, stopped=stopped
+                restart["name"], restart["max_retries"], code, self.status.restarts, stopped=ending
             ):
-                self.update(state="stopped" if stopped else "exited", stopped=stopped)
+                self.end(ending)
                 return 0
             self.update(state="restarting", restarts=self.status.restarts + 1)
             if self.stop_requested.wait(policy.backoff(attempt)):
-                self.update(state="stopped", stopped=True)
+                self.end(ending=True)
                 return 0
             attempt += 1
             self.unhealthy_kill = False
+
+    def end(self, ending: bool) -> None:
+        """Record the end of the container for good.
+
+        ``ending``: the monitor was asked to stop (SIGTERM). Only a user's stop (``keel
+        stop`` writes the stop request first) counts as *stopped*, which ``unless-stopped``
+        remembers; a SIGTERM without one is the node shutting down (systemd's final kill
+        reaches monitors), after which the policy must bring the container back at boot.
+        """
+        if not ending:
+            self.update(state="exited", stopped=False)
+        elif self.dir.stop_file.exists():
+            self.update(state="stopped", stopped=True)
+        else:
+            self.update(state="exited", stopped=False, error="stopped with the node (SIGTERM)")
 
     def close(self) -> None:
         """Release ports and the log."""
@@ -341,6 +356,9 @@ def main(argv: list[str]) -> int:
     """Entry point: ``monitor DIR [READY_FD]`` or ``monitor --spare READY_FD``."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     become_subreaper()  # before waiting for work: a spare has no children yet
+    # Never hand systemd's socket to the runtime: runc/crun would wait for the container
+    # to send READY=1 (sd_notify proxying) before `run --detach` returns.
+    os.environ.pop("NOTIFY_SOCKET", None)
     if argv[0] == "--spare":
         found = wait_for_work()
         if found is None:

@@ -24,7 +24,9 @@ After=network-online.target local-fs.target
 Wants=network-online.target
 
 [Service]
-Type=simple
+# READY=1 once the API socket answers: `keel run` right after boot finds the daemon.
+Type=notify
+TimeoutStartSec=300
 ExecStart=/usr/bin/keel container daemon
 # Containers have their own monitors: stopping the daemon must not kill them.
 KillMode=process
@@ -34,6 +36,18 @@ Delegate=yes
 
 [Install]
 WantedBy=multi-user.target
+"""
+
+
+NETWORK = b"""\
+# The supervisor's bridge and its containers' veth ends are its own: without this, networkd
+# matches them with keel-base's DHCP file (any Ethernet link), takes the veths off the
+# bridge and containers lose their network.
+[Match]
+Name=keel0 vk*
+
+[Link]
+Unmanaged=yes
 """
 
 
@@ -67,6 +81,7 @@ def keel_image_contribution(image: ImageDefinition) -> ImageContribution | None:
         packages=["runc", "crun", "iproute2", "iptables"],
         files=[
             FileContribution("/usr/lib/systemd/system/keel-supervisor.service", UNIT.encode()),
+            FileContribution("/usr/lib/systemd/network/10-keel-supervisor.network", NETWORK),
             FileContribution(
                 "/etc/keel/apps/README",
                 b"Declarative apps: one <name>.yaml per container; see docs/supervisor.md.\n",

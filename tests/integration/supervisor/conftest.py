@@ -1,4 +1,4 @@
-"""Fixtures for the image store's host tests: a real registry, started and stopped here.
+"""Fixtures for the supervisor's integration tests: a real registry, started and stopped here.
 
 Debian's docker-registry on 127.0.0.1 with storage in a temporary directory; auth is ``None``
 (open), ``"htpasswd"`` (basic auth, bcrypt file made with ``htpasswd -B``) or ``"token"`` (the

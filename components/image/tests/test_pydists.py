@@ -114,13 +114,3 @@ def test_missing_shared_library_is_a_clear_error(tmp_path: Path):
     assert "libstdc++6" in str(err.value)
     (lib / "libstdc++.so.6").write_bytes(b"")
     pylayers._check_libraries(tmp_path / "tree", site, "system")
-
-
-def test_pip_the_builder_runs_is_a_declared_dependency():
-    """The pydeps stage runs ``python -m pip``; uv-made venvs (nox's backend) have no pip
-    unless a distribution asks for it, so keel-image must."""
-    from importlib.metadata import requires
-
-    names = {pydists.requirement_name(r) for r in requires("keel-image") or []}
-    assert "pip" in names
-    assert importlib.util.find_spec("pip") is not None

@@ -121,7 +121,7 @@ def gate(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def smoke(session: nox.Session) -> None:
-    """The VM subset that fits CI's budget: build, boot, gate, one cluster ping.
+    """The VM subset CI runs: build, boot, gate, one cluster ping, the [store, supervisor] image.
 
     Sequential on purpose: the 3-machine cluster already uses every core.
     """

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from keel_core.testing import free_port
-from keel_harness import provision, qemu, reaper, ssh
+from keel_harness import netwatch, provision, qemu, reaper, ssh
 from keel_harness.console import ConsoleLog, find_trouble
 from keel_harness.errors import CommandFailed, GateFailure, HarnessError, QemuError, SshError
 from keel_harness.retry import retry
@@ -84,8 +84,17 @@ class Machine:
         self._session: ssh.Session | None = None
         self._started_at = 0.0
         self._host: Any = None
+        self._user_mac = qemu.mac_address(0, config.index)
+        self._user_dump = state_dir / "user-net.pcap"
+        self._dump_mark = 0
+        """Where the current boot's packets start in ``_user_dump`` (QEMU rewrites it)."""
 
     # ----- lifecycle -------------------------------------------------------------------
+    @property
+    def started_at(self) -> float:
+        """``time.monotonic()`` when QEMU was last started (or the last reboot began)."""
+        return self._started_at
+
     @property
     def is_running(self) -> bool:
         """Whether this machine's QEMU process is alive."""
@@ -112,7 +121,9 @@ class Machine:
         nics: list[qemu.Nic] = []
         if cfg.key is not None or cfg.image is not None:
             self.ssh_port = free_port() if cfg.key is not None else 0
-            nics.append(qemu.Nic("user", qemu.mac_address(0, cfg.index), ssh_port=self.ssh_port))
+            nics.append(
+                qemu.Nic("user", self._user_mac, ssh_port=self.ssh_port, dump=self._user_dump)
+            )
         if cfg.private is not None:
             nics.append(qemu.Nic("vde", cfg.private.mac, socket=cfg.private.socket))
         return qemu.QemuSpec(
@@ -140,6 +151,7 @@ class Machine:
         with self.qemu_log.open("ab") as err:
             self._proc = reaper.spawn(argv, stderr=err, cwd=self.state_dir)
         self._started_at = time.monotonic()
+        self._dump_mark = 0
         self.boot_seconds = None
         log.info("%s: started QEMU pid %d (ssh port %d)", self.name, self._proc.pid, self.ssh_port)
 
@@ -199,14 +211,19 @@ class Machine:
         if self._session is not None and self._session.connected:
             return self.boot_seconds or 0.0
         timeout = timeout if timeout is not None else self.config.boot_timeout
+        # Fine-grained once the guest has its address (a probe every 0.25 s, see
+        # BannerProbe): this wait is what the boot time figures measure.
+        watch = netwatch.AddressWatch(self._user_dump, self._user_mac, self._dump_mark)
+        probe = ssh.BannerProbe(self.ssh_port, address_known=watch)
 
         def ready(last: bool) -> bool:
             fatal = [t for t in find_trouble(self.console.text()) if t.startswith(FATAL_TROUBLE)]
             if fatal:
                 raise GateFailure(self.name, [f"console: {t}" for t in fatal])
             self._check_alive("QEMU exited while booting")
-            if not ssh.banner_ready(self.ssh_port):
+            if not probe.poll(0.25):
                 return False
+            probe.close()
             session = ssh.Session(self.ssh_port, self.config.key, self.config.user)  # type: ignore[arg-type]
             try:
                 session.connect()
@@ -218,7 +235,7 @@ class Machine:
             return True
 
         try:
-            retry(ready, timeout=timeout, what=f"SSH on {self.name}", interval=0.5)
+            retry(ready, timeout=timeout, what=f"SSH on {self.name}", interval=0.0)
         except HarnessError as exc:
             if isinstance(exc, QemuError):
                 raise
@@ -226,6 +243,8 @@ class Machine:
                 f"{self.name}: no SSH on 127.0.0.1:{self.ssh_port} after {timeout:.0f} s "
                 f"({exc}); console tail:\n{self.console.tail(15)}"
             ) from exc
+        finally:
+            probe.close()
         self.boot_seconds = time.monotonic() - self._started_at
         log.info("%s: SSH up after %.1f s", self.name, self.boot_seconds)
         return self.boot_seconds
@@ -270,6 +289,7 @@ class Machine:
         timeout = timeout if timeout is not None else self.config.boot_timeout
         self._started_at = time.monotonic()
         self.console.mark()
+        self._dump_mark = netwatch.end_of(self._user_dump)
 
         def rebooted(last: bool) -> bool:
             self._check_alive("QEMU exited during a reboot")

@@ -145,6 +145,13 @@ def _clean_first_boot_state(tree: Path) -> None:
     # iconv converters for legacy charsets (8 MB): nothing in the image converts text.
     for conv in (tree / "usr/lib/x86_64-linux-gnu/gconv").glob("*.so"):
         conv.unlink()
+    # systemd runs every generator before it loads a unit: each is a process linking
+    # libsystemd-shared, tenths of a second under emulation. These have nothing to find in a
+    # Keel image (no crypttab, integritytab or veritytab: the initramfs opens /usr; no swap
+    # to resume from, no SysV scripts without units, no rc.local, no offline updates, and
+    # the kernel line turns off GPT auto-discovery).
+    for generator in UNUSED_GENERATORS:
+        (tree / "usr/lib/systemd/system-generators" / generator).unlink(missing_ok=True)
     shutil.rmtree(tree / "usr/lib/udev/hwdb.d", ignore_errors=True)
     (tree / "usr/lib/udev/hwdb.bin").unlink(missing_ok=True)
     (tree / "etc/udev/hwdb.bin").unlink(missing_ok=True)
@@ -154,6 +161,18 @@ def _clean_first_boot_state(tree: Path) -> None:
     # enable units Keel does not want (ssh.socket next to ssh.service, systemd-sysext).
     # The units an image runs are the ones its contributions enable at build time.
     replace_file(tree / "etc/machine-id", b"", 0o444)
+
+
+UNUSED_GENERATORS = (
+    "systemd-cryptsetup-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-integritysetup-generator",
+    "systemd-rc-local-generator",
+    "systemd-system-update-generator",
+    "systemd-sysv-generator",
+    "systemd-veritysetup-generator",
+)
 
 
 def _os_release(recipe: Recipe, tree: Path) -> None:

@@ -9,7 +9,8 @@ Options: ``--no-cold`` skips the cold build (minutes: mmdebstrap), ``--no-boot``
 ``--firmware bios|uefi`` only that one, ``--compare DIR`` boots the image in DIR (an image
 directory or a disk, e.g. one built from main) alternately with this tree's, boot for boot,
 ``--analyze`` prints systemd's critical chain to ssh.service and its blame on the first boot.
-Each boot prints the 1-minute load average at its start, systemd's own split (kernel,
+Each boot prints the 1-minute load average at its start, the CPU time QEMU used until SSH
+answered (less noisy than wall time on a shared host), systemd's own split (kernel,
 userspace) and the stages seen on the console: firmware + GRUB + loading the kernel, the
 kernel to /init, the initramfs to systemd.
 """
@@ -222,6 +223,7 @@ def _boot(disk: Path, out: Path, boots: int, argv: list[str]) -> None:
                 stages = _Milestones(machine.console.path, machine.started_at)
                 try:
                     seconds[label].append(machine.wait_for_ssh())
+                    cpu = machine.cpu_seconds()
                     split = machine.succeed("systemd-analyze | head -1").strip()
                     if "--analyze" in argv and n == 0:
                         analysis = machine.succeed(
@@ -233,8 +235,9 @@ def _boot(disk: Path, out: Path, boots: int, argv: list[str]) -> None:
                     machine.stop()
                 split = split.removeprefix("Startup finished in ")
                 who = f"{label} " if label else ""
-                print(f"    {firmware} {who}boot {n + 1}: {seconds[label][-1]:.1f} s to SSH, "
-                      f"load {load:.1f}; systemd: {split}\n      {line}")  # fmt: skip
+                print(f"    {firmware} {who}boot {n + 1}: {seconds[label][-1]:.1f} s to SSH "
+                      f"({cpu:.1f} QEMU CPU-s), load {load:.1f}; systemd: {split}\n"
+                      f"      {line}")  # fmt: skip
                 if analysis:
                     print("      " + analysis.strip().replace("\n", "\n      "))
         for label, figures in seconds.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -94,6 +95,17 @@ class Machine:
     def started_at(self) -> float:
         """``time.monotonic()`` when QEMU was last started (or the last reboot began)."""
         return self._started_at
+
+    def cpu_seconds(self) -> float:
+        """Host CPU time QEMU has used since it started (all vCPUs): the cost of a boot,
+        less sensitive than its wall time to what else runs on the host."""
+        if self._proc is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     @property
     def is_running(self) -> bool:

@@ -20,7 +20,15 @@ def available() -> dict[str, Path]:
 
 def main(argv: list[str]) -> int:
     benches = available()
-    names = [a for a in argv if not a.startswith("-")] or list(benches)
+    # A word right after an option that names no benchmark is the option's value
+    # (``--boots 3``, ``--compare DIR``).
+    values = {
+        i + 1
+        for i, a in enumerate(argv[:-1])
+        if a.startswith("-") and not argv[i + 1].startswith("-") and argv[i + 1] not in benches
+    }
+    names = [a for i, a in enumerate(argv) if not a.startswith("-") and i not in values]
+    names = names or list(benches)
     unknown = [n for n in names if n not in benches]
     if unknown:
         print(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(benches)}")
@@ -28,7 +36,7 @@ def main(argv: list[str]) -> int:
     if not benches:
         print("no benchmarks yet")
         return 0
-    options = [a for a in argv if a.startswith("-")]
+    options = [a for i, a in enumerate(argv) if a.startswith("-") or i in values]
     status = 0
     for name in names:
         print(f"\n=== bench {name}")

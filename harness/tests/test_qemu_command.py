@@ -121,3 +121,10 @@ def test_mac_addresses_are_unique_per_segment_and_index():
     macs = {qemu.mac_address(s, i) for s in range(3) for i in range(300)}
     assert len(macs) == 900
     assert all(m.startswith("52:54:00:") for m in macs)
+
+
+def test_user_nic_dump_keeps_headers_only():
+    nic = qemu.Nic("user", "52:54:00:00:00:01", ssh_port=2, dump=Path("/x/user-net.pcap"))
+    argv = qemu.command(spec(nics=[nic]))
+    objects = [argv[i + 1] for i, a in enumerate(argv) if a == "-object"]
+    assert objects == ["filter-dump,id=dump0,netdev=net0,file=/x/user-net.pcap,maxlen=64"]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import paramiko
@@ -275,3 +278,129 @@ def test_machine_forwards_pick_host_ports_and_name_missing_ones(tmp_path: Path):
     assert host not in (0, m.ssh_port)
     with pytest.raises(HarnessError, match="guest port 80 is not forwarded"):
         m.forwarded_port(80)
+
+
+class _Listener:
+    """A loopback server that does ``behaviour`` with every connection, like QEMU's hostfwd
+    in front of a guest: ``silent`` (no address yet), ``close`` (nothing listens), ``ssh``."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.accepted = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.behaviour == "close":
+                conn.close()
+            elif self.behaviour == "ssh":
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+                self.held.append(conn)
+            else:
+                self.held.append(conn)
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "close", "ssh"])
+def test_banner_probe_tells_the_guest_states_apart_quickly(behaviour: str):
+    listener = _Listener(behaviour)
+    probe = ssh.BannerProbe(listener.port, period=0.05, quiet_period=0.05, hold=0.3, pool=3)
+    try:
+        start = time.monotonic()
+        found = False
+        while not found and time.monotonic() - start < 1.0:
+            found = probe.poll(0.05)
+        assert found is (behaviour == "ssh")
+        assert probe.answered is (behaviour != "silent")
+        if behaviour == "ssh":
+            assert time.monotonic() - start < 0.5
+        else:
+            # A new probe every period, never more than the pool open at once.
+            assert listener.accepted >= 5
+            assert len(probe._open) <= 3
+    finally:
+        probe.close()
+        listener.close()
+    assert not probe._open
+
+
+def test_banner_probe_keeps_a_silent_connection_that_speaks_later():
+    """A slow sshd (banner after the first wait) is not given up on: its connection is kept."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def slow() -> None:
+        conn, _ = server.accept()
+        time.sleep(0.4)
+        conn.sendall(b"SSH-2.0-slow\r\n")
+        time.sleep(1)
+        conn.close()
+
+    threading.Thread(target=slow, daemon=True).start()
+    probe = ssh.BannerProbe(port, period=10, quiet_period=10, hold=2.0, pool=1)
+    try:
+        assert not probe.poll(0.1)
+        start = time.monotonic()
+        found = False
+        while not found and time.monotonic() - start < 2.0:
+            found = probe.poll(0.1)
+        assert found
+    finally:
+        probe.close()
+        server.close()
+
+
+def _pcap(*frames: bytes) -> bytes:
+    import struct
+
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 64, 1)
+    for frame in frames:
+        out += struct.pack("<IIII", 0, 0, len(frame), len(frame)) + frame
+    return out
+
+
+GUEST = bytes.fromhex("525400000001")
+SLIRP = bytes.fromhex("52550a000202")
+
+
+def _ipv4(src_mac: bytes, src: str, dst: str, sport: int, dport: int) -> bytes:
+    import socket as s
+    import struct
+
+    ip = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0]) + s.inet_aton(src) + s.inet_aton(dst)
+    return b"\xff" * 6 + src_mac + b"\x08\x00" + ip + struct.pack("!HH", sport, dport)
+
+
+def test_address_watch_sees_dhcp_answers_and_guest_addresses(tmp_path: Path):
+    from keel_harness import netwatch
+
+    arp_request = b"\xff" * 6 + SLIRP + b"\x08\x06" + bytes(8) + SLIRP + bytes([10, 0, 2, 2])
+    discover = _ipv4(GUEST, "0.0.0.0", "255.255.255.255", 68, 67)
+    offer = _ipv4(SLIRP, "10.0.2.2", "10.0.2.15", 67, 68)
+    dump = tmp_path / "user-net.pcap"
+    dump.write_bytes(_pcap(arp_request, discover))
+    watch = netwatch.AddressWatch(dump, "52:54:00:00:00:01")
+    assert not watch()
+    dump.write_bytes(_pcap(arp_request, discover, offer)[:-10])  # QEMU still writing it
+    assert not watch()
+    dump.write_bytes(_pcap(arp_request, discover, offer))
+    assert watch()
+    static = _ipv4(GUEST, "10.0.2.15", "10.0.2.2", 22, 40000)
+    dump.write_bytes(_pcap(discover, static))
+    assert netwatch.AddressWatch(dump, "52:54:00:00:00:01")()
+    # A later boot reads from its mark on: the first boot's answer does not count.
+    dump.write_bytes(_pcap(offer, discover))
+    mark = len(_pcap(offer))
+    assert not netwatch.AddressWatch(dump, "52:54:00:00:00:01", mark)()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from keel_core.testing import free_port
-from keel_harness import provision, qemu, reaper, ssh
+from keel_harness import netwatch, provision, qemu, reaper, ssh
 from keel_harness.console import ConsoleLog, find_trouble
 from keel_harness.errors import CommandFailed, GateFailure, HarnessError, QemuError, SshError
 from keel_harness.retry import retry
@@ -91,8 +92,28 @@ class Machine:
         self._session: ssh.Session | None = None
         self._started_at = 0.0
         self._host: Any = None
+        self._user_mac = qemu.mac_address(0, config.index)
+        self._user_dump = state_dir / "user-net.pcap"
+        self._dump_mark = 0
+        """Where the current boot's packets start in ``_user_dump`` (QEMU rewrites it)."""
 
     # ----- lifecycle -------------------------------------------------------------------
+    @property
+    def started_at(self) -> float:
+        """``time.monotonic()`` when QEMU was last started (or the last reboot began)."""
+        return self._started_at
+
+    def cpu_seconds(self) -> float:
+        """Host CPU time QEMU has used since it started (all vCPUs): the cost of a boot,
+        less sensitive than its wall time to what else runs on the host."""
+        if self._proc is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     @property
     def is_running(self) -> bool:
         """Whether this machine's QEMU process is alive."""
@@ -123,9 +144,10 @@ class Machine:
             nics.append(
                 qemu.Nic(
                     "user",
-                    qemu.mac_address(0, cfg.index),
+                    self._user_mac,
                     ssh_port=self.ssh_port,
                     forwards=tuple((host, guest) for guest, host in self.forwarded.items()),
+                    dump=self._user_dump,
                 )
             )
         if cfg.private is not None:
@@ -155,6 +177,7 @@ class Machine:
         with self.qemu_log.open("ab") as err:
             self._proc = reaper.spawn(argv, stderr=err, cwd=self.state_dir)
         self._started_at = time.monotonic()
+        self._dump_mark = 0
         self.boot_seconds = None
         log.info("%s: started QEMU pid %d (ssh port %d)", self.name, self._proc.pid, self.ssh_port)
 
@@ -214,14 +237,19 @@ class Machine:
         if self._session is not None and self._session.connected:
             return self.boot_seconds or 0.0
         timeout = timeout if timeout is not None else self.config.boot_timeout
+        # Fine-grained once the guest has its address (a probe every 0.25 s, see
+        # BannerProbe): this wait is what the boot time figures measure.
+        watch = netwatch.AddressWatch(self._user_dump, self._user_mac, self._dump_mark)
+        probe = ssh.BannerProbe(self.ssh_port, address_known=watch)
 
         def ready(last: bool) -> bool:
             fatal = [t for t in find_trouble(self.console.text()) if t.startswith(FATAL_TROUBLE)]
             if fatal:
                 raise GateFailure(self.name, [f"console: {t}" for t in fatal])
             self._check_alive("QEMU exited while booting")
-            if not ssh.banner_ready(self.ssh_port):
+            if not probe.poll(0.25):
                 return False
+            probe.close()
             session = ssh.Session(self.ssh_port, self.config.key, self.config.user)  # type: ignore[arg-type]
             try:
                 session.connect()
@@ -233,7 +261,7 @@ class Machine:
             return True
 
         try:
-            retry(ready, timeout=timeout, what=f"SSH on {self.name}", interval=0.5)
+            retry(ready, timeout=timeout, what=f"SSH on {self.name}", interval=0.0)
         except HarnessError as exc:
             if isinstance(exc, QemuError):
                 raise
@@ -241,6 +269,8 @@ class Machine:
                 f"{self.name}: no SSH on 127.0.0.1:{self.ssh_port} after {timeout:.0f} s "
                 f"({exc}); console tail:\n{self.console.tail(15)}"
             ) from exc
+        finally:
+            probe.close()
         self.boot_seconds = time.monotonic() - self._started_at
         log.info("%s: SSH up after %.1f s", self.name, self.boot_seconds)
         return self.boot_seconds
@@ -285,6 +315,7 @@ class Machine:
         timeout = timeout if timeout is not None else self.config.boot_timeout
         self._started_at = time.monotonic()
         self.console.mark()
+        self._dump_mark = netwatch.end_of(self._user_dump)
 
         def rebooted(last: bool) -> bool:
             self._check_alive("QEMU exited during a reboot")

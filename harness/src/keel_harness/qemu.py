@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keel_harness import netwatch
 from keel_harness.errors import HarnessError
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -34,6 +35,8 @@ class Nic:
     """The vde_switch control directory (``vde`` only)."""
     forwards: tuple[tuple[int, int], ...] = ()
     """More ``(host port, guest port)`` TCP forwards, host side on 127.0.0.1 (``user`` only)."""
+    dump: Path | None = None
+    """A pcap file that gets this NIC's packets, headers only (see :mod:`keel_harness.netwatch`)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,11 @@ def _nic_args(machine: str, index: int, nic: Nic) -> list[str]:
         backend = f"vde,id={netdev},sock={nic.socket}"
     else:
         raise HarnessError(f"{machine}: unknown NIC kind {nic.kind!r}")
-    return ["-netdev", backend, "-device", f"virtio-net-pci,netdev={netdev},mac={nic.mac}"]
+    argv = ["-netdev", backend, "-device", f"virtio-net-pci,netdev={netdev},mac={nic.mac}"]
+    if nic.dump is not None:
+        argv += ["-object", f"filter-dump,id=dump{index},netdev={netdev},file={nic.dump},"
+                 f"maxlen={netwatch.SNAPLEN}"]  # fmt: skip
+    return argv
 
 
 def mac_address(segment: int, index: int) -> str:

@@ -1,10 +1,9 @@
-"""The fw_cfg first-boot reader (a shell script run with jq) applied to a scratch tree."""
+"""The fw_cfg first-boot reader (a shell script with an awk JSON reader) on a scratch tree."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from importlib import resources
 from pathlib import Path
@@ -18,8 +17,6 @@ SCRIPT = Path(str(resources.files("keel_platform_qemu") / "firstboot.sh"))
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKupW9T0rpzUs+umZlQWxFGgbp3uIWWz4erXnGDlXtS2 t@h"
 PASSWD = "root:x:0:0::/root:/bin/sh\ncore:x:500:500::/home/core:/bin/bash\n"
 
-needs_jq = pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
-
 
 def apply(tmp_path: Path, config: str | None) -> subprocess.CompletedProcess[str]:
     root = tmp_path / "root"
@@ -31,7 +28,6 @@ def apply(tmp_path: Path, config: str | None) -> subprocess.CompletedProcess[str
     return subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
 
 
-@needs_jq
 def test_hostname_keys_and_static_address_are_applied(tmp_path: Path):
     config = {
         "hostname": "node1",
@@ -62,7 +58,6 @@ def test_hostname_keys_and_static_address_are_applied(tmp_path: Path):
     assert "Address=192.0.2.11/24" in text
 
 
-@needs_jq
 def test_missing_config_does_nothing(tmp_path: Path):
     proc = apply(tmp_path, None)
     assert proc.returncode == 0
@@ -70,7 +65,6 @@ def test_missing_config_does_nothing(tmp_path: Path):
     assert not (tmp_path / "root/etc/hostname").exists()
 
 
-@needs_jq
 def test_malformed_config_fails_the_unit(tmp_path: Path):
     proc = apply(tmp_path, "[1, 2")
     assert proc.returncode == 1
@@ -98,3 +92,32 @@ def test_qcow2_conversion_keeps_the_content(tmp_path: Path):
     back = tmp_path / "back.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", tmp_path / "disk.qcow2", back], check=True)
     assert back.read_bytes() == raw.read_bytes()
+
+
+def test_any_key_order_escapes_and_nesting_are_read(tmp_path: Path):
+    text = (
+        '{"network": {"interfaces": [{"address": "192.0.2.11/24", "x": [1, -2.5e3, true, null,'
+        ' {"a": {}}], "mac": "52:54:00:00:00:11"}]}, "users": [{"ssh_authorized_keys":'
+        ' ["ssh-ed25519 AAAA k\\u00e9 \\"q\\" \\\\ \\/"], "name": "core"}],'
+        ' "hostname": "n\\u0031", "extra": false}'
+    )
+    proc = apply(tmp_path, text)
+    assert proc.returncode == 0, proc.stderr
+    root = tmp_path / "root"
+    assert (root / "etc/hostname").read_text() == "n1\n"
+    assert (
+        root / "home/core/.ssh/authorized_keys"
+    ).read_text() == 'ssh-ed25519 AAAA k\u00e9 "q" \\ /\n'
+    text = (root / "etc/systemd/network/10-keel-static-1.network").read_text()
+    assert "MACAddress=52:54:00:00:00:11" in text
+    assert "Address=192.0.2.11/24" in text
+
+
+@pytest.mark.parametrize(
+    "text", ["[1, 2]", '{"a": 1', '{"a": "x}', '{"a": 1} x', "", '{"a": tru}', '{"a": "\\q"}']
+)
+def test_anything_but_a_json_object_fails_the_unit(tmp_path: Path, text: str):
+    proc = apply(tmp_path, text)
+    assert proc.returncode == 1
+    assert "not a JSON object" in proc.stderr
+    assert not (tmp_path / "root/etc/hostname").exists()

@@ -122,12 +122,42 @@ REPART_ROOT = """\
 Type=root
 """
 
-REMOUNT_AFTER_REPART = """\
+REPART_AFTER_REMOUNT = """\
 # systemd-repart rewrites the partition table (first boot on a bigger disk) while
 # systemd-remount-fs resolves PARTLABEL=ROOT for / : seen failing under load with
-# "mount: /: can't find PARTLABEL=ROOT" as the kernel re-read the table. One after the other.
+# "mount: /: can't find PARTLABEL=ROOT" as the kernel re-read the table. One after the other,
+# repart second: remount-fs is on the path to sshd (sysusers, the fw_cfg reader), growing
+# ROOT is not (systemd-growfs-root waits for repart itself).
 [Unit]
-After=systemd-repart.service
+After=systemd-remount-fs.service
+"""
+
+# Debian's ssh.service, less what holds sshd back at boot: it is not ordered after
+# network.target (sshd listens on the wildcard address and needs no configured network)
+# and runs no `sshd -t` before each start (one more sshd under emulation on the path to
+# SSH; a broken config still fails the start, with the same message).
+SSH_SERVICE = """\
+[Unit]
+Description=OpenBSD Secure Shell server
+Documentation=man:sshd(8) man:sshd_config(5)
+After=auditd.service
+ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
+
+[Service]
+EnvironmentFile=-/etc/default/ssh
+ExecStart=/usr/sbin/sshd -D $SSHD_OPTS
+ExecReload=/usr/sbin/sshd -t
+ExecReload=/bin/kill -HUP $MAINPID
+KillMode=process
+Restart=on-failure
+RestartPreventExitStatus=255
+Type=notify
+RuntimeDirectory=sshd
+RuntimeDirectoryMode=0755
+
+[Install]
+WantedBy=multi-user.target
+Alias=sshd.service
 """
 
 USR_DEVICE_RULES = """\
@@ -165,9 +195,10 @@ def contribution(image: ImageDefinition) -> ImageContribution:
         FileContribution("/etc/fstab", FSTAB.encode()),
         FileContribution("/usr/lib/repart.d/50-keel-root.conf", REPART_ROOT.encode()),
         FileContribution(
-            "/usr/lib/systemd/system/systemd-remount-fs.service.d/keel-after-repart.conf",
-            REMOUNT_AFTER_REPART.encode(),
+            "/usr/lib/systemd/system/systemd-repart.service.d/keel-after-remount.conf",
+            REPART_AFTER_REMOUNT.encode(),
         ),
+        FileContribution("/usr/lib/systemd/system/ssh.service", SSH_SERVICE.encode()),
         FileContribution("/usr/lib/udev/rules.d/99-zz-keel-usr.rules", USR_DEVICE_RULES.encode()),
         FileContribution("/etc/sudoers.d/keel-core", b"core ALL=(ALL) NOPASSWD: ALL\n", mode=0o440),
         FileContribution("/usr/lib/tmpfiles.d/keel-core.conf", TMPFILES.encode()),

@@ -88,6 +88,7 @@ def build(
     keep = index.closure(recipe.kernel_modules, stage=STAGE)
     kept, removed = index.prune(keep)
     tools.run(["chroot", str(tree), "/usr/sbin/depmod", version], stage=STAGE)
+    _mask_absent_modprobes(tree, index, {_module_name(k) for k in keep})
 
     _apply_contributions(recipe, tree)
     if python_layers:
@@ -145,6 +146,13 @@ def _clean_first_boot_state(tree: Path) -> None:
     # iconv converters for legacy charsets (8 MB): nothing in the image converts text.
     for conv in (tree / "usr/lib/x86_64-linux-gnu/gconv").glob("*.so"):
         conv.unlink()
+    # systemd runs every generator before it loads a unit: each is a process linking
+    # libsystemd-shared, tenths of a second under emulation. These have nothing to find in a
+    # Keel image (no crypttab, integritytab or veritytab: the initramfs opens /usr; no swap
+    # to resume from, no SysV scripts without units, no rc.local, no offline updates, and
+    # the kernel line turns off GPT auto-discovery).
+    for generator in UNUSED_GENERATORS:
+        (tree / "usr/lib/systemd/system-generators" / generator).unlink(missing_ok=True)
     shutil.rmtree(tree / "usr/lib/udev/hwdb.d", ignore_errors=True)
     (tree / "usr/lib/udev/hwdb.bin").unlink(missing_ok=True)
     (tree / "etc/udev/hwdb.bin").unlink(missing_ok=True)
@@ -154,6 +162,38 @@ def _clean_first_boot_state(tree: Path) -> None:
     # enable units Keel does not want (ssh.socket next to ssh.service, systemd-sysext).
     # The units an image runs are the ones its contributions enable at build time.
     replace_file(tree / "etc/machine-id", b"", 0o444)
+
+
+MODPROBE_INSTANCES = ("configfs", "dm_mod", "drm", "efi_pstore", "fuse", "loop")
+"""The ``modprobe@<module>.service`` instances systemd's own units pull in at boot."""
+
+
+def _module_name(relpath: str) -> str:
+    return Path(relpath).name.split(".ko")[0].replace("-", "_")
+
+
+def _mask_absent_modprobes(tree: Path, index: kmods.ModuleIndex, kept: set[str]) -> None:
+    """Mask the modprobe@ instances for modules this image does not have.
+
+    Each runs kmod (a process linking libcrypto, liblzma, libzstd) early in the boot, beside
+    the units on the path to sshd, to load a module that was pruned: it could only fail.
+    An empty unit file is a masked unit; units that want it go on without it.
+    """
+    for name in MODPROBE_INSTANCES:
+        if name not in kept and name not in index.builtin:
+            replace_file(tree / f"usr/lib/systemd/system/modprobe@{name}.service", b"")
+
+
+UNUSED_GENERATORS = (
+    "systemd-cryptsetup-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-integritysetup-generator",
+    "systemd-rc-local-generator",
+    "systemd-system-update-generator",
+    "systemd-sysv-generator",
+    "systemd-veritysetup-generator",
+)
 
 
 def _os_release(recipe: Recipe, tree: Path) -> None:

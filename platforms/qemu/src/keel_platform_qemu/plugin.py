@@ -99,7 +99,6 @@ def keel_platforms() -> Sequence[Platform]:
                 "virtio_rng",
                 "qemu_fw_cfg",
             ],
-            packages=["jq"],
             emulation=QemuEmulation(firmware="bios", machine="q35", disk_interface="virtio"),
             metadata={"config": f"fw_cfg {FW_CFG_NAME} (JSON)", "console": "ttyS0"},
         )

@@ -85,9 +85,18 @@ def _run_daemon(proc: DaemonProcess, tmp_path: Path) -> Iterator[DaemonProcess]:
                 proc_bridge(proc), _subnet(), tmp_path / "state" / "network", outbound=False
             ),
         )
+        seen: list[str] = []  # what each container was, for the message below
         for cid in sup.ids():
-            with contextlib.suppress(Exception):
+            try:
+                cdir = sup.resolve(cid)
+                status = cdir.status()
+                seen.append(
+                    f"{cid[:12]}: {status.state}, restarts {status.restarts}, monitor "
+                    f"{status.monitor_pid} {'alive' if sup.monitor_alive(cdir) else 'gone'}"
+                )
                 sup.remove(cid, force=True)
+            except Exception as exc:  # reported if a container survives
+                seen.append(f"{cid[:12]}: rm -f failed: {exc!r}")
         sup.bridge.remove()
         runc_root = tmp_path / "run" / "runtime" / "runc"
         leftover = subprocess.run(
@@ -96,7 +105,7 @@ def _run_daemon(proc: DaemonProcess, tmp_path: Path) -> Iterator[DaemonProcess]:
             text=True,
             check=False,
         ).stdout.split()
-        assert not leftover, f"runc containers survived the test: {leftover}"
+        assert not leftover, f"runc containers survived the test: {leftover}; before rm: {seen}"
 
 
 def proc_bridge(proc: DaemonProcess) -> str:

@@ -82,6 +82,23 @@ def test_stop_kills_after_timeout_when_term_is_ignored(
     supervisor.stop(cid, timeout=0)
 
 
+def test_stop_kills_even_when_the_runtime_lost_the_container(
+    supervisor: Supervisor, busybox_rootfs: Path
+) -> None:
+    # The runtime's state is gone (a crash, a cleaned /run): `runc kill` fails, yet a stop
+    # must end the container, which its monitor reaches through the init's pidfd.
+    cid = supervisor.run(busybox(busybox_rootfs, "sleep", "300", restart="always"))
+    pid = status(supervisor, cid).pid
+    state = supervisor.run_dir / "runtime" / "runc" / cid
+    (state / "state.json").rename(state / "state.json.lost")
+    supervisor.stop(cid, timeout=0)
+    st = status(supervisor, cid)
+    assert (st.state, st.exit_code, st.stopped) == ("stopped", 137, True)
+    assert not Path(f"/proc/{pid}").exists()
+    if (state / "state.json.lost").exists():  # for the teardown's runc delete
+        (state / "state.json.lost").rename(state / "state.json")
+
+
 def test_on_failure_restarts_at_most_n_times(supervisor: Supervisor, busybox_rootfs: Path) -> None:
     cid = supervisor.run(
         busybox(busybox_rootfs, "sh", "-c", "echo run; exit 3", restart="on-failure:2")

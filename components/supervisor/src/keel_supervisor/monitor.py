@@ -18,6 +18,7 @@ it to stop the container (``stop-request.json`` may give the signal and timeout)
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -189,6 +190,10 @@ class Monitor:
                         stop_sent_at = now
                     elif now - stop_sent_at >= timeout:
                         self.runtime("kill", self.dir.id, "KILL", capture_output=True)
+                        # Also straight to the init: it works when the runtime cannot (its
+                        # state lost), and the init's death ends its whole pid namespace.
+                        with contextlib.suppress(ProcessLookupError):
+                            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                         stop_sent_at = float("inf")  # KILL sent once
         finally:
             os.close(pidfd)

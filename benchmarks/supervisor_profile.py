@@ -77,7 +77,6 @@ def _monitor_traced(out_dir: str, argv: list[str]) -> int:
 
 
 def _trace_supervisor(stamps: list[Stamp], out_dir: Path) -> None:
-    import subprocess  # noqa: PLC0415
 
     from keel_supervisor import api, daemon, rootfs, spec, state, supervisor  # noqa: PLC0415
 
@@ -98,31 +97,19 @@ def _trace_supervisor(stamps: list[Stamp], out_dir: Path) -> None:
     for module in (supervisor,):
         module.write_json = state.write_json  # type: ignore[attr-defined]
 
-    def spawn(self: Any) -> tuple[subprocess.Popen[bytes], int]:
-        read_fd, write_fd = os.pipe()
-        try:
-            child = subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "monitor-traced",
-                    str(out_dir),
-                    "keel_supervisor.monitor",  # how monitor_alive recognises a monitor
-                    "--spare",
-                    str(write_fd),
-                ],
-                pass_fds=(write_fd,),
-                start_new_session=True,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                close_fds=True,
-            )
-        finally:
-            os.close(write_fd)
-        return child, read_fd
+    def monitor_argv(self: Any, ready_fd: int) -> list[str]:
+        # "keel_supervisor.monitor" in the command line: how monitor_alive recognises one.
+        return [
+            sys.executable,
+            __file__,
+            "monitor-traced",
+            str(out_dir),
+            "keel_supervisor.monitor",
+            "--spare",
+            str(ready_fd),
+        ]
 
-    sup._spawn_monitor = spawn  # type: ignore[method-assign]
+    sup._monitor_argv = monitor_argv  # type: ignore[method-assign]
 
 
 def _setup(base: Path) -> tuple[Any, Any, Any]:

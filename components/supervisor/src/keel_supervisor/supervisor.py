@@ -238,12 +238,16 @@ class Supervisor:
             raise SupervisorError(f"container {cdir.record().name} did not start: {message}")
         return cdir.id
 
+    def _monitor_argv(self, ready_fd: int) -> list[str]:
+        """The command of a spare monitor that reports on ``ready_fd`` (benchmarks wrap it)."""
+        return [sys.executable, "-m", "keel_supervisor.monitor", "--spare", str(ready_fd)]
+
     def _spawn_monitor(self) -> tuple[subprocess.Popen[bytes], int]:
         """Start a spare monitor; returns it and the read end of its ready pipe."""
         read_fd, write_fd = os.pipe()
         try:
             child = subprocess.Popen(
-                [sys.executable, "-m", "keel_supervisor.monitor", "--spare", str(write_fd)],
+                self._monitor_argv(write_fd),
                 pass_fds=(write_fd,),
                 start_new_session=True,
                 stdin=subprocess.PIPE,

@@ -2,8 +2,9 @@
 
 It holds busybox (static), dmsetup with its libraries, the storage and filesystem
 modules (with their dependencies, from the image's own kernel) and ``guest/init``.
-The archive is written here, in Python, as a sorted newc cpio with fixed timestamps
-and gzip with no name or time, so that equal inputs give equal bytes.
+The archive is written here, in Python, as a sorted newc cpio with fixed timestamps,
+compressed with zstd (gzip with no name or time for kernels without zstd unpacking), so
+that equal inputs give equal bytes.
 """
 
 from __future__ import annotations
@@ -151,8 +152,44 @@ def build(rootfs_tree: Path, kernel_version: str, dest: Path, *, epoch: int) -> 
     moddir = rootfs_tree / "usr/lib/modules" / kernel_version
     if not moddir.is_dir():
         raise BuildError(STAGE, f"no modules for kernel {kernel_version} in the root tree")
-    order = kmods.ModuleIndex(moddir).closure(MODULES, stage=STAGE, optional=True)
+    index = kmods.ModuleIndex(moddir)
+    order = index.closure(MODULES, stage=STAGE, optional=True)
+    # Where busybox modprobe looks (lib/modules/`uname -r`), with the modules.dep lines
+    # of these modules, so that /init loads them all with one `modprobe -a`.
+    kdir = f"lib/modules/{kernel_version}"
     for rel in order:
-        archive.file(f"lib/modules/{rel}", (moddir / rel).read_bytes())
-    archive.file("lib/modules/load-order", ("\n".join(order) + "\n").encode())
-    dest.write_bytes(gzip.compress(archive.bytes(), compresslevel=6, mtime=0))
+        archive.file(f"{kdir}/{rel}", (moddir / rel).read_bytes())
+    archive.file(f"{kdir}/modules.dep", _modules_dep(index, order).encode())
+    names = [kmods.module_name(rel) for rel in order]
+    archive.file("lib/modules/load", ("\n".join(names) + "\n").encode())
+    dest.write_bytes(_compress(archive.bytes(), rootfs_tree / "boot" / f"config-{kernel_version}"))
+
+
+def _modules_dep(index: kmods.ModuleIndex, order: list[str]) -> str:
+    """modules.dep lines (``path: deps``, deepest last, as depmod writes) for ``order``."""
+    lines = []
+    for rel in order:
+        deps = [index.path_of[d] for d in index.deps_of[kmods.module_name(rel)]]
+        lines.append(f"{rel}: {' '.join(deps)}".rstrip() + "\n")
+    return "".join(lines)
+
+
+def _compress(archive: bytes, kernel_config: Path) -> bytes:
+    """zstd -19 if the kernel unpacks it (Debian's do), else gzip; same bytes each time.
+
+    zstd: 2.7 MB where gzip made 3.7, read by the firmware through GRUB (about 6 MB/s
+    under emulation with SeaBIOS) and unpacked by the kernel several times faster.
+    """
+    config = kernel_config.read_text() if kernel_config.exists() else ""
+    if "CONFIG_RD_ZSTD=y" in config:
+        tools.require("zstd", stage=STAGE)
+        proc = subprocess.run(
+            ["zstd", "-19", "-q", "-c", "--no-progress"],
+            input=archive,
+            capture_output=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BuildError(STAGE, f"zstd failed: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout
+    return gzip.compress(archive, compresslevel=6, mtime=0)

@@ -22,6 +22,11 @@ def _name(relpath: str) -> str:
     return base.replace("-", "_")
 
 
+def module_name(relpath: str) -> str:
+    """The module name of a module file (``kernel/drivers/md/dm-mod.ko`` -> ``dm_mod``)."""
+    return _name(relpath)
+
+
 class ModuleIndex:
     """The modules of one kernel (``lib/modules/<version>`` of a root tree)."""
 

@@ -137,6 +137,17 @@ def make_root(tree: Path, dest: Path, *, size_mib: int, epoch: int, seed: str, s
         ) if entry.is_file() and not entry.is_symlink() else tools.run(
             ["cp", "-a", "--link", str(entry), str(staging)], stage=stage
         )
+    # /etc as the initramfs would copy it on first boot (from /usr/share/factory/etc, with
+    # the marker it leaves): done here, the first boot skips the copy (0.3-0.9 s of reading
+    # /usr through verity under emulation). A ROOT without the marker (a factory reset)
+    # still gets its /etc from /usr at boot.
+    factory = tree / "usr/share/factory/etc"
+    if factory.is_dir():
+        if any((staging / "etc").iterdir()):
+            raise BuildError(stage, "/etc of the tree is not empty after moving it to /usr")
+        (staging / "etc").rmdir()
+        tools.run(["cp", "-a", str(factory), str(staging / "etc")], stage=stage)
+        (staging / "etc/.keel-factory").touch()
     fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"keel:{seed}:root"))
     hash_seed = str(uuid.uuid5(uuid.NAMESPACE_URL, f"keel:{seed}:root-hash"))
     tools.require("mkfs.ext4", stage=stage)

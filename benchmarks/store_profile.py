@@ -5,6 +5,7 @@ Not a ``bench_*`` module (``run.py`` does not pick it up); run it by hand::
     python benchmarks/store_profile.py trace [--puts=2000]   # spans of one put, 1 member
     python benchmarks/store_profile.py floor [--puts=2000]   # no-op unary RPC servers
     python benchmarks/store_profile.py gc [--keys=30000] [--puts=5000] [--rounds=2]
+    python benchmarks/store_profile.py gc-soak [--keys=10000] [--rounds=16]
 
 ``trace`` starts ``keel-store`` (one member, fsync on) in a child process whose hot
 functions are wrapped to record ``perf_counter_ns`` stamps, drives it with sequential
@@ -26,6 +27,13 @@ keys loaded with 100-put txns, then ``--puts`` sequential puts (p50, p99, p99.9,
 and 8000 puts from 64 concurrent clients. The child records every collection with
 ``gc.callbacks``: collections and time per generation, the longest pause, and the
 collector's time per put of each phase.
+
+``gc-soak`` watches what stays frozen under the policy in a steady state: each round
+writes ``--keys`` keys from 64 clients (one put in 50 with a 50 ms deadline, so some
+fail and their errors go through the server), deletes them every other round and
+compacts; ``--snapshot-count=10000`` makes the member snapshot and drop Raft entries
+as it goes. It prints the permanent generation's size and the RSS after each round:
+if frozen objects leaked (cyclic garbage), both would grow round after round.
 """
 
 from __future__ import annotations
@@ -334,6 +342,66 @@ def _gc_line(stats: dict[str, Any], puts: int) -> str:
     )
 
 
+async def _soak_round(ep: str, keys: int, r: int) -> None:
+    async with grpc.aio.insecure_channel(ep) as ch:
+        kv = rpcgrpc.KVStub(ch)
+        counter = iter(range(keys))
+
+        async def worker() -> None:
+            for i in counter:
+                request = rpcpb.PutRequest(key=b"s/%08d" % i, value=VALUE)
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await kv.Put(request, timeout=0.05 if i % 50 == 0 else 10)
+
+        await asyncio.gather(*(worker() for _ in range(64)))
+        if r % 2:
+            await kv.DeleteRange(rpcpb.DeleteRangeRequest(key=b"s/", range_end=b"s0"))
+        revision = (await kv.Range(rpcpb.RangeRequest(key=b"s/"))).header.revision
+        await kv.Compact(rpcpb.CompactionRequest(revision=revision))
+
+
+def gc_soak(keys: int, rounds: int) -> int:
+    """The permanent generation and the RSS of a member under a steady load."""
+    print(f"load {_load()}")
+    with tempfile.TemporaryDirectory(prefix="keel-gc-") as tmp:
+        client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+        out = Path(tmp) / "gc.json"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "serve-gc",
+                str(out),
+                "on",
+                "--name=m0",
+                f"--data-dir={tmp}/m0",
+                f"--listen-client-urls=http://{client}",
+                f"--advertise-client-urls=http://{client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=m0={peer}",
+                "--snapshot-count=10000",
+            ],
+        )
+        try:
+            _wait_ready(client)
+            print(f"started: frozen {_gc_stats(proc, out)['frozen']}")
+            for r in range(rounds):
+                asyncio.run(_soak_round(client, keys, r))
+                stats = _gc_stats(proc, out)
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                rss = int(status.split("VmRSS:")[1].split()[0])
+                print(
+                    f"round {r + 1}: frozen {stats['frozen']}, RSS {rss} kB, "
+                    f"full collections {stats['gc'][2][0]}"
+                )
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    print(f"load {_load()}")
+    return 0
+
+
 def gc_compare(keys: int, puts: int, rounds: int) -> int:
     """The daemon with its GC policy off and on, interleaved."""
     print(f"{keys} keys preloaded, {puts} sequential puts, 8000 puts 64-concurrent")
@@ -476,7 +544,8 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "serve-gc":
         return _serve_gc(argv[1], argv[2], argv[3:])
     puts = 5000 if argv[:1] == ["gc"] else 2000
-    keys, rounds = 30_000, 2
+    keys = 10_000 if argv[:1] == ["gc-soak"] else 30_000
+    rounds = 16 if argv[:1] == ["gc-soak"] else 2
     for a in argv:
         if a.startswith("--puts="):
             puts = int(a.split("=", 1)[1])
@@ -486,6 +555,8 @@ def main(argv: list[str]) -> int:
             rounds = int(a.split("=", 1)[1])
     if argv and argv[0] == "gc":
         return gc_compare(keys, puts, rounds)
+    if argv and argv[0] == "gc-soak":
+        return gc_soak(keys, rounds)
     if argv and argv[0] == "trace":
         return trace(puts)
     if argv and argv[0] == "floor":

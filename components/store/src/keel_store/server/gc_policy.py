@@ -10,12 +10,16 @@ takes: 17 ms with 10k keys and 52 ms with 30k were measured (docs/store.md, "Whe
 put's time goes").
 
 ``gc.freeze()`` moves every tracked object into a permanent generation that collections
-skip. The daemon (not library users: this is process-wide state) freezes once after
-recovery, before serving, and again after any full collection that leaves at least
-:data:`REFREEZE_OBJECTS` objects in the oldest generation, so a full collection scans
-roughly what was created since the previous freeze, at most ~1.25x that many objects.
-At that moment the survivors have just been found reachable and the younger
-generations are empty, so no garbage known to be garbage is frozen.
+skip. The daemon (not library users: this is process-wide state) freezes once the node
+has started (snapshot restored, WAL entries loaded; those entries are applied just
+after, and caught by a later refreeze), before it serves clients, and again after any
+full collection that leaves at least :data:`REFREEZE_OBJECTS` objects in the oldest
+generation, so a full collection scans roughly what was created since the previous
+freeze, at most ~1.25x that many objects. At that moment the survivors have just been
+found reachable and the younger generations are empty, so no garbage known to be
+garbage is frozen. Measured (``benchmarks/store_profile.py gc``, 30k keys): the longest
+collection went from 27-92 ms to 5-9 ms and the collector's time per put under 64
+clients from 11-19 us to 6-9 us.
 
 The price: a frozen object that later becomes unreachable only through a reference
 cycle is never freed. Objects that become unreachable without cycles are still freed
@@ -25,7 +29,8 @@ snapshot install) go away by reference counting
 (``components/store/tests/mvcc/test_gc_freeze.py`` checks this, and that it would
 notice a cycle). What a freeze may still catch are transient objects of requests in
 flight that later die in a cycle (exceptions with their tracebacks, for instance);
-refreezing only after a large growth bounds how often that can happen.
+refreezing only after a large growth bounds how often that can happen
+(``store_profile.py gc-soak``: the frozen set does not grow under a steady load).
 """
 
 from __future__ import annotations

@@ -13,7 +13,13 @@ Options: ``--quick`` (smaller counts, no check perf), ``--nodes=1,3``,
 ``--check-perf=s,m,l`` (the loads to run; 60 s each per server), ``--no-check-perf``,
 ``--only=failover`` (just the leader kill, 3 members, no check perf) with
 ``--rounds=N`` (N kills per server, the victim restarted in between; prints each window
-and the median, min and max).
+and the median, min and max); ``--only=puts`` (sequential and 64-concurrent puts only);
+``--preload=N`` (N keys written with 100-put txns before the sequential puts, which then
+see a key space of that size); ``--puts=N`` (sequential puts; default 2000, 500 with
+``--quick``); ``--baseline=DIR`` (also run keel-store from another checkout, e.g. the
+main branch's, with ``DIR/components/*/src`` first on ``PYTHONPATH``: a before/after
+comparison with etcd in the same run) with ``--repeat=N`` (N interleaved rounds of
+all the servers, one table each).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from rich.table import Table
 from keel_core.testing import free_port
 from keel_store.pb import rpcgrpc, rpcpb
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 132)
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 VALUE = b"v" * 256
@@ -48,15 +54,22 @@ VALUE = b"v" * 256
 class Server:
     """The members of one server under test (a plain class: run.py loads us by path)."""
 
-    def __init__(self, kind: str, argvs: list[list[str]], endpoints: list[str]) -> None:
+    def __init__(
+        self,
+        kind: str,
+        argvs: list[list[str]],
+        endpoints: list[str],
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.kind = kind
         self.argvs = argvs
         self.endpoints = endpoints
+        self.env = env
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(argvs)
 
     def start_member(self, i: int) -> None:
         self.procs[i] = subprocess.Popen(
-            self.argvs[i], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.argvs[i], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env
         )
 
     def kill_member(self, i: int) -> None:
@@ -71,7 +84,16 @@ class Server:
             self.kill_member(i)
 
 
-def launch(kind: str, n: int, tmp: Path) -> Server:
+def baseline_env(checkout: str) -> dict[str, str]:
+    """The environment that runs keel-store from ``checkout``'s sources."""
+    srcs = sorted(str(p) for p in Path(checkout).glob("components/*/src"))
+    if not srcs:
+        raise SystemExit(f"--baseline: no components/*/src under {checkout}")
+    old = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*srcs, *([old] if old else [])])}
+
+
+def launch(kind: str, n: int, tmp: Path, env: dict[str, str] | None = None) -> Server:
     peers = [(f"m{i}", f"http://127.0.0.1:{free_port()}") for i in range(n)]
     initial = ",".join(f"{name}={url}" for name, url in peers)
     argvs, endpoints = [], []
@@ -87,12 +109,12 @@ def launch(kind: str, n: int, tmp: Path) -> Server:
             f"--initial-cluster={initial}",
             "--initial-cluster-token=bench",
         ]
-        if kind == "keel":
+        if kind.startswith("keel"):
             argvs.append([sys.executable, "-m", "keel_store.daemon", *flags])
         else:
             argvs.append([ETCD, *flags, "--logger=zap", "--log-outputs=stderr"])
         endpoints.append(client)
-    server = Server(kind, argvs, endpoints)
+    server = Server(kind, argvs, endpoints, env)
     for i in range(n):
         server.start_member(i)
     deadline = time.monotonic() + 60
@@ -129,6 +151,18 @@ def leader_index(server: Server) -> int:
     raise RuntimeError("no leader")
 
 
+async def preload(ep: str, keys: int) -> None:
+    """``keys`` keys (``pre/...``), 100 per txn (etcd allows 128 ops per txn)."""
+    async with grpc.aio.insecure_channel(ep) as ch:
+        kv = rpcgrpc.KVStub(ch)
+        for start in range(0, keys, 100):
+            ops = [
+                rpcpb.RequestOp(request_put=rpcpb.PutRequest(key=b"pre/%08d" % i, value=VALUE))
+                for i in range(start, min(keys, start + 100))
+            ]
+            await kv.Txn(rpcpb.TxnRequest(success=ops))
+
+
 async def sequential_puts(ep: str, total: int) -> dict[str, float]:
     async with grpc.aio.insecure_channel(ep) as ch:
         kv = rpcgrpc.KVStub(ch)
@@ -144,6 +178,7 @@ async def sequential_puts(ep: str, total: int) -> dict[str, float]:
         "ops/s": total / elapsed,
         "p50 ms": lat[len(lat) // 2] * 1000,
         "p99 ms": lat[int(len(lat) * 0.99)] * 1000,
+        "max ms": lat[-1] * 1000,
     }
 
 
@@ -296,17 +331,34 @@ def check_perf(ep: str, load: str) -> dict[str, float]:
 
 
 async def measure(
-    kind: str, n: int, quick: bool, perf: list[str], *, only: str = "", rounds: int = 1
+    kind: str,
+    n: int,
+    quick: bool,
+    perf: list[str],
+    *,
+    only: str = "",
+    rounds: int = 1,
+    keys: int = 0,
+    puts: int = 0,
+    env: dict[str, str] | None = None,
 ) -> dict[str, dict[str, float]]:
     scale = 4 if quick else 1
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
-        server = launch(kind, n, Path(tmp))
+        server = launch(kind, n, Path(tmp), env)
         try:
             if only == "failover":
                 return {"leader kill": await failovers(server, rounds)} if n > 1 else {}
             ep = server.endpoints[leader_index(server)]
+            if keys:
+                await preload(ep, keys)
+            seq = f"sequential put, {keys} keys" if keys else "sequential put"
+            if only == "puts":
+                return {
+                    seq: await sequential_puts(ep, puts or 2000 // scale),
+                    "put conc 64": await concurrent(server.endpoints, 8000 // scale, 64, "put"),
+                }
             out = {
-                "sequential put": await sequential_puts(ep, 2000 // scale),
+                seq: await sequential_puts(ep, puts or 2000 // scale),
                 "put conc 64": await concurrent(server.endpoints, 8000 // scale, 64, "put"),
                 "range linearizable conc 64": await concurrent(
                     server.endpoints, 8000 // scale, 64, "range-l"
@@ -340,37 +392,60 @@ def main(argv: list[str]) -> int:
         elif a == "--no-check-perf":
             perf = []
     nodes = [1, 3]
-    only, rounds = "", 1
+    only, rounds, keys, puts, repeat = "", 1, 0, 0, 1
+    kinds: dict[str, dict[str, str] | None] = {"etcd": None, "keel": None}
     for a in argv:
         if a.startswith("--only="):
             only = a.split("=", 1)[1]
-            if only != "failover":
-                print(f"--only: only 'failover' is selectable, not {only!r}")
+            if only not in ("failover", "puts"):
+                print(f"--only: 'failover' or 'puts', not {only!r}")
                 return 2
-            nodes, perf = [3], []
+            if only == "failover":
+                nodes = [3]
+            perf = []
         elif a.startswith("--rounds="):
             rounds = max(1, int(a.split("=", 1)[1]))
+        elif a.startswith("--preload="):
+            keys = int(a.split("=", 1)[1])
+        elif a.startswith("--puts="):
+            puts = int(a.split("=", 1)[1])
+        elif a.startswith("--repeat="):
+            repeat = max(1, int(a.split("=", 1)[1]))
+        elif a.startswith("--baseline="):
+            kinds = {"etcd": None, "keel-base": baseline_env(a.split("=", 1)[1]), "keel": None}
     for a in argv:
         if a.startswith("--nodes="):
             nodes = [int(x) for x in a.split("=", 1)[1].split(",")]
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
-    for n in nodes:
+    for n, r in ((n, r) for n in nodes for r in range(repeat)):
         results = {}
         load_before = _load()
-        for kind in ("etcd", "keel"):
+        for kind, env in kinds.items():
             console.print(f"[bold]{kind}[/bold], {n} member(s) ...")
-            results[kind] = asyncio.run(measure(kind, n, quick, perf, only=only, rounds=rounds))
+            results[kind] = asyncio.run(
+                measure(
+                    kind, n, quick, perf, only=only, rounds=rounds, keys=keys, puts=puts, env=env
+                )
+            )
+        title = f"keel-store vs etcd 3.4.23, {n} member(s), loopback, 256 B values"
         table = Table(
-            title=f"keel-store vs etcd 3.4.23, {n} member(s), loopback, 256 B values",
+            title=title + (f", round {r + 1}/{repeat}" if repeat > 1 else ""),
             caption=f"load average (1, 5, 15 min) before {load_before}, after {_load()}",
         )
-        for col in ("test", "metric", "etcd", "keel", "keel/etcd"):
+        base = "keel-base" in kinds
+        columns = ["test", "metric", *kinds, "keel/etcd", *(["keel/base"] if base else [])]
+        for col in columns:
             table.add_column(col, justify="left" if col in ("test", "metric") else "right")
         for test, metrics in results["etcd"].items():
             for metric, theirs in metrics.items():
-                ours = results["keel"].get(test, {}).get(metric, float("nan"))
-                ratio = ours / theirs if theirs else float("nan")
-                table.add_row(test, metric, f"{theirs:,.2f}", f"{ours:,.2f}", f"{ratio:.2f}x")
+                values = [results[k].get(test, {}).get(metric, float("nan")) for k in kinds]
+                ours = values[-1]
+                ratios = [ours / theirs if theirs else float("nan")]
+                if base:
+                    ratios.append(ours / values[1] if values[1] else float("nan"))
+                table.add_row(
+                    test, metric, *(f"{v:,.2f}" for v in values), *(f"{x:.2f}x" for x in ratios)
+                )
         console.print(table)
     return 0
 

@@ -4,6 +4,8 @@ Not a ``bench_*`` module (``run.py`` does not pick it up); run it by hand::
 
     python benchmarks/store_profile.py trace [--puts=2000]   # spans of one put, 1 member
     python benchmarks/store_profile.py floor [--puts=2000]   # no-op unary RPC servers
+    python benchmarks/store_profile.py gc [--keys=30000] [--puts=5000] [--rounds=2]
+    python benchmarks/store_profile.py gc-soak [--keys=10000] [--rounds=16]
 
 ``trace`` starts ``keel-store`` (one member, fsync on) in a child process whose hot
 functions are wrapped to record ``perf_counter_ns`` stamps, drives it with sequential
@@ -17,11 +19,27 @@ gRPC layer (both ends, plus loopback).
 set-ups (grpc.aio, the thread-pool server, server options) and measures sequential
 and 64-concurrent calls from the same client, so the fixed cost of one RPC is known
 before blaming the store for it.
+
+``gc`` compares the daemon with and without its garbage-collector policy
+(:mod:`keel_store.server.gc_policy`; "off" is the same code with the policy's
+``install`` made a no-op), the two interleaved for ``--rounds``: one member, ``--keys``
+keys loaded with 100-put txns, then ``--puts`` sequential puts (p50, p99, p99.9, max)
+and 8000 puts from 64 concurrent clients. The child records every collection with
+``gc.callbacks``: collections and time per generation, the longest pause, and the
+collector's time per put of each phase.
+
+``gc-soak`` watches what stays frozen under the policy in a steady state: each round
+writes ``--keys`` keys from 64 clients (one put in 50 with a 50 ms deadline, so some
+fail and their errors go through the server), deletes them every other round and
+compacts; ``--snapshot-count=10000`` makes the member snapshot and drop Raft entries
+as it goes. It prints the permanent generation's size and the RSS after each round:
+if frozen objects leaked (cyclic garbage), both would grow round after round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -208,6 +226,201 @@ def _wait_ready(ep: str) -> None:
             time.sleep(0.1)
 
 
+# --- the garbage collector (child process and driver) ------------------------------------------
+
+
+def _serve_gc(out: str, policy: str, argv: list[str]) -> int:
+    """Run the daemon, its GC policy on or off, recording every collection; dump on SIGUSR1."""
+    import gc  # noqa: PLC0415
+
+    from keel_store import daemon  # noqa: PLC0415
+    from keel_store.server import gc_policy  # noqa: PLC0415
+
+    if policy == "off":
+        gc_policy.GcPolicy.install = lambda self: None  # type: ignore[method-assign]
+    stats = [[0, 0, 0] for _ in range(3)]  # per generation: count, total ns, max ns
+    started = [0]
+
+    def record(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter_ns()
+            return
+        took = time.perf_counter_ns() - started[0]
+        s = stats[info["generation"]]
+        s[0] += 1
+        s[1] += took
+        s[2] = max(s[2], took)
+
+    gc.callbacks.insert(0, record)
+
+    def dump(*_: Any) -> None:
+        Path(out).write_text(json.dumps({"gc": stats, "frozen": gc.get_freeze_count()}))
+        for s in stats:
+            s[:] = [0, 0, 0]
+
+    signal.signal(signal.SIGUSR1, dump)
+    return daemon.main(argv)
+
+
+async def _gc_load(ep: str, keys: int, puts: int) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(ep) as ch:
+        kv = rpcgrpc.KVStub(ch)
+        for start in range(0, keys, 100):
+            ops = [
+                rpcpb.RequestOp(request_put=rpcpb.PutRequest(key=b"pre/%08d" % i, value=VALUE))
+                for i in range(start, min(keys, start + 100))
+            ]
+            await kv.Txn(rpcpb.TxnRequest(success=ops))
+        lat = []
+        for i in range(puts):
+            t = time.perf_counter_ns()
+            await kv.Put(rpcpb.PutRequest(key=b"seq/%08d" % i, value=VALUE))
+            lat.append(time.perf_counter_ns() - t)
+    lat.sort()
+    return {
+        "p50": lat[len(lat) // 2] / 1e6,
+        "p99": lat[int(len(lat) * 0.99)] / 1e6,
+        "p99.9": lat[int(len(lat) * 0.999)] / 1e6,
+        "max": lat[-1] / 1e6,
+    }
+
+
+def _gc_stats(proc: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
+    out.unlink(missing_ok=True)
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return dict(json.loads(out.read_text()))
+        time.sleep(0.05)
+    raise RuntimeError("no GC stats from the child")
+
+
+def _gc_round(policy: str, keys: int, puts: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="keel-gc-") as tmp:
+        client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+        out = Path(tmp) / "gc.json"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "serve-gc",
+                str(out),
+                policy,
+                "--name=m0",
+                f"--data-dir={tmp}/m0",
+                f"--listen-client-urls=http://{client}",
+                f"--advertise-client-urls=http://{client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=m0={peer}",
+            ],
+        )
+        try:
+            _wait_ready(client)
+            _gc_stats(proc, out)  # start counting from here
+            seq = asyncio.run(_gc_load(client, keys, puts))
+            seq_gc = _gc_stats(proc, out)
+            rate = asyncio.run(_concurrent(client, 8000, 64))
+            conc_gc = _gc_stats(proc, out)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return {"seq": seq, "seq_gc": seq_gc, "rate": rate, "conc_gc": conc_gc}
+
+
+def _gc_line(stats: dict[str, Any], puts: int) -> str:
+    gens = stats["gc"]
+    total = sum(g[1] for g in gens)
+    longest = max(g[2] for g in gens)
+    counts = "/".join(str(g[0]) for g in gens)
+    full = gens[2][1] / 1e6
+    return (
+        f"collections {counts} (gen 0/1/2), {total / 1e6:6.1f} ms in all ({full:5.1f} ms full), "
+        f"longest {longest / 1e6:5.1f} ms, {total / 1e3 / puts:5.1f} us/put, "
+        f"frozen {stats['frozen']}"
+    )
+
+
+async def _soak_round(ep: str, keys: int, r: int) -> None:
+    async with grpc.aio.insecure_channel(ep) as ch:
+        kv = rpcgrpc.KVStub(ch)
+        counter = iter(range(keys))
+
+        async def worker() -> None:
+            for i in counter:
+                request = rpcpb.PutRequest(key=b"s/%08d" % i, value=VALUE)
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await kv.Put(request, timeout=0.05 if i % 50 == 0 else 10)
+
+        await asyncio.gather(*(worker() for _ in range(64)))
+        if r % 2:
+            await kv.DeleteRange(rpcpb.DeleteRangeRequest(key=b"s/", range_end=b"s0"))
+        revision = (await kv.Range(rpcpb.RangeRequest(key=b"s/"))).header.revision
+        await kv.Compact(rpcpb.CompactionRequest(revision=revision))
+
+
+def gc_soak(keys: int, rounds: int) -> int:
+    """The permanent generation and the RSS of a member under a steady load."""
+    print(f"load {_load()}")
+    with tempfile.TemporaryDirectory(prefix="keel-gc-") as tmp:
+        client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+        out = Path(tmp) / "gc.json"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "serve-gc",
+                str(out),
+                "on",
+                "--name=m0",
+                f"--data-dir={tmp}/m0",
+                f"--listen-client-urls=http://{client}",
+                f"--advertise-client-urls=http://{client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=m0={peer}",
+                "--snapshot-count=10000",
+            ],
+        )
+        try:
+            _wait_ready(client)
+            print(f"started: frozen {_gc_stats(proc, out)['frozen']}")
+            for r in range(rounds):
+                asyncio.run(_soak_round(client, keys, r))
+                stats = _gc_stats(proc, out)
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                rss = int(status.split("VmRSS:")[1].split()[0])
+                print(
+                    f"round {r + 1}: frozen {stats['frozen']}, RSS {rss} kB, "
+                    f"full collections {stats['gc'][2][0]}"
+                )
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    print(f"load {_load()}")
+    return 0
+
+
+def gc_compare(keys: int, puts: int, rounds: int) -> int:
+    """The daemon with its GC policy off and on, interleaved."""
+    print(f"{keys} keys preloaded, {puts} sequential puts, 8000 puts 64-concurrent")
+    for r in range(rounds):
+        for policy in ("off", "on"):
+            load = _load()
+            res = _gc_round(policy, keys, puts)
+            q = res["seq"]
+            print(f"round {r + 1}, policy {policy}, load before {load}, after {_load()}")
+            print(
+                f"  sequential p50 {q['p50']:.2f} p99 {q['p99']:.2f} p99.9 {q['p99.9']:.2f}"
+                f" max {q['max']:.2f} ms"
+            )
+            print(f"    preload + sequential: {_gc_line(res['seq_gc'], keys + puts)}")
+            print(f"  64 concurrent {res['rate']:7.0f} puts/s")
+            print(f"    concurrent: {_gc_line(res['conc_gc'], 8000)}")
+    return 0
+
+
 # --- the no-op servers --------------------------------------------------------------------------
 
 _RESP = rpcpb.PutResponse(header=rpcpb.ResponseHeader(cluster_id=1, member_id=2, revision=3))
@@ -328,10 +541,22 @@ def main(argv: list[str]) -> int:
         return _serve_traced(argv[1], argv[2:])
     if argv and argv[0] == "serve-floor":
         return _serve_floor(argv[1], argv[2])
-    puts = 2000
+    if argv and argv[0] == "serve-gc":
+        return _serve_gc(argv[1], argv[2], argv[3:])
+    puts = 5000 if argv[:1] == ["gc"] else 2000
+    keys = 10_000 if argv[:1] == ["gc-soak"] else 30_000
+    rounds = 16 if argv[:1] == ["gc-soak"] else 2
     for a in argv:
         if a.startswith("--puts="):
             puts = int(a.split("=", 1)[1])
+        elif a.startswith("--keys="):
+            keys = int(a.split("=", 1)[1])
+        elif a.startswith("--rounds="):
+            rounds = int(a.split("=", 1)[1])
+    if argv and argv[0] == "gc":
+        return gc_compare(keys, puts, rounds)
+    if argv and argv[0] == "gc-soak":
+        return gc_soak(keys, rounds)
     if argv and argv[0] == "trace":
         return trace(puts)
     if argv and argv[0] == "floor":

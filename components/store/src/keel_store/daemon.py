@@ -35,6 +35,7 @@ from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server import auth_service, gateway, kv_service, other_services, tokens
+from keel_store.server.gc_policy import GcPolicy
 from keel_store.server.grpc_metrics import GrpcStats, instrument
 from keel_store.server.members import Cluster, ClusterConfigError, parse_initial_cluster
 from keel_store.server.node import NodeConfig, StoreNode
@@ -332,6 +333,11 @@ async def serve(args: argparse.Namespace) -> int:
     config = node_config(args)
     node = StoreNode(config)
     await node.start()
+    # After recovery: the imported modules and the recovered state leave the collected
+    # generations, so full collections do not stop the loop to scan the key space
+    # (keel_store.server.gc_policy). Process-wide, hence here and not in StoreNode.
+    gc_policy = GcPolicy()
+    gc_policy.install()
     kv = kv_service.KVService(node, args.max_txn_ops)
     grpc_stats = GrpcStats()
     server = _server(node, kv, args, grpc_stats)
@@ -358,6 +364,7 @@ async def serve(args: argparse.Namespace) -> int:
         await gw.close()
     await server.stop(grace=0.5)
     await node.stop()
+    gc_policy.uninstall()
     return 0
 
 

@@ -53,12 +53,25 @@ def grubenv(values: dict[str, str]) -> bytes:
 
 
 def slot_cfg(slot: str, kernel_args: list[str]) -> bytes:
-    """GRUB commands that load ``slot``'s kernel and initramfs."""
+    """GRUB commands that load ``slot``'s kernel and initramfs.
+
+    Under BIOS through the 16-bit boot protocol (``linux16``: the kernel's own real-mode
+    setup code runs, as with QEMU's ``-kernel`` or RHEL 7's GRUB), not GRUB's 32-bit entry:
+    under TCG, from ``boot`` to the kernel's first line took 2.3 s through the 32-bit entry
+    and 0.7 s through the 16-bit one, same kernel, initramfs and loading time (0.7 s).
+    """
     args = " ".join([f"keel.slot={slot}", *kernel_args])
+    kernel = f"($root)/keel/{slot}/vmlinuz"
+    initrd = f"($root)/keel/{slot}/initrd.img"
     return (
         f"# slot {slot}: written by keel-image (the updater rewrites it for a new /usr)\n"
-        f"linux ($root)/keel/{slot}/vmlinuz {args}\n"
-        f"initrd ($root)/keel/{slot}/initrd.img\n"
+        'if [ "$grub_platform" = pc ]; then\n'
+        f"    linux16 {kernel} {args}\n"
+        f"    initrd16 {initrd}\n"
+        "else\n"
+        f"    linux {kernel} {args}\n"
+        f"    initrd {initrd}\n"
+        "fi\n"
     ).encode()
 
 
@@ -91,6 +104,7 @@ def grub_images(work: Path, esp_uuid: str, *, stage: str) -> tuple[Path, Path]:
             "-p",
             "/grub",
             "biosdisk",
+            "linux16",
             *COMMON_MODULES,
         ],
         stage=stage,

@@ -249,10 +249,14 @@ class Machine:
             self._check_alive("QEMU exited while booting")
             if not probe.poll(0.25):
                 return False
+            answered = probe.take()
             probe.close()
             session = ssh.Session(self.ssh_port, self.config.key, self.config.user)  # type: ignore[arg-type]
             try:
-                session.connect()
+                if answered is None:
+                    session.connect()
+                else:
+                    session.connect(sock=answered[0], read=answered[1])
             except SshError:
                 if last:
                     raise

@@ -113,6 +113,7 @@ class BannerProbe:
         self._open: dict[socket.socket, tuple[float, bytes]] = {}
         self._last_open = -1e9
         self._ready: tuple[socket.socket, bytes] | None = None
+        self._fast = False
 
     def poll(self, wait: float) -> bool:
         """Open a probe if one is due, then wait up to ``wait`` s for a banner on any."""
@@ -122,6 +123,13 @@ class BannerProbe:
             if now - opened > hold:
                 self._drop(sock)
         fast = self.answered or (self.address_known is not None and self.address_known())
+        if fast and not self._fast:
+            # The guest has just got its address: probes opened before are held by QEMU
+            # until its own SYN retries reach the guest (seconds); they would fill the pool
+            # meanwhile. Fresh probes reach it at once.
+            self._fast = True
+            for sock in list(self._open):
+                self._drop(sock)
         period = self.period if fast else self.quiet_period
         if len(self._open) < self.pool and now - self._last_open >= period:
             self._last_open = now

@@ -51,6 +51,8 @@ class ImageContribution:
     files: Sequence[FileContribution] = ()
     units: Sequence[str] = ()
     """systemd units (already shipped through ``files`` or packages) to enable."""
+    disabled_units: Sequence[str] = ()
+    """Units that a package enables on install and this image must not run (disabled)."""
     kernel_args: Sequence[str] = ()
     kernel_modules: Sequence[str] = ()
     """Kernel modules (names, e.g. ``virtio_net``) that must stay after pruning."""

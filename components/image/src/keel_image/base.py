@@ -47,7 +47,12 @@ KERNEL_ARGS = [
     "systemd.show_status=auto",
 ]
 
-UNITS = ["systemd-networkd.service", "keel-boot-ok.service", "ssh.service"]
+UNITS = [
+    "systemd-networkd.service",
+    "keel-boot-ok.service",
+    "ssh.socket",
+    "keel-growfs-root.service",
+]
 
 NETWORK_DHCP = """\
 # Any Ethernet interface without a more specific .network file: DHCPv4 only.
@@ -81,7 +86,7 @@ Description=Make this machine's SSH host key (first boot)
 ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 DefaultDependencies=no
 After=local-fs.target
-Before=ssh.service shutdown.target
+Before=ssh.socket ssh.service shutdown.target
 Conflicts=shutdown.target
 
 [Service]
@@ -109,10 +114,33 @@ WantedBy=multi-user.target
 """
 
 FSTAB = """\
-# ROOT (/) and /usr are mounted by the initramfs; / is listed so that systemd grows it
-# (after systemd-repart grew the partition) to fill the disk on first boot.
-PARTLABEL=ROOT / ext4 rw,x-systemd.growfs 0 0
+# ROOT (/) and /usr are mounted by the initramfs; keel-growfs-root.service grows / to fill
+# its partition (after systemd-repart grew the partition to fill the disk).
+PARTLABEL=ROOT / ext4 rw 0 0
 PARTLABEL=EFI-SYSTEM /boot vfat umask=0077,noauto,nofail,x-systemd.automount 0 2
+"""
+
+# Not x-systemd.growfs in fstab: systemd's growfs@-.service is ordered before
+# local-fs.target, and so before everything on the path to sshd, while growing ext4 is an
+# online resize that needs to wait for nothing but systemd-repart (on first boot under TCG,
+# repart and growfs held local-fs.target back by 0.3-1 s).
+GROWFS_ROOT = """\
+[Unit]
+Description=Grow the root file system to fill its partition
+Documentation=man:systemd-growfs(8)
+DefaultDependencies=no
+After=systemd-repart.service -.mount
+Conflicts=shutdown.target
+Before=shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/lib/systemd/systemd-growfs /
+TimeoutSec=infinity
+
+[Install]
+WantedBy=sysinit.target
 """
 
 REPART_ROOT = """\
@@ -130,6 +158,44 @@ REPART_AFTER_REMOUNT = """\
 # ROOT is not (systemd-growfs-root waits for repart itself).
 [Unit]
 After=systemd-remount-fs.service
+"""
+
+# sshd per connection, started by systemd on the listening socket (as Flatcar does):
+# nothing to start at boot beyond the socket, which listens from sockets.target on. A
+# listening sshd took 1.5 s of CPU to start under emulation, in the busiest second of the
+# boot; each connection costs one sshd either way (the daemon re-executes itself for each).
+# Debian's own ssh.socket (Accept=no) is replaced. ssh.service is still there, not enabled.
+SSH_SOCKET = """\
+[Unit]
+Description=OpenBSD Secure Shell server socket (one sshd per connection)
+Documentation=man:sshd(8) man:sshd_config(5)
+Conflicts=ssh.service
+Before=sockets.target
+Wants=keel-ssh-hostkeys.service
+After=keel-ssh-hostkeys.service
+ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
+
+[Socket]
+ListenStream=22
+Accept=yes
+
+[Install]
+WantedBy=sockets.target
+"""
+
+SSH_PER_CONNECTION = """\
+[Unit]
+Description=OpenBSD Secure Shell server, one connection
+Documentation=man:sshd(8) man:sshd_config(5)
+After=auditd.service
+
+[Service]
+EnvironmentFile=-/etc/default/ssh
+ExecStart=-/usr/sbin/sshd -i $SSHD_OPTS
+StandardInput=socket
+RuntimeDirectory=sshd
+RuntimeDirectoryMode=0755
+RuntimeDirectoryPreserve=yes
 """
 
 # Debian's ssh.service, less what holds sshd back at boot: it is not ordered after
@@ -195,10 +261,15 @@ def contribution(image: ImageDefinition) -> ImageContribution:
         FileContribution("/etc/fstab", FSTAB.encode()),
         FileContribution("/usr/lib/repart.d/50-keel-root.conf", REPART_ROOT.encode()),
         FileContribution(
+            "/usr/lib/systemd/system/keel-growfs-root.service", GROWFS_ROOT.encode()
+        ),
+        FileContribution(
             "/usr/lib/systemd/system/systemd-repart.service.d/keel-after-remount.conf",
             REPART_AFTER_REMOUNT.encode(),
         ),
         FileContribution("/usr/lib/systemd/system/ssh.service", SSH_SERVICE.encode()),
+        FileContribution("/usr/lib/systemd/system/ssh.socket", SSH_SOCKET.encode()),
+        FileContribution("/usr/lib/systemd/system/ssh@.service", SSH_PER_CONNECTION.encode()),
         FileContribution("/usr/lib/udev/rules.d/99-zz-keel-usr.rules", USR_DEVICE_RULES.encode()),
         FileContribution("/etc/sudoers.d/keel-core", b"core ALL=(ALL) NOPASSWD: ALL\n", mode=0o440),
         FileContribution("/usr/lib/tmpfiles.d/keel-core.conf", TMPFILES.encode()),
@@ -208,6 +279,7 @@ def contribution(image: ImageDefinition) -> ImageContribution:
         packages=PACKAGES,
         files=files,
         units=UNITS,
+        disabled_units=["ssh.service"],  # openssh-server enables it; ssh.socket replaces it
         kernel_args=KERNEL_ARGS,
         kernel_modules=KERNEL_MODULES,
         sysusers=SYSUSERS,

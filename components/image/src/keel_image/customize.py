@@ -89,6 +89,7 @@ def build(
     kept, removed = index.prune(keep)
     tools.run(["chroot", str(tree), "/usr/sbin/depmod", version], stage=STAGE)
     _mask_absent_modprobes(tree, index, {_module_name(k) for k in keep})
+    _static_nodes(tree, moddir)
 
     _apply_contributions(recipe, tree)
     if python_layers:
@@ -112,6 +113,20 @@ def _apply_contributions(recipe: Recipe, tree: Path) -> None:
             replace_file(
                 tree / f"usr/lib/sysusers.d/keel-{c.name}.conf",
                 ("\n".join(c.sysusers) + "\n").encode(),
+            )
+    disabled = sorted({u for c in recipe.contributions for u in c.disabled_units})
+    if disabled:
+        proc = subprocess.run(
+            ["systemctl", f"--root={tree}", "disable", *disabled],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BuildError(
+                STAGE,
+                f"systemctl disable {' '.join(disabled)} failed: {proc.stderr.strip()}",
+                "a contribution disables a unit that no file or package provides",
             )
     units = sorted({u for c in recipe.contributions for u in c.units})
     if units:
@@ -213,6 +228,38 @@ def _mask_absent_modprobes(tree: Path, index: kmods.ModuleIndex, kept: set[str])
     for name in MODPROBE_INSTANCES:
         if name not in kept and name not in index.builtin:
             replace_file(tree / f"usr/lib/systemd/system/modprobe@{name}.service", b"")
+
+
+def _static_nodes(tree: Path, moddir: Path) -> None:
+    """Write kmod's static device nodes list at build time instead of at every boot.
+
+    ``kmod-static-nodes.service`` turns the kernel's ``modules.devname`` into
+    /run/tmpfiles.d/static-nodes.conf on each boot (``/dev/net/tun`` and the like, which
+    load their module when opened); it was first on the path to sshd (kmod links
+    libcrypto: 0.5-0.8 s under emulation). The list depends only on the kernel in /usr, so
+    the same lines (kmod's format) go to /usr/lib/tmpfiles.d and the unit is masked.
+    """
+    lines = []
+    devname = moddir / "modules.devname"
+    text = devname.read_text() if devname.exists() else ""
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 3 or line.startswith("#"):
+            continue
+        _module, node, spec = fields
+        kind, numbers = spec[0], spec[1:]
+        if kind not in "cb" or ":" not in numbers:
+            continue
+        parent = node.rpartition("/")[0]
+        if parent:
+            lines.append(f"d /dev/{parent} 0755 - - -")
+        lines.append(f"{kind}! /dev/{node} 0600 - - - {numbers}")
+    header = "# Static device nodes of this image's kernel (kmod static-nodes), made at build.\n"
+    replace_file(
+        tree / "usr/lib/tmpfiles.d/static-nodes-keel.conf",
+        (header + "".join(f"{line}\n" for line in lines)).encode(),
+    )
+    replace_file(tree / "usr/lib/systemd/system/kmod-static-nodes.service", b"")
 
 
 UNUSED_GENERATORS = (

@@ -118,6 +118,7 @@ class Recipe:
                     sorted(c.packages),
                     files,
                     list(c.units),
+                    list(c.disabled_units),
                     list(c.kernel_args),
                     sorted(c.kernel_modules),
                     list(c.sysusers),

@@ -57,12 +57,17 @@ def test_bios_boot_mounts_usr_read_only_from_usr_a(machine: Machine, keel_image:
     )
     assert machine.succeed("cat /etc/os-release | grep ^ID=").strip() == "ID=keel"
     # machine-id: empty in the image, so systemd writes a new one into /etc at boot without
-    # taking it for a "first boot" (whose preset-all would have enabled ssh.socket)
+    # taking it for a "first boot" (whose preset-all would have enabled every unit, such as
+    # systemd-sysext and Debian's ssh.service next to Keel's ssh.socket)
     assert machine.succeed("stat -c %s /usr/share/factory/etc/machine-id").strip() == "0"
     assert machine.succeed("findmnt -n /etc/machine-id || echo not-a-mount").strip() == (
         "not-a-mount"
     )
-    assert machine.execute("systemctl is-enabled ssh.socket")[1].strip() == "disabled"
+    assert machine.execute("systemctl is-enabled systemd-sysext.service")[1].strip() == "disabled"
+    assert machine.execute("systemctl is-enabled ssh.service")[1].strip() == "disabled"
+    # sshd runs per connection from ssh.socket (this test's own SSH session is one)
+    assert machine.succeed("systemctl is-active ssh.socket").strip() == "active"
+    assert "ssh@" in machine.succeed("systemctl list-units --no-legend 'ssh@*'")
 
 
 @pytest.mark.smoke  # CI boots both firmwares

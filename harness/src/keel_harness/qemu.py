@@ -18,8 +18,11 @@ from typing import Any
 from keel_harness import netwatch
 from keel_harness.errors import HarnessError
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Debian's 2 MB OVMF build (its variable store is too small for Secure Boot's key lists,
+# which the harness does not use): under TCG it reached GRUB in 3.8 s where the 4 MB build
+# took 4.2-4.7 s.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 FW_CFG_NAME = "opt/org.keel/config"
 
 

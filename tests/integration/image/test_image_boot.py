@@ -115,6 +115,20 @@ def test_root_grows_to_fill_a_bigger_disk(machine_factory, keel_image: Path, tmp
     m.start()
     m.wait_for_ssh()
     m.wait_for_unit("systemd-repart.service", timeout=300)
+    m.wait_for_unit("keel-growfs-root.service", timeout=300)  # grows / after repart, online
     size = int(m.succeed("findmnt -n -b -o SIZE /").strip())
     assert size > 2_500_000_000  # 256 MiB as built; the 4 GiB disk minus the other partitions
     assert m.succeed("blockdev --getsize64 /dev/disk/by-partlabel/ROOT").strip() != str(256 << 20)
+
+
+def test_etc_without_its_factory_marker_is_copied_again_from_usr(machine: Machine):
+    """The built ROOT has /etc already; a ROOT without the marker gets /etc from /usr at boot."""
+    m = machine
+    assert m.succeed("test -e /etc/.keel-factory && echo built-in").strip() == "built-in"
+    m.succeed("rm /etc/.keel-factory /etc/debian_version && sync")
+    m.reboot()
+    assert m.succeed("test -e /etc/.keel-factory && echo copied").strip() == "copied"
+    assert m.succeed("cat /etc/debian_version") == m.succeed(
+        "cat /usr/share/factory/etc/debian_version"
+    )
+    assert "copying /etc from /usr/share/factory/etc" in m.succeed("journalctl -b -k --no-pager")

@@ -114,9 +114,8 @@ WantedBy=multi-user.target
 """
 
 FSTAB = """\
-# ROOT (/) and /usr are mounted by the initramfs; keel-growfs-root.service grows / to fill
-# its partition (after systemd-repart grew the partition to fill the disk).
-PARTLABEL=ROOT / ext4 rw 0 0
+# ROOT (/, read-write) and /usr (read-only, dm-verity) are mounted by the initramfs, not
+# from this file; keel-growfs-root.service grows / after systemd-repart grew ROOT.
 PARTLABEL=EFI-SYSTEM /boot vfat umask=0077,noauto,nofail,x-systemd.automount 0 2
 """
 
@@ -150,15 +149,6 @@ REPART_ROOT = """\
 Type=root
 """
 
-REPART_AFTER_REMOUNT = """\
-# systemd-repart rewrites the partition table (first boot on a bigger disk) while
-# systemd-remount-fs resolves PARTLABEL=ROOT for / : seen failing under load with
-# "mount: /: can't find PARTLABEL=ROOT" as the kernel re-read the table. One after the other,
-# repart second: remount-fs is on the path to sshd (sysusers, the fw_cfg reader), growing
-# ROOT is not (systemd-growfs-root waits for repart itself).
-[Unit]
-After=systemd-remount-fs.service
-"""
 
 # sshd per connection, started by systemd on the listening socket (as Flatcar does):
 # nothing to start at boot beyond the socket, which listens from sockets.target on. A
@@ -260,13 +250,7 @@ def contribution(image: ImageDefinition) -> ImageContribution:
         FileContribution("/usr/lib/systemd/system/keel-boot-ok.service", BOOT_OK.encode()),
         FileContribution("/etc/fstab", FSTAB.encode()),
         FileContribution("/usr/lib/repart.d/50-keel-root.conf", REPART_ROOT.encode()),
-        FileContribution(
-            "/usr/lib/systemd/system/keel-growfs-root.service", GROWFS_ROOT.encode()
-        ),
-        FileContribution(
-            "/usr/lib/systemd/system/systemd-repart.service.d/keel-after-remount.conf",
-            REPART_AFTER_REMOUNT.encode(),
-        ),
+        FileContribution("/usr/lib/systemd/system/keel-growfs-root.service", GROWFS_ROOT.encode()),
         FileContribution("/usr/lib/systemd/system/ssh.service", SSH_SERVICE.encode()),
         FileContribution("/usr/lib/systemd/system/ssh.socket", SSH_SOCKET.encode()),
         FileContribution("/usr/lib/systemd/system/ssh@.service", SSH_PER_CONNECTION.encode()),

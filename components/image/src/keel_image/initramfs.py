@@ -162,7 +162,44 @@ def build(rootfs_tree: Path, kernel_version: str, dest: Path, *, epoch: int) -> 
     archive.file(f"{kdir}/modules.dep", _modules_dep(index, order).encode())
     names = [kmods.module_name(rel) for rel in order]
     archive.file("lib/modules/load", ("\n".join(names) + "\n").encode())
+    archive.file("etc/keel-readahead", ("\n".join(readahead_list(rootfs_tree)) + "\n").encode())
     dest.write_bytes(_compress(archive.bytes(), rootfs_tree / "boot" / f"config-{kernel_version}"))
+
+
+READAHEAD_FIRST = [
+    "lib/systemd/systemd",
+    "lib/systemd/systemd-journald",
+    "lib/systemd/systemd-udevd",
+    "lib/systemd/systemd-networkd",
+]
+"""What systemd runs first (beside its generators and unit files, listed separately)."""
+
+
+def readahead_list(tree: Path) -> list[str]:
+    """Files under /usr that the boot reads first, for /init to read ahead (paths in /usr).
+
+    systemd and the first daemons, the libraries they link (``ldd`` in the tree), the
+    generators and the unit files, in that order; what is missing in the tree is left out.
+    """
+    out: list[str] = []
+    for rel in READAHEAD_FIRST:
+        if (tree / "usr" / rel).is_file():
+            out.append(rel)
+    proc = subprocess.run(
+        ["chroot", str(tree), "ldd", *("/usr/" + rel for rel in out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for lib in re.findall(r"=> (/\S+)", proc.stdout):
+        rel = lib.removeprefix("/usr/").removeprefix("/")
+        if rel not in out and (tree / "usr" / rel).is_file():
+            out.append(rel)
+    for d in ("lib/systemd/system-generators", "lib/systemd/system"):
+        for f in sorted((tree / "usr" / d).glob("*")):
+            if f.is_file() and not f.is_symlink():
+                out.append(f"{d}/{f.name}")
+    return out
 
 
 def _modules_dep(index: kmods.ModuleIndex, order: list[str]) -> str:

@@ -174,19 +174,43 @@ READAHEAD_FIRST = [
 ]
 """What systemd runs first (beside its generators and unit files, listed separately)."""
 
+READAHEAD_LATER = [
+    "bin/udevadm",
+    "bin/systemd-tmpfiles",
+    "bin/kmod",
+    "bin/ssh-keygen",
+    "lib/systemd/systemd-logind",
+    "bin/dbus-daemon",
+    "sbin/sshd",
+]
+"""What the path to SSH runs next: udev, tmpfiles, the host key, logind and D-Bus, sshd."""
+
 
 def readahead_list(tree: Path) -> list[str]:
     """Files under /usr that the boot reads first, for /init to read ahead (paths in /usr).
 
-    systemd and the first daemons, the libraries they link (``ldd`` in the tree), the
-    generators and the unit files, in that order; what is missing in the tree is left out.
+    systemd and the first daemons with the libraries they link (``ldd`` in the tree), the
+    generators and the unit files, then the programs on the way to SSH and their libraries;
+    what is missing in the tree is left out.
     """
     out: list[str] = []
-    for rel in READAHEAD_FIRST:
-        if (tree / "usr" / rel).is_file():
-            out.append(rel)
+    _add_programs(tree, READAHEAD_FIRST, out)
+    for d in ("lib/systemd/system-generators", "lib/systemd/system"):
+        for f in sorted((tree / "usr" / d).glob("*")):
+            if f.is_file() and not f.is_symlink():
+                out.append(f"{d}/{f.name}")
+    _add_programs(tree, READAHEAD_LATER, out)
+    return out
+
+
+def _add_programs(tree: Path, programs: list[str], out: list[str]) -> None:
+    """Append ``programs`` (paths in /usr) that are files in ``tree``, then their libraries."""
+    found = [rel for rel in programs if (tree / "usr" / rel).is_file() and rel not in out]
+    out.extend(found)
+    if not found:
+        return
     proc = subprocess.run(
-        ["chroot", str(tree), "ldd", *("/usr/" + rel for rel in out)],
+        ["chroot", str(tree), "ldd", *("/usr/" + rel for rel in found)],
         capture_output=True,
         text=True,
         check=False,
@@ -195,11 +219,6 @@ def readahead_list(tree: Path) -> list[str]:
         rel = lib.removeprefix("/usr/").removeprefix("/")
         if rel not in out and (tree / "usr" / rel).is_file():
             out.append(rel)
-    for d in ("lib/systemd/system-generators", "lib/systemd/system"):
-        for f in sorted((tree / "usr" / d).glob("*")):
-            if f.is_file() and not f.is_symlink():
-                out.append(f"{d}/{f.name}")
-    return out
 
 
 def _modules_dep(index: kmods.ModuleIndex, order: list[str]) -> str:

@@ -336,6 +336,36 @@ def test_banner_probe_tells_the_guest_states_apart_quickly(behaviour: str):
     assert not probe._open
 
 
+def test_banner_probe_keeps_one_probe_open_once_the_guest_has_its_address():
+    """After the address is known, a slow sshd is not sent a second connection at once."""
+    listener = _Listener("silent")
+    known = {"address": False}
+    probe = ssh.BannerProbe(
+        listener.port,
+        address_known=lambda: known["address"],
+        period=0.05,
+        quiet_period=0.05,
+        hold=5.0,
+        answered_hold=5.0,
+        pool=3,
+    )
+    try:
+        for _ in range(10):
+            probe.poll(0.02)
+        assert len(probe._open) == 3  # before: up to the pool
+        known["address"] = True
+        for _ in range(10):
+            probe.poll(0.02)
+        assert len(probe._open) == 1  # the earlier ones dropped, one fresh probe waiting
+        time.sleep(0.8)  # silent for longer than second_after: a second one may go
+        for _ in range(5):
+            probe.poll(0.02)
+        assert len(probe._open) == 2
+    finally:
+        probe.close()
+        listener.close()
+
+
 def test_banner_probe_keeps_a_silent_connection_that_speaks_later():
     """A slow sshd (banner after the first wait) is not given up on: its connection is kept."""
     server = socket.create_server(("127.0.0.1", 0))

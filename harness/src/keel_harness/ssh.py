@@ -79,7 +79,8 @@ class BannerProbe:
     stream (the guest has its address, nothing listens yet) or silence. Silence is either
     a guest with no address yet or an sshd slow to send its banner, so a silent connection
     is kept open up to ``hold`` seconds (``answered_hold`` once the guest has answered),
-    at most ``pool`` at a time.
+    at most ``pool`` at a time; once the guest is known to have its address, a second
+    one only after the first stayed silent for ``second_after`` seconds.
 
     A probe made before the guest has its address is not lost: QEMU delivers it when the
     address comes, even if the harness closed it long before, and each costs the guest an
@@ -100,6 +101,7 @@ class BannerProbe:
         hold: float = 2.0,
         answered_hold: float = 10.0,
         pool: int = 2,
+        second_after: float = 0.75,
     ) -> None:
         self.port = port
         self.address_known = address_known
@@ -108,6 +110,7 @@ class BannerProbe:
         self.hold = hold
         self.answered_hold = answered_hold
         self.pool = pool
+        self.second_after = second_after
         self.answered = False
         """Whether the guest's network has answered a probe (a banner or end of stream)."""
         self._open: dict[socket.socket, tuple[float, bytes]] = {}
@@ -131,7 +134,13 @@ class BannerProbe:
             for sock in list(self._open):
                 self._drop(sock)
         period = self.period if fast else self.quiet_period
-        if len(self._open) < self.pool and now - self._last_open >= period:
+        # Once the guest has its address, a second probe only when the newest has been
+        # silent for ``second_after`` s: each probe is an sshd started in the guest
+        # (ssh.socket), which would compete with the first one's banner; but a probe sent
+        # just before the guest configured the address is lost until QEMU resends its SYN.
+        newest = max((opened for opened, _ in self._open.values()), default=None)
+        due = not fast or newest is None or now - newest >= self.second_after
+        if len(self._open) < self.pool and due and now - self._last_open >= period:
             self._last_open = now
             try:
                 sock = socket.create_connection(("127.0.0.1", self.port), timeout=1.0)

@@ -35,9 +35,14 @@ MODULES = [
     "dm_verity",
     "erofs",
     "squashfs",
+    "virtio_net",
+    "qemu_fw_cfg",
 ]
 """Storage drivers for the platforms Keel emulates, and what /usr needs (those the
-kernel flavour lacks, e.g. ``ahci`` in the cloud kernel, are skipped)."""
+kernel flavour lacks, e.g. ``ahci`` in the cloud kernel, are skipped); the virtio NIC and
+QEMU's fw_cfg too: loaded here (one more module for the same modprobe), the network
+interface and the first-boot config exist before udev's coldplug, which otherwise loads
+them one process each on the way to DHCP and the fw_cfg reader."""
 
 BUSYBOX = Path("/bin/busybox")
 DMSETUP = Path("/sbin/dmsetup")

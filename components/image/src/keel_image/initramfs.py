@@ -195,8 +195,8 @@ def readahead_list(tree: Path) -> list[str]:
     """Files under /usr that the boot reads first, for /init to read ahead (paths in /usr).
 
     systemd and the first daemons with the libraries they link (``ldd`` in the tree), the
-    generators and the unit files, then the programs on the way to SSH and their libraries;
-    what is missing in the tree is left out.
+    generators and the unit files, then the programs on the way to SSH, sshd's PAM modules
+    and their libraries; what is missing in the tree is left out.
     """
     out: list[str] = []
     _add_programs(tree, READAHEAD_FIRST, out)
@@ -205,6 +205,13 @@ def readahead_list(tree: Path) -> list[str]:
             if f.is_file() and not f.is_symlink():
                 out.append(f"{d}/{f.name}")
     _add_programs(tree, READAHEAD_LATER, out)
+    # sshd's PAM modules (loaded on each login) and what they link
+    pam = sorted(
+        f"lib/x86_64-linux-gnu/security/{f.name}"
+        for f in (tree / "usr/lib/x86_64-linux-gnu/security").glob("pam_*.so")
+        if f.is_file() and not f.is_symlink()
+    )
+    _add_programs(tree, pam, out)
     return out
 
 

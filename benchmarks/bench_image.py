@@ -8,7 +8,7 @@ Options: ``--no-cold`` skips the cold build (minutes: mmdebstrap), ``--no-boot``
 ``--boots N`` boots each firmware N times (default 3; the median is the figure),
 ``--firmware bios|uefi`` only that one, ``--compare DIR`` boots the image in DIR (an image
 directory or a disk, e.g. one built from main) alternately with this tree's, boot for boot,
-``--analyze`` prints systemd's critical chain to ssh.service and its blame on the first boot.
+``--analyze`` prints systemd's critical chain to ssh.socket and its blame on the first boot.
 Each boot prints the 1-minute load average at its start, the CPU time QEMU used until SSH
 answered (less noisy than wall time on a shared host), systemd's own split (kernel,
 userspace) and the stages seen on the console: firmware + GRUB + loading the kernel, the
@@ -227,7 +227,7 @@ def _boot(disk: Path, out: Path, boots: int, argv: list[str]) -> None:
                     split = machine.succeed("systemd-analyze | head -1").strip()
                     if "--analyze" in argv and n == 0:
                         analysis = machine.succeed(
-                            "systemd-analyze critical-chain --no-pager ssh.service; "
+                            "systemd-analyze critical-chain --no-pager ssh.socket; "
                             "systemd-analyze blame --no-pager | head -15"
                         )
                 finally:

@@ -256,7 +256,7 @@ class Session:
             client.connect(
                 "127.0.0.1", port=self.port, username=self.user, pkey=self._key,
                 timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                allow_agent=False, look_for_keys=False, sock=channel,  # type: ignore[arg-type]
+                allow_agent=False, look_for_keys=False, sock=channel,
             )  # fmt: skip
         except paramiko.AuthenticationException as exc:
             client.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -136,9 +137,18 @@ def test_verity_tree_matches_the_root_hash_on_the_kernel_line(built, tmp_path: P
 def test_no_machine_identity_in_the_image(built, tmp_path: Path):
     parts = parts_by_label(built)
     root = extract(built.disk_raw, parts["ROOT"], tmp_path / "root.img")
-    listing = run("debugfs", "-R", "ls -p /etc", root)
-    names = {line.split("/")[5] for line in listing.splitlines() if line.count("/") >= 6}
-    assert names == {".", ".."}  # /etc on ROOT is empty: the initramfs fills it on first boot
+
+    def names(path: str) -> set[str]:
+        listing = run("debugfs", "-R", f"ls -p {path}", root)
+        return {line.split("/")[5] for line in listing.splitlines() if line.count("/") >= 6}
+
+    # /etc on ROOT is /usr/share/factory/etc as the initramfs would copy it, marker included,
+    # and no machine's identity: an empty machine-id, no SSH host key (made on first boot)
+    etc = names("/etc")
+    assert {".keel-factory", "passwd", "fstab", "machine-id", "ssh"} <= etc
+    assert not {n for n in names("/etc/ssh") if n.startswith("ssh_host_")}
+    stat = run("debugfs", "-R", "stat /etc/machine-id", root)
+    assert re.search(r"\bSize: 0\b", stat), stat
     pkgs = {p["name"] for p in built.manifest["packages"]}
     assert {"systemd", "openssh-server", "linux-image-cloud-amd64"} <= pkgs
     assert "apt" not in pkgs

@@ -153,21 +153,7 @@ def trace(puts: int) -> int:
     with tempfile.TemporaryDirectory(prefix="keel-trace-") as tmp:
         client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
         out = Path(tmp) / "stamps.json"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "serve-traced",
-                str(out),
-                "--name=m0",
-                f"--data-dir={tmp}/m0",
-                f"--listen-client-urls=http://{client}",
-                f"--advertise-client-urls=http://{client}",
-                f"--listen-peer-urls={peer}",
-                f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=m0={peer}",
-            ],
-        )
+        proc = _start_member(["serve-traced", str(out)], tmp, client, peer)
         try:
             _wait_ready(client)
             lat = asyncio.run(_sequential(client, puts))
@@ -208,6 +194,27 @@ def _key(span: list[tuple[str, int]]) -> tuple[str, ...]:
 
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _start_member(
+    mode: list[str], tmp: str, client: str, peer: str, *flags: str
+) -> subprocess.Popen[bytes]:
+    """This script in ``mode`` as a one-member keel-store on ``client``/``peer``, data in tmp."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            *mode,
+            "--name=m0",
+            f"--data-dir={tmp}/m0",
+            f"--listen-client-urls=http://{client}",
+            f"--advertise-client-urls=http://{client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=m0={peer}",
+            *flags,
+        ],
+    )
 
 
 def _wait_ready(ep: str) -> None:
@@ -300,22 +307,7 @@ def _gc_round(policy: str, keys: int, puts: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="keel-gc-") as tmp:
         client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
         out = Path(tmp) / "gc.json"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "serve-gc",
-                str(out),
-                policy,
-                "--name=m0",
-                f"--data-dir={tmp}/m0",
-                f"--listen-client-urls=http://{client}",
-                f"--advertise-client-urls=http://{client}",
-                f"--listen-peer-urls={peer}",
-                f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=m0={peer}",
-            ],
-        )
+        proc = _start_member(["serve-gc", str(out), policy], tmp, client, peer)
         try:
             _wait_ready(client)
             _gc_stats(proc, out)  # start counting from here
@@ -366,22 +358,8 @@ def gc_soak(keys: int, rounds: int) -> int:
     with tempfile.TemporaryDirectory(prefix="keel-gc-") as tmp:
         client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
         out = Path(tmp) / "gc.json"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "serve-gc",
-                str(out),
-                "on",
-                "--name=m0",
-                f"--data-dir={tmp}/m0",
-                f"--listen-client-urls=http://{client}",
-                f"--advertise-client-urls=http://{client}",
-                f"--listen-peer-urls={peer}",
-                f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=m0={peer}",
-                "--snapshot-count=10000",
-            ],
+        proc = _start_member(
+            ["serve-gc", str(out), "on"], tmp, client, peer, "--snapshot-count=10000"
         )
         try:
             _wait_ready(client)

@@ -115,33 +115,26 @@ def _apply_contributions(recipe: Recipe, tree: Path) -> None:
                 ("\n".join(c.sysusers) + "\n").encode(),
             )
     disabled = sorted({u for c in recipe.contributions for u in c.disabled_units})
-    if disabled:
-        proc = subprocess.run(
-            ["systemctl", f"--root={tree}", "disable", *disabled],
-            capture_output=True,
-            text=True,
-            check=False,
+    _systemctl(tree, "disable", disabled)
+    _systemctl(tree, "enable", sorted({u for c in recipe.contributions for u in c.units}))
+
+
+def _systemctl(tree: Path, verb: str, units: list[str]) -> None:
+    """``systemctl --root=tree enable|disable units``; a clear error if a unit is unknown."""
+    if not units:
+        return
+    proc = subprocess.run(
+        ["systemctl", f"--root={tree}", verb, *units],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BuildError(
+            STAGE,
+            f"systemctl {verb} {' '.join(units)} failed: {proc.stderr.strip()}",
+            f"a contribution's units to {verb} name a unit that no file or package provides",
         )
-        if proc.returncode != 0:
-            raise BuildError(
-                STAGE,
-                f"systemctl disable {' '.join(disabled)} failed: {proc.stderr.strip()}",
-                "a contribution disables a unit that no file or package provides",
-            )
-    units = sorted({u for c in recipe.contributions for u in c.units})
-    if units:
-        proc = subprocess.run(
-            ["systemctl", f"--root={tree}", "enable", *units],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise BuildError(
-                STAGE,
-                f"systemctl enable {' '.join(units)} failed: {proc.stderr.strip()}",
-                "a contribution enables a unit that no file or package provides",
-            )
 
 
 UPDATED_STAMP = """\

@@ -167,70 +167,7 @@ def build(rootfs_tree: Path, kernel_version: str, dest: Path, *, epoch: int) -> 
     archive.file(f"{kdir}/modules.dep", _modules_dep(index, order).encode())
     names = [kmods.module_name(rel) for rel in order]
     archive.file("lib/modules/load", ("\n".join(names) + "\n").encode())
-    archive.file("etc/keel-readahead", ("\n".join(readahead_list(rootfs_tree)) + "\n").encode())
     dest.write_bytes(_compress(archive.bytes(), rootfs_tree / "boot" / f"config-{kernel_version}"))
-
-
-READAHEAD_FIRST = [
-    "lib/systemd/systemd",
-    "lib/systemd/systemd-journald",
-    "lib/systemd/systemd-udevd",
-    "lib/systemd/systemd-networkd",
-]
-"""What systemd runs first (beside its generators and unit files, listed separately)."""
-
-READAHEAD_LATER = [
-    "bin/udevadm",
-    "bin/systemd-tmpfiles",
-    "bin/kmod",
-    "bin/ssh-keygen",
-    "lib/systemd/systemd-logind",
-    "bin/dbus-daemon",
-    "sbin/sshd",
-]
-"""What the path to SSH runs next: udev, tmpfiles, the host key, logind and D-Bus, sshd."""
-
-
-def readahead_list(tree: Path) -> list[str]:
-    """Files under /usr that the boot reads first, for /init to read ahead (paths in /usr).
-
-    systemd and the first daemons with the libraries they link (``ldd`` in the tree), the
-    generators and the unit files, then the programs on the way to SSH, sshd's PAM modules
-    and their libraries; what is missing in the tree is left out.
-    """
-    out: list[str] = []
-    _add_programs(tree, READAHEAD_FIRST, out)
-    for d in ("lib/systemd/system-generators", "lib/systemd/system"):
-        for f in sorted((tree / "usr" / d).glob("*")):
-            if f.is_file() and not f.is_symlink():
-                out.append(f"{d}/{f.name}")
-    _add_programs(tree, READAHEAD_LATER, out)
-    # sshd's PAM modules (loaded on each login) and what they link
-    pam = sorted(
-        f"lib/x86_64-linux-gnu/security/{f.name}"
-        for f in (tree / "usr/lib/x86_64-linux-gnu/security").glob("pam_*.so")
-        if f.is_file() and not f.is_symlink()
-    )
-    _add_programs(tree, pam, out)
-    return out
-
-
-def _add_programs(tree: Path, programs: list[str], out: list[str]) -> None:
-    """Append ``programs`` (paths in /usr) that are files in ``tree``, then their libraries."""
-    found = [rel for rel in programs if (tree / "usr" / rel).is_file() and rel not in out]
-    out.extend(found)
-    if not found:
-        return
-    proc = subprocess.run(
-        ["chroot", str(tree), "ldd", *("/usr/" + rel for rel in found)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    for lib in re.findall(r"=> (/\S+)", proc.stdout):
-        rel = lib.removeprefix("/usr/").removeprefix("/")
-        if rel not in out and (tree / "usr" / rel).is_file():
-            out.append(rel)
 
 
 def _modules_dep(index: kmods.ModuleIndex, order: list[str]) -> str:

@@ -54,12 +54,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from bench_store import VALUE, preload  # this directory: the script is run as a file
 
 from keel_core.testing import free_port
 from keel_store.pb import rpcgrpc, rpcpb
-
-VALUE = b"v" * 256
-
 
 # --- the traced server (child process) --------------------------------------------------------
 
@@ -270,14 +268,9 @@ def _serve_gc(out: str, policy: str, argv: list[str]) -> int:
 
 
 async def _gc_load(ep: str, keys: int, puts: int) -> dict[str, Any]:
+    await preload(ep, keys)
     async with grpc.aio.insecure_channel(ep) as ch:
         kv = rpcgrpc.KVStub(ch)
-        for start in range(0, keys, 100):
-            ops = [
-                rpcpb.RequestOp(request_put=rpcpb.PutRequest(key=b"pre/%08d" % i, value=VALUE))
-                for i in range(start, min(keys, start + 100))
-            ]
-            await kv.Txn(rpcpb.TxnRequest(success=ops))
         lat = []
         for i in range(puts):
             t = time.perf_counter_ns()

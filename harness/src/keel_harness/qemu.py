@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keel_harness import netwatch
+from keel_harness import accel, netwatch
 from keel_harness.errors import HarnessError
 
 # Debian's 2 MB OVMF build (its variable store is too small for Secure Boot's key lists,
@@ -73,7 +73,7 @@ def command(spec: QemuSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
     if spec.firmware not in ("bios", "uefi"):
         raise HarnessError(f"{spec.name}: firmware must be bios or uefi, not {spec.firmware!r}")
     argv = [qemu, "-name", spec.name, "-accel", spec.accel,
-            "-cpu", "host" if spec.accel == "kvm" else "max",
+            "-cpu", accel.cpu_model(spec.accel),
             "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
             "-nodefaults", "-display", "none", "-no-user-config"]  # fmt: skip
     if spec.firmware == "uefi":

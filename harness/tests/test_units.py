@@ -83,6 +83,18 @@ def test_console_trouble_is_found_and_named():
     assert console.find_trouble("Reached target multi-user.target\nKEEL-BOOT-OK A\n") == []
 
 
+def test_a_soft_lockup_is_trouble_once_it_lasts_a_minute():
+    short = "[   40.1] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [systemd:1]\n"
+    long = "[  300.2] watchdog: BUG: soft lockup - CPU#1 stuck for 104s! [kworker/1:1H:70]\n"
+    assert not any(t.startswith("soft lockup") for t in console.find_trouble(short))
+    found = [t for t in console.find_trouble(short + long) if t.startswith("soft lockup")]
+    assert found == ["soft lockup: " + long.strip()]
+    minute = long.replace("104s", "60s")
+    assert any(t.startswith("soft lockup") for t in console.find_trouble(minute))
+    under = long.replace("104s", "59s")
+    assert not any(t.startswith("soft lockup") for t in console.find_trouble(under))
+
+
 def test_console_log_reads_from_the_mark(tmp_path: Path):
     log = console.ConsoleLog(tmp_path / "console.log")
     assert log.text() == ""

@@ -10,6 +10,9 @@ from pathlib import Path
 # Debian guest: each pattern with the name the gate reports.
 TROUBLE: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("kernel panic", re.compile(r"Kernel panic - not syncing")),
+    # A vCPU starved by a busy host can report a short lockup and go on; one stuck for a
+    # minute or more (the report repeats every ~26 s with the total) is a hung machine.
+    ("soft lockup", re.compile(r"BUG: soft lockup - CPU#\d+ stuck for (?:[6-9]\d|\d{3,})s!")),
     ("kernel oops", re.compile(r"\bOops(: | - )|\bBUG: ")),
     ("kernel warning", re.compile(r"WARNING: CPU: \d+ PID: \d+")),
     ("segfault", re.compile(r"segfault at [0-9a-f]+|SIGSEGV|general protection fault")),

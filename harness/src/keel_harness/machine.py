@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 900.0
 # Console trouble after which SSH will never come: stop waiting and fail the test at once.
-FATAL_TROUBLE = ("kernel panic", "emergency shell", "rescue mode")
+FATAL_TROUBLE = ("kernel panic", "soft lockup", "emergency shell", "rescue mode")
 
 
 @dataclass

@@ -95,12 +95,12 @@ def _probe(kernel: Path | None, timeout: float) -> str:
 TCG_CPU = "qemu64"
 """The CPU TCG emulates: QEMU's own default, the x86-64 baseline Debian is built for.
 
-Not ``max``: with SSE4.2 and SSSE3 present, glibc picks string functions whose
-instructions (``pcmpistri``, ``palignr``) TCG runs through helpers, and the kernel turns on
-features (XSAVE, 5-level paging, SMAP, protection keys) that cost more emulated than
-they give. Boot to SSH, 2 vCPUs, BIOS, 9 alternating pairs: 10.1 s median against 12.2 s
-for ``max`` (14.5 against 17.6 QEMU CPU-s); ``Nehalem`` (x86-64-v2) was slower than
-``max``: 12.8 s. See docs/image.md.
+Not ``max``: boot to SSH, 2 vCPUs, BIOS, 9 alternating rounds: 10.1 s median against
+12.2 s for ``max`` (14.5 against 17.6 QEMU CPU-s), faster in every round. The kernel's
+part is shorter (it turns on less: XSAVE, 5-level paging, SMAP, protection keys), and
+userspace is too: ``Nehalem`` (x86-64-v2) was slower than ``max`` in userspace. Which
+instructions cost most under TCG is not pinned down (switching glibc's SSSE3/SSE4 string
+functions off by tunable did not show it). See docs/image.md.
 """
 
 

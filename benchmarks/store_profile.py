@@ -56,7 +56,7 @@ from typing import Any
 import grpc
 from bench_store import VALUE, preload  # this directory: the script is run as a file
 
-from keel_core.testing import free_port
+from keel_core.testing import free_port, process_cpu_seconds
 from keel_store.pb import rpcgrpc, rpcpb
 
 # --- the traced server (child process) --------------------------------------------------------
@@ -482,12 +482,6 @@ async def _concurrent(ep: str, total: int, conc: int) -> float:
         return total / (time.perf_counter() - start)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def floor(puts: int, kinds: list[str]) -> int:
     """Sequential and concurrent no-op Puts against each server set-up.
 
@@ -506,9 +500,9 @@ def floor(puts: int, kinds: list[str]) -> int:
         try:
             _wait_ready(ep)
             lat = asyncio.run(_sequential(ep, puts))
-            cpu = _cpu_seconds(proc.pid)
+            cpu = process_cpu_seconds(proc.pid)
             rate = asyncio.run(_concurrent(ep, puts * 4, 64))
-            cpu = _cpu_seconds(proc.pid) - cpu
+            cpu = process_cpu_seconds(proc.pid) - cpu
         finally:
             proc.terminate()
             proc.wait(10)

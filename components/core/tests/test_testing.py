@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import time
+
+import pytest
 
 from keel_core import testing
 
@@ -23,3 +28,15 @@ def test_free_port_skips_a_port_in_use(monkeypatch):
         monkeypatch.setattr(testing, "_ephemeral_low", lambda: 65535)
         monkeypatch.setattr(testing._rng, "randrange", lambda a, b: next(picks))
         assert testing.free_port() != taken
+
+
+def test_process_cpu_seconds_counts_this_process_and_refuses_a_gone_one():
+    before = testing.process_cpu_seconds(os.getpid())
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    assert testing.process_cpu_seconds(os.getpid()) - before >= 0.2
+    child = subprocess.Popen(["true"])
+    child.wait()
+    with pytest.raises(FileNotFoundError):
+        testing.process_cpu_seconds(child.pid)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shlex
 import shutil
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keel_core.testing import free_port
+from keel_core.testing import free_port, process_cpu_seconds
 from keel_harness import netwatch, provision, qemu, reaper, ssh
 from keel_harness.console import ConsoleLog, find_trouble
 from keel_harness.errors import CommandFailed, GateFailure, HarnessError, QemuError, SshError
@@ -109,10 +108,9 @@ class Machine:
         if self._proc is None:
             return 0.0
         try:
-            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return process_cpu_seconds(self._proc.pid)
         except OSError:
             return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     @property
     def is_running(self) -> bool:

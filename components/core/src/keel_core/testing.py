@@ -5,6 +5,7 @@ Kept free of pytest so that benchmarks and test daemons can use them too.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from pathlib import Path
@@ -46,3 +47,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError(f"no free TCP port on {host} in {LOWEST}-{high - 1} after 200 tries")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time that process ``pid`` (all its threads) has used so far.
+
+    Raises OSError if the process is gone.
+    """
+    # The command name (field 2) may hold spaces or parentheses: split after its last ")".
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -88,7 +88,7 @@ def build(
     keep = index.closure(recipe.kernel_modules, stage=STAGE)
     kept, removed = index.prune(keep)
     tools.run(["chroot", str(tree), "/usr/sbin/depmod", version], stage=STAGE)
-    _mask_absent_modprobes(tree, index, {_module_name(k) for k in keep})
+    _mask_absent_modprobes(tree, index, {kmods.module_name(k) for k in keep})
     _static_nodes(tree, moddir)
 
     _apply_contributions(recipe, tree)
@@ -213,10 +213,6 @@ MODPROBE_INSTANCES = ("configfs", "dm_mod", "drm", "efi_pstore", "fuse", "loop")
 """The ``modprobe@<module>.service`` instances systemd's own units pull in at boot."""
 
 
-def _module_name(relpath: str) -> str:
-    return Path(relpath).name.split(".ko")[0].replace("-", "_")
-
-
 def _mask_absent_modprobes(tree: Path, index: kmods.ModuleIndex, kept: set[str]) -> None:
     """Mask the modprobe@ instances for modules this image does not have.
 
@@ -238,7 +234,7 @@ def _static_nodes(tree: Path, moddir: Path) -> None:
     libcrypto: 0.5-0.8 s under emulation). The list depends only on the kernel in /usr, so
     the same lines (kmod's format) go to /usr/lib/tmpfiles.d and the unit is masked.
     """
-    lines = []
+    lines: list[str] = []
     devname = moddir / "modules.devname"
     text = devname.read_text() if devname.exists() else ""
     for line in text.splitlines():
@@ -250,8 +246,9 @@ def _static_nodes(tree: Path, moddir: Path) -> None:
         if kind not in "cb" or ":" not in numbers:
             continue
         parent = node.rpartition("/")[0]
-        if parent:
-            lines.append(f"d /dev/{parent} 0755 - - -")
+        made = f"d /dev/{parent} 0755 - - -"
+        if parent and made not in lines:  # one line per directory: tmpfiles warns on repeats
+            lines.append(made)
         lines.append(f"{kind}! /dev/{node} 0600 - - - {numbers}")
     header = "# Static device nodes of this image's kernel (kmod static-nodes), made at build.\n"
     replace_file(

@@ -27,8 +27,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from keel_core import systemd
 from keel_store import snapshot_cli
 from keel_store.mvcc import validate
@@ -37,6 +35,7 @@ from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server import auth_service, gateway, kv_service, other_services, tokens
 from keel_store.server.gc_policy import GcPolicy
 from keel_store.server.grpc_metrics import GrpcStats, instrument
+from keel_store.server.grpc_server import GrpcServer, server_ssl_context
 from keel_store.server.members import Cluster, ClusterConfigError, parse_initial_cluster
 from keel_store.server.node import NodeConfig, StoreNode
 from keel_store.server.transport import host_port
@@ -268,18 +267,16 @@ async def auto_compact(node: StoreNode, mode: str, retention: float) -> None:
 
 
 def _server(
-    node: StoreNode, kv: kv_service.KVService, args: argparse.Namespace, stats: GrpcStats
-) -> grpc.aio.Server:
+    node: StoreNode,
+    kv: kv_service.KVService,
+    args: argparse.Namespace,
+    stats: GrpcStats,
+    http1: gateway.Gateway,
+) -> GrpcServer:
     limit = args.max_request_bytes + validate.GRPC_OVERHEAD_BYTES
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", 2**31 - 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_ping_strikes", 0),
-        ]
-    )
+    # The client port speaks gRPC (HTTP/2) and, on the same socket as etcd's cmux, the
+    # JSON gateway, /health, /version and /metrics (HTTP/1.1).
+    server = GrpcServer(max_receive_message_length=limit, http1=http1.serve_connection)
     counted = instrument(server, stats)  # grpc_server_*_total, client bytes
     rpcgrpc.add_KVServicer_to_server(kv, counted)
     interval = go_duration(
@@ -292,23 +289,20 @@ def _server(
     rpcgrpc.add_ClusterServicer_to_server(other_services.ClusterService(node), counted)
     rpcgrpc.add_MaintenanceServicer_to_server(other_services.MaintenanceService(node), counted)
     rpcgrpc.add_AuthServicer_to_server(auth_service.AuthService(node), counted)
-    credentials = None
+    context = None
     if args.cert_file or args.key_file:
         if not (args.cert_file and args.key_file):
             raise FlagError("--cert-file and --key-file: give both for client TLS")
-        ca = Path(args.trusted_ca_file).read_bytes() if args.trusted_ca_file else None
-        credentials = grpc.ssl_server_credentials(
-            [(Path(args.key_file).read_bytes(), Path(args.cert_file).read_bytes())],
-            root_certificates=ca,
-            require_client_auth=bool(args.client_cert_auth),
+        context = server_ssl_context(
+            args.cert_file, args.key_file, args.trusted_ca_file, bool(args.client_cert_auth)
         )
     for url in filter(None, (u.strip() for u in args.listen_client_urls.split(","))):
         host, port = host_port(url)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if url.startswith("https://"):
-            if credentials is None:
+            if context is None:
                 raise FlagError(f"--listen-client-urls: {url} needs --cert-file/--key-file")
-            server.add_secure_port(address, credentials)
+            server.add_secure_port(address, context)
         else:
             server.add_insecure_port(address)
     return server
@@ -340,7 +334,8 @@ async def serve(args: argparse.Namespace) -> int:
     gc_policy.install()
     kv = kv_service.KVService(node, args.max_txn_ops)
     grpc_stats = GrpcStats()
-    server = _server(node, kv, args, grpc_stats)
+    client_gateway = gateway.Gateway(node, kv, grpc_stats)
+    server = _server(node, kv, args, grpc_stats, client_gateway)
     await server.start()
     gateways = []
     for url in filter(None, (u.strip() for u in args.listen_metrics_urls.split(","))):
@@ -360,7 +355,7 @@ async def serve(args: argparse.Namespace) -> int:
     await stop.wait()
     for task in tasks:
         task.cancel()
-    for gw in gateways:
+    for gw in [*gateways, client_gateway]:
         await gw.close()
     await server.stop(grace=0.5)
     await node.stop()

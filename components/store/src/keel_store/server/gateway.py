@@ -149,7 +149,7 @@ class Gateway:
         self._connections: set[asyncio.Task[Any]] = set()
 
     async def listen(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port)
+        self._server = await asyncio.start_server(self.serve_connection, host, port)
 
     async def close(self) -> None:
         for task in list(self._connections):
@@ -164,7 +164,9 @@ class Gateway:
 
     # --- HTTP/1.1, just enough ---------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)

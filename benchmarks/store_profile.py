@@ -16,9 +16,9 @@ resuming and returning. What the client sees minus the handler's own time is the
 gRPC layer (both ends, plus loopback).
 
 ``floor`` serves a no-op ``KV/Put`` from the same generated stubs in several server
-set-ups (grpc.aio, the thread-pool server, server options) and measures sequential
-and 64-concurrent calls from the same client, so the fixed cost of one RPC is known
-before blaming the store for it.
+set-ups (keel-store's own server, grpc.aio, the thread-pool server, server options) and
+measures sequential and 64-concurrent calls from the same client, so the fixed cost of
+one RPC is known before blaming the store for it.
 
 ``gc`` compares the daemon with and without its garbage-collector policy
 (:mod:`keel_store.server.gc_policy`; "off" is the same code with the policy's
@@ -58,6 +58,7 @@ from bench_store import VALUE, preload  # this directory: the script is run as a
 
 from keel_core.testing import free_port, process_cpu_seconds
 from keel_store.pb import rpcgrpc, rpcpb
+from keel_store.server.grpc_server import GrpcServer
 
 # --- the traced server (child process) --------------------------------------------------------
 
@@ -423,6 +424,8 @@ class _SyncKV(rpcgrpc.KVServicer):  # type: ignore[misc]
 
 
 FLOOR_KINDS = {
+    "keel": [],  # keel_store.server.grpc_server, the daemon's server
+    "keel, handler suspends once": [],
     "aio": [],
     "aio so_reuseport=0": [("grpc.so_reuseport", 0)],
     "aio max_concurrent_streams=1000": [("grpc.max_concurrent_streams", 1000)],
@@ -449,7 +452,11 @@ def _serve_floor(kind: str, address: str) -> int:
         return 0
 
     async def run() -> None:
-        server = grpc.aio.server(options=options)
+        server: Any = (
+            GrpcServer(max_receive_message_length=4 << 20)
+            if kind.startswith("keel")
+            else grpc.aio.server(options=options)
+        )
         servicer = _SuspendingKV() if "suspends" in kind else _AioKV()
         rpcgrpc.add_KVServicer_to_server(servicer, server)
         server.add_insecure_port(address)

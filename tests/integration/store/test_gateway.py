@@ -1,4 +1,5 @@
-"""The JSON gateway (/v3/..., /health, /version): same answers as etcd's, via plain HTTP."""
+"""The JSON gateway (/v3/..., /health, /version): same answers as etcd's, via plain HTTP
+on the client port, as etcd serves them, and on --listen-metrics-urls."""
 
 from __future__ import annotations
 
@@ -71,12 +72,18 @@ def watch_lines(port: int, start: int, count: int) -> list[object]:
 
 
 def test_gateway_matches_etcd(make_cluster) -> None:
+    """On the client port (etcd's cmux: gRPC and HTTP/1.1 on one socket) and the metrics URL."""
     gw_port = free_port()
-    make_cluster(1, extra=[f"--listen-metrics-urls=http://127.0.0.1:{gw_port}"])
+    keel = make_cluster(1, extra=[f"--listen-metrics-urls=http://127.0.0.1:{gw_port}"])
+    keel_port = int(keel.members[0].client_url.rsplit(":", 1)[1])
     etcd = make_cluster(1, binary="etcd")
     etcd_port = int(etcd.members[0].client_url.rsplit(":", 1)[1])
     for method, path, body in CALLS:
-        ours = call(gw_port, method, path, body)
+        ours = call(keel_port, method, path, body)
         theirs = call(etcd_port, method, path, body)
         assert ours == theirs, f"{method} {path} {body}"
+    assert watch_lines(keel_port, 3, 2) == watch_lines(etcd_port, 3, 2)
+    # the metrics URL serves the same gateway
+    for method, path, body in [CALLS[2], CALLS[-2]]:
+        assert call(gw_port, method, path, body) == call(etcd_port, method, path, body)
     assert watch_lines(gw_port, 3, 2) == watch_lines(etcd_port, 3, 2)

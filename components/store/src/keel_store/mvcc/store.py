@@ -323,7 +323,7 @@ class StateMachine:
 
     @property
     def no_space(self) -> bool:
-        return any(kind == rpcpb.NOSPACE for _, kind in self.alarms)
+        return bool(self.alarms) and any(kind == rpcpb.NOSPACE for _, kind in self.alarms)
 
     # --- membership -------------------------------------------------------------------
 

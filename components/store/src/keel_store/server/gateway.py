@@ -1,9 +1,8 @@
 """etcd's grpc-gateway JSON API (``POST /v3/...``), ``/health``, ``/version``, ``/metrics``.
 
-etcd serves these on its client port next to gRPC (cmux); grpcio cannot share a port
-with an HTTP/1.1 server, so keel-store serves them on ``--listen-metrics-urls`` (where
-etcd also answers ``/health``). A forwarder in front of grpcio would cost 6-18% on
-sequential put latency (``benchmarks/bench_store_port_sharing.py``, docs/store.md).
+Served, as etcd does, on the client port next to gRPC: ``grpc_server`` hands every
+connection that does not open with the HTTP/2 preface to ``serve_connection``; and on
+``--listen-metrics-urls`` (where etcd also answers ``/health`` and ``/metrics``).
 
 Bodies are the request messages in proto3 JSON, as with etcd: bytes in base64, 64-bit
 integers as strings, proto field names; errors come back as ``{"error", "message",

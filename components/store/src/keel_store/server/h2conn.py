@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import hpack
 
 from keel_store.server import h2wire as w
+from keel_store.server.h2headers import HeaderDecoder
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +247,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.preface = False
-        self.decoder = hpack.Decoder()
-        self.decoder.max_header_list_size = MAX_HEADER_LIST
+        self.decoder = HeaderDecoder(MAX_HEADER_LIST)
         self.streams: dict[int, Stream] = {}
         self.last_stream_id = 0
         self.continuation: tuple[int, int, bytearray] | None = None
@@ -535,7 +535,7 @@ class Connection(asyncio.Protocol):
 
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:
         try:
-            headers = self.decoder.decode(block, raw=False)
+            headers = self.decoder.decode(block)
         except hpack.HPACKError as exc:
             raise _ConnectionError(w.COMPRESSION_ERROR, f"HPACK: {exc}") from exc
         stream = self.streams.get(sid)
@@ -549,7 +549,7 @@ class Connection(asyncio.Protocol):
         if self.going_away:
             self.write(w.rst_stream(sid, w.REFUSED_STREAM))
             return
-        stream = Stream(self, sid, [(str(k), str(v)) for k, v in headers])
+        stream = Stream(self, sid, headers)
         stream.max_message = self.max_message
         self.streams[sid] = stream
         self.dispatcher.open_stream(stream)

@@ -357,6 +357,11 @@ class Connection(asyncio.Protocol):
         if not stream.remote_closed:
             self.write(w.rst_stream(stream.id, w.NO_ERROR))
         self._forget(stream)
+        if not self.streams and not self.in_receive and self.flush_handle is not None:
+            # Nothing else on this connection can join the write: send now, not after
+            # another turn of the loop (a sequential client waits for exactly this).
+            self.flush_handle.cancel()
+            self._flush()
 
     def _forget(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)

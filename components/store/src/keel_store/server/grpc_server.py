@@ -151,6 +151,7 @@ class GrpcServer:
         self._ports: list[tuple[str, int, ssl.SSLContext | None]] = []
         self._servers: list[asyncio.Server] = []
         self._connections: set[Connection] = set()
+        self._http1_transports: set[asyncio.Transport] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- registration (the generated code's calls) ---------------------------------------
@@ -212,6 +213,9 @@ class GrpcServer:
         ]
         for conn in list(self._connections):
             conn.abort()
+        for transport in self._http1_transports:
+            transport.close()  # else Server.wait_closed (Python >= 3.12.1) waits for them
+        self._http1_transports.clear()
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
         for server in self._servers:
@@ -231,6 +235,8 @@ class GrpcServer:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**16, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, self.http1_handler, loop=loop)
+        self._http1_transports = {t for t in self._http1_transports if not t.is_closing()}
+        self._http1_transports.add(transport)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if data:
@@ -256,6 +262,7 @@ class GrpcServer:
             if seconds is not None:
                 stream.timer = stream.conn.loop.call_later(seconds, _expire, stream)
         if handler.request_streaming:
+            stream.flow_on_read = True
             stream.task = stream.conn.loop.create_task(self._call(stream, handler))
         else:
             stream.on_end = lambda: self._start(stream, handler)
@@ -333,7 +340,8 @@ class GrpcServer:
                 response = behavior(request, context)
                 if inspect.isawaitable(response):
                     response = await response
-                stream.send(serialize(response))
+                if not context._code:  # grpcio drops the message of a failed call
+                    stream.send(serialize(response))
             code = context._code or 0
             stream.finish(code, context._details if code else "")
         except AbortError as exc:
@@ -345,6 +353,9 @@ class GrpcServer:
                 stream.finish(w.CANCELLED, "context canceled")
         except Exception as exc:
             if stream.reset or stream.conn.closed:
+                return
+            if context._code:  # set_code, then raise: grpcio ends with the code set
+                stream.finish(context._code, context._details)
                 return
             log.exception("gRPC call %s failed", stream.header(":path"))
             stream.finish(w.UNKNOWN, f"{type(exc).__name__}: {exc}")

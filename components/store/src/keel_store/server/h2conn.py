@@ -63,6 +63,7 @@ class Stream:
         "buffer",
         "conn",
         "expired",
+        "flow_on_read",
         "headers",
         "headers_sent",
         "id",
@@ -86,10 +87,11 @@ class Stream:
         self.conn = conn
         self.id = stream_id
         self.headers = headers
-        self.buffer = b""
+        self.buffer = bytearray()
         self.inbox: collections.deque[bytes | None] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
         self.on_end: Callable[[], None] | None = None
+        self.flow_on_read = False
         self.max_message = 4 << 20
         self.remote_closed = False
         self.local_closed = False
@@ -114,8 +116,17 @@ class Stream:
     # --- receiving ------------------------------------------------------------------------
 
     def _received(self, data: bytes) -> None:
-        """DATA payload: split it into gRPC messages (5-byte prefix each)."""
-        buf = self.buffer + data if self.buffer else data
+        """DATA payload: split it into gRPC messages (5-byte prefix each).
+
+        A message spread over many frames is gathered in a bytearray (amortised appends:
+        a 16 MiB request costs what its bytes cost, not their square).
+        """
+        buf: bytes | bytearray
+        if self.buffer:
+            self.buffer += data
+            buf = self.buffer
+        else:
+            buf = data
         pos = 0
         n = len(buf)
         while n - pos >= 5:
@@ -134,11 +145,14 @@ class Stream:
                     "grpc: Decompressor is not installed for grpc-encoding "
                     f'"{self.header("grpc-encoding") or "identity"}"',
                 )
-            self.inbox.append(buf[pos + 5 : end])
+            self.inbox.append(bytes(buf[pos + 5 : end]))
             pos = end
             if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result(None)
-        self.buffer = buf[pos:] if pos < n else b""
+        if buf is self.buffer:
+            del self.buffer[:pos]
+        elif pos < n:
+            self.buffer = bytearray(buf[pos:])
 
     def _end(self) -> None:
         self.remote_closed = True
@@ -160,6 +174,16 @@ class Stream:
         message = self.inbox.popleft()
         if message is None:
             self.inbox.appendleft(None)  # every later read ends too
+        elif (
+            self.flow_on_read
+            and not self.inbox
+            and self.recv_unacked >= OUR_INITIAL_WINDOW // 2
+            and not (self.remote_closed or self.local_closed or self.reset)
+        ):
+            # Streaming requests get window back once the handler has read what came:
+            # a client cannot queue more than a window ahead of a slow handler.
+            self.conn.write(w.window_update(self.id, self.recv_unacked))
+            self.recv_unacked = 0
         return message
 
     # --- sending --------------------------------------------------------------------------
@@ -453,8 +477,10 @@ class Connection(asyncio.Protocol):
             elif ftype == w.SETTINGS:
                 self._settings(sid, flags, payload)
             elif ftype == w.PING:
-                if sid or length != 8:
-                    raise _ConnectionError(w.PROTOCOL_ERROR, "bad PING")
+                if sid:
+                    raise _ConnectionError(w.PROTOCOL_ERROR, "PING on a stream")
+                if length != 8:
+                    raise _ConnectionError(w.FRAME_SIZE_ERROR, f"PING of {length} bytes")
                 if not flags & w.ACK:
                     self.write(w.frame(w.PING, w.ACK, 0, payload))
             elif ftype == w.RST_STREAM:
@@ -509,7 +535,11 @@ class Connection(asyncio.Protocol):
             stream._end()
             if stream.local_closed:
                 self._forget(stream)
-        elif stream.recv_unacked >= OUR_INITIAL_WINDOW // 2 and not stream.local_closed:
+        elif (
+            stream.recv_unacked >= OUR_INITIAL_WINDOW // 2
+            and not stream.local_closed
+            and not stream.flow_on_read
+        ):
             self.write(w.window_update(sid, stream.recv_unacked))
             stream.recv_unacked = 0
 

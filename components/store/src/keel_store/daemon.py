@@ -207,6 +207,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         snapshot_count=args.snapshot_count,
         quota_bytes=args.quota_backend_bytes or (2 << 30),
         fsync=not args.unsafe_no_fsync,
+        background_snapshots=True,
         join_existing=args.initial_cluster_state == "existing",
         peer_server_ssl=server_ssl,
         peer_client_ssl=client_ssl,

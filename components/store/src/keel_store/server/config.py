@@ -22,6 +22,8 @@ class NodeConfig:
     request_timeout: float = 7.0
     quota_bytes: int = 2 << 30
     fsync: bool = True
+    background_snapshots: bool = False
+    """Serialize snapshots in a forked child (``server.snapshotter``), not on the loop."""
     join_existing: bool = False
     """``--initial-cluster-state=existing``: join a running cluster (after MemberAdd)."""
     listen_peer_url: str = ""

@@ -69,14 +69,17 @@ class GcPolicy:
         self.installed = False
 
     def freeze(self) -> None:
+        if not log.isEnabledFor(logging.DEBUG):
+            # gc.get_freeze_count walks the whole permanent generation: counting
+            # before and after took 0.4-0.7 s per refreeze with 200k keys.
+            gc.freeze()
+            self.freezes += 1
+            return
         before = gc.get_freeze_count()
         gc.freeze()
         self.freezes += 1
-        log.debug(
-            "gc: froze %d objects (%d frozen in all)",
-            gc.get_freeze_count() - before,
-            gc.get_freeze_count(),
-        )
+        after = gc.get_freeze_count()
+        log.debug("gc: froze %d objects (%d frozen in all)", after - before, after)
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         # Called with the GIL held, by whichever thread's allocation started the

@@ -52,6 +52,7 @@ from keel_store.server.calls import (
 from keel_store.server.config import NodeConfig
 from keel_store.server.membership import MembershipMixin
 from keel_store.server.reads import ReadIndexMixin
+from keel_store.server.snapshotter import ChildSnapshot, save_in_child
 from keel_store.server.stats import ServerStats
 from keel_store.server.tokens import SimpleTokens, TokenProvider
 from keel_store.wal import NodeStorage, OSFileSystem
@@ -92,6 +93,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._rng = random.Random(os.urandom(16))
         self._inbox: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
+        self._snapshot_child: ChildSnapshot | None = None
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._reads: list[asyncio.Future[None]] = []
         self._read_rounds: dict[bytes, list[asyncio.Future[None]]] = {}
@@ -170,6 +172,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     async def stop(self) -> None:
         """Stop the loops and the transport; fail everything still waiting."""
         self.stopped = True
+        if self._snapshot_child is not None:
+            self._snapshot_child.kill()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -402,10 +406,46 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         applied = self.sm.applied_index
         if applied - self.last_snapshot_index < self.config.snapshot_count:
             return
+        if not self.config.background_snapshots:
+            started = time.perf_counter()
+            self._record_snapshot(applied, self.raft.conf, snapshot.save(self.sm), started)
+            return
+        if self._snapshot_child is not None:
+            return  # one at a time; the next Ready asks again once it is recorded
         started = time.perf_counter()
-        data = snapshot.save(self.sm)
-        snap = self.storage.create_snapshot(applied, self.raft.conf, data)
-        self.disk.save_snapshot(snap)
+        conf = self.raft.conf
+        meta = SnapshotMeta(index=applied, term=self.storage.term(applied), conf=conf)
+        snapshots = self.disk.snapshots
+        running = save_in_child(
+            self.sm, lambda data: snapshots.write_tmp(Snapshot(meta=meta, data=data))
+        )
+        self._snapshot_child = running
+        child = running.future
+
+        def record() -> None:
+            # In the node loop, between two Readys: never while a WAL sync is in its
+            # thread (saving the snapshot appends a record to the WAL and syncs it).
+            self._snapshot_child = None
+            if self.stopped or child.cancelled():
+                return
+            exc = child.exception()
+            if exc is not None:
+                log.error("snapshot at %d: %s", applied, exc)
+                return
+            if applied <= self.storage.snapshot().meta.index:
+                return  # a newer snapshot came from the leader meanwhile
+            try:
+                self._record_snapshot(applied, conf, child.result(), started, written=True)
+            except Exception:  # the member goes on; the next Ready tries again
+                log.exception("snapshot at %d could not be recorded", applied)
+
+        child.add_done_callback(lambda _: self._submit(record))
+
+    def _record_snapshot(
+        self, applied: int, conf: ConfState, data: bytes, started: float, *, written: bool = False
+    ) -> None:
+        snap = self.storage.create_snapshot(applied, conf, data)
+        self.disk.save_snapshot(snap, written=written)
         self.stats.snapshot_save.observe(time.perf_counter() - started)
         # Keep some log behind the snapshot (etcd: 5000 entries) so slightly lagging
         # followers catch up from the log rather than a snapshot.

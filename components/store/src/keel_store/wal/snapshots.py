@@ -22,7 +22,7 @@ import re
 import struct
 import zlib
 
-from keel_store.raft.types import Snapshot
+from keel_store.raft.types import Snapshot, SnapshotMeta
 
 from . import records as rec
 from .fs import FileSystem
@@ -94,8 +94,13 @@ class SnapshotStore:
     def save(self, snapshot: Snapshot) -> str:
         """Write ``snapshot`` durably; returns its path. Record it in the WAL afterwards
         (``save_snapshot``), so the WAL never points at a snapshot that is not there."""
-        path = posixpath.join(self._dir, snapshot_name(snapshot.meta.index, snapshot.meta.term))
-        tmp = path + ".tmp"
+        self.write_tmp(snapshot)
+        return self.commit_tmp(snapshot.meta)
+
+    def write_tmp(self, snapshot: Snapshot) -> None:
+        """The slow half of :meth:`save`: the file's bytes, fsynced, under a ``.tmp`` name
+        (a forked child does this while the member serves on)."""
+        tmp = self._path(snapshot.meta) + ".tmp"
         file = self._fs.open(tmp, create=True)
         try:
             file.truncate(0)
@@ -103,9 +108,16 @@ class SnapshotStore:
             file.sync()
         finally:
             file.close()
-        self._fs.rename(tmp, path)
+
+    def commit_tmp(self, meta: SnapshotMeta) -> str:
+        """The other half: give the written ``.tmp`` file its name, durably."""
+        path = self._path(meta)
+        self._fs.rename(path + ".tmp", path)
         self._fs.fsync_dir(self._dir)
         return path
+
+    def _path(self, meta: SnapshotMeta) -> str:
+        return posixpath.join(self._dir, snapshot_name(meta.index, meta.term))
 
     def names(self) -> list[str]:
         """Snapshot file names, oldest first."""

@@ -85,13 +85,20 @@ class NodeStorage:
         durable; send the messages that depend on them only after this returns."""
         self.wal.save(entries, hard_state)
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Make ``snapshot`` durable, record it in the WAL and drop what is no longer needed."""
+    def save_snapshot(self, snapshot: Snapshot, *, written: bool = False) -> None:
+        """Make ``snapshot`` durable, record it in the WAL and drop what is no longer needed.
+
+        ``written``: its file was already written and fsynced as ``.tmp``
+        (``snapshots.write_tmp``, e.g. by a forked child); only name it.
+        """
         if snapshot.meta.index < self.wal.snapshot.index:
             raise ValueError(
                 f"snapshot {snapshot.meta.index} is older than {self.wal.snapshot.index}"
             )
-        self.snapshots.save(snapshot)
+        if written:
+            self.snapshots.commit_tmp(snapshot.meta)
+        else:
+            self.snapshots.save(snapshot)
         self.wal.save_snapshot(snapshot.meta)
         self.wal.sync()
         self.snapshots.purge(self._keep)

@@ -1,0 +1,124 @@
+"""Snapshots built in a forked child: the same bytes as on the loop, the loop keeps going."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from keel_core.testing import free_port
+from keel_store import daemon
+from keel_store.mvcc import snapshot
+from keel_store.mvcc.commands import Kind
+from keel_store.mvcc.store import StateMachine
+from keel_store.pb import rpcpb
+from keel_store.server.node import StoreNode
+from keel_store.server.snapshotter import SnapshotChildError, save_in_child
+
+
+def _state(keys: int) -> StateMachine:
+    sm = StateMachine()
+    for i in range(keys):
+        sm.put(rpcpb.PutRequest(key=b"k%06d" % i, value=b"v" * 20))
+    return sm
+
+
+def test_child_writes_what_save_would() -> None:
+    sm = _state(3000)
+
+    async def scenario() -> bytes:
+        running = save_in_child(sm)
+        return await running.future
+
+    assert asyncio.run(scenario()) == snapshot.save(sm)
+
+
+def test_child_sees_the_state_at_the_fork_not_later_changes() -> None:
+    sm = _state(2000)
+    expected = snapshot.save(sm)
+
+    async def scenario() -> bytes:
+        running = save_in_child(sm)
+        for i in range(500):  # the parent goes on changing its copy
+            sm.put(rpcpb.PutRequest(key=b"later%d" % i, value=b"x"))
+        return await running.future
+
+    assert asyncio.run(scenario()) == expected
+    assert snapshot.save(sm) != expected
+
+
+def test_a_failing_or_killed_child_is_an_error() -> None:
+    def crash(sm: StateMachine, fd: int, keep: object) -> None:
+        os._exit(3)
+
+    def hang(sm: StateMachine, fd: int, keep: object) -> None:
+        time.sleep(30)
+        os._exit(0)
+
+    async def scenario() -> None:
+        with pytest.raises(SnapshotChildError):
+            await save_in_child(_state(1), None, crash).future
+        running = save_in_child(_state(1), None, hang)
+        running.kill()
+        with pytest.raises(SnapshotChildError):
+            await asyncio.wait_for(running.future, 10)
+
+    asyncio.run(scenario())
+
+
+def test_member_snapshots_in_the_background_and_restarts_from_it(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    args = daemon.parse_args(
+        [
+            "--name=n0",
+            f"--data-dir={tmp_path / 'n0'}",
+            f"--initial-advertise-peer-urls={url}",
+            f"--listen-peer-urls={url}",
+            f"--initial-cluster=n0={url}",
+            "--snapshot-count=50",
+            "--unsafe-no-fsync",
+        ],
+        {},
+    )
+    config = daemon.node_config(args)
+    assert config.background_snapshots  # the daemon's choice
+
+    async def scenario() -> None:
+        node = StoreNode(config)
+        await node.start()
+        try:
+            for i in range(180):
+                await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"k%03d" % i, value=b"v"))
+            deadline = time.monotonic() + 10
+            while node.last_snapshot_index < 150:
+                assert time.monotonic() < deadline, node.last_snapshot_index
+                await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"more", value=b"v"))
+                await asyncio.sleep(0.01)
+            taken = node.last_snapshot_index
+            assert node.storage.snapshot().meta.index == taken
+            # the child wrote the file, the loop named it
+            assert taken in [int(n.split("-")[0], 16) for n in node.disk.snapshots.names()]
+            snap_dir = next((tmp_path / "n0").rglob("*.snap")).parent
+            assert not list(snap_dir.glob("*.tmp")), list(snap_dir.iterdir())
+            assert snapshot.restore(node.storage.snapshot().data).applied_index <= taken
+            revision = node.sm.kv.revision
+        finally:
+            await node.stop()
+        again = StoreNode(config)
+        await again.start()
+        try:
+            assert again.last_snapshot_index >= taken  # recovered from that snapshot
+            deadline = time.monotonic() + 10  # then the log after it, once re-committed
+            while again.sm.kv.revision < revision:
+                assert time.monotonic() < deadline, again.sm.kv.revision
+                await asyncio.sleep(0.01)
+            assert again.sm.kv.revision == revision
+            got = again.sm.range(rpcpb.RangeRequest(key=b"k000", range_end=b"k\xff"))
+            assert got.count == 180
+        finally:
+            await again.stop()
+
+    asyncio.run(scenario())

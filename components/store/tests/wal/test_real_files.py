@@ -144,3 +144,44 @@ def test_verify_command_reports_without_changing_anything(tmp_path, capsys):
     with open(path, "rb") as f:
         assert f.read() == bytes(content)
     assert main([str(tmp_path / "nothing")]) == 2
+
+
+def test_write_sync_lands_where_asked_and_falls_back_without_the_flag(tmp_path, monkeypatch):
+    fs = OSFileSystem()
+    path = str(tmp_path / "f")
+    file = fs.open(path, create=True)
+    file.allocate(4096)
+    file.write_sync(0, b"head")
+    file.write_sync(100, b"x" * 300)
+    assert fs.read(path)[:4] == b"head"
+    assert fs.read(path)[100:400] == b"x" * 300
+
+    def no_flags(*_args):  # a file system that refuses per-write flags
+        raise OSError(95, "Operation not supported")
+
+    synced = []
+    monkeypatch.setattr(os, "pwritev", no_flags)
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    file.write_sync(500, b"fallback")
+    assert fs.read(path)[500:508] == b"fallback"
+    assert synced, "the fallback must fdatasync"
+    file.close()
+
+
+def test_each_sync_of_a_ready_loop_is_one_durable_write(wal_dir, monkeypatch):
+    calls = []
+    real = os.pwritev
+
+    def counting(fd, buffers, offset, flags=0):
+        calls.append(flags)
+        return real(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(os, "pwritev", counting)
+    wal, _ = WriteAheadLog.open(OSFileSystem(), wal_dir)
+    for i in range(1, 21):
+        wal.append(entries(i, i), HardState(1, 1, i - 1))
+        wal.sync()
+    wal.close()
+    assert calls.count(os.RWF_DSYNC) == 20
+    _, replay = WriteAheadLog.open(OSFileSystem(), wal_dir)
+    assert replay.entries == entries(1, 20)

@@ -214,6 +214,19 @@ class WriteAheadLog:
         """Write everything queued and fsync once; after it returns, all of it survives
         a crash. If the disk fails the log refuses further use (its pages may be lost)."""
         self._check()
+        if self._queue and not self._unsynced:
+            # Nothing written since the last sync but what is queued: one durable write.
+            data = b"".join(self._queue)
+            self._queue.clear()
+            self._queued = 0
+            try:
+                self._file.write_sync(self._offset, data)
+            except OSError as exc:
+                self._fail("write and sync", exc)
+            self._offset += len(data)
+            self.syncs += 1
+            self._synced_snapshot = self._snapshot
+            return
         self._flush()
         if self._unsynced:
             try:

@@ -70,6 +70,13 @@ class _MemoryFile:
         self._inode.durable = bytearray(self._inode.current)
         self._inode.pending.clear()
 
+    def write_sync(self, offset: int, data: bytes) -> None:
+        op: _Pending = ("write", offset, bytes(data))
+        self._do(op)
+        self._fs.before_sync()  # an injected EIO leaves the write unsynced
+        _apply(self._inode.durable, op)  # this write only, as RWF_DSYNC
+        self._inode.pending.remove(op)
+
     def close(self) -> None:
         self._closed = True
 

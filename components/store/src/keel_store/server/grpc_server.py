@@ -327,7 +327,8 @@ class GrpcServer:
                     responses = await responses
                 if hasattr(responses, "__aiter__"):
                     async for response in responses:
-                        stream.send(serialize(response))
+                        # bytes: already serialized by the service (watch events)
+                        stream.send(response if type(response) is bytes else serialize(response))
                         if stream.pending or stream.conn.paused:
                             await stream.flushed()
                 else:

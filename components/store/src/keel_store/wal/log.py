@@ -216,14 +216,7 @@ class WriteAheadLog:
         self._check()
         if self._queue and not self._unsynced:
             # Nothing written since the last sync but what is queued: one durable write.
-            data = b"".join(self._queue)
-            self._queue.clear()
-            self._queued = 0
-            try:
-                self._file.write_sync(self._offset, data)
-            except OSError as exc:
-                self._fail("write and sync", exc)
-            self._offset += len(data)
+            self._flush(durable=True)
             self.syncs += 1
             self._synced_snapshot = self._snapshot
             return
@@ -289,17 +282,20 @@ class WriteAheadLog:
         if self._queued >= _FLUSH_BYTES:
             self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, *, durable: bool = False) -> None:
         if self._queue:
             data = b"".join(self._queue)
             self._queue.clear()
             self._queued = 0
             try:
-                self._file.write(self._offset, data)
+                if durable:
+                    self._file.write_sync(self._offset, data)
+                else:
+                    self._file.write(self._offset, data)
             except OSError as exc:
-                self._fail("write", exc)
+                self._fail("write and sync" if durable else "write", exc)
             self._offset += len(data)
-            self._unsynced = True
+            self._unsynced = self._unsynced or not durable
 
     def _fail(self, what: str, exc: OSError) -> NoReturn:
         # After a failed write or fsync the kernel may have dropped the dirty pages and

@@ -87,8 +87,7 @@ class GrpcStats:
 
     def serializer(self, inner: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
         def serialize(message: Any) -> bytes:
-            # bytes: a response the service serialized itself (watch events)
-            data = message if type(message) is bytes else inner(message)
+            data = inner(message)
             self.sent_bytes += len(data)
             return data
 

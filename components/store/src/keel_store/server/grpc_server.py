@@ -327,8 +327,7 @@ class GrpcServer:
                     responses = await responses
                 if hasattr(responses, "__aiter__"):
                     async for response in responses:
-                        # bytes: already serialized by the service (watch events)
-                        stream.send(response if type(response) is bytes else serialize(response))
+                        stream.send(serialize(response))
                         if stream.pending or stream.conn.paused:
                             await stream.flushed()
                 else:

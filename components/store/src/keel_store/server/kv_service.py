@@ -259,50 +259,23 @@ class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
         self.fragment_bytes = fragment_bytes
         """Watches created with ``fragment`` get responses split under this size
         (etcd: ``--max-request-bytes`` plus gRPC's 512 KiB overhead allowance)."""
-        self._events_cache: tuple[list[Event], bytes] | None = None
-        self._header_cache: tuple[tuple[int, int], bytes] = ((-1, -1), b"")
-
-    def _encoded(self, watch_id: int, events: list[Event]) -> bytes:
-        """A WatchResponse already serialized (the gRPC server sends bytes as they are).
-
-        One revision's events go to every watcher that selected the same list (the hub
-        hands them all the same list object), so they are serialized once; each watcher
-        adds only its header and ``watch_id`` fields (protobuf fields concatenate).
-        With 50 watchers of a prefix this is most of a fan-out's server time.
-        """
-        cached = self._events_cache
-        if cached is not None and cached[0] is events:
-            body = cached[1]
-        else:
-            body = rpcpb.WatchResponse(events=events).SerializeToString()
-            self._events_cache = (events, body)  # holds the list: its id stays unique
-        node = self.node
-        key = (node.sm.kv.revision, node.term)
-        if self._header_cache[0] != key:
-            header = rpcpb.WatchResponse()
-            self.headers.fill(header.header)
-            self._header_cache = (key, header.SerializeToString())
-        head = self._header_cache[1]
-        if watch_id:
-            head += rpcpb.WatchResponse(watch_id=watch_id).SerializeToString()
-        return head + body
 
     async def Watch(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         if self.node.leader_id == 0 and _wants_leader(context):
             await abort(context, errors.NO_LEADER)
-        queue: asyncio.Queue[rpcpb.WatchResponse | bytes | None] = asyncio.Queue()
+        queue: asyncio.Queue[rpcpb.WatchResponse | None] = asyncio.Queue()
         watchers: dict[int, Watcher] = {}
         next_id = 0
 
         def sink(watcher: Watcher, events: list[Event]) -> None:
-            if not watcher.fragment:
-                queue.put_nowait(self._encoded(watcher.id, events))
-                return
             resp = rpcpb.WatchResponse(watch_id=watcher.id)
             self.headers.fill(resp.header)
             resp.events.extend(events)
-            for part in fragments(resp, self.fragment_bytes):
-                queue.put_nowait(part)
+            if watcher.fragment:
+                for part in fragments(resp, self.fragment_bytes):
+                    queue.put_nowait(part)
+            else:
+                queue.put_nowait(resp)
 
         def respond(**fields: Any) -> None:
             resp = rpcpb.WatchResponse(**fields)

@@ -6,9 +6,11 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import keel_store.server.node as node_module
 from keel_core.testing import free_port
 from keel_store import daemon
 from keel_store.mvcc import snapshot
@@ -122,3 +124,45 @@ def test_member_snapshots_in_the_background_and_restarts_from_it(tmp_path: Path)
             await again.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_failing_child_is_not_forked_again_on_every_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forks = []
+    real = node_module.save_in_child
+
+    def failing(sm: StateMachine, keep: Any = None) -> Any:
+        def crash(sm: StateMachine, fd: int, keep: object) -> None:
+            os._exit(1)
+
+        forks.append(time.monotonic())
+        return real(sm, keep, crash)
+
+    monkeypatch.setattr(node_module, "save_in_child", failing)
+    url = f"http://127.0.0.1:{free_port()}"
+    args = daemon.parse_args(
+        [
+            "--name=n0",
+            f"--data-dir={tmp_path / 'n0'}",
+            f"--initial-advertise-peer-urls={url}",
+            f"--listen-peer-urls={url}",
+            f"--initial-cluster=n0={url}",
+            "--snapshot-count=20",
+            "--unsafe-no-fsync",
+        ],
+        {},
+    )
+
+    async def scenario() -> None:
+        node = StoreNode(daemon.node_config(args))
+        await node.start()
+        try:
+            for i in range(200):  # 180 Readys past the threshold, within a second or two
+                await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"k%03d" % i, value=b"v"))
+            assert node.last_snapshot_index == 0
+        finally:
+            await node.stop()
+
+    asyncio.run(scenario())
+    assert 1 <= len(forks) <= 2, len(forks)

@@ -66,6 +66,8 @@ _PROPOSAL_FAILURES = (errors.TIMEOUT, errors.LEADER_CHANGED, errors.NO_LEADER, e
 """Proposals that end so count as failed (etcd's ``proposals_failed_total``)."""
 
 _INLINE_SYNC_ENTRIES = 1
+_RETRY_S = 5.0
+"""After a failed snapshot child, wait this long before forking another."""
 """Readies with at most this many new entries fsync on the loop itself: waking a worker
 thread and coming back costs ~60 us here (measured: benchmarks/store_profile.py trace),
 as much as the fsync; bigger batches fsync in a thread so that requests keep arriving."""
@@ -94,6 +96,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._inbox: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
         self._snapshot_child: ChildSnapshot | None = None
+        self._snapshot_retry_at = 0.0
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._reads: list[asyncio.Future[None]] = []
         self._read_rounds: dict[bytes, list[asyncio.Future[None]]] = {}
@@ -412,6 +415,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             return
         if self._snapshot_child is not None:
             return  # one at a time; the next Ready asks again once it is recorded
+        if time.monotonic() < self._snapshot_retry_at:
+            return  # the last child failed (a full disk?): not a fork per Ready
         started = time.perf_counter()
         conf = self.raft.conf
         meta = SnapshotMeta(index=applied, term=self.storage.term(applied), conf=conf)
@@ -430,7 +435,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                 return
             exc = child.exception()
             if exc is not None:
-                log.error("snapshot at %d: %s", applied, exc)
+                log.error("snapshot at %d: %s (next try in %.0f s)", applied, exc, _RETRY_S)
+                self._snapshot_retry_at = time.monotonic() + _RETRY_S
                 return
             if applied <= self.storage.snapshot().meta.index:
                 return  # a newer snapshot came from the leader meanwhile

@@ -71,7 +71,8 @@ def test_a_failing_or_killed_child_is_an_error() -> None:
     asyncio.run(scenario())
 
 
-def test_member_snapshots_in_the_background_and_restarts_from_it(tmp_path: Path) -> None:
+def _member_config(tmp_path: Path, snapshot_count: int) -> daemon.NodeConfig:
+    """A one-member daemon configuration (the daemon's own flag parsing)."""
     url = f"http://127.0.0.1:{free_port()}"
     args = daemon.parse_args(
         [
@@ -80,12 +81,16 @@ def test_member_snapshots_in_the_background_and_restarts_from_it(tmp_path: Path)
             f"--initial-advertise-peer-urls={url}",
             f"--listen-peer-urls={url}",
             f"--initial-cluster=n0={url}",
-            "--snapshot-count=50",
+            f"--snapshot-count={snapshot_count}",
             "--unsafe-no-fsync",
         ],
         {},
     )
-    config = daemon.node_config(args)
+    return daemon.node_config(args)
+
+
+def test_member_snapshots_in_the_background_and_restarts_from_it(tmp_path: Path) -> None:
+    config = _member_config(tmp_path, snapshot_count=50)
     assert config.background_snapshots  # the daemon's choice
 
     async def scenario() -> None:
@@ -140,22 +145,9 @@ def test_a_failing_child_is_not_forked_again_on_every_ready(
         return real(sm, keep, crash)
 
     monkeypatch.setattr(node_module, "save_in_child", failing)
-    url = f"http://127.0.0.1:{free_port()}"
-    args = daemon.parse_args(
-        [
-            "--name=n0",
-            f"--data-dir={tmp_path / 'n0'}",
-            f"--initial-advertise-peer-urls={url}",
-            f"--listen-peer-urls={url}",
-            f"--initial-cluster=n0={url}",
-            "--snapshot-count=20",
-            "--unsafe-no-fsync",
-        ],
-        {},
-    )
 
     async def scenario() -> None:
-        node = StoreNode(daemon.node_config(args))
+        node = StoreNode(_member_config(tmp_path, snapshot_count=20))
         await node.start()
         try:
             for i in range(200):  # 180 Readys past the threshold, within a second or two

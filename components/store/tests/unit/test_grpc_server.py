@@ -959,3 +959,22 @@ def test_stop_closes_http1_connections_it_handed_over() -> None:
             writer.close()
 
     run(scenario)
+
+
+def test_stop_ends_once_the_client_resets_its_last_call() -> None:
+    """After our GOAWAY, a RST_STREAM of the last stream closes the connection at once."""
+
+    async def scenario() -> None:
+        async with serving() as (server, services, port), channel(port) as ch:
+            call = rpcgrpc.KVStub(ch).Range(rpcpb.RangeRequest(key=b"sleep", range_end=b"30"))
+            pending = asyncio.ensure_future(call)
+            assert await is_set_within(services.kv.started)
+            stopping = asyncio.ensure_future(server.stop(grace=8))
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            pending.cancel()  # grpcio sends RST_STREAM
+            await asyncio.wait_for(stopping, 5)
+            assert time.monotonic() - started < 2, "stop waited for the grace period"
+            assert await is_set_within(services.kv.cancelled)
+
+    run(scenario, timeout=20.0)

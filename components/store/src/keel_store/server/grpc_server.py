@@ -152,7 +152,6 @@ class GrpcServer:
         self._servers: list[asyncio.Server] = []
         self._connections: set[Connection] = set()
         self._http1_transports: set[asyncio.Transport] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- registration (the generated code's calls) ---------------------------------------
 
@@ -181,9 +180,9 @@ class GrpcServer:
 
     async def start(self) -> None:
         """Open every listener (OSError if an address is taken)."""
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         for host, port, context in self._ports:
-            server = await self._loop.create_server(
+            server = await loop.create_server(
                 self._connection, host or None, port, ssl=context, reuse_address=True, backlog=1024
             )
             self._servers.append(server)
@@ -292,13 +291,13 @@ class GrpcServer:
 
     @staticmethod
     def _http_error(stream: Stream, status: bytes) -> None:
-        block = w.literal(b":status", status, 8) + w.grpc_status_block(
-            w.INTERNAL if status == b"405" else w.UNIMPLEMENTED, f"HTTP status {status.decode()}"
+        stream.end_with(
+            w.literal(b":status", status, 8)
+            + w.grpc_status_block(
+                w.INTERNAL if status == b"405" else w.UNIMPLEMENTED,
+                f"HTTP status {status.decode()}",
+            )
         )
-        stream.headers_sent = True
-        stream.local_closed = True
-        stream.conn.write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream.id, block))
-        stream.conn.closed_locally(stream)
 
     # --- a call ------------------------------------------------------------------------------
 

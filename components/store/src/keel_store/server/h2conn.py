@@ -220,16 +220,10 @@ class Stream:
         """End the response with ``grpc-status`` (trailers-only if nothing was sent)."""
         if self.local_closed or self.reset:
             return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_timer()
         status = w.TRAILERS_OK if code == 0 and not message else w.grpc_status_block(code, message)
         if not self.headers_sent:
-            self.headers_sent = True
-            block = w.RESPONSE_HEADERS + status
-            self.local_closed = True
-            self.conn.write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, self.id, block))
-            self.conn.closed_locally(self)
+            self.end_with(w.RESPONSE_HEADERS + status)
             return
         self.trailers = status
         if self.pending:
@@ -239,9 +233,19 @@ class Stream:
     def _send_trailers(self) -> None:
         block, self.trailers = self.trailers, None
         assert block is not None
+        self.end_with(block)
+
+    def end_with(self, block: bytes) -> None:
+        """Send ``block`` as the stream's last HEADERS frame (END_STREAM)."""
+        self.headers_sent = True
         self.local_closed = True
         self.conn.write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, self.id, block))
         self.conn.closed_locally(self)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _wake_writer(self) -> None:
         if self.writable is not None and not self.writable.done():
@@ -250,9 +254,7 @@ class Stream:
     def _cancel(self) -> None:
         """The client reset the stream or the connection is gone: stop the call."""
         self.reset = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_timer()
         self.pending.clear()
         self._wake_writer()
         if self.waiter is not None and not self.waiter.done():
@@ -318,10 +320,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        for stream in list(self.streams.values()):
-            stream._cancel()
-        self.streams.clear()
-        self.blocked.clear()
+        self._cancel_streams()
         if self.flush_handle is not None:
             self.flush_handle.cancel()
             self.flush_handle = None
@@ -345,7 +344,10 @@ class Connection(asyncio.Protocol):
             self.flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self.flush_handle = None
+        """Write what is queued now (a scheduled flush, if any, has nothing left to do)."""
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
         if self.out and self.transport is not None and not self.closed:
             data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
             self.out.clear()
@@ -384,15 +386,25 @@ class Connection(asyncio.Protocol):
         if not self.streams and not self.in_receive and self.flush_handle is not None:
             # Nothing else on this connection can join the write: send now, not after
             # another turn of the loop (a sequential client waits for exactly this).
-            self.flush_handle.cancel()
             self._flush()
 
     def _forget(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
         self.blocked.pop(stream.id, None)
-        if self.going_away and not self.streams and self.transport is not None:
+        if self.going_away:
+            self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        """After a GOAWAY (ours or the client's): close once no stream is left."""
+        if not self.streams and self.transport is not None:
             self._flush()
             self.transport.close()
+
+    def _cancel_streams(self) -> None:
+        for stream in list(self.streams.values()):
+            stream._cancel()
+        self.streams.clear()
+        self.blocked.clear()
 
     def reset_stream(self, stream: Stream, code: int) -> None:
         """Abandon a stream (RST_STREAM) and stop its call."""
@@ -408,8 +420,7 @@ class Connection(asyncio.Protocol):
         self.going_away = True
         self.write(w.goaway(self.last_stream_id, w.NO_ERROR))
         self._flush()
-        if not self.streams and self.transport is not None:
-            self.transport.close()
+        self._close_if_idle()
 
     def abort(self) -> None:
         """Close at once, cancelling every call."""
@@ -421,9 +432,7 @@ class Connection(asyncio.Protocol):
         self.out.append(w.goaway(self.last_stream_id, code, debug.encode()[:256]))
         self._flush()
         self.closed = True
-        for stream in list(self.streams.values()):
-            stream._cancel()
-        self.streams.clear()
+        self._cancel_streams()
         if self.transport is not None:
             self.transport.close()
 
@@ -484,15 +493,13 @@ class Connection(asyncio.Protocol):
                 if not flags & w.ACK:
                     self.write(w.frame(w.PING, w.ACK, 0, payload))
             elif ftype == w.RST_STREAM:
-                stream = self.streams.pop(sid, None)
+                stream = self.streams.get(sid)
                 if stream is not None:
-                    self.blocked.pop(sid, None)
                     stream._cancel()
+                    self._forget(stream)  # the last one after a GOAWAY closes the connection
             elif ftype == w.GOAWAY:
                 self.going_away = True
-                if not self.streams and self.transport is not None:
-                    self._flush()
-                    self.transport.close()
+                self._close_if_idle()
             elif ftype == w.PUSH_PROMISE:
                 raise _ConnectionError(w.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
             # PRIORITY and unknown frame types are ignored (RFC 9113 5.5)

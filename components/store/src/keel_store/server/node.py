@@ -66,11 +66,11 @@ _PROPOSAL_FAILURES = (errors.TIMEOUT, errors.LEADER_CHANGED, errors.NO_LEADER, e
 """Proposals that end so count as failed (etcd's ``proposals_failed_total``)."""
 
 _INLINE_SYNC_ENTRIES = 1
-_RETRY_S = 5.0
-"""After a failed snapshot child, wait this long before forking another."""
 """Readies with at most this many new entries fsync on the loop itself: waking a worker
 thread and coming back costs ~60 us here (measured: benchmarks/store_profile.py trace),
 as much as the fsync; bigger batches fsync in a thread so that requests keep arriving."""
+_RETRY_S = 5.0
+"""After a failed background snapshot, wait this long before forking another."""
 
 
 class StoreNode(ReadIndexMixin, MembershipMixin):
@@ -433,17 +433,14 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             self._snapshot_child = None
             if self.stopped or child.cancelled():
                 return
-            exc = child.exception()
-            if exc is not None:
-                log.error("snapshot at %d: %s (next try in %.0f s)", applied, exc, _RETRY_S)
-                self._snapshot_retry_at = time.monotonic() + _RETRY_S
-                return
-            if applied <= self.storage.snapshot().meta.index:
-                return  # a newer snapshot came from the leader meanwhile
             try:
-                self._record_snapshot(applied, conf, child.result(), started, written=True)
-            except Exception:  # the member goes on; the next Ready tries again
-                log.exception("snapshot at %d could not be recorded", applied)
+                data = child.result()  # SnapshotChildError if the child failed
+                # (unless a newer snapshot came from the leader meanwhile)
+                if applied > self.storage.snapshot().meta.index:
+                    self._record_snapshot(applied, conf, data, started, written=True)
+            except Exception:  # the member goes on without it (a full disk?)
+                log.exception("snapshot at %d failed, next try in %.0f s", applied, _RETRY_S)
+                self._snapshot_retry_at = time.monotonic() + _RETRY_S
 
         child.add_done_callback(lambda _: self._submit(record))
 

@@ -1,16 +1,18 @@
 """Building a member's snapshot in a forked child, off the event loop.
 
-``snapshot.save(sm)`` serializes the whole state machine: ~0.34 s per 50k keys, and
-with the daemon's ``--snapshot-count`` of 100,000 entries a busy member would stop
-answering for seconds (the slowest request of ``etcdctl check perf --load=l`` was 2.6-4.5
-s, 0.22 s with snapshots off). etcd copies its bbolt file in the background; keel-store
-forks, as Redis's BGSAVE does: the child gets a copy-on-write image of the state machine
-exactly as it is at the fork (between two applies on the loop), serializes it and
-writes it to a pipe, and exits. The parent goes on serving; a thread reads the pipe and
-reaps the child, and the loop records the snapshot once the bytes are in.
+``snapshot.save(sm)`` serializes the whole state machine, and writing the file takes
+as long again: with the daemon's ``--snapshot-count`` of 100,000 entries a busy member
+stopped answering for seconds (the slowest request of ``etcdctl check perf --load=l`` was
+2.6-4.5 s, 0.22 s with snapshots off). etcd copies its bbolt file in the background;
+keel-store forks, as Redis's BGSAVE does: the child gets a copy-on-write image of the
+state machine exactly as it is at the fork (between two applies on the loop),
+serializes it, lets the caller keep it (the node writes the snapshot file there),
+writes the bytes to a pipe, and exits. The parent goes on serving; a thread reads the
+pipe and reaps the child, and the loop records the snapshot once the bytes are in.
 
-The child runs nothing but ``snapshot.save`` and ``os.write``: no loop, no logging, no
-locks another thread could have held at the fork; it leaves with ``os._exit``.
+The child runs nothing but ``snapshot.save``, the caller's ``keep`` (plain file writes)
+and ``os.write``: no loop, no logging, no locks another thread could have held at the
+fork; it leaves with ``os._exit``.
 """
 
 from __future__ import annotations

@@ -214,14 +214,12 @@ class WriteAheadLog:
         """Write everything queued and fsync once; after it returns, all of it survives
         a crash. If the disk fails the log refuses further use (its pages may be lost)."""
         self._check()
-        if self._queue and not self._unsynced:
-            # Nothing written since the last sync but what is queued: one durable write.
-            self._flush(durable=True)
+        # Nothing written since the last sync but what is queued: one durable write.
+        durable = bool(self._queue) and not self._unsynced
+        self._flush(durable=durable)
+        if durable:
             self.syncs += 1
-            self._synced_snapshot = self._snapshot
-            return
-        self._flush()
-        if self._unsynced:
+        elif self._unsynced:
             try:
                 self._file.sync()
             except OSError as exc:

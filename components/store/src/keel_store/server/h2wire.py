@@ -122,12 +122,16 @@ def grpc_status_block(code: int, message: str) -> bytes:
 TRAILERS_OK = grpc_status_block(0, "")
 
 
+_PLAIN = frozenset(range(0x20, 0x7F)) - {0x25}
+"""Bytes ``grpc-message`` carries as they are: printable ASCII but '%'."""
+
+
 def percent_encode(message: str) -> bytes:
     """gRPC's ``grpc-message`` encoding: UTF-8, bytes outside 0x20-0x7E and '%' as %XX."""
     data = message.encode()
-    if all(0x20 <= b <= 0x7E and b != 0x25 for b in data):
+    if _PLAIN.issuperset(data):
         return data
-    return b"".join(bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in data)
+    return b"".join(bytes((b,)) if b in _PLAIN else b"%%%02X" % b for b in data)
 
 
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -142,6 +146,6 @@ def parse_timeout(value: str) -> float | None:
     return int(digits) * unit
 
 
-def message_prefix(length: int, compressed: bool = False) -> bytes:
-    """gRPC's length-prefixed message header: compressed flag and 32-bit length."""
-    return (b"\x01" if compressed else b"\x00") + _U32.pack(length)
+def message_prefix(length: int) -> bytes:
+    """gRPC's length-prefixed message header: not compressed, 32-bit length."""
+    return b"\x00" + _U32.pack(length)

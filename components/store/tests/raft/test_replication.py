@@ -131,3 +131,73 @@ def test_restart_recovers_term_vote_log_and_commit(cluster3: Cluster) -> None:
     assert node.log.last_index() == before.log.last_index()
     assert node.log.committed == before.log.committed
     assert node.role is Role.FOLLOWER
+
+
+def test_commit_notices_are_quiet_and_unanswered(cluster3: Cluster) -> None:
+    """When the commit index moves, followers in replicate state learn it from a quiet
+    APPEND without entries, and do not answer it when they accept it."""
+    leader = cluster3.elect(1)
+    cluster3.tick(times=2)
+    cluster3.sent.clear()
+    leader.propose(b"x")
+    cluster3.settle()
+    appends = [m for m in cluster3.sent if m.type is MessageType.APPEND]
+    with_entries = [m for m in appends if m.entries]
+    notices = [m for m in appends if not m.entries]
+    assert {m.to for m in with_entries} == {2, 3}
+    assert not any(m.quiet for m in with_entries)
+    assert {m.to for m in notices} == {2, 3}
+    assert all(m.quiet for m in notices)
+    assert all(m.commit == leader.log.committed for m in notices)
+    answers = [m for m in cluster3.sent if m.type is MessageType.APPEND_RESPONSE]
+    assert sorted(m.sender for m in answers) == [2, 3]  # one per APPEND with entries
+    for nid in (2, 3):
+        assert cluster3.nodes[nid].log.committed == leader.log.committed
+        assert cluster3.applied[nid] == [b"x"]
+
+
+def test_a_quiet_notice_that_does_not_match_is_still_answered(cluster3: Cluster) -> None:
+    """Only an accepted notice goes unanswered: one the follower cannot match (it lost
+    the entries) gets its rejection, and the leader backs up and repairs it."""
+    leader = cluster3.elect(1)
+    cluster3.tick(times=2)
+    cluster3.cut = {(1, 3)}  # 3 misses x1, x2
+    leader.propose(b"x1")
+    leader.propose(b"x2")
+    cluster3.settle()
+    cluster3.cut = set()
+    last = leader.log.last_index()
+    notice = Message(
+        MessageType.APPEND,
+        3,
+        1,
+        leader.term,
+        log_term=leader.term,
+        index=last,
+        commit=leader.log.committed,
+        quiet=True,
+    )
+    cluster3.sent.clear()
+    cluster3.deliver([notice])
+    rejections = [m for m in cluster3.sent if m.type is MessageType.APPEND_RESPONSE]
+    assert rejections
+    assert rejections[0].sender == 3
+    assert rejections[0].reject
+    assert cluster3.nodes[3].log.last_index() == last
+    assert cluster3.applied[3] == [b"x1", b"x2"]
+
+
+def test_a_lost_acknowledgement_is_recovered_through_the_heartbeat(cluster3: Cluster) -> None:
+    """Notices are not answered, so a lost ack of the entries themselves must be made
+    good by the APPEND a heartbeat response triggers, which is answered."""
+    leader = cluster3.elect(1)
+    cluster3.tick(times=2)
+    cluster3.down = {2}  # the commit needs 3's acknowledgement...
+    cluster3.rewrite = lambda m: None if m.type is MessageType.APPEND_RESPONSE else m
+    leader.propose(b"x")
+    cluster3.settle()  # ...which is lost
+    assert leader.log.committed < leader.log.last_index()
+    cluster3.rewrite = lambda m: m
+    cluster3.tick(times=3)  # heartbeats
+    assert leader.log.committed == leader.log.last_index()
+    assert cluster3.applied[1] == cluster3.applied[3] == [b"x"]

@@ -26,9 +26,9 @@ def test_passing_seeds_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
 def test_failing_seed_prints_a_replay_command_that_fails_the_same_way(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["--seeds", "1", "--start", "8", "--jobs", "1", *VOTE_STORM]) == 1
+    assert main(["--seeds", "1", "--start", "38", "--jobs", "1", *VOTE_STORM]) == 1
     out = capsys.readouterr().out
-    [failure] = [line for line in out.splitlines() if line.startswith("FAILED seed 8")]
+    [failure] = [line for line in out.splitlines() if line.startswith("FAILED seed 38")]
     assert "election safety" in failure
     [replay] = [line for line in out.splitlines() if line.strip().startswith("replay:")]
     command = shlex.split(replay.split("replay:", 1)[1])

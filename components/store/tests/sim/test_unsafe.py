@@ -31,8 +31,10 @@ VOTE_CRASHES = {
 
 CASES = [
     pytest.param("unsafe_skip_persist_vote", VOTE_CRASHES, 30, "election safety", id="vote"),
+    # Commit notices are not answered (Message.quiet), so stale answers are rarer: the
+    # first failing seed moved from below 30 to 265 (2026-12-05).
     pytest.param(
-        "unsafe_skip_append_response_term_check", CHURN, 30, "replication", id="append-reply"
+        "unsafe_skip_append_response_term_check", CHURN, 300, "replication", id="append-reply"
     ),
     pytest.param(
         "unsafe_skip_read_index_heartbeat",
@@ -41,7 +43,7 @@ CASES = [
         "not linearizable",
         id="read-heartbeat",
     ),
-    pytest.param("unsafe_read_before_term_commit", {}, 30, "not linearizable", id="read-term"),
+    pytest.param("unsafe_read_before_term_commit", {}, 80, "not linearizable", id="read-term"),
     pytest.param(
         "unsafe_commit_previous_term_entries",
         {**CHURN, "max_entries_per_message": 1},  # old entries travel without the no-op

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,9 @@ def test_message_round_trip() -> None:
         context=b"ctx",
     )
     assert transport.decode_message(transport.encode_message(m)) == m
+    for reject, quiet in ((False, True), (True, True), (False, False)):
+        flagged = replace(m, reject=reject, quiet=quiet)
+        assert transport.decode_message(transport.encode_message(flagged)) == flagged
     with pytest.raises(Exception):  # noqa: B017, PT011 - struct.error or ValueError
         transport.decode_message(b"\x01\x02")
 

@@ -125,7 +125,7 @@ class LeaderSide:
         elif pr.state is ProgressState.REPLICATE:
             pr.free_inflight_to(m.index)
         if self._maybe_commit():
-            self._broadcast_append()
+            self._broadcast_append(commit_notice=True)
         elif was_paused:
             self._send_append(m.sender)
         while self._send_append(m.sender, send_empty=False):
@@ -147,9 +147,11 @@ class LeaderSide:
         self.log.commit_to(index)
         return True
 
-    def _broadcast_append(self) -> None:
+    def _broadcast_append(self, *, commit_notice: bool = False) -> None:
+        """APPEND to every follower; ``commit_notice``: the commit index moved, and a
+        follower in REPLICATE with nothing new to receive gets a quiet notice."""
         for nid in self.progress:
-            if nid != self.id and self._send_append(nid):
+            if nid != self.id and self._send_append(nid, quiet=commit_notice):
                 # Pipelining: keep streaming batches while the window has room.
                 while self._send_append(nid, send_empty=False):
                     pass
@@ -163,7 +165,7 @@ class LeaderSide:
                     Message(MT.HEARTBEAT, nid, self.id, self.term, commit=commit, context=context)
                 )
 
-    def _send_append(self, to: int, *, send_empty: bool = True) -> bool:
+    def _send_append(self, to: int, *, send_empty: bool = True, quiet: bool = False) -> bool:
         pr = self.progress[to]
         if pr.paused:
             return False
@@ -200,6 +202,7 @@ class LeaderSide:
                 index=prev,
                 entries=tuple(entries),
                 commit=log.committed,
+                quiet=quiet and not entries and pr.state is ProgressState.REPLICATE,
             )
         )
         if entries:

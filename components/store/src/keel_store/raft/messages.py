@@ -53,6 +53,11 @@ class Message:
     snapshot: Snapshot | None = None
     context: bytes = b""
     """Read-round id on heartbeats; ``b"transfer"`` on votes caused by a leader transfer."""
+    quiet: bool = False
+    """APPEND without entries telling a follower the new commit index: accepted, it is not
+    answered (the leader learns nothing from the answer: the follower's acks of the
+    entries are on their way, and a lost one is recovered by the APPEND that a heartbeat
+    response triggers, which is answered)."""
 
 
 TRANSFER_CONTEXT = b"transfer"

@@ -407,7 +407,8 @@ class RaftNode(LeaderSide):
             return
         last = log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last is not None:
-            self._send(Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term, index=last))
+            if not m.quiet:
+                self._send(Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term, index=last))
             return
         hint, hint_term = log.find_conflict_by_term(min(m.index, log.last_index()), m.log_term)
         self._send(

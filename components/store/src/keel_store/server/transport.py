@@ -51,7 +51,7 @@ def encode_message(m: Message) -> bytes:
             m.log_term,
             m.index,
             m.commit,
-            m.reject,
+            m.reject | m.quiet << 1,
             m.reject_hint,
             len(m.context),
             len(m.entries),
@@ -81,7 +81,7 @@ def encode_message(m: Message) -> bytes:
 
 def decode_message(data: bytes) -> Message:
     """Inverse of :func:`encode_message`; ValueError (struct.error) if malformed."""
-    (mtype, to, sender, term, log_term, index, commit, reject, hint, clen, nent, has_snap) = (
+    (mtype, to, sender, term, log_term, index, commit, flags, hint, clen, nent, has_snap) = (
         _MSG.unpack_from(data)
     )
     pos = _MSG.size
@@ -110,10 +110,11 @@ def decode_message(data: bytes) -> Message:
         index,
         tuple(entries),
         commit,
-        bool(reject),
+        bool(flags & 1),
         hint,
         snapshot,
         context,
+        bool(flags & 2),
     )
 
 

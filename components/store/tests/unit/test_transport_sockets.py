@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import struct
+
+import pytest
+import uvloop
 
 from keel_core.testing import free_port
 from keel_store.server import transport
@@ -133,3 +138,95 @@ def test_losing_the_last_connection_from_a_peer_is_reported() -> None:
         assert lost == [1]  # closing b itself reports nothing
 
     asyncio.run(scenario())
+
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def _frame(kind: int, payload: bytes) -> bytes:
+    return struct.pack(">IB", len(payload) + 1, kind) + payload
+
+
+def _hello(token: str, sender: int) -> bytes:
+    return _frame(transport.HELLO, json.dumps({"token": token, "from": sender}).encode())
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_frames_cut_anywhere_are_reassembled(loop: str) -> None:
+    """Frames are cut out of whatever pieces TCP delivers: one byte at a time, odd
+    chunks across frame borders, and a 1 MiB frame in 1,000-byte pieces."""
+    payloads = [b"", b"a", b"bc" * 700, bytes(range(256)) * 4096, b"end"]
+    stream = _hello("tok", 7) + b"".join(_frame(transport.RAFT, p) for p in payloads)
+
+    async def scenario() -> None:
+        got: list[tuple[int, int, bytes]] = []
+        b = transport.PeerTransport(2, "tok", lambda s, k, p: got.append((s, k, p)))
+        url = f"http://127.0.0.1:{free_port()}"
+        await b.listen(url)
+        try:
+            for sizes in ([1] * 4000, [3, 1000, 7], [1000]):
+                got.clear()
+                _, writer = await asyncio.open_connection(*transport.host_port(url))
+                pos, i = 0, 0
+                while pos < len(stream):
+                    size = sizes[i % len(sizes)]
+                    writer.write(stream[pos : pos + size])
+                    await writer.drain()
+                    if size < 10 and pos < 4000:
+                        await asyncio.sleep(0)  # let the server see the small pieces one by one
+                    pos += size
+                    i += 1
+                await _until(lambda: len(got) == len(payloads))
+                assert got == [(7, transport.RAFT, p) for p in payloads]
+                writer.close()
+            assert b.received_bytes[7] == 3 * (len(stream) - len(_hello("tok", 7)))
+        finally:
+            await b.close()
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(scenario())
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_bad_peer_loses_its_own_connection_only(loop: str) -> None:
+    """A wrong cluster token, an oversize or empty frame, or a frame the node cannot
+    decode closes that connection; a good peer's connection keeps delivering."""
+
+    def on_frame(sender: int, kind: int, payload: bytes) -> None:
+        if payload == b"undecodable":
+            raise ValueError("bad message")
+        got.append(payload)
+
+    got: list[bytes] = []
+
+    async def scenario() -> None:
+        b = transport.PeerTransport(2, "tok", on_frame)
+        url = f"http://127.0.0.1:{free_port()}"
+        await b.listen(url)
+        host, port = transport.host_port(url)
+        try:
+            _, good = await asyncio.open_connection(host, port)
+            good.write(_hello("tok", 1) + _frame(transport.RAFT, b"good 1"))
+            await _until(lambda: got == [b"good 1"])
+            bad_streams = {
+                "wrong token": _hello("other", 3) + _frame(transport.RAFT, b"never"),
+                "no hello": _frame(transport.RAFT, b"never"),
+                "oversize": _hello("tok", 3) + struct.pack(">IB", transport.MAX_FRAME + 2, 2),
+                "empty frame": _hello("tok", 3) + struct.pack(">I", 0) + b"\x00" * 8,
+                "undecodable": _hello("tok", 3) + _frame(transport.RAFT, b"undecodable"),
+            }
+            for name, data in bad_streams.items():
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(data + _frame(transport.RAFT, b"after " + name.encode()))
+                assert await asyncio.wait_for(reader.read(), 5) == b"", name  # closed by b
+                writer.close()
+            good.write(_frame(transport.RAFT, b"good 2"))
+            await _until(lambda: got[-1:] == [b"good 2"])
+            assert got == [b"good 1", b"good 2"]
+            assert b._inbound == {1: 1}
+            good.close()
+        finally:
+            await b.close()
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(scenario())

@@ -16,7 +16,7 @@ import json
 import logging
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from keel_store.raft import (
@@ -133,7 +133,7 @@ class PeerTransport:
         self,
         member_id: int,
         token: str,
-        on_frame: Callable[[int, int, bytes], Awaitable[None] | None],
+        on_frame: Callable[[int, int, bytes], None],
     ) -> None:
         self.member_id = member_id
         self.token = token
@@ -144,7 +144,7 @@ class PeerTransport:
         self._writers: dict[int, asyncio.StreamWriter] = {}
         """Connected peers: a frame for an idle connection is written at once."""
         self._server: asyncio.Server | None = None
-        self._readers: set[asyncio.Task[None]] = set()
+        self._inbound_conns: set[_Inbound] = set()
         self.sent_bytes: dict[int, int] = {}
         """Peer ID -> bytes of frames sent to it (etcd_network_peer_sent_bytes_total)."""
         self.received_bytes: dict[int, int] = {}
@@ -167,7 +167,10 @@ class PeerTransport:
 
     async def listen(self, url: str) -> None:
         host, port = host_port(url)
-        self._server = await asyncio.start_server(self._accept, host, port, ssl=self.server_ssl)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Inbound(self), host, port, ssl=self.server_ssl
+        )
 
     def set_peers(self, peers: dict[int, str]) -> None:
         """Peer ID -> peer URL; starts senders for new peers, stops removed ones."""
@@ -200,9 +203,11 @@ class PeerTransport:
 
     async def close(self) -> None:
         self._closing = True
-        for task in [*self._senders.values(), *self._readers]:
+        for task in self._senders.values():
             task.cancel()
-        for task in [*self._senders.values(), *self._readers]:
+        for conn in list(self._inbound_conns):
+            conn.close()
+        for task in self._senders.values():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._server is not None:
@@ -277,49 +282,6 @@ class PeerTransport:
         if writer is not None and self._writers.get(pid) is writer:
             del self._writers[pid]
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._readers.add(task)
-        sender: int | None = None
-        try:
-            size, kind = _FRAME.unpack(await reader.readexactly(_FRAME.size))
-            hello = json.loads(await reader.readexactly(size - 1)) if kind == HELLO else {}
-            if hello.get("token") != self.token:
-                log.warning("peer refused: wrong cluster token %r", hello.get("token"))
-                return
-            sender = int(hello["from"])
-            self._inbound[sender] = self._inbound.get(sender, 0) + 1
-            if self.on_hello is not None:
-                self.on_hello(sender, hello)
-            received = self.received_bytes
-            while True:
-                size, kind = _FRAME.unpack(await reader.readexactly(_FRAME.size))
-                if size - 1 > MAX_FRAME:
-                    log.warning("peer %x sent an oversize frame; dropping connection", sender)
-                    return
-                payload = await reader.readexactly(size - 1)
-                received[sender] = received.get(sender, 0) + _FRAME.size + size - 1
-                if sender in self.paused:
-                    continue
-                result = self.on_frame(sender, kind, payload)
-                if result is not None:
-                    await result
-        except (
-            asyncio.IncompleteReadError,
-            ConnectionError,
-            ValueError,
-            struct.error,
-            json.JSONDecodeError,
-            KeyError,
-        ):
-            pass
-        finally:
-            self._readers.discard(task)
-            writer.close()
-            if sender is not None:
-                self._lost_inbound(sender)
-
     def _lost_inbound(self, sender: int) -> None:
         left = self._inbound.get(sender, 1) - 1
         if left > 0:
@@ -328,3 +290,106 @@ class PeerTransport:
         self._inbound.pop(sender, None)
         if self.on_peer_lost is not None and not self._closing:
             self.on_peer_lost(sender)
+
+
+class _Inbound(asyncio.Protocol):
+    """A connection a peer opened to us: frames are cut out of the bytes as they arrive
+    and handed to ``on_frame`` at once (no reader task and stream buffer in between:
+    a follower's APPEND and a leader's acknowledgements are on the write path).
+
+    The first frame must be the hello with the cluster token. A wrong token, a
+    malformed or oversize frame, or a frame that ``on_frame`` cannot decode closes this
+    connection only.
+    """
+
+    def __init__(self, owner: PeerTransport) -> None:
+        self.owner = owner
+        self.transport: asyncio.BaseTransport | None = None
+        self.sender: int | None = None
+        self._pending: list[bytes] = []
+        """The start of an incomplete frame, in the pieces it arrived in."""
+        self._have = 0
+        self._need = _FRAME.size
+        """Bytes needed before parsing is worth trying again (joining on every piece of
+        a 64 MiB snapshot frame would be quadratic)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.owner._inbound_conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._inbound_conns.discard(self)
+        if self.sender is not None:
+            self.owner._lost_inbound(self.sender)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._pending:
+            self._pending.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return
+            data = b"".join(self._pending)
+            self._pending = []
+        try:
+            pos = self._frames(data)
+        except (ValueError, struct.error, KeyError, json.JSONDecodeError) as exc:
+            log.warning("peer %s: bad frame (%s); dropping connection", self.sender, exc)
+            self.close()
+            return
+        if 0 <= pos < len(data):
+            tail = data[pos:]
+            self._pending = [tail]
+            self._have = len(tail)
+            self._need = (
+                _FRAME.size
+                if len(tail) < _FRAME.size
+                else _FRAME.size - 1 + _FRAME.unpack_from(tail)[0]
+            )
+
+    def _frames(self, data: bytes) -> int:
+        """Hand over the complete frames in ``data``; where the incomplete rest begins,
+        or -1 once the connection is being closed."""
+        owner = self.owner
+        pos, n = 0, len(data)
+        while n - pos >= _FRAME.size:
+            size, kind = _FRAME.unpack_from(data, pos)
+            if size < 1 or size - 1 > MAX_FRAME:
+                log.warning(
+                    "peer %s sent a frame of %d bytes; dropping connection", self.sender, size
+                )
+                self.close()
+                return -1
+            end = pos + _FRAME.size - 1 + size
+            if end > n:
+                break
+            payload = data[pos + _FRAME.size : end]
+            pos = end
+            sender = self.sender
+            if sender is None:
+                if not self._hello(kind, payload):
+                    self.close()
+                    return -1
+                continue
+            owner.received_bytes[sender] = (
+                owner.received_bytes.get(sender, 0) + _FRAME.size + size - 1
+            )
+            if sender not in owner.paused:
+                owner.on_frame(sender, kind, payload)
+        return pos
+
+    def _hello(self, kind: int, payload: bytes) -> bool:
+        owner = self.owner
+        hello = json.loads(payload) if kind == HELLO else {}
+        if hello.get("token") != owner.token:
+            log.warning("peer refused: wrong cluster token %r", hello.get("token"))
+            return False
+        sender = int(hello["from"])
+        self.sender = sender
+        owner._inbound[sender] = owner._inbound.get(sender, 0) + 1
+        if owner.on_hello is not None:
+            owner.on_hello(sender, hello)
+        return True

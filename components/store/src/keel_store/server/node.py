@@ -51,6 +51,7 @@ from keel_store.server.calls import (
 )
 from keel_store.server.config import NodeConfig
 from keel_store.server.membership import MembershipMixin
+from keel_store.server.outbox import Outbox
 from keel_store.server.reads import ReadIndexMixin
 from keel_store.server.snapshotter import ChildSnapshot, save_in_child
 from keel_store.server.stats import ServerStats
@@ -92,6 +93,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.lessor = Lessor()
         self.raft: RaftNode
         self.transport = transport.PeerTransport(self.member_id, self.cluster.token, self._on_frame)
+        self.outbox = Outbox(self.transport)
         self._rng = random.Random(os.urandom(16))
         self._inbox: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
@@ -182,6 +184,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.outbox.close()
         await self.transport.close()
         for fut in [*self._waiters.values(), *self._reads, *self._calls.values()]:
             if not fut.done():
@@ -306,6 +309,16 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                     self._refresh_peers()
                     self.disk.save_snapshot(rd.snapshot)
                     self.last_snapshot_index = rd.snapshot.meta.index
+                later = rd.messages
+                if self.raft.role is Role.LEADER:
+                    # A leader may replicate before its own fsync (Raft thesis 10.2.1, as
+                    # etcd does): followers' fsyncs overlap ours. Commit still needs a
+                    # quorum of persisted copies, and we apply only after our fsync. Sent
+                    # first thing, before the WAL encodes the entries.
+                    early = [m for m in rd.messages if m.type in _EARLY]
+                    later = [m for m in rd.messages if m.type not in _EARLY]
+                    for m in early:
+                        self.outbox.send(m)
                 # Like etcd's MustSync: a moved commit index alone needs no fsync (it is
                 # recomputed after a crash); new entries, a new term or a vote do.
                 prev = self.storage.hard_state
@@ -321,15 +334,6 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                 if rd.hard_state is not None:
                     self.storage.set_hard_state(rd.hard_state)
                 self.disk.append(rd.entries, rd.hard_state)
-                later = rd.messages
-                if self.raft.role is Role.LEADER:
-                    # A leader may replicate before its own fsync (Raft thesis 10.2.1, as
-                    # etcd does): followers' fsyncs overlap ours. Commit still needs a
-                    # quorum of persisted copies, and we apply only after our fsync.
-                    early = [m for m in rd.messages if m.type in _EARLY]
-                    later = [m for m in rd.messages if m.type not in _EARLY]
-                    for m in early:
-                        self.transport.send(m.to, transport.RAFT, transport.encode_message(m))
                 if must_sync and self.config.fsync:
                     if len(rd.entries) <= _INLINE_SYNC_ENTRIES:
                         # A small Ready (one client writing, a follower's single
@@ -344,7 +348,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                         took = await loop.run_in_executor(None, self._timed_sync)
                         self.stats.wal_fsync.observe(took)
                 for m in later:
-                    self.transport.send(m.to, transport.RAFT, transport.encode_message(m))
+                    self.outbox.send(m)
                 for entry in rd.committed_entries:
                     self._apply(entry.index, entry.data if entry.type == 0 else b"")
                 self.raft.advance(rd)
@@ -596,16 +600,16 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             if fut is not None and not fut.done():
                 fut.set_result(payload[8:])
 
-    def _propose_forwarded(self, data: bytes) -> None:
+    def _propose_forwarded(self, sender: int, data: bytes) -> None:
         if self.is_leader:
-            self.raft.propose(data)
+            self.outbox.forwarded(sender, self.raft.propose(data))
 
     def _handle_call(self, sender: int, call_id: int, call: int, body: bytes) -> None:
         def reply(data: bytes) -> None:
             self.transport.send(sender, transport.REPLY, struct.pack(">Q", call_id) + data)
 
         if call == CALL_PROPOSE:
-            self._submit(lambda: self._propose_forwarded(body))
+            self._submit(lambda: self._propose_forwarded(sender, body))
         elif call == CALL_READ_INDEX:
             ctx = b"r" + struct.pack(">QQ", sender, call_id)
             self._remote_reads[ctx] = (sender, call_id)

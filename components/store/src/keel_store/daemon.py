@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from keel_core import systemd
-from keel_store import snapshot_cli
+from keel_store import eventloop, snapshot_cli
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
@@ -382,8 +382,9 @@ def main(argv: list[str] | None = None) -> int:
             else "WARNING",
             handlers=[handler],
         )
-        return asyncio.run(serve(args))
-    except FlagError as exc:
+        with asyncio.Runner(loop_factory=eventloop.loop_factory()) as runner:
+            return runner.run(serve(args))
+    except (FlagError, eventloop.EventLoopChoiceError) as exc:
         print(f"keel-store: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -1,6 +1,7 @@
 """keel-store's own gRPC server (``grpc_server`` over ``h2conn``), driven by grpcio's client.
 
-Each test starts a ``GrpcServer`` on loopback in its own event loop (``asyncio.run``),
+Each test starts a ``GrpcServer`` on loopback in its own event loop, once on asyncio's
+own loop and once on uvloop's (the daemon's default, keel_store.eventloop),
 registers small servicers through the generated ``add_*Servicer_to_server`` functions,
 and calls them with the real ``grpc.aio`` client; the raw-protocol tests speak HTTP/2
 over a plain socket with frames built here (not with ``h2wire``, the code under test).
@@ -17,13 +18,14 @@ import ipaddress
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import hpack
 import pytest
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -39,13 +41,30 @@ CHUNK = 64 << 10
 CHUNKS = 200
 
 
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+_LOOP = {"factory": asyncio.new_event_loop}
+"""The loop factory of the running test (set by ``event_loop_kind``)."""
+
+
+@pytest.fixture(autouse=True, params=sorted(LOOPS))
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on both event loops."""
+    _LOOP["factory"] = LOOPS[request.param]
+    yield request.param
+    _LOOP["factory"] = asyncio.new_event_loop
+
+
 def run(scenario: Callable[[], Awaitable[None]], timeout: float = 10.0) -> None:
     """Run one test's coroutine in a fresh loop, bounded so a hang fails instead."""
 
     async def bounded() -> None:
         await asyncio.wait_for(scenario(), timeout)
 
-    asyncio.run(bounded())
+    with asyncio.Runner(loop_factory=_LOOP["factory"]) as runner:
+        runner.run(bounded())
 
 
 async def is_set_within(event: asyncio.Event, timeout: float = 2.0) -> bool:

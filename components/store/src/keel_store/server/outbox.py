@@ -50,8 +50,10 @@ class Outbox:
                 if self._timer is None:
                     self._timer = asyncio.get_running_loop().call_later(self.delay, self.flush)
                 return
-            if self._held.pop(m.to, None) is not None and not self._held:
-                self._cancel_timer()  # m carries the same or a later commit index
+            if m.to in self._held:  # m carries the same or a later commit index
+                del self._held[m.to]
+                if not self._held:
+                    self._cancel_timer()
         self.peers.send(m.to, transport.RAFT, transport.encode_message(m))
 
     def forwarded(self, peer: int, index: int) -> None:

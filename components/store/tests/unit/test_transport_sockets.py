@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import struct
 
 import pytest
@@ -196,9 +197,12 @@ def test_frames_cut_anywhere_are_reassembled(loop: str) -> None:
 
 
 @pytest.mark.parametrize("loop", sorted(LOOPS))
-def test_a_bad_peer_loses_its_own_connection_only(loop: str) -> None:
-    """A wrong cluster token, an oversize or empty frame, or a frame the node cannot
-    decode closes that connection; a good peer's connection keeps delivering."""
+def test_a_bad_peer_loses_its_own_connection_only(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong cluster token, a malformed hello, an oversize or empty frame, or a frame
+    the node cannot decode closes that connection with a warning (no error, no
+    traceback); a good peer's connection keeps delivering."""
 
     def on_frame(sender: int, kind: int, payload: bytes) -> None:
         if payload == b"undecodable":
@@ -222,6 +226,12 @@ def test_a_bad_peer_loses_its_own_connection_only(loop: str) -> None:
                 "oversize": _hello("tok", 3) + struct.pack(">IB", transport.MAX_FRAME + 2, 2),
                 "empty frame": _hello("tok", 3) + struct.pack(">I", 0) + b"\x00" * 8,
                 "undecodable": _hello("tok", 3) + _frame(transport.RAFT, b"undecodable"),
+                "hello not an object": _frame(transport.HELLO, b"[1, 2]"),
+                "hello without sender": _frame(transport.HELLO, b'{"token": "tok"}'),
+                "hello with a null sender": _frame(
+                    transport.HELLO, b'{"token": "tok", "from": null}'
+                ),
+                "hello not JSON": _frame(transport.HELLO, b"\xff{"),
             }
             for name, data in bad_streams.items():
                 reader, writer = await asyncio.open_connection(host, port)
@@ -238,3 +248,5 @@ def test_a_bad_peer_loses_its_own_connection_only(loop: str) -> None:
 
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
         runner.run(scenario())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert any("dropping connection" in r.getMessage() for r in caplog.records)

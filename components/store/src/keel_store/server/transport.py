@@ -336,7 +336,9 @@ class _Inbound(asyncio.Protocol):
             self._pending = []
         try:
             pos = self._frames(data)
-        except (ValueError, struct.error, KeyError, json.JSONDecodeError) as exc:
+        except (ValueError, TypeError, AttributeError, KeyError, struct.error) as exc:
+            # A malformed hello (not a JSON object, no integer "from") or a Raft message
+            # that does not decode.
             log.warning("peer %s: bad frame (%s); dropping connection", self.sender, exc)
             self.close()
             return

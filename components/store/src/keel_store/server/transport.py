@@ -16,6 +16,7 @@ import json
 import logging
 import ssl
 import struct
+from collections import Counter
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -145,6 +146,7 @@ class PeerTransport:
         """Connected peers: a frame for an idle connection is written at once."""
         self._server: asyncio.Server | None = None
         self._inbound_conns: set[_Inbound] = set()
+        """Connections peers opened to us (read by :class:`_Inbound`)."""
         self.sent_bytes: dict[int, int] = {}
         """Peer ID -> bytes of frames sent to it (etcd_network_peer_sent_bytes_total)."""
         self.received_bytes: dict[int, int] = {}
@@ -162,8 +164,6 @@ class PeerTransport:
         """Called with a peer's ID when its last connection to us closes (its process
         died, most likely: the kernel closes its sockets at once)."""
         self._closing = False
-        self._inbound: dict[int, int] = {}
-        """Peer ID -> open connections from it."""
 
     async def listen(self, url: str) -> None:
         host, port = host_port(url)
@@ -282,12 +282,14 @@ class PeerTransport:
         if writer is not None and self._writers.get(pid) is writer:
             del self._writers[pid]
 
+    @property
+    def _inbound(self) -> dict[int, int]:
+        """Peer ID -> open connections from it (those past the hello)."""
+        return dict(Counter(c.sender for c in self._inbound_conns if c.sender is not None))
+
     def _lost_inbound(self, sender: int) -> None:
-        left = self._inbound.get(sender, 1) - 1
-        if left > 0:
-            self._inbound[sender] = left
-            return
-        self._inbound.pop(sender, None)
+        if sender in self._inbound:
+            return  # another connection from it is still open
         if self.on_peer_lost is not None and not self._closing:
             self.on_peer_lost(sender)
 
@@ -391,7 +393,6 @@ class _Inbound(asyncio.Protocol):
             return False
         sender = int(hello["from"])
         self.sender = sender
-        owner._inbound[sender] = owner._inbound.get(sender, 0) + 1
         if owner.on_hello is not None:
             owner.on_hello(sender, hello)
         return True

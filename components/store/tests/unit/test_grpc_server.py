@@ -819,17 +819,25 @@ def test_tls_grpc_and_https_on_one_port(tmp_path: Path) -> None:
     run(scenario)
 
 
+async def stop_during_a_call(
+    server: GrpcServer, services: Services, ch: grpc.aio.Channel, sleep: bytes, grace: float
+) -> asyncio.Future[Any]:
+    """Start a Range that sleeps ``sleep`` seconds in its handler, stop the server with
+    ``grace`` once it runs (stop must return within 2 s), and hand back the call."""
+    call: asyncio.Future[Any] = asyncio.ensure_future(
+        rpcgrpc.KVStub(ch).Range(rpcpb.RangeRequest(key=b"sleep", range_end=sleep))
+    )
+    assert await is_set_within(services.kv.started)
+    started = time.monotonic()
+    await server.stop(grace=grace)
+    assert time.monotonic() - started < 2, "stop waited past the last call or its grace"
+    return call
+
+
 def test_stop_lets_a_call_in_flight_finish_within_grace() -> None:
     async def scenario() -> None:
         async with serving() as (server, services, port), channel(port) as ch:
-            kv = rpcgrpc.KVStub(ch)
-            call = asyncio.ensure_future(
-                kv.Range(rpcpb.RangeRequest(key=b"sleep", range_end=b"0.3"))
-            )
-            assert await is_set_within(services.kv.started)
-            started = time.monotonic()
-            await server.stop(grace=3)
-            assert time.monotonic() - started < 2, "stop waited past the last call"
+            call = await stop_during_a_call(server, services, ch, b"0.3", grace=3)
             reply = await call
             assert reply.count == 7
             assert not services.kv.cancelled.is_set()
@@ -842,14 +850,7 @@ def test_stop_lets_a_call_in_flight_finish_within_grace() -> None:
 def test_stop_cuts_a_call_that_outlives_grace() -> None:
     async def scenario() -> None:
         async with serving() as (server, services, port), channel(port) as ch:
-            kv = rpcgrpc.KVStub(ch)
-            call = asyncio.ensure_future(
-                kv.Range(rpcpb.RangeRequest(key=b"sleep", range_end=b"30"))
-            )
-            assert await is_set_within(services.kv.started)
-            started = time.monotonic()
-            await server.stop(grace=0.2)
-            assert time.monotonic() - started < 2
+            call = await stop_during_a_call(server, services, ch, b"30", grace=0.2)
             assert services.kv.cancelled.is_set()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call

@@ -2,11 +2,12 @@
 
 One asyncio task owns the Raft core. Everything that touches the core (client
 proposals, peer messages, ticks, reads) goes into an inbox; the loop drains the inbox
-into the core, then handles one ``Ready``: append and fsync (in a thread, so requests
-keep arriving and the next fsync covers all of them: group commit), send, apply,
-advance. Proposals made on a follower are forwarded to the leader; the proposer still
-learns its result because every member applies every entry and results are matched by
-request ID. Linearizable reads use ReadIndex, batched: one round per loop turn.
+into the core, then handles one ``Ready``: append and fsync (requests that arrive
+meanwhile share the next fsync: group commit; on the loop or in a thread, see
+server/syncpolicy.py), send, apply, advance. Proposals made on a follower are
+forwarded to the leader; the proposer still learns its result because every member
+applies every entry and results are matched by request ID. Linearizable reads use
+ReadIndex, batched: one round per loop turn.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from keel_store.server.outbox import Outbox
 from keel_store.server.reads import ReadIndexMixin
 from keel_store.server.snapshotter import ChildSnapshot, save_in_child
 from keel_store.server.stats import ServerStats
+from keel_store.server.syncpolicy import SyncPolicy
 from keel_store.server.tokens import SimpleTokens, TokenProvider
 from keel_store.wal import NodeStorage, OSFileSystem
 
@@ -66,10 +68,6 @@ _EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 _PROPOSAL_FAILURES = (errors.TIMEOUT, errors.LEADER_CHANGED, errors.NO_LEADER, errors.STOPPED)
 """Proposals that end so count as failed (etcd's ``proposals_failed_total``)."""
 
-_INLINE_SYNC_ENTRIES = 1
-"""Readies with at most this many new entries fsync on the loop itself: waking a worker
-thread and coming back costs ~60 us here (measured: benchmarks/store_profile.py trace),
-as much as the fsync; bigger batches fsync in a thread so that requests keep arriving."""
 _RETRY_S = 5.0
 """After a failed background snapshot, wait this long before forking another."""
 
@@ -94,6 +92,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.raft: RaftNode
         self.transport = transport.PeerTransport(self.member_id, self.cluster.token, self._on_frame)
         self.outbox = Outbox(self.transport)
+        self.sync_policy = SyncPolicy()
+        """Whether the loop waits for a WAL fsync itself or hands it to a thread."""
         self._rng = random.Random(os.urandom(16))
         self._inbox: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
@@ -335,18 +335,18 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                     self.storage.set_hard_state(rd.hard_state)
                 self.disk.append(rd.entries, rd.hard_state)
                 if must_sync and self.config.fsync:
-                    if len(rd.entries) <= _INLINE_SYNC_ENTRIES:
-                        # A small Ready (one client writing, a follower's single
-                        # entry): the thread hand-off costs more than it overlaps.
+                    if self.sync_policy.inline():
+                        # A fast disk: waiting for it here costs less than the hand-off
+                        # to a thread and back (server/syncpolicy.py has the numbers).
                         started = time.perf_counter()
                         self.disk.sync()
-                        self.stats.wal_fsync.observe(time.perf_counter() - started)
+                        took = time.perf_counter() - started
                     else:
-                        # In a thread: requests keep arriving and share the next
-                        # fsync. (Measured: fsync inline on the loop halves the
-                        # concurrent put rate.) Timed there, recorded here.
+                        # A slow disk: in a thread, so reads and watches are served
+                        # meanwhile. Timed there, recorded here.
                         took = await loop.run_in_executor(None, self._timed_sync)
-                        self.stats.wal_fsync.observe(took)
+                    self.sync_policy.observe(took)
+                    self.stats.wal_fsync.observe(took)
                 for m in later:
                     self.outbox.send(m)
                 for entry in rd.committed_entries:

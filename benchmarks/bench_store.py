@@ -134,21 +134,29 @@ def launch(kind: str, n: int, tmp: Path, env: dict[str, str] | None = None) -> S
     return server
 
 
-def leader_index(server: Server) -> int:
-    for i, ep in enumerate(server.endpoints):
-        if server.procs[i] is None:
-            continue
-        r = subprocess.run(
-            [ETCDCTL, f"--endpoints={ep}", "endpoint", "status", "-w", "json"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if r.returncode == 0:
-            st = json.loads(r.stdout)[0]["Status"]
-            if st["leader"] == st["header"]["member_id"]:
-                return i
-    raise RuntimeError("no leader")
+def leader_index(server: Server, timeout: float = 15.0) -> int:
+    """The member that reports itself leader. Asked again for up to ``timeout`` s: after
+    ``etcdctl check perf`` deletes its ~200k keys every member is busy applying that
+    one entry for a second or two (etcd too: 1.3 s here, keel-store 1.0 s), and a status
+    call then times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for i, ep in enumerate(server.endpoints):
+            if server.procs[i] is None:
+                continue
+            r = subprocess.run(
+                [ETCDCTL, f"--endpoints={ep}", "endpoint", "status", "-w", "json"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if r.returncode == 0:
+                st = json.loads(r.stdout)[0]["Status"]
+                if st["leader"] == st["header"]["member_id"]:
+                    return i
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.kind}: no member reported itself leader in {timeout} s")
+        time.sleep(0.2)
 
 
 async def preload(ep: str, keys: int) -> None:

@@ -11,7 +11,7 @@ Not a ``bench_*`` module (``run.py`` does not pick it up); run it by hand::
 functions are wrapped to record ``perf_counter_ns`` stamps, drives it with sequential
 puts from this process (the bench's grpc.aio client), and prints the median time
 between consecutive stamps of a put: gRPC handler entry, proposal, the node loop
-picking it up, Raft Ready, WAL append, fsync (in its thread), apply, the handler
+picking it up, Raft Ready, WAL append, fsync, apply, the handler
 resuming and returning. What the client sees minus the handler's own time is the
 gRPC layer (both ends, plus loopback).
 
@@ -107,7 +107,7 @@ def _serve_traced(out: str, argv: list[str]) -> int:
     around(RaftNode, "propose", None, "raft proposed")
     around(RaftNode, "ready", None, "ready")
     around(NodeStorage, "append", None, "wal append")
-    around(NodeStorage, "sync", "fsync start (thread)", "fsync end (thread)")
+    around(NodeStorage, "sync", "fsync start", "fsync end")
     around(commands, "apply", "apply start", "apply end")
     around(RaftNode, "advance", None, "advance")
 

@@ -135,10 +135,10 @@ def launch(kind: str, n: int, tmp: Path, env: dict[str, str] | None = None) -> S
 
 
 def leader_index(server: Server, timeout: float = 15.0) -> int:
-    """The member that reports itself leader. Asked again for up to ``timeout`` s: after
-    ``etcdctl check perf`` deletes its ~200k keys every member is busy applying that
-    one entry for a second or two (etcd too: 1.3 s here, keel-store 1.0 s), and a status
-    call then times out."""
+    """The member that reports itself leader, asked again for up to ``timeout`` s: once,
+    right after ``etcdctl check perf --load=l`` on three keel-store members, no member
+    named itself (not reproduced since). Every member is busy for a second or two then,
+    applying check perf's final delete of ~200k keys (etcd 1.3 s, keel-store 1.0 s)."""
     deadline = time.monotonic() + timeout
     while True:
         for i, ep in enumerate(server.endpoints):

@@ -47,8 +47,10 @@ def test_the_next_append_carries_the_commit_instead_of_the_notice() -> None:
         box.send(notice(2, 10))
         box.send(notice(3, 10))
         assert wire.sent == []
+        assert box.holding
         box.send(append(2, 10, 10))
         box.send(append(3, 10, 10))
+        assert not box.holding
         await asyncio.sleep(DELAY * 3)
         assert [(to, m.entries != ()) for to, m in wire.sent] == [(2, True), (3, True)]
 

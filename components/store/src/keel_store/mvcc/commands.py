@@ -99,6 +99,37 @@ def decode(data: bytes) -> tuple[Kind, int, Message]:
     return kind, request_id, message
 
 
+_LONG_KINDS = frozenset({Kind.COMPACT, Kind.LEASE_REVOKE})
+
+
+def may_take_long(data: bytes) -> bool:
+    """Whether applying this entry may take long: it works on a key range (a ranged
+    delete or read, also inside a txn), compacts, or revokes a lease (and its keys).
+    Puts, single-key deletes and txns on named keys do not; a corrupt entry does not."""
+    if not data:
+        return False
+    kind = data[0]
+    if kind in _LONG_KINDS:
+        return True
+    if kind not in (Kind.DELETE_RANGE, Kind.TXN, Kind.RANGE):
+        return False
+    try:
+        req = decode(data)[2]
+    except ValueError:
+        return False
+    return _ranged(req)
+
+
+def _ranged(req: Message) -> bool:
+    if isinstance(req, rpcpb.TxnRequest):
+        for op in (*req.success, *req.failure):
+            which = op.WhichOneof("request")
+            if which is not None and _ranged(getattr(op, which)):
+                return True
+        return False
+    return bool(getattr(req, "range_end", b""))
+
+
 def apply(sm: StateMachine, index: int, data: bytes) -> tuple[int, Any]:
     """Apply one committed entry; returns (request ID, response or :class:`EtcdError`).
 

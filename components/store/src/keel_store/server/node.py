@@ -349,6 +349,14 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                     self.stats.wal_fsync.observe(took)
                 for m in later:
                     self.outbox.send(m)
+                if self.outbox.holding and any(
+                    commands.may_take_long(e.data) for e in rd.committed_entries if e.type == 0
+                ):
+                    # This loop is about to be busy for a while (a 400k-key delete: ~2
+                    # s) and sends nothing meanwhile, not even heartbeats: followers
+                    # learn the commit index first and apply alongside, instead of
+                    # waiting, timing out and electing a new leader.
+                    self.outbox.flush()
                 for entry in rd.committed_entries:
                     self._apply(entry.index, entry.data if entry.type == 0 else b"")
                 self.raft.advance(rd)

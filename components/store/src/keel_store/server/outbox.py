@@ -61,6 +61,11 @@ class Outbox:
         commits it goes out at once."""
         self._forwarded[peer] = index
 
+    @property
+    def holding(self) -> bool:
+        """Whether any commit notice is held back now."""
+        return bool(self._held)
+
     def flush(self) -> None:
         """Send every held notice."""
         self._cancel_timer()

@@ -7,8 +7,8 @@ serves them meanwhile, but the hand-off is not free: the worker needs the interp
 lock back to report, and under load it waits for it. Measured on this machine (1
 member, 64 concurrent writers, ``benchmarks/store_profile.py``-style trace): fsyncs
 of 0.2-0.3 ms took 0.5-1.8 ms to come back from the thread (median 0.33 ms more than
-the fsync itself), and the write rate rose from 11.1-11.8k to 13.9-14.4k puts/s with
-every fsync on the loop.
+the fsync itself), and the write rate rose from 9.8-11.8k to 12.8-14.4k puts/s (four
+runs each) with every fsync on the loop (docs/store.md, "The WAL sync on the loop").
 
 So a disk that syncs fast is waited for on the loop, a slow one in a thread; the
 choice follows a moving average of the measured fsync times, so a disk that slows

@@ -201,3 +201,36 @@ def test_a_lost_acknowledgement_is_recovered_through_the_heartbeat(cluster3: Clu
     cluster3.tick(times=3)  # heartbeats
     assert leader.log.committed == leader.log.last_index()
     assert cluster3.applied[1] == cluster3.applied[3] == [b"x"]
+
+
+def test_heartbeats_can_be_taken_without_changing_anything(cluster3: Cluster) -> None:
+    """``heartbeats()`` gives what the leader's next heartbeat tick would send (commit
+    capped at each follower's match), changes no state and queues nothing; a follower
+    gets none. The followers accept them as from a live leader."""
+    leader = cluster3.elect(1)
+    leader.propose(b"x")
+    cluster3.settle()
+    cluster3.down.add(3)  # 3 misses the next entry: its match stays behind
+    leader.propose(b"y")
+    cluster3.settle()
+    state = (leader.term, leader.log.committed, leader.heartbeat_elapsed, leader.election_elapsed)
+    beats = leader.heartbeats()
+    assert (
+        leader.term,
+        leader.log.committed,
+        leader.heartbeat_elapsed,
+        leader.election_elapsed,
+    ) == state
+    assert not leader.has_ready()  # nothing queued to send
+    assert {m.to: m.commit for m in beats} == {
+        2: leader.log.committed,
+        3: leader.progress[3].match,
+    }
+    assert leader.progress[3].match < leader.log.committed
+    assert all(m.type is MessageType.HEARTBEAT and m.term == leader.term for m in beats)
+    assert cluster3.nodes[2].heartbeats() == []
+    follower = cluster3.nodes[2]
+    follower.election_elapsed = 5
+    follower.step(beats[0] if beats[0].to == 2 else beats[1])
+    assert follower.election_elapsed == 0
+    assert follower.leader == 1

@@ -156,14 +156,29 @@ class LeaderSide:
                 while self._send_append(nid, send_empty=False):
                     pass
 
-    def _broadcast_heartbeat(self, context: bytes) -> None:
+    def heartbeats(self, context: bytes = b"") -> list[Message]:
+        """The HEARTBEATs a leader sends its followers now (none unless leader). Nothing
+        changes: a caller that cannot wait for the next Ready (a member busy applying one
+        long entry) may send these itself, to keep its followers from campaigning."""
+        if self.role is not Role.LEADER:
+            return []
         committed = self.log.committed
-        for nid, pr in self.progress.items():
-            if nid != self.id:
-                commit = min(pr.match, committed)
-                self._send(
-                    Message(MT.HEARTBEAT, nid, self.id, self.term, commit=commit, context=context)
-                )
+        return [
+            Message(
+                MT.HEARTBEAT,
+                nid,
+                self.id,
+                self.term,
+                commit=min(pr.match, committed),
+                context=context,
+            )
+            for nid, pr in self.progress.items()
+            if nid != self.id
+        ]
+
+    def _broadcast_heartbeat(self, context: bytes) -> None:
+        for m in self.heartbeats(context):
+            self._send(m)
 
     def _send_append(self, to: int, *, send_empty: bool = True, quiet: bool = False) -> bool:
         pr = self.progress[to]

@@ -8,21 +8,25 @@ apply, so they heard nothing for longer than their election timeout and elected 
 leader, then another (measured: 400k keys, default timeouts, terms 1 -> 3). Now the
 leader sends the notice before such an apply: the followers apply alongside it, and
 the leader keeps its term, as etcd's does (its apply runs beside its Raft loop; the
-same test runs against it). Run with a short election timeout (300 ms) so that 150k
+same test runs against it). With watchers on the leader its apply outlasts the
+followers' (it also delivers every event), so the leader also sends its heartbeats
+from inside that apply. Run with a short election timeout (300 ms) so that 150k
 keys are enough; the test checks that the delete really took longer than that.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 
 from keel_store.pb import rpcgrpc, rpcpb
 
-from .conftest import etcdctl
+from .conftest import ETCDCTL, etcdctl
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
 
@@ -40,8 +44,26 @@ def _terms(cluster) -> dict[str, tuple[int, int]]:  # type: ignore[no-untyped-de
     return out
 
 
+def _watch(endpoint: str, out: Path) -> subprocess.Popen[bytes]:
+    with out.open("wb") as sink:
+        return subprocess.Popen(
+            [ETCDCTL, f"--endpoints={endpoint}", "watch", "--prefix", "big/"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _deletes_seen(out: Path) -> int:
+    return out.read_bytes().count(b"DELETE\n")
+
+
+@pytest.mark.parametrize("watchers", [0, 2])
 @pytest.mark.parametrize("binary", ["keel", "etcd"])
-def test_a_leader_applying_a_large_delete_keeps_its_term(make_cluster, binary: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_leader_applying_a_large_delete_keeps_its_term(  # type: ignore[no-untyped-def]
+    make_cluster, tmp_path: Path, binary: str, watchers: int
+) -> None:
+    """With watchers on the leader its apply lasts longer than the followers' (it also
+    delivers every event): the leader then heartbeats from inside the apply."""
     cluster = make_cluster(
         3, binary, extra=["--heartbeat-interval=50", f"--election-timeout={ELECTION_MS}"]
     )
@@ -54,22 +76,38 @@ def test_a_leader_applying_a_large_delete_keeps_its_term(make_cluster, binary: s
                 for i in range(start, start + 100)
             ]
             kv.Txn(rpcpb.TxnRequest(success=ops), timeout=30)
-    before = _terms(cluster)
-    assert len(set(before.values())) == 1, before
+    outs = [tmp_path / f"watch-{i}.out" for i in range(watchers)]
+    procs = [_watch(leader.endpoint, out) for out in outs]
+    try:
+        time.sleep(1.0)  # the watches are created
+        before = _terms(cluster)
+        assert len(set(before.values())) == 1, before
 
-    started = time.monotonic()
-    deleted = etcdctl(leader.endpoint, "del", "--prefix", "big/", "--command-timeout=60s")
-    took = time.monotonic() - started
-    assert deleted.stdout.strip() == str(KEYS)
-    assert took > ELECTION_MS / 1000, (
-        f"the delete took {took:.2f} s, not longer than the election timeout: "
-        "this test would not notice a leader that goes quiet while applying"
-    )
-    time.sleep(2 * ELECTION_MS / 1000 + 0.5)  # followers that lost the leader campaign
+        started = time.monotonic()
+        deleted = etcdctl(leader.endpoint, "del", "--prefix", "big/", "--command-timeout=60s")
+        took = time.monotonic() - started
+        assert deleted.stdout.strip() == str(KEYS)
+        assert took > ELECTION_MS / 1000, (
+            f"the delete took {took:.2f} s, not longer than the election timeout: "
+            "this test would not notice a leader that goes quiet while applying"
+        )
+        time.sleep(2 * ELECTION_MS / 1000 + 0.5)  # followers that lost the leader campaign
 
-    after = _terms(cluster)
-    print(f"{binary}: delete of {KEYS} keys: {took:.2f} s; terms and leaders {before} -> {after}")
-    assert after == before, "a member elected a new leader while the leader applied"
-    for m in cluster.members:
-        r = etcdctl(m.endpoint, "get", "--prefix", "big/", "--limit=1", "-w", "json")
-        assert json.loads(r.stdout).get("count", 0) == 0, m.name
+        after = _terms(cluster)
+        print(
+            f"{binary}, {watchers} watchers: delete of {KEYS} keys: {took:.2f} s; "
+            f"terms and leaders {before} -> {after}"
+        )
+        assert after == before, "a member elected a new leader while the leader applied"
+        for m in cluster.members:
+            r = etcdctl(m.endpoint, "get", "--prefix", "big/", "--limit=1", "-w", "json")
+            assert json.loads(r.stdout).get("count", 0) == 0, m.name
+        deadline = time.monotonic() + 60
+        while any(_deletes_seen(out) < KEYS for out in outs):
+            assert time.monotonic() < deadline, [_deletes_seen(out) for out in outs]
+            time.sleep(0.5)
+        assert [_deletes_seen(out) for out in outs] == [KEYS] * watchers
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

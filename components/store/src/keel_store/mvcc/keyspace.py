@@ -10,7 +10,7 @@ member. Durability comes from the Raft log and snapshots around it.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sortedcontainers import SortedDict
@@ -24,6 +24,8 @@ ENTRY_OVERHEAD = 64
 """Bytes counted per stored version on top of key and value (for the space quota)."""
 PUT = mvccpb.Event.PUT
 DELETE = mvccpb.Event.DELETE
+BUSY_EVERY = 1024
+"""Items of one long operation between two calls of :attr:`KeySpace.busy`."""
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -73,6 +75,10 @@ class KeySpace:
         self._pending: list[Event] | None = None
         self.size = 0
         """Approximate bytes held: every version since compaction (the quota's measure)."""
+        self.busy: Callable[[], None] | None = None
+        """Called every :data:`BUSY_EVERY` keys of a ranged delete, and every as many
+        events of one revision's watch delivery (``mvcc.watch``): a member applying a
+        long entry may keep its peers informed meanwhile (a leader, its heartbeats)."""
 
     # --- write transactions -------------------------------------------------------
 
@@ -144,7 +150,10 @@ class KeySpace:
         assert self._pending is not None, "delete outside a write transaction"
         rev = self.write_revision
         deleted = [kv for kv in self._live(key, end, self.revision) if kv is not None]
-        for prev in deleted:
+        busy = self.busy if len(deleted) > BUSY_EVERY else None
+        for n, prev in enumerate(deleted):
+            if busy is not None and n % BUSY_EVERY == BUSY_EVERY - 1:
+                busy()
             history = self._keys[prev.key]
             history.revs.append(rev)
             history.kvs.append(None)

@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from keel_store.mvcc.keyspace import DELETE, PUT, Event, KeySpace
+from keel_store.mvcc.keyspace import BUSY_EVERY, DELETE, PUT, Event, KeySpace
 
 REPLAY_BATCH_REVISIONS = 1000
 """etcd's ``watchBatchMaxRevs``: a catching-up watch gets at most this many revisions
@@ -44,18 +44,26 @@ class Watcher:
             return key >= self.key
         return self.key <= key < self.end
 
-    def select(self, events: list[Event], bare: list[Event] | None = None) -> list[Event]:
+    def select(
+        self,
+        events: list[Event],
+        bare: list[Event] | None = None,
+        busy: Callable[[], None] | None = None,
+    ) -> list[Event]:
         """The events this watcher wants, shaped as it asked (filters, prev_kv).
 
         ``bare``: the same events without ``prev_kv``, shared by every watcher of one
-        revision (so fan-out does not copy each event once per watcher).
+        revision (so fan-out does not copy each event once per watcher). ``busy``: called
+        every :data:`~keel_store.mvcc.keyspace.BUSY_EVERY` events.
         """
         if bare is None and not self.prev_kv:
-            bare = strip_prev(events)
+            bare = strip_prev(events, busy)
         source = events if self.prev_kv else bare
         assert source is not None
         out = []
-        for event in source:
+        for n, event in enumerate(source):
+            if busy is not None and n % BUSY_EVERY == BUSY_EVERY - 1:
+                busy()
             if not self.matches(event.kv.key):
                 continue
             if (event.type == PUT and self.no_put) or (event.type == DELETE and self.no_delete):
@@ -64,9 +72,17 @@ class Watcher:
         return out
 
 
-def strip_prev(events: Iterable[Event]) -> list[Event]:
-    """``events`` without their ``prev_kv`` (what most watchers get)."""
-    return [e if not e.HasField("prev_kv") else Event(type=e.type, kv=e.kv) for e in events]
+def strip_prev(events: Iterable[Event], busy: Callable[[], None] | None = None) -> list[Event]:
+    """``events`` without their ``prev_kv`` (what most watchers get); ``busy`` is called
+    every :data:`~keel_store.mvcc.keyspace.BUSY_EVERY` events."""
+    if busy is None:
+        return [e if not e.HasField("prev_kv") else Event(type=e.type, kv=e.kv) for e in events]
+    out = []
+    for n, e in enumerate(events):
+        if n % BUSY_EVERY == BUSY_EVERY - 1:
+            busy()
+        out.append(e if not e.HasField("prev_kv") else Event(type=e.type, kv=e.kv))
+    return out
 
 
 class WatchHub:
@@ -142,12 +158,16 @@ class WatchHub:
         for w in self._ranges:
             touched[w] = None
         bare: list[Event] | None = None
+        # A long revision (a ranged delete) lets the member breathe between slices.
+        busy = self._kv.busy if len(events) > BUSY_EVERY else None
         for w in touched:
             if w.next_revision > revision:
                 continue  # a future start revision not reached yet
             w.next_revision = revision + 1
             if bare is None and not w.prev_kv:
-                bare = strip_prev(events)
-            selected = w.select(events, bare)
+                bare = strip_prev(events, busy)
+            selected = w.select(events, bare, busy)
             if selected:
                 w.sink(w, selected)
+            if busy is not None:
+                busy()

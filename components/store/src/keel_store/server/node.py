@@ -87,6 +87,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.stats = ServerStats()
         """Counters for ``/metrics`` (keel_store.server.metrics)."""
         self.hub = WatchHub(self.sm.kv)
+        self.sm.kv.busy = self._keep_followers
+        self._next_keepalive = 0.0
         self.sm.listeners.append(self.hub.notify)
         self.lessor = Lessor()
         self.raft: RaftNode
@@ -196,6 +198,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.sm.ops = self.ops
         self.sm.applied_index = snap.meta.index
         self.sm.listeners.append(self.hub.notify)
+        self.sm.kv.busy = self._keep_followers
         self.hub.rebind(self.sm.kv)
         now = time.monotonic()
         self.lessor = Lessor()
@@ -364,6 +367,18 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                     self._read_ready(rs)
                 self._maybe_snapshot()
             self._release_apply_waits()
+
+    def _keep_followers(self) -> None:
+        """Called from inside one long apply (a ranged delete, its watch delivery): a
+        leader sends its heartbeats on time, as its ticks would, so that its followers
+        do not take the busy loop for a dead leader. Nothing else of the Raft core runs
+        (no tick, no Ready): its state does not change under the apply."""
+        now = time.monotonic()
+        if now < self._next_keepalive:
+            return
+        self._next_keepalive = now + self.config.heartbeat_ms / 1000
+        for m in self.raft.heartbeats():
+            self.transport.send(m.to, transport.RAFT, transport.encode_message(m))
 
     def _timed_sync(self) -> float:
         started = time.perf_counter()

@@ -1,7 +1,7 @@
 """A long apply on the leader does not look like a dead leader.
 
-A member applies committed entries on its event loop, and a leader busy applying sends
-nothing meanwhile, heartbeats included. Deleting a large key range is one entry that
+A member applies committed entries on its event loop, and a leader busy applying takes
+no Ready meanwhile, so no tick sends its heartbeats. Deleting a large key range is one entry that
 takes a while to apply (etcdctl check perf ends with one, ~200k keys). The leader
 used to hold the followers' commit notice back (``server.outbox``) until after its
 apply, so they heard nothing for longer than their election timeout and elected a new

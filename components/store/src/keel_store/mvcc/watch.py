@@ -60,16 +60,22 @@ class Watcher:
             bare = strip_prev(events, busy)
         source = events if self.prev_kv else bare
         assert source is not None
-        out = []
-        for n, event in enumerate(source):
-            if busy is not None and n % BUSY_EVERY == BUSY_EVERY - 1:
+        out: list[Event] = []
+        if busy is None:
+            self._select_into(source, out)
+        else:
+            for start in range(0, len(source), BUSY_EVERY):
+                self._select_into(source[start : start + BUSY_EVERY], out)
                 busy()
+        return out
+
+    def _select_into(self, events: list[Event], out: list[Event]) -> None:
+        for event in events:
             if not self.matches(event.kv.key):
                 continue
             if (event.type == PUT and self.no_put) or (event.type == DELETE and self.no_delete):
                 continue
             out.append(event)
-        return out
 
 
 def strip_prev(events: Iterable[Event], busy: Callable[[], None] | None = None) -> list[Event]:

@@ -57,8 +57,9 @@ def test_a_member_syncs_a_fast_disk_on_the_loop_and_a_slow_one_in_a_thread(
     tmp_path: Path,
 ) -> None:
     """With real fsyncs a member waits for the disk on its loop; once the disk turns
-    slow (50 ms more per sync) the syncs move to a thread and the loop keeps running while one is under way;
-    when the disk is fast again they come back to the loop. Every put is applied."""
+    slow (50 ms more per sync) the syncs move to a thread and the loop keeps running
+    while one is under way; when the disk is fast again they come back to the loop.
+    Every put is applied."""
 
     async def scenario() -> None:
         node = StoreNode(_single_member(tmp_path))

@@ -341,9 +341,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                     if self.sync_policy.inline():
                         # A fast disk: waiting for it here costs less than the hand-off
                         # to a thread and back (server/syncpolicy.py has the numbers).
-                        started = time.perf_counter()
-                        self.disk.sync()
-                        took = time.perf_counter() - started
+                        took = self._timed_sync()
                     else:
                         # A slow disk: in a thread, so reads and watches are served
                         # meanwhile. Timed there, recorded here.
@@ -356,9 +354,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                     commands.may_take_long(e.data) for e in rd.committed_entries if e.type == 0
                 ):
                     # This loop is about to be busy for a while (a 400k-key delete: ~2
-                    # s) and sends nothing meanwhile, not even heartbeats: followers
-                    # learn the commit index first and apply alongside, instead of
-                    # waiting, timing out and electing a new leader.
+                    # s) and takes no Ready meanwhile: followers learn the commit index
+                    # first and apply alongside, instead of waiting, timing out and
+                    # electing a new leader (heartbeats from inside the apply,
+                    # _keep_followers, cover only ranged deletes and their watchers).
                     self.outbox.flush()
                 for entry in rd.committed_entries:
                     self._apply(entry.index, entry.data if entry.type == 0 else b"")
@@ -378,7 +377,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             return
         self._next_keepalive = now + self.config.heartbeat_ms / 1000
         for m in self.raft.heartbeats():
-            self.transport.send(m.to, transport.RAFT, transport.encode_message(m))
+            self.outbox.send(m)
 
     def _timed_sync(self) -> float:
         started = time.perf_counter()

@@ -10,8 +10,9 @@ member. Durability comes from the Raft log and snapshots around it.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sortedcontainers import SortedDict
 
@@ -26,6 +27,21 @@ PUT = mvccpb.Event.PUT
 DELETE = mvccpb.Event.DELETE
 BUSY_EVERY = 1024
 """Items of one long operation between two calls of :attr:`KeySpace.busy`."""
+
+_T = TypeVar("_T")
+
+
+def paced(items: Sequence[_T], busy: Callable[[], None] | None) -> Sequence[_T] | Iterator[_T]:
+    """``items``, calling ``busy`` before every :data:`BUSY_EVERY`-th one when there are
+    more than :data:`BUSY_EVERY` (else ``items`` itself: nothing added per item)."""
+    return items if busy is None or len(items) <= BUSY_EVERY else _paced(items, busy)
+
+
+def _paced(items: Sequence[_T], busy: Callable[[], None]) -> Iterator[_T]:
+    for n, item in enumerate(items):
+        if n % BUSY_EVERY == BUSY_EVERY - 1:
+            busy()
+        yield item
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -150,10 +166,7 @@ class KeySpace:
         assert self._pending is not None, "delete outside a write transaction"
         rev = self.write_revision
         deleted = [kv for kv in self._live(key, end, self.revision) if kv is not None]
-        busy = self.busy if len(deleted) > BUSY_EVERY else None
-        for n, prev in enumerate(deleted):
-            if busy is not None and n % BUSY_EVERY == BUSY_EVERY - 1:
-                busy()
+        for prev in paced(deleted, self.busy):
             history = self._keys[prev.key]
             history.revs.append(rev)
             history.kvs.append(None)

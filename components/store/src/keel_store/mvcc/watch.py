@@ -9,10 +9,10 @@ local to a member (not replicated): they only see what this member has applied.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from keel_store.mvcc.keyspace import BUSY_EVERY, DELETE, PUT, Event, KeySpace
+from keel_store.mvcc.keyspace import BUSY_EVERY, DELETE, PUT, Event, KeySpace, paced
 
 REPLAY_BATCH_REVISIONS = 1000
 """etcd's ``watchBatchMaxRevs``: a catching-up watch gets at most this many revisions
@@ -60,35 +60,22 @@ class Watcher:
             bare = strip_prev(events, busy)
         source = events if self.prev_kv else bare
         assert source is not None
-        out: list[Event] = []
-        if busy is None:
-            self._select_into(source, out)
-        else:
-            for start in range(0, len(source), BUSY_EVERY):
-                self._select_into(source[start : start + BUSY_EVERY], out)
-                busy()
-        return out
-
-    def _select_into(self, events: list[Event], out: list[Event]) -> None:
-        for event in events:
+        out = []
+        for event in paced(source, busy):
             if not self.matches(event.kv.key):
                 continue
             if (event.type == PUT and self.no_put) or (event.type == DELETE and self.no_delete):
                 continue
             out.append(event)
+        return out
 
 
-def strip_prev(events: Iterable[Event], busy: Callable[[], None] | None = None) -> list[Event]:
+def strip_prev(events: Sequence[Event], busy: Callable[[], None] | None = None) -> list[Event]:
     """``events`` without their ``prev_kv`` (what most watchers get); ``busy`` is called
     every :data:`~keel_store.mvcc.keyspace.BUSY_EVERY` events."""
-    if busy is None:
-        return [e if not e.HasField("prev_kv") else Event(type=e.type, kv=e.kv) for e in events]
-    out = []
-    for n, e in enumerate(events):
-        if n % BUSY_EVERY == BUSY_EVERY - 1:
-            busy()
-        out.append(e if not e.HasField("prev_kv") else Event(type=e.type, kv=e.kv))
-    return out
+    return [
+        e if not e.HasField("prev_kv") else Event(type=e.type, kv=e.kv) for e in paced(events, busy)
+    ]
 
 
 class WatchHub:

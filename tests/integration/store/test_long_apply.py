@@ -36,11 +36,12 @@ ELECTION_MS = 300
 
 def _terms(cluster) -> dict[str, tuple[int, int]]:  # type: ignore[no-untyped-def]
     """Member name -> (Raft term, leader ID) as the member reports them."""
+    names = {m.endpoint: m.name for m in cluster.members}
     out = {}
-    for m in cluster.members:
-        status = json.loads(etcdctl(m.endpoint, "endpoint", "status", "-w", "json").stdout)
-        st = status[0]["Status"]
-        out[m.name] = (int(st["header"]["raft_term"]), int(st.get("leader", 0)))
+    for entry in cluster.status():
+        st = entry["Status"]
+        out[names[entry["Endpoint"]]] = (int(st["header"]["raft_term"]), int(st.get("leader", 0)))
+    assert sorted(out) == sorted(names.values()), out
     return out
 
 

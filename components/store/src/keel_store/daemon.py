@@ -324,9 +324,12 @@ class JsonFormatter(logging.Formatter):
 
 
 async def serve(args: argparse.Namespace) -> int:
-    """Run the member until SIGINT/SIGTERM."""
+    """Run the member until SIGINT/SIGTERM (exit status 0), or until its Raft
+    processing fails, e.g. on a disk that cannot be written (status 1)."""
     config = node_config(args)
     node = StoreNode(config)
+    stop = asyncio.Event()
+    node.on_failure = lambda _: stop.set()
     await node.start()
     # After recovery: the imported modules and the recovered state leave the collected
     # generations, so full collections do not stop the loop to scan the key space
@@ -337,8 +340,12 @@ async def serve(args: argparse.Namespace) -> int:
     grpc_stats = GrpcStats()
     client_gateway = gateway.Gateway(node, kv, grpc_stats)
     server = _server(node, kv, args, grpc_stats, client_gateway)
+    gateways: list[gateway.Gateway] = []
+    # A proposal with no other request in progress is handled at once (StoreNode.alone).
+    node.alone = lambda: (
+        server.unary_calls + client_gateway.calls + sum(g.calls for g in gateways) <= 1
+    )
     await server.start()
-    gateways = []
     for url in filter(None, (u.strip() for u in args.listen_metrics_urls.split(","))):
         gw = gateway.Gateway(node, kv, grpc_stats)
         await gw.listen(*host_port(url))
@@ -349,7 +356,6 @@ async def serve(args: argparse.Namespace) -> int:
     retention = _retention_seconds(args.auto_compaction_retention, args.auto_compaction_mode)
     if retention > 0:
         tasks.append(asyncio.create_task(auto_compact(node, args.auto_compaction_mode, retention)))
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -361,7 +367,7 @@ async def serve(args: argparse.Namespace) -> int:
     await server.stop(grace=0.5)
     await node.stop()
     gc_policy.uninstall()
-    return 0
+    return 1 if node.failure is not None else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -998,3 +998,40 @@ def test_stop_ends_once_the_client_resets_its_last_call() -> None:
             assert await is_set_within(services.kv.cancelled)
 
     run(scenario, timeout=20.0)
+
+
+def test_unary_calls_in_progress_are_counted_streams_are_not() -> None:
+    """``unary_calls`` (what tells the store a proposal is alone) counts unary calls
+    from their start to their end, whatever the end: an answer, a client's cancel, a
+    deadline; watches and other streams never count."""
+
+    async def scenario() -> None:
+        async with serving() as (server, services, port), channel(port) as ch:
+            kv = rpcgrpc.KVStub(ch)
+            assert server.unary_calls == 0
+            watch = rpcgrpc.WatchStub(ch).Watch()
+            await watch.write(rpcpb.WatchRequest(create_request=rpcpb.WatchCreateRequest(key=b"w")))
+            assert (await watch.read()).cancel_reason == "w"
+            snapshot = rpcgrpc.MaintenanceStub(ch).Snapshot(rpcpb.SnapshotRequest())
+            assert (await snapshot.read()).blob == _CHUNKS[0]  # a unary request, streamed back
+            assert server.unary_calls == 0
+            slow = asyncio.ensure_future(kv.Range(rpcpb.RangeRequest(key=b"sleep", range_end=b"5")))
+            assert await is_set_within(services.kv.started)
+            assert server.unary_calls == 1
+            assert (await kv.Range(rpcpb.RangeRequest(limit=3))).count == 3
+            services.kv.started.clear()
+            cut = kv.Range(rpcpb.RangeRequest(key=b"sleep", range_end=b"5"), timeout=0.2)
+            assert await is_set_within(services.kv.started)
+            assert server.unary_calls == 2
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await cut
+            assert exc.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            slow.cancel()
+            deadline = time.monotonic() + 2
+            while server.unary_calls and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert server.unary_calls == 0
+            watch.cancel()
+            snapshot.cancel()
+
+    run(scenario)

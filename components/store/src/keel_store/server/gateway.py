@@ -146,6 +146,8 @@ class Gateway:
         }
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        self.calls = 0
+        """Requests being answered now (watches not counted)."""
 
     async def listen(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self.serve_connection, host, port)
@@ -246,11 +248,14 @@ class Gateway:
         except json_format.ParseError as exc:
             message = f"invalid JSON body: {exc}"
             return 400, _doc({"error": message, "message": message, "code": 3})
+        self.calls += 1
         try:
             response = await handler(request, _Context(token))
         except _Abort as exc:
             doc = {"error": exc.message, "message": exc.message, "code": exc.code.value[0]}
             return HTTP_STATUS.get(exc.code, 500), _doc(doc)
+        finally:
+            self.calls -= 1
         return 200, _to_json(response)
 
     async def _watch(self, body: bytes, writer: asyncio.StreamWriter) -> None:

@@ -152,6 +152,8 @@ class GrpcServer:
         self._servers: list[asyncio.Server] = []
         self._connections: set[Connection] = set()
         self._http1_transports: set[asyncio.Transport] = set()
+        self.unary_calls = 0
+        """Unary calls started and not finished (streams, e.g. watches, not counted)."""
 
     # --- registration (the generated code's calls) ---------------------------------------
 
@@ -270,6 +272,12 @@ class GrpcServer:
     def _start(self, stream: Stream, handler: Any) -> None:
         if not stream.local_closed and not stream.reset:
             stream.task = stream.conn.loop.create_task(self._call(stream, handler))
+            if not handler.response_streaming:
+                self.unary_calls += 1
+                stream.task.add_done_callback(self._unary_done)
+
+    def _unary_done(self, _: asyncio.Task[None]) -> None:
+        self.unary_calls -= 1
 
     def _generic_lookup(self, stream: Stream, path: str) -> Any:
         if not self._generic:

@@ -33,13 +33,16 @@ from keel_store.mvcc.watch import WatchHub
 from keel_store.raft import (
     ConfState,
     MemoryStorage,
+    Message,
     MessageType,
     ProposalDroppedError,
     RaftConfig,
     RaftNode,
+    Ready,
     Role,
     Snapshot,
     SnapshotMeta,
+    SoftState,
 )
 from keel_store.server import transport
 from keel_store.server.calls import (
@@ -93,6 +96,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.lessor = Lessor()
         self.raft: RaftNode
         self.transport = transport.PeerTransport(self.member_id, self.cluster.token, self._on_frame)
+        self.transport.on_frames_done = self._on_frames_done
         self.outbox = Outbox(self.transport)
         self.sync_policy = SyncPolicy()
         """Whether the loop waits for a WAL fsync itself or hands it to a thread."""
@@ -117,6 +121,19 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.attributes: dict[int, tuple[str, list[str]]] = {}
         """Member ID -> (name, client URLs) as each member announced itself."""
         self._known_leader = 0
+        self._was_leader = False
+        self.alone: Callable[[], bool] = lambda: False
+        """Whether the request being proposed is the only one in progress (the client
+        server sets this); a lone proposal is handled at once, not on the next turn."""
+        self._running = False
+        """The inbox and Readys are being handled (by the loop task, maybe waiting for
+        a WAL sync in a thread, or by :meth:`_kick` in a caller's stack)."""
+        self._later: list[Message] = []
+        self.failure: Exception | None = None
+        """What stopped the member's Raft processing, if anything did."""
+        self.on_failure: Callable[[Exception], None] | None = None
+        """Called once when a turn fails (the daemon stops the process then)."""
+        """The current Ready's messages that leave after its WAL sync."""
         self._parked: list[tuple[bytes, asyncio.Future[Any]]] = []
         """Proposals that arrived while there was no leader: sent once one is known."""
         self.stopped = False
@@ -268,104 +285,164 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        was_leader = False
         while True:
             await self._wake.wait()
-            self._wake.clear()
-            inbox, self._inbox = self._inbox, []
-            for action in inbox:
-                try:
-                    action()
-                except ProposalDroppedError as exc:
-                    log.debug("dropped: %s", exc)
-            self._start_read_round()
-            while self.raft.has_ready():
-                rd = self.raft.ready()
-                if rd.soft_state is not None:
-                    leader_now = rd.soft_state.role is Role.LEADER
-                    if leader_now and not was_leader:
-                        self.lessor.promote(time.monotonic())
-                        self._revoking.clear()
-                    was_leader = leader_now
-                    if rd.soft_state.leader != self._known_leader:
-                        log.info(
-                            "term %d: leader %x (was %x), this member is %s",
-                            self.raft.term,
-                            rd.soft_state.leader,
-                            self._known_leader,
-                            rd.soft_state.role.value,
-                        )
-                        # Only what went to a previous leader can be lost; requests that
-                        # waited for a first leader are proposed to the new one.
-                        if self._known_leader != 0:
-                            self._fail_in_flight()
-                        if rd.soft_state.leader != 0:
-                            self.stats.leader_changes += 1
-                        self._known_leader = rd.soft_state.leader
-                        if self._known_leader != 0 and (self._parked or self._reads):
-                            self._submit(self._unpark)
-                    self.leader_changed.set()
-                    self.leader_changed = asyncio.Event()
-                if rd.snapshot is not None:
-                    self.storage.apply_snapshot(rd.snapshot)
-                    self._install_state(rd.snapshot)
-                    self._refresh_peers()
-                    self.disk.save_snapshot(rd.snapshot)
-                    self.last_snapshot_index = rd.snapshot.meta.index
-                later = rd.messages
-                if self.raft.role is Role.LEADER:
-                    # A leader may replicate before its own fsync (Raft thesis 10.2.1, as
-                    # etcd does): followers' fsyncs overlap ours. Commit still needs a
-                    # quorum of persisted copies, and we apply only after our fsync. Sent
-                    # first thing, before the WAL encodes the entries.
-                    early = [m for m in rd.messages if m.type in _EARLY]
-                    later = [m for m in rd.messages if m.type not in _EARLY]
-                    for m in early:
-                        self.outbox.send(m)
-                # Like etcd's MustSync: a moved commit index alone needs no fsync (it is
-                # recomputed after a crash); new entries, a new term or a vote do.
-                prev = self.storage.hard_state
-                must_sync = (
-                    bool(rd.entries)
-                    or rd.snapshot is not None
-                    or (
-                        rd.hard_state is not None
-                        and (rd.hard_state.term, rd.hard_state.vote) != (prev.term, prev.vote)
-                    )
-                )
-                self.storage.append(rd.entries)
-                if rd.hard_state is not None:
-                    self.storage.set_hard_state(rd.hard_state)
-                self.disk.append(rd.entries, rd.hard_state)
-                if must_sync and self.config.fsync:
-                    if self.sync_policy.inline():
-                        # A fast disk: waiting for it here costs less than the hand-off
-                        # to a thread and back (server/syncpolicy.py has the numbers).
-                        took = self._timed_sync()
-                    else:
-                        # A slow disk: in a thread, so reads and watches are served
-                        # meanwhile. Timed there, recorded here.
-                        took = await loop.run_in_executor(None, self._timed_sync)
-                    self.sync_policy.observe(took)
-                    self.stats.wal_fsync.observe(took)
-                for m in later:
-                    self.outbox.send(m)
-                if self.outbox.holding and any(
-                    commands.may_take_long(e.data) for e in rd.committed_entries if e.type == 0
-                ):
-                    # This loop is about to be busy for a while (a 400k-key delete: ~2
-                    # s) and takes no Ready meanwhile: followers learn the commit index
-                    # first and apply alongside, instead of waiting, timing out and
-                    # electing a new leader (heartbeats from inside the apply,
-                    # _keep_followers, cover only ranged deletes and their watchers).
-                    self.outbox.flush()
-                for entry in rd.committed_entries:
-                    self._apply(entry.index, entry.data if entry.type == 0 else b"")
-                self.raft.advance(rd)
-                for rs in rd.read_states:
-                    self._read_ready(rs)
-                self._maybe_snapshot()
-            self._release_apply_waits()
+            if self.failure is not None:
+                return
+            self._running = True
+            try:
+                rd = self._turn(threaded=True)
+                while rd is not None:
+                    # A slow disk: the sync runs in a thread, so reads and watches are
+                    # served meanwhile. Timed there, recorded here.
+                    self._synced(await loop.run_in_executor(None, self._timed_sync))
+                    self._settle(rd)
+                    rd = self._turn(threaded=True)
+            except Exception as exc:
+                self._fail_stop(exc)
+                return
+            finally:
+                self._running = False
+
+    def _kick(self, *, now: bool) -> None:
+        """Have the inbox handled: with ``now``, at once in the caller's stack if the loop
+        task is idle and the disk is fast (one turn of the event loop and a task switch
+        less on the way of a lone request); else on the loop task's next turn."""
+        if now and not self._running and self.failure is None and self.sync_policy.inline():
+            self._running = True
+            try:
+                self._turn(threaded=False)
+            except Exception as exc:
+                self._fail_stop(exc)
+            finally:
+                self._running = False
+        else:
+            self._wake.set()
+
+    def _fail_stop(self, exc: Exception) -> None:
+        """A turn failed (a WAL that can no longer write or sync, or a bug): half a
+        Ready was handled, so no further one is taken, as etcd exits on a failed WAL
+        save. ``on_failure`` tells the daemon, which stops the member."""
+        log.critical("the member stops: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        self.failure = exc
+        self._wake.set()  # the loop task, if it is waiting, ends
+        if self.on_failure is not None:
+            self.on_failure(exc)
+
+    def _turn(self, *, threaded: bool) -> Ready | None:
+        """Take the inbox, then handle Readys until Raft has nothing more. Returns a
+        Ready (persisted, not yet synced) whose WAL sync should go to a thread, if
+        ``threaded`` and the disk is slow; the caller syncs it and calls :meth:`_settle`
+        and this again."""
+        self._wake.clear()
+        inbox, self._inbox = self._inbox, []
+        for action in inbox:
+            try:
+                action()
+            except ProposalDroppedError as exc:
+                log.debug("dropped: %s", exc)
+        self._start_read_round()
+        while self.raft.has_ready():
+            rd = self.raft.ready()
+            if self._persist(rd):
+                if threaded and not self.sync_policy.inline():
+                    return rd
+                # A fast disk: waiting for it here costs less than the hand-off to a
+                # thread and back (server/syncpolicy.py has the numbers).
+                self._synced(self._timed_sync())
+            self._settle(rd)
+        self._release_apply_waits()
+        return None
+
+    def _persist(self, rd: Ready) -> bool:
+        """The first half of a Ready: leader state, snapshot, early messages, entries
+        and hard state to the WAL. Whether they need a sync before the rest."""
+        if rd.soft_state is not None:
+            self._new_soft_state(rd.soft_state)
+        if rd.snapshot is not None:
+            self.storage.apply_snapshot(rd.snapshot)
+            self._install_state(rd.snapshot)
+            self._refresh_peers()
+            self.disk.save_snapshot(rd.snapshot)
+            self.last_snapshot_index = rd.snapshot.meta.index
+        self._later = rd.messages
+        if self.raft.role is Role.LEADER:
+            # A leader may replicate before its own fsync (Raft thesis 10.2.1, as
+            # etcd does): followers' fsyncs overlap ours. Commit still needs a
+            # quorum of persisted copies, and we apply only after our fsync. Sent
+            # first thing, before the WAL encodes the entries.
+            early = [m for m in rd.messages if m.type in _EARLY]
+            self._later = [m for m in rd.messages if m.type not in _EARLY]
+            for m in early:
+                self.outbox.send(m)
+        # Like etcd's MustSync: a moved commit index alone needs no fsync (it is
+        # recomputed after a crash); new entries, a new term or a vote do.
+        prev = self.storage.hard_state
+        must_sync = (
+            bool(rd.entries)
+            or rd.snapshot is not None
+            or (
+                rd.hard_state is not None
+                and (rd.hard_state.term, rd.hard_state.vote) != (prev.term, prev.vote)
+            )
+        )
+        self.storage.append(rd.entries)
+        if rd.hard_state is not None:
+            self.storage.set_hard_state(rd.hard_state)
+        self.disk.append(rd.entries, rd.hard_state)
+        return must_sync and self.config.fsync
+
+    def _synced(self, took: float) -> None:
+        self.sync_policy.observe(took)
+        self.stats.wal_fsync.observe(took)
+
+    def _settle(self, rd: Ready) -> None:
+        """The second half of a Ready, once it is durable: the other messages, applying
+        what committed, advancing Raft."""
+        for m in self._later:
+            self.outbox.send(m)
+        self._later = []
+        if self.outbox.holding and any(
+            commands.may_take_long(e.data) for e in rd.committed_entries if e.type == 0
+        ):
+            # This loop is about to be busy for a while (a 400k-key delete: ~2
+            # s) and takes no Ready meanwhile: followers learn the commit index
+            # first and apply alongside, instead of waiting, timing out and
+            # electing a new leader (heartbeats from inside the apply,
+            # _keep_followers, cover only ranged deletes and their watchers).
+            self.outbox.flush()
+        for entry in rd.committed_entries:
+            self._apply(entry.index, entry.data if entry.type == 0 else b"")
+        self.raft.advance(rd)
+        for rs in rd.read_states:
+            self._read_ready(rs)
+        self._maybe_snapshot()
+
+    def _new_soft_state(self, soft: SoftState) -> None:
+        leader_now = soft.role is Role.LEADER
+        if leader_now and not self._was_leader:
+            self.lessor.promote(time.monotonic())
+            self._revoking.clear()
+        self._was_leader = leader_now
+        if soft.leader != self._known_leader:
+            log.info(
+                "term %d: leader %x (was %x), this member is %s",
+                self.raft.term,
+                soft.leader,
+                self._known_leader,
+                soft.role.value,
+            )
+            # Only what went to a previous leader can be lost; requests that
+            # waited for a first leader are proposed to the new one.
+            if self._known_leader != 0:
+                self._fail_in_flight()
+            if soft.leader != 0:
+                self.stats.leader_changes += 1
+            self._known_leader = soft.leader
+            if self._known_leader != 0 and (self._parked or self._reads):
+                self._submit(self._unpark)
+        self.leader_changed.set()
+        self.leader_changed = asyncio.Event()
 
     def _keep_followers(self) -> None:
         """Called from inside one long apply (a ranged delete, its watch delivery): a
@@ -495,7 +572,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._waiters[request_id] = fut
-        self._submit(lambda: self._propose_or_forward(data, fut))
+        self._inbox.append(lambda: self._propose_or_forward(data, fut))
+        # The only request in progress: nothing would join its Ready on the loop's next
+        # turn, so handle it now (with 64 clients, each turn's requests share one).
+        self._kick(now=self.alone())
         # Not asyncio.wait_for: its extra future costs the handler one more loop turn
         # after the apply resolves ``fut`` (measured ~10 us per put).
         timer = loop.call_later(self.config.request_timeout, _time_out, fut)
@@ -611,7 +691,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     def _on_frame(self, sender: int, kind: int, payload: bytes) -> None:
         if kind == transport.RAFT:
             message = transport.decode_message(payload)
-            self._submit(lambda: self.raft.step(message))
+            self._inbox.append(lambda: self.raft.step(message))  # _on_frames_done kicks
         elif kind == transport.CALL:
             call_id, call = _CALL.unpack_from(payload)
             body = payload[_CALL.size :]
@@ -621,6 +701,13 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             fut = self._calls.pop(call_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(payload[8:])
+
+    def _on_frames_done(self) -> None:
+        # What one read from a peer brought is handled at once, as one batch: a
+        # follower's APPEND is synced and answered, a leader's acknowledgement commits
+        # and applies, without waiting for the loop task's next turn.
+        if self._inbox:
+            self._kick(now=True)
 
     def _propose_forwarded(self, sender: int, data: bytes) -> None:
         if self.is_leader:

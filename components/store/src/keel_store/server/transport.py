@@ -163,6 +163,8 @@ class PeerTransport:
         self.on_peer_lost: Callable[[int], None] | None = None
         """Called with a peer's ID when its last connection to us closes (its process
         died, most likely: the kernel closes its sockets at once)."""
+        self.on_frames_done: Callable[[], None] | None = None
+        """Called after the frames of one read from a peer went to ``on_frame``."""
         self._closing = False
 
     async def listen(self, url: str) -> None:
@@ -343,8 +345,12 @@ class _Inbound(asyncio.Protocol):
             # that does not decode.
             log.warning("peer %s: bad frame (%s); dropping connection", self.sender, exc)
             self.close()
+            pos = -1
+        if self.owner.on_frames_done is not None:
+            self.owner.on_frames_done()
+        if pos < 0:
             return
-        if 0 <= pos < len(data):
+        if pos < len(data):
             tail = data[pos:]
             self._pending = [tail]
             self._have = len(tail)

@@ -1,0 +1,236 @@
+"""When a member handles its inbox and Raft's Readys: at once in the caller's stack for
+a lone request and for what one read from a peer brought, on the loop task's next turn
+otherwise; and it stops taking Readys after one failed half-way
+(keel_store.server.node)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keel_core.testing import free_port
+from keel_store import daemon
+from keel_store.mvcc import errors
+from keel_store.mvcc.commands import Kind
+from keel_store.pb import rpcpb
+from keel_store.server.config import NodeConfig
+from keel_store.server.node import StoreNode
+from keel_store.wal import WALError
+
+
+def _configs(tmp_path: Path, n: int, *flags: str) -> list[NodeConfig]:
+    peers = {f"n{i}": f"http://127.0.0.1:{free_port()}" for i in range(n)}
+    initial = ",".join(f"{name}={url}" for name, url in peers.items())
+    return [
+        daemon.node_config(
+            daemon.parse_args(
+                [
+                    f"--name={name}",
+                    f"--data-dir={tmp_path / name}",
+                    f"--initial-advertise-peer-urls={url}",
+                    f"--listen-peer-urls={url}",
+                    f"--initial-cluster={initial}",
+                    *flags,
+                ],
+                {},
+            )
+        )
+        for name, url in peers.items()
+    ]
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def _put(node: StoreNode, key: bytes) -> Coroutine[Any, Any, Any]:
+    return node.propose(Kind.PUT, rpcpb.PutRequest(key=key, value=b"v"))
+
+
+def test_a_lone_proposal_is_answered_without_a_turn_of_the_loop(tmp_path: Path) -> None:
+    """One member, real fsyncs. The only request in progress is persisted, applied and
+    answered inside its own first step (the coroutine finishes without suspending);
+    with other requests in progress it waits for the loop task, like them."""
+
+    async def scenario() -> None:
+        node = StoreNode(_configs(tmp_path, 1)[0])
+        await node.start()
+        try:
+            await _until(lambda: node.is_leader)
+            await _put(node, b"warm")  # the new leader's first entry is applied
+
+            node.alone = lambda: True
+            coro = _put(node, b"lone")
+            with pytest.raises(StopIteration) as done:
+                coro.send(None)
+            assert done.value.value.header.revision == node.sm.kv.revision
+            assert node.sm.kv.get(b"lone") is not None
+
+            node.alone = lambda: False
+            coro = _put(node, b"crowd")
+            coro.send(None)  # suspends: the loop task takes it on its next turn
+            assert node.sm.kv.get(b"crowd") is None
+            coro.close()
+            await _until(lambda: node.sm.kv.get(b"crowd") is not None)
+        finally:
+            await node.stop()
+
+    asyncio.run(scenario())
+
+
+def test_requests_in_progress_together_share_one_sync(tmp_path: Path) -> None:
+    """40 puts proposed in one turn of the loop, none of them alone: one Ready, one
+    WAL sync for all (handling each at once would sync 40 times)."""
+
+    async def scenario() -> None:
+        node = StoreNode(_configs(tmp_path, 1)[0])
+        await node.start()
+        try:
+            await _until(lambda: node.is_leader)
+            await _put(node, b"warm")
+            syncs: list[float] = []
+            real_sync = node.disk.sync
+
+            def sync() -> None:
+                syncs.append(time.monotonic())
+                real_sync()
+
+            node.disk.sync = sync  # type: ignore[method-assign]
+            await asyncio.gather(*(_put(node, b"k%d" % i) for i in range(40)))
+            assert len(syncs) == 1, syncs
+            assert all(node.sm.kv.get(b"k%d" % i) is not None for i in range(40))
+        finally:
+            await node.stop()
+
+    asyncio.run(scenario())
+
+
+def _record_reads(
+    node: StoreNode, reading: dict[int, bool], appended: list[tuple[int, bool]]
+) -> None:
+    """Mark when ``node`` is inside the call that handles one read from a peer, and
+    record each entry it appends to its WAL with whether that happened inside it."""
+    frames_done, disk_append = node._on_frames_done, node.disk.append
+
+    def on_frames_done() -> None:
+        reading[id(node)] = True
+        try:
+            frames_done()
+        finally:
+            reading[id(node)] = False
+
+    def append(entries: Any, hard_state: Any) -> None:
+        appended.extend((e.index, reading[id(node)]) for e in entries)
+        disk_append(entries, hard_state)
+
+    node.transport.on_frames_done = on_frames_done
+    node.disk.append = append  # type: ignore[method-assign, assignment]
+
+
+def test_what_a_peer_sends_is_handled_within_the_read_that_brought_it(
+    tmp_path: Path,
+) -> None:
+    """Three members in one process. A follower persists an APPEND (and answers it)
+    inside the call that read it from the socket, and the leader applies the entry
+    inside the call that read the first acknowledgement, not on a later turn."""
+
+    async def scenario() -> None:
+        nodes = [StoreNode(c) for c in _configs(tmp_path, 3, "--unsafe-no-fsync")]
+        for node in nodes:
+            await node.start()
+            await asyncio.sleep(node.config.heartbeat_ms / 3000)
+        try:
+            await _until(lambda: any(n.is_leader for n in nodes))
+            leader = next(n for n in nodes if n.is_leader)
+            await _put(leader, b"warm")
+            reading = {id(n): False for n in nodes}
+            appended: dict[int, list[tuple[int, bool]]] = {id(n): [] for n in nodes}
+            applied: list[tuple[int, bool]] = []
+
+            for node in nodes:
+                _record_reads(node, reading, appended[id(node)])
+            real_apply = leader._apply
+
+            def apply(index: int, data: bytes) -> None:
+                applied.append((index, reading[id(leader)]))
+                real_apply(index, data)
+
+            leader._apply = apply  # type: ignore[method-assign]
+            await _put(leader, b"k")
+            index = leader.sm.applied_index
+            assert (index, True) in applied, applied
+            for follower in (n for n in nodes if n is not leader):
+                entries = appended[id(follower)]
+
+                def persisted(entries: list[tuple[int, bool]] = entries) -> bool:
+                    return any(i == index for i, _ in entries)
+
+                await _until(persisted)
+                assert (index, True) in entries, entries
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_turn_that_fails_half_way_stops_the_member(tmp_path: Path) -> None:
+    """The WAL sync fails inside a lone request's turn: the member records the
+    failure, tells its owner once, takes no further Ready (neither at once nor on
+    the loop task, which ends), and its waiting requests fail when it stops."""
+
+    async def scenario() -> None:
+        node = StoreNode(_configs(tmp_path, 1)[0])
+        told: list[Exception] = []
+        node.on_failure = told.append
+        await node.start()
+        stopped = False
+        try:
+            await _until(lambda: node.is_leader)
+            await _put(node, b"warm")
+
+            def broken_sync() -> None:
+                raise WALError("sync failed: injected")
+
+            node.disk.sync = broken_sync  # type: ignore[method-assign]
+            readies = 0
+            real_ready = node.raft.ready
+
+            def ready() -> Any:
+                nonlocal readies
+                readies += 1
+                return real_ready()
+
+            node.raft.ready = ready  # type: ignore[method-assign]
+            node.alone = lambda: True
+            first = asyncio.ensure_future(_put(node, b"a"))
+            await _until(lambda: node.failure is not None)
+            assert isinstance(node.failure, WALError)
+            assert told == [node.failure]
+            assert readies == 1
+            second = asyncio.ensure_future(_put(node, b"b"))
+            await asyncio.sleep(0.05)
+            assert readies == 1
+            assert node._tasks[0].done()
+            assert not first.done()
+            assert not second.done()
+            await node.stop()
+            stopped = True
+            for fut in (first, second):
+                with pytest.raises(errors.EtcdError) as exc:
+                    await fut
+                assert exc.value is errors.STOPPED
+            assert told == [node.failure]
+        finally:
+            if not stopped:
+                await node.stop()
+
+    asyncio.run(scenario())

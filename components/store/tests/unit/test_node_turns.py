@@ -11,13 +11,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from keel_core.testing import free_port
 from keel_store import daemon
 from keel_store.mvcc import errors
 from keel_store.mvcc.commands import Kind
-from keel_store.pb import rpcpb
+from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.config import NodeConfig
 from keel_store.server.node import StoreNode
 from keel_store.wal import WALError
@@ -234,3 +235,49 @@ def test_a_turn_that_fails_half_way_stops_the_member(tmp_path: Path) -> None:
                 await node.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_daemon_exits_with_status_1_once_its_member_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``keel-store`` itself: a put whose WAL sync fails ends in an error for the
+    client and the daemon returns 1 (systemd's Restart= then starts it again)."""
+    created: list[StoreNode] = []
+
+    class Recorded(StoreNode):
+        def __init__(self, config: NodeConfig) -> None:
+            super().__init__(config)
+            created.append(self)
+
+    monkeypatch.setattr(daemon, "StoreNode", Recorded)
+    client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    args = daemon.parse_args(
+        [
+            "--name=solo",
+            f"--data-dir={tmp_path / 'solo'}",
+            f"--listen-client-urls=http://{client}",
+            f"--advertise-client-urls=http://{client}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-cluster=solo={peer}",
+        ],
+        {},
+    )
+
+    async def scenario() -> int:
+        serving = asyncio.ensure_future(daemon.serve(args))
+        await _until(lambda: bool(created) and created[0].is_leader)
+        async with grpc.aio.insecure_channel(client) as channel:
+            kv = rpcgrpc.KVStub(channel)
+            await kv.Put(rpcpb.PutRequest(key=b"ok", value=b"v"), timeout=10)
+
+            def broken_sync() -> None:
+                raise WALError("sync failed: injected")
+
+            created[0].disk.sync = broken_sync  # type: ignore[method-assign]
+            with pytest.raises(grpc.aio.AioRpcError):
+                await kv.Put(rpcpb.PutRequest(key=b"lost", value=b"v"), timeout=10)
+        return await asyncio.wait_for(serving, 10)
+
+    assert asyncio.run(scenario()) == 1
+    assert isinstance(created[0].failure, WALError)

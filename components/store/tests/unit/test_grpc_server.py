@@ -93,6 +93,8 @@ class KV(rpcgrpc.KVServicer):  # type: ignore[misc]
         self.started = asyncio.Event()
         self.cancelled = asyncio.Event()
         self.calls = 0
+        self.server: GrpcServer | None = None
+        self.probes: list[tuple[bool, int]] = []
 
     async def Range(self, request: Any, context: Any) -> Any:
         self.calls += 1
@@ -130,6 +132,12 @@ class KV(rpcgrpc.KVServicer):  # type: ignore[misc]
         )
 
     async def Put(self, request: Any, context: Any) -> Any:
+        if request.key == b"probe":  # how the call runs: outside a task at first?
+            server = self.server
+            calls = -1 if server is None else server.unary_calls
+            self.probes.append((asyncio.current_task() is None, calls))
+            await asyncio.sleep(0)
+            self.probes.append((asyncio.current_task() is None, calls))
         value = bytes(request.value)
         if len(value) > 1000:  # large: answer its length and digest
             value = digest(value).encode()
@@ -1033,5 +1041,48 @@ def test_unary_calls_in_progress_are_counted_streams_are_not() -> None:
             assert server.unary_calls == 0
             watch.cancel()
             snapshot.cancel()
+
+    run(scenario)
+
+
+async def _probe_puts(port: int, streams: tuple[int, ...]) -> None:
+    """Put requests with key ``probe`` on ``streams`` of a new connection, all in one
+    write; returns once each ended with status 0."""
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    body = grpc_message(rpcpb.PutRequest(key=b"probe", value=b"v").SerializeToString())
+    headers = grpc_request_headers("/etcdserverpb.KV/Put")
+    requests = b"".join(
+        h2frame(H_HEADERS, 0x4, sid, headers) + h2frame(H_DATA, 0x1, sid, body) for sid in streams
+    )
+    writer.write(PREFACE + h2frame(H_SETTINGS, 0, 0) + requests)
+    ended: set[int] = set()
+    decoder = hpack.Decoder()
+    while ended != set(streams):
+        got = await read_frame(reader)
+        assert got is not None, "connection closed"
+        ftype, flags, sid, payload = got
+        if ftype == H_HEADERS:
+            fields = {str(k): str(v) for k, v in decoder.decode(payload, raw=False)}
+            if flags & 0x1:
+                assert fields.get("grpc-status") == "0", fields
+                ended.add(sid)
+    writer.close()
+
+
+def test_a_lone_unary_call_starts_in_the_read_others_as_tasks() -> None:
+    """The only unary call in progress runs up to its first wait in the callback of
+    the read that completed it (no task yet), and in a task after that wait. Three
+    requests in one write are all counted as in progress before any starts, and
+    start as tasks. Every call is answered and the count returns to zero."""
+
+    async def scenario() -> None:
+        async with serving() as (server, services, port):
+            services.kv.server = server
+            await _probe_puts(port, (1,))
+            assert services.kv.probes == [(True, 1), (False, 1)]
+            services.kv.probes.clear()
+            await _probe_puts(port, (1, 3, 5))
+            assert services.kv.probes == [(False, 3)] * 6
+            assert server.unary_calls == 0
 
     run(scenario)

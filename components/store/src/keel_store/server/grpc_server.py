@@ -20,7 +20,7 @@ import asyncio
 import inspect
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, NoReturn
 
 import grpc
@@ -154,6 +154,8 @@ class GrpcServer:
         self._http1_transports: set[asyncio.Transport] = set()
         self.unary_calls = 0
         """Unary calls started and not finished (streams, e.g. watches, not counted)."""
+        self._complete: list[tuple[Stream, Any]] = []
+        """Unary calls whose request the current read completed, not started yet."""
 
     # --- registration (the generated code's calls) ---------------------------------------
 
@@ -270,11 +272,47 @@ class GrpcServer:
         return None
 
     def _start(self, stream: Stream, handler: Any) -> None:
-        if not stream.local_closed and not stream.reset:
+        if stream.local_closed or stream.reset:
+            return
+        if handler.response_streaming:
             stream.task = stream.conn.loop.create_task(self._call(stream, handler))
-            if not handler.response_streaming:
-                self.unary_calls += 1
+            return
+        self.unary_calls += 1
+        if stream.conn.in_receive:
+            self._complete.append((stream, handler))  # started by received()
+        else:
+            self._run_eagerly(stream, handler)
+
+    def received(self, conn: Connection) -> None:
+        """Start the unary calls whose requests this read completed. The only call in
+        progress runs up to its first wait in this callback (as Python 3.12's eager
+        tasks would): a put that needs no wait (one member, a fast disk) is answered
+        before the loop turns again. Calls that arrive with others in progress start as
+        tasks on the next turn, as before (starting them eagerly too measured the
+        same with 64 clients, 0.99x in alternating runs; kept to the case it helps)."""
+        complete, self._complete = self._complete, []
+        alone = len(complete) == 1 and self.unary_calls == 1
+        for stream, handler in complete:
+            if stream.local_closed or stream.reset:
+                self.unary_calls -= 1
+            elif alone:
+                self._run_eagerly(stream, handler)
+            else:
+                stream.task = stream.conn.loop.create_task(self._call(stream, handler))
                 stream.task.add_done_callback(self._unary_done)
+
+    def _run_eagerly(self, stream: Stream, handler: Any) -> None:
+        call = self._call(stream, handler)
+        try:
+            waits_for = call.send(None)
+        except StopIteration:
+            self.unary_calls -= 1
+            return
+        except BaseException:
+            self.unary_calls -= 1
+            raise
+        stream.task = stream.conn.loop.create_task(_resumed(call, waits_for))
+        stream.task.add_done_callback(self._unary_done)
 
     def _unary_done(self, _: asyncio.Task[None]) -> None:
         self.unary_calls -= 1
@@ -366,6 +404,39 @@ class GrpcServer:
                 return
             log.exception("gRPC call %s failed", stream.header(":path"))
             stream.finish(w.UNKNOWN, f"{type(exc).__name__}: {exc}")
+
+
+async def _resumed(call: Coroutine[Any, Any, None], waits_for: Any) -> None:
+    """A task's body for a call started outside any task and now waiting for
+    ``waits_for`` (what its first step yielded)."""
+    await _Resume(call, waits_for)
+
+
+class _Resume:
+    """Drive a started coroutine as the task awaiting this does its own: yield what it
+    waits for, send results in, throw the task's exceptions (a cancel) into it."""
+
+    __slots__ = ("call", "waits_for")
+
+    def __init__(self, call: Coroutine[Any, Any, None], waits_for: Any) -> None:
+        self.call = call
+        self.waits_for = waits_for
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        call, waits_for = self.call, self.waits_for
+        while True:
+            try:
+                value = yield waits_for
+            except BaseException as exc:
+                try:
+                    waits_for = call.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waits_for = call.send(value)
+                except StopIteration:
+                    return
 
 
 async def _requests(stream: Stream, deserialize: Callable[[bytes], Any]) -> AsyncIterator[Any]:

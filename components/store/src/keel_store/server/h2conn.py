@@ -47,6 +47,9 @@ class Dispatcher(Protocol):
     def connection_closed(self, conn: Connection) -> None:
         """``conn`` is gone (closed, or handed over to HTTP/1.1)."""
 
+    def received(self, conn: Connection) -> None:
+        """The frames of one read from ``conn`` were handled (its writes leave after)."""
+
 
 class StreamError(Exception):
     """A request message the call cannot take: ends the stream with a gRPC status."""
@@ -309,6 +312,7 @@ class Connection(asyncio.Protocol):
         self.in_receive = True
         try:
             self._receive(data)
+            self.dispatcher.received(self)
         except _ConnectionError as exc:
             self._fail(exc.code, str(exc))
         finally:

@@ -83,6 +83,13 @@ def test_a_lone_proposal_is_answered_without_a_turn_of_the_loop(tmp_path: Path) 
             await _until(lambda: node.sm.kv.get(b"crowd") is not None)
         finally:
             await node.stop()
+        # A stopped member (its WAL closed) handles nothing at once: the request waits,
+        # nothing fails.
+        node.alone = lambda: True
+        coro = _put(node, b"late")
+        coro.send(None)
+        coro.close()
+        assert node.failure is None
 
     asyncio.run(scenario())
 

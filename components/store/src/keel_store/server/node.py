@@ -306,9 +306,16 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
 
     def _kick(self, *, now: bool) -> None:
         """Have the inbox handled: with ``now``, at once in the caller's stack if the loop
-        task is idle and the disk is fast (one turn of the event loop and a task switch
-        less on the way of a lone request); else on the loop task's next turn."""
-        if now and not self._running and self.failure is None and self.sync_policy.inline():
+        task is idle, the member neither stopping nor failed and the disk fast (one turn
+        of the event loop and a task switch less on the way of a lone request); else on
+        the loop task's next turn."""
+        if (
+            now
+            and not self._running
+            and not self.stopped
+            and self.failure is None
+            and self.sync_policy.inline()
+        ):
             self._running = True
             try:
                 self._turn(threaded=False)

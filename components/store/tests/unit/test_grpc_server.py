@@ -1045,44 +1045,62 @@ def test_unary_calls_in_progress_are_counted_streams_are_not() -> None:
     run(scenario)
 
 
-async def _probe_puts(port: int, streams: tuple[int, ...]) -> None:
-    """Put requests with key ``probe`` on ``streams`` of a new connection, all in one
-    write; returns once each ended with status 0."""
-    reader, writer = await asyncio.open_connection(LOCAL, port)
-    body = grpc_message(rpcpb.PutRequest(key=b"probe", value=b"v").SerializeToString())
-    headers = grpc_request_headers("/etcdserverpb.KV/Put")
-    requests = b"".join(
-        h2frame(H_HEADERS, 0x4, sid, headers) + h2frame(H_DATA, 0x1, sid, body) for sid in streams
-    )
-    writer.write(PREFACE + h2frame(H_SETTINGS, 0, 0) + requests)
-    ended: set[int] = set()
-    decoder = hpack.Decoder()
-    while ended != set(streams):
-        got = await read_frame(reader)
-        assert got is not None, "connection closed"
-        ftype, flags, sid, payload = got
-        if ftype == H_HEADERS:
-            fields = {str(k): str(v) for k, v in decoder.decode(payload, raw=False)}
-            if flags & 0x1:
-                assert fields.get("grpc-status") == "0", fields
-                ended.add(sid)
-    writer.close()
+class _ProbeConnection:
+    """A raw HTTP/2 connection that sends Put requests with key ``probe``."""
+
+    async def open(self, port: int) -> None:
+        self.reader, self.writer = await asyncio.open_connection(LOCAL, port)
+        self.writer.write(PREFACE + h2frame(H_SETTINGS, 0, 0))
+        self.decoder = hpack.Decoder()
+
+    async def puts(self, streams: tuple[int, ...]) -> None:
+        """The requests on ``streams``, all in one write; returns once each ended with
+        status 0."""
+        body = grpc_message(rpcpb.PutRequest(key=b"probe", value=b"v").SerializeToString())
+        headers = grpc_request_headers("/etcdserverpb.KV/Put")
+        self.writer.write(
+            b"".join(
+                h2frame(H_HEADERS, 0x4, sid, headers) + h2frame(H_DATA, 0x1, sid, body)
+                for sid in streams
+            )
+        )
+        ended: set[int] = set()
+        while ended != set(streams):
+            got = await read_frame(self.reader)
+            assert got is not None, "connection closed"
+            ftype, flags, sid, payload = got
+            if ftype == H_HEADERS:
+                fields = {str(k): str(v) for k, v in self.decoder.decode(payload, raw=False)}
+                if flags & 0x1:
+                    assert fields.get("grpc-status") == "0", fields
+                    ended.add(sid)
 
 
 def test_a_lone_unary_call_starts_in_the_read_others_as_tasks() -> None:
-    """The only unary call in progress runs up to its first wait in the callback of
-    the read that completed it (no task yet), and in a task after that wait. Three
-    requests in one write are all counted as in progress before any starts, and
-    start as tasks. Every call is answered and the count returns to zero."""
+    """A lone call (the only one in progress, on the connection of the call before
+    it) runs up to its first wait in the callback of the read that completed it (no
+    task yet), and in a task after that wait. Three requests in one write are all
+    counted as in progress before any starts, and start as tasks; so does a call on
+    a connection other than the last call's. Every call is answered and the count
+    returns to zero."""
 
     async def scenario() -> None:
         async with serving() as (server, services, port):
             services.kv.server = server
-            await _probe_puts(port, (1,))
-            assert services.kv.probes == [(True, 1), (False, 1)]
+            first, second = _ProbeConnection(), _ProbeConnection()
+            await first.open(port)
+            await second.open(port)
+            await first.puts((1,))  # a new connection: not known to wait for answers
+            await first.puts((3,))
+            assert services.kv.probes == [(False, 1), (False, 1), (True, 1), (False, 1)]
             services.kv.probes.clear()
-            await _probe_puts(port, (1, 3, 5))
+            await first.puts((5, 7, 9))
             assert services.kv.probes == [(False, 3)] * 6
+            services.kv.probes.clear()
+            await second.puts((1,))
+            assert services.kv.probes == [(False, 1)] * 2
+            first.writer.close()
+            second.writer.close()
             assert server.unary_calls == 0
 
     run(scenario)

@@ -434,6 +434,9 @@ class _Resume:
         while True:
             try:
                 value = yield waits_for
+            except GeneratorExit:  # the task is closed unfinished: close the call too
+                call.close()
+                raise
             except BaseException as exc:
                 try:
                     waits_for = call.throw(exc)

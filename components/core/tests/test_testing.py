@@ -24,10 +24,21 @@ def test_free_port_skips_a_port_in_use(monkeypatch):
         busy.bind(("127.0.0.1", 0))
         taken = busy.getsockname()[1]
         busy.listen()
-        picks = iter([taken, taken + 1 if taken + 1 < 60000 else taken - 1])
+        # The busy port first, then random ones: a fixed second pick (taken + 1) could
+        # itself be busy or handed out already (CI failed on that once).
+        real = testing._rng.randrange
+        picks: list[int] = []
+
+        def pick(a: int, b: int) -> int:
+            picks.append(taken if not picks else real(a, b))
+            return picks[-1]
+
         monkeypatch.setattr(testing, "_ephemeral_low", lambda: 65535)
-        monkeypatch.setattr(testing._rng, "randrange", lambda a, b: next(picks))
-        assert testing.free_port() != taken
+        monkeypatch.setattr(testing._rng, "randrange", pick)
+        port = testing.free_port()
+        assert picks[0] == taken
+        assert port != taken
+        assert port == picks[-1]
 
 
 def test_process_cpu_seconds_counts_this_process_and_refuses_a_gone_one():

@@ -6,40 +6,13 @@ import asyncio
 import time
 from pathlib import Path
 
-from keel_core.testing import free_port
-from keel_store import daemon
 from keel_store.mvcc import errors
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcpb
 from keel_store.raft import Role
 from keel_store.server.node import StoreNode
 
-
-def _configs(tmp_path: Path) -> list[daemon.NodeConfig]:
-    peers = {f"n{i}": f"http://127.0.0.1:{free_port()}" for i in range(3)}
-    initial = ",".join(f"{name}={url}" for name, url in peers.items())
-    configs = []
-    for name, url in peers.items():
-        args = daemon.parse_args(
-            [
-                f"--name={name}",
-                f"--data-dir={tmp_path / name}",
-                f"--initial-advertise-peer-urls={url}",
-                f"--listen-peer-urls={url}",
-                f"--initial-cluster={initial}",
-                "--unsafe-no-fsync",
-            ],
-            {},
-        )
-        configs.append(daemon.node_config(args))
-    return configs
-
-
-async def _until(predicate: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+from .conftest import node_configs, start_members, until
 
 
 def test_followers_campaign_well_before_the_election_timeout(tmp_path: Path) -> None:
@@ -48,24 +21,17 @@ def test_followers_campaign_well_before_the_election_timeout(tmp_path: Path) -> 
     heartbeats after the last one heard); a put through a follower then succeeds."""
 
     async def scenario() -> None:
-        nodes = [StoreNode(c) for c in _configs(tmp_path)]
-        for node in nodes:
-            # A third of a heartbeat apart, as separate processes would be: in one loop,
-            # tickers started together tick together, and two followers that pick the
-            # same early tick would split the vote (then the election timeout decides).
-            await node.start()
-            await asyncio.sleep(node.config.heartbeat_ms / 3000)
+        nodes = [StoreNode(c) for c in node_configs(tmp_path, 3, "--unsafe-no-fsync")]
         try:
-            await _until(lambda: any(n.is_leader for n in nodes))
-            leader = next(n for n in nodes if n.is_leader)
+            leader = await start_members(nodes)
             followers = [n for n in nodes if n is not leader]
-            await _until(lambda: all(f.leader_id == leader.member_id for f in followers))
+            await until(lambda: all(f.leader_id == leader.member_id for f in followers))
             await followers[0].propose(Kind.PUT, rpcpb.PutRequest(key=b"warm", value=b"v"))
             term = leader.term
             await leader.stop()  # its connections close, as when its process dies
             start = time.monotonic()
-            await _until(lambda: all(f.leader_id != leader.member_id for f in followers))
-            await _until(lambda: any(f.raft.role is not Role.FOLLOWER for f in followers))
+            await until(lambda: all(f.leader_id != leader.member_id for f in followers))
+            await until(lambda: any(f.raft.role is not Role.FOLLOWER for f in followers))
             campaign = time.monotonic() - start
             failures: list[errors.EtcdError] = []
             while True:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +23,7 @@ from keel_store.server.config import NodeConfig
 from keel_store.server.node import StoreNode
 from keel_store.wal import WALError
 
-
-def _configs(tmp_path: Path, n: int, *flags: str) -> list[NodeConfig]:
-    peers = {f"n{i}": f"http://127.0.0.1:{free_port()}" for i in range(n)}
-    initial = ",".join(f"{name}={url}" for name, url in peers.items())
-    return [
-        daemon.node_config(
-            daemon.parse_args(
-                [
-                    f"--name={name}",
-                    f"--data-dir={tmp_path / name}",
-                    f"--initial-advertise-peer-urls={url}",
-                    f"--listen-peer-urls={url}",
-                    f"--initial-cluster={initial}",
-                    *flags,
-                ],
-                {},
-            )
-        )
-        for name, url in peers.items()
-    ]
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+from .conftest import node_configs, start_members, until
 
 
 def _put(node: StoreNode, key: bytes) -> Coroutine[Any, Any, Any]:
@@ -62,10 +36,10 @@ def test_a_lone_proposal_is_answered_without_a_turn_of_the_loop(tmp_path: Path) 
     with other requests in progress it waits for the loop task, like them."""
 
     async def scenario() -> None:
-        node = StoreNode(_configs(tmp_path, 1)[0])
+        node = StoreNode(node_configs(tmp_path, 1)[0])
         await node.start()
         try:
-            await _until(lambda: node.is_leader)
+            await until(lambda: node.is_leader)
             await _put(node, b"warm")  # the new leader's first entry is applied
 
             node.alone = lambda: True
@@ -80,7 +54,7 @@ def test_a_lone_proposal_is_answered_without_a_turn_of_the_loop(tmp_path: Path) 
             coro.send(None)  # suspends: the loop task takes it on its next turn
             assert node.sm.kv.get(b"crowd") is None
             coro.close()
-            await _until(lambda: node.sm.kv.get(b"crowd") is not None)
+            await until(lambda: node.sm.kv.get(b"crowd") is not None)
         finally:
             await node.stop()
         # A stopped member (its WAL closed) handles nothing at once: the request waits,
@@ -99,10 +73,10 @@ def test_requests_in_progress_together_share_one_sync(tmp_path: Path) -> None:
     WAL sync for all (handling each at once would sync 40 times)."""
 
     async def scenario() -> None:
-        node = StoreNode(_configs(tmp_path, 1)[0])
+        node = StoreNode(node_configs(tmp_path, 1)[0])
         await node.start()
         try:
-            await _until(lambda: node.is_leader)
+            await until(lambda: node.is_leader)
             await _put(node, b"warm")
             syncs: list[float] = []
             real_sync = node.disk.sync
@@ -151,13 +125,9 @@ def test_what_a_peer_sends_is_handled_within_the_read_that_brought_it(
     inside the call that read the first acknowledgement, not on a later turn."""
 
     async def scenario() -> None:
-        nodes = [StoreNode(c) for c in _configs(tmp_path, 3, "--unsafe-no-fsync")]
-        for node in nodes:
-            await node.start()
-            await asyncio.sleep(node.config.heartbeat_ms / 3000)
+        nodes = [StoreNode(c) for c in node_configs(tmp_path, 3, "--unsafe-no-fsync")]
         try:
-            await _until(lambda: any(n.is_leader for n in nodes))
-            leader = next(n for n in nodes if n.is_leader)
+            leader = await start_members(nodes)
             await _put(leader, b"warm")
             reading = {id(n): False for n in nodes}
             appended: dict[int, list[tuple[int, bool]]] = {id(n): [] for n in nodes}
@@ -181,7 +151,7 @@ def test_what_a_peer_sends_is_handled_within_the_read_that_brought_it(
                 def persisted(entries: list[tuple[int, bool]] = entries) -> bool:
                     return any(i == index for i, _ in entries)
 
-                await _until(persisted)
+                await until(persisted)
                 assert (index, True) in entries, entries
         finally:
             for node in nodes:
@@ -196,13 +166,13 @@ def test_a_turn_that_fails_half_way_stops_the_member(tmp_path: Path) -> None:
     the loop task, which ends), and its waiting requests fail when it stops."""
 
     async def scenario() -> None:
-        node = StoreNode(_configs(tmp_path, 1)[0])
+        node = StoreNode(node_configs(tmp_path, 1)[0])
         told: list[Exception] = []
         node.on_failure = told.append
         await node.start()
         stopped = False
         try:
-            await _until(lambda: node.is_leader)
+            await until(lambda: node.is_leader)
             await _put(node, b"warm")
 
             def broken_sync() -> None:
@@ -220,7 +190,7 @@ def test_a_turn_that_fails_half_way_stops_the_member(tmp_path: Path) -> None:
             node.raft.ready = ready  # type: ignore[method-assign]
             node.alone = lambda: True
             first = asyncio.ensure_future(_put(node, b"a"))
-            await _until(lambda: node.failure is not None)
+            await until(lambda: node.failure is not None)
             assert isinstance(node.failure, WALError)
             assert told == [node.failure]
             assert readies == 1
@@ -273,7 +243,7 @@ def test_the_daemon_exits_with_status_1_once_its_member_stopped(
 
     async def scenario() -> int:
         serving = asyncio.ensure_future(daemon.serve(args))
-        await _until(lambda: bool(created) and created[0].is_leader)
+        await until(lambda: bool(created) and created[0].is_leader)
         async with grpc.aio.insecure_channel(client) as channel:
             kv = rpcgrpc.KVStub(channel)
             await kv.Put(rpcpb.PutRequest(key=b"ok", value=b"v"), timeout=10)

@@ -1,0 +1,56 @@
+"""Helpers for tests that run StoreNodes in the test's own process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from keel_core.testing import free_port
+from keel_store import daemon
+from keel_store.server.config import NodeConfig
+from keel_store.server.node import StoreNode
+
+
+def node_configs(tmp_path: Path, n: int, *flags: str) -> list[NodeConfig]:
+    """Settings of an ``n``-member cluster on loopback, data under ``tmp_path``."""
+    peers = {f"n{i}": f"http://127.0.0.1:{free_port()}" for i in range(n)}
+    initial = ",".join(f"{name}={url}" for name, url in peers.items())
+    return [
+        daemon.node_config(
+            daemon.parse_args(
+                [
+                    f"--name={name}",
+                    f"--data-dir={tmp_path / name}",
+                    f"--initial-advertise-peer-urls={url}",
+                    f"--listen-peer-urls={url}",
+                    f"--initial-cluster={initial}",
+                    *flags,
+                ],
+                {},
+            )
+        )
+        for name, url in peers.items()
+    ]
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Wait until ``predicate()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def start_members(nodes: list[StoreNode]) -> StoreNode:
+    """Start ``nodes`` a third of a heartbeat apart and return the leader they elect.
+
+    Apart, as separate processes would be: in one loop, tickers started together tick
+    together, and two followers that pick the same early tick would split the vote
+    (then the election timeout decides)."""
+    for node in nodes:
+        await node.start()
+        await asyncio.sleep(node.config.heartbeat_ms / 3000)
+    await until(lambda: any(n.is_leader for n in nodes))
+    return next(n for n in nodes if n.is_leader)

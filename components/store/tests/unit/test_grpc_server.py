@@ -1053,6 +1053,14 @@ class _ProbeConnection:
         self.writer.write(PREFACE + h2frame(H_SETTINGS, 0, 0))
         self.decoder = hpack.Decoder()
 
+    async def ping(self) -> None:
+        """A PING, answered: a read on the server that completes no call."""
+        self.writer.write(h2frame(H_PING, 0, 0, b"12345678"))
+        while (got := await read_frame(self.reader)) is not None:
+            if got[0] == H_PING and got[1] & 0x1:
+                return
+        raise AssertionError("connection closed before the PING ACK")
+
     async def puts(self, streams: tuple[int, ...]) -> None:
         """The requests on ``streams``, all in one write; returns once each ended with
         status 0."""
@@ -1081,8 +1089,8 @@ def test_a_lone_unary_call_starts_in_the_read_others_as_tasks() -> None:
     it) runs up to its first wait in the callback of the read that completed it (no
     task yet), and in a task after that wait. Three requests in one write are all
     counted as in progress before any starts, and start as tasks; so does a call on
-    a connection other than the last call's. Every call is answered and the count
-    returns to zero."""
+    a connection other than the last call's (a read of another connection that starts
+    no call does not count). Every call is answered and the count returns to zero."""
 
     async def scenario() -> None:
         async with serving() as (server, services, port):
@@ -1094,7 +1102,11 @@ def test_a_lone_unary_call_starts_in_the_read_others_as_tasks() -> None:
             await first.puts((3,))
             assert services.kv.probes == [(False, 1), (False, 1), (True, 1), (False, 1)]
             services.kv.probes.clear()
-            await first.puts((5, 7, 9))
+            await second.ping()  # another connection's read without a call changes nothing
+            await first.puts((5,))
+            assert services.kv.probes == [(True, 1), (False, 1)]
+            services.kv.probes.clear()
+            await first.puts((7, 9, 11))
             assert services.kv.probes == [(False, 3)] * 6
             services.kv.probes.clear()
             await second.puts((1,))
@@ -1102,5 +1114,31 @@ def test_a_lone_unary_call_starts_in_the_read_others_as_tasks() -> None:
             first.writer.close()
             second.writer.close()
             assert server.unary_calls == 0
+
+    run(scenario)
+
+
+def test_a_call_completed_by_a_read_that_then_breaks_the_connection_is_not_counted() -> None:
+    """A read that completes a Put and then breaks the protocol (DATA on stream 0): the
+    connection closes, the call never starts, and it is not left counted as in
+    progress (which would keep the store from taking the next request as lone)."""
+
+    async def scenario() -> None:
+        async with serving() as (server, services, port):
+            reader, writer = await asyncio.open_connection(LOCAL, port)
+            body = grpc_message(rpcpb.PutRequest(key=b"probe", value=b"v").SerializeToString())
+            writer.write(
+                PREFACE
+                + h2frame(H_SETTINGS, 0, 0)
+                + h2frame(H_HEADERS, 0x4, 1, grpc_request_headers("/etcdserverpb.KV/Put"))
+                + h2frame(H_DATA, 0x1, 1, body)
+                + h2frame(H_DATA, 0x0, 0, b"x")
+            )
+            while (got := await read_frame(reader)) is not None and got[0] != H_GOAWAY:
+                pass
+            assert got is not None, "closed without a GOAWAY"
+            writer.close()
+            assert server.unary_calls == 0
+            assert services.kv.probes == []
 
     run(scenario)

@@ -312,10 +312,12 @@ class Connection(asyncio.Protocol):
         self.in_receive = True
         try:
             self._receive(data)
-            self.dispatcher.received(self)
         except _ConnectionError as exc:
             self._fail(exc.code, str(exc))
         finally:
+            # Also after a failure: calls this read completed are started or, their
+            # streams cancelled by the failure, dropped, not left for another read.
+            self.dispatcher.received(self)
             self.in_receive = False
         self._flush()
 

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 import keel_store.server.node as node_module
-from keel_core.testing import free_port
-from keel_store import daemon
 from keel_store.mvcc import snapshot
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.store import StateMachine
 from keel_store.pb import rpcpb
 from keel_store.server.node import StoreNode
 from keel_store.server.snapshotter import SnapshotChildError, save_in_child
+
+from .conftest import node_configs
 
 
 def _state(keys: int) -> StateMachine:
@@ -71,26 +71,8 @@ def test_a_failing_or_killed_child_is_an_error() -> None:
     asyncio.run(scenario())
 
 
-def _member_config(tmp_path: Path, snapshot_count: int) -> daemon.NodeConfig:
-    """A one-member daemon configuration (the daemon's own flag parsing)."""
-    url = f"http://127.0.0.1:{free_port()}"
-    args = daemon.parse_args(
-        [
-            "--name=n0",
-            f"--data-dir={tmp_path / 'n0'}",
-            f"--initial-advertise-peer-urls={url}",
-            f"--listen-peer-urls={url}",
-            f"--initial-cluster=n0={url}",
-            f"--snapshot-count={snapshot_count}",
-            "--unsafe-no-fsync",
-        ],
-        {},
-    )
-    return daemon.node_config(args)
-
-
 def test_member_snapshots_in_the_background_and_restarts_from_it(tmp_path: Path) -> None:
-    config = _member_config(tmp_path, snapshot_count=50)
+    config = node_configs(tmp_path, 1, "--snapshot-count=50", "--unsafe-no-fsync")[0]
     assert config.background_snapshots  # the daemon's choice
 
     async def scenario() -> None:
@@ -147,7 +129,7 @@ def test_a_failing_child_is_not_forked_again_on_every_ready(
     monkeypatch.setattr(node_module, "save_in_child", failing)
 
     async def scenario() -> None:
-        node = StoreNode(_member_config(tmp_path, snapshot_count=20))
+        node = StoreNode(node_configs(tmp_path, 1, "--snapshot-count=20", "--unsafe-no-fsync")[0])
         await node.start()
         try:
             for i in range(200):  # 180 Readys past the threshold, within a second or two

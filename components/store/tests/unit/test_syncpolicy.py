@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from keel_core.testing import free_port
-from keel_store import daemon
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcpb
 from keel_store.server.node import StoreNode
 from keel_store.server.syncpolicy import SyncPolicy
+
+from .conftest import node_configs, until
 
 
 def test_the_policy_follows_the_moving_average() -> None:
@@ -38,21 +38,6 @@ def test_the_weight_must_be_a_fraction() -> None:
         SyncPolicy(weight=1.5)
 
 
-def _single_member(tmp_path: Path) -> daemon.NodeConfig:
-    url = f"http://127.0.0.1:{free_port()}"
-    args = daemon.parse_args(
-        [
-            "--name=solo",
-            f"--data-dir={tmp_path / 'solo'}",
-            f"--initial-advertise-peer-urls={url}",
-            f"--listen-peer-urls={url}",
-            f"--initial-cluster=solo={url}",
-        ],
-        {},
-    )
-    return daemon.node_config(args)
-
-
 def test_a_member_syncs_a_fast_disk_on_the_loop_and_a_slow_one_in_a_thread(
     tmp_path: Path,
 ) -> None:
@@ -62,13 +47,10 @@ def test_a_member_syncs_a_fast_disk_on_the_loop_and_a_slow_one_in_a_thread(
     Every put is applied."""
 
     async def scenario() -> None:
-        node = StoreNode(_single_member(tmp_path))
+        node = StoreNode(node_configs(tmp_path, 1)[0])
         await node.start()
         try:
-            deadline = time.monotonic() + 15
-            while not node.is_leader:
-                assert time.monotonic() < deadline, "no leader"
-                await asyncio.sleep(0.01)
+            await until(lambda: node.is_leader)
             on_loop: list[bool] = []
             slow = 0.0
             entered = threading.Event()

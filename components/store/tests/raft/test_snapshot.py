@@ -53,3 +53,37 @@ def test_restart_after_compaction_resumes_from_the_snapshot(cluster3: Cluster) -
     cluster3.tick(times=2)
     assert node.role is Role.FOLLOWER
     assert node.log.last_index() == leader.log.last_index()
+
+
+def test_a_snapshot_kept_elsewhere_is_loaded_when_a_follower_needs_it(cluster3: Cluster) -> None:
+    """``create_snapshot(..., load=)``: the storage holds no bytes; each time the leader
+    sends the snapshot it asks ``load`` for them (a member's snapshot file)."""
+    leader = cluster3.elect(1)
+    cluster3.tick(times=2)
+    cluster3.down = {3}
+    for i in range(30):
+        leader.propose(f"x{i}".encode())
+    cluster3.settle()
+    storage = cluster3.storages[1]
+    index = leader.log.applied
+    kept = b"|".join(cluster3.applied[1])
+    loads: list[int] = []
+
+    def load() -> bytes:
+        loads.append(index)
+        return kept
+
+    storage.create_snapshot(index, leader.conf, b"", load=load)
+    storage.compact(index)
+    assert storage.snapshot_meta.index == index
+    assert loads == []  # the meta alone loads nothing
+    cluster3.down = set()
+    cluster3.tick(times=3)
+    assert loads  # loaded to be sent
+    assert cluster3.storages[3].snapshot().data == kept
+    assert cluster3.nodes[3].log.applied == leader.log.applied
+    # A snapshot installed from a leader is held in memory: no loader any more.
+    cluster3.storages[1].apply_snapshot(cluster3.storages[3].snapshot())
+    count = len(loads)
+    assert cluster3.storages[1].snapshot().data == kept
+    assert len(loads) == count

@@ -39,6 +39,22 @@ def test_child_writes_what_save_would() -> None:
     assert asyncio.run(scenario()) == snapshot.save(sm)
 
 
+def test_a_child_that_keeps_the_bytes_sends_none(tmp_path: Path) -> None:
+    """With ``keep`` the child writes the bytes itself (the node: the snapshot file)
+    and pipes nothing back: the parent never holds them."""
+    sm = _state(3000)
+    out = tmp_path / "kept"
+
+    def keep(data: bytes) -> None:
+        out.write_bytes(data)
+
+    async def scenario() -> bytes:
+        return await save_in_child(sm, keep).future
+
+    assert asyncio.run(scenario()) == b""
+    assert out.read_bytes() == snapshot.save(sm)
+
+
 def test_child_sees_the_state_at_the_fork_not_later_changes() -> None:
     sm = _state(2000)
     expected = snapshot.save(sm)
@@ -93,6 +109,9 @@ def test_member_snapshots_in_the_background_and_restarts_from_it(tmp_path: Path)
             assert taken in [int(n.split("-")[0], 16) for n in node.disk.snapshots.names()]
             snap_dir = next((tmp_path / "n0").rglob("*.snap")).parent
             assert not list(snap_dir.glob("*.tmp")), list(snap_dir.iterdir())
+            # The member holds no copy of it: the leader reads the file when a
+            # follower needs it.
+            assert node.storage._snapshot.data == b""
             assert snapshot.restore(node.storage.snapshot().data).applied_index <= taken
             revision = node.sm.kv.revision
         finally:

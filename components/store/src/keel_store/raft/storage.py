@@ -7,6 +7,7 @@ WAL on a real node, :class:`MemoryStorage` in the simulator and in tests). Index
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from keel_store.raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
@@ -59,11 +60,12 @@ class Storage(Protocol):
 class MemoryStorage:
     """Storage in a list; ``_entries[0]`` is a dummy at the snapshot's (index, term)."""
 
-    __slots__ = ("_entries", "_hard_state", "_snapshot")
+    __slots__ = ("_entries", "_hard_state", "_load", "_snapshot")
 
     def __init__(self) -> None:
         self._hard_state = HardState()
         self._snapshot = Snapshot()
+        self._load: Callable[[], bytes] | None = None
         self._entries: list[Entry] = [Entry(term=0, index=0)]
 
     # --- read side (the Storage protocol) ---------------------------------------------
@@ -100,8 +102,16 @@ class MemoryStorage:
         return self._entries[0].index + len(self._entries) - 1
 
     def snapshot(self) -> Snapshot:
-        """The most recent snapshot (empty before the first)."""
+        """The most recent snapshot (empty before the first); data kept elsewhere (see
+        :meth:`create_snapshot`) is loaded now."""
+        if self._load is not None:
+            return Snapshot(self._snapshot.meta, self._load())
         return self._snapshot
+
+    @property
+    def snapshot_meta(self) -> SnapshotMeta:
+        """Where the most recent snapshot stands, without loading its data."""
+        return self._snapshot.meta
 
     # --- write side (what the caller does with a Ready) -------------------------------
 
@@ -138,10 +148,15 @@ class MemoryStorage:
                 f"snapshot at {snapshot.meta.index} is older than {self._snapshot.meta.index}"
             )
         self._snapshot = snapshot
+        self._load = None
         self._entries = [Entry(term=snapshot.meta.term, index=snapshot.meta.index)]
 
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot:
-        """Record a snapshot of the state machine at applied ``index`` (entries stay)."""
+    def create_snapshot(
+        self, index: int, conf: ConfState, data: bytes, load: Callable[[], bytes] | None = None
+    ) -> Snapshot:
+        """Record a snapshot of the state machine at applied ``index`` (entries stay).
+        With ``load``, the data is not held here: :meth:`snapshot` calls ``load()``
+        (which reads it back from where it was written) each time it is asked for."""
         if index <= self._snapshot.meta.index:
             raise SnapshotOutOfDateError(
                 f"snapshot at {index} is not newer than {self._snapshot.meta.index}"
@@ -150,6 +165,7 @@ class MemoryStorage:
             raise UnavailableError(f"snapshot at {index} is beyond the last {self.last_index()}")
         meta = SnapshotMeta(index=index, term=self.term(index), conf=conf)
         self._snapshot = Snapshot(meta=meta, data=data)
+        self._load = load
         return self._snapshot
 
     def compact(self, index: int) -> None:

@@ -553,7 +553,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             try:
                 data = child.result()  # SnapshotChildError if the child failed
                 # (unless a newer snapshot came from the leader meanwhile)
-                if applied > self.storage.snapshot().meta.index:
+                if applied > self.storage.snapshot_meta.index:
                     self._record_snapshot(applied, conf, data, started, written=True)
             except Exception:  # the member goes on without it (a full disk?)
                 log.exception("snapshot at %d failed, next try in %.0f s", applied, _RETRY_S)
@@ -564,7 +564,17 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     def _record_snapshot(
         self, applied: int, conf: ConfState, data: bytes, started: float, *, written: bool = False
     ) -> None:
-        snap = self.storage.create_snapshot(applied, conf, data)
+        if written:
+            # A child wrote the file and kept the bytes (snapshotter.save_in_child): the
+            # leader reads them back only to send a follower that fell behind the log,
+            # as etcd sends its backend file.
+            snapshots = self.disk.snapshots
+            meta = SnapshotMeta(index=applied, term=self.storage.term(applied), conf=conf)
+            snap = self.storage.create_snapshot(
+                applied, conf, b"", load=lambda: snapshots.read(meta).data
+            )
+        else:
+            snap = self.storage.create_snapshot(applied, conf, data)
         self.disk.save_snapshot(snap, written=written)
         self.stats.snapshot_save.observe(time.perf_counter() - started)
         # Keep some log behind the snapshot (etcd: 5000 entries) so slightly lagging

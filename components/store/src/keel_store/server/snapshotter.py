@@ -6,9 +6,9 @@ stopped answering for seconds (the slowest request of ``etcdctl check perf --loa
 2.6-4.5 s, 0.22 s with snapshots off). etcd copies its bbolt file in the background;
 keel-store forks, as Redis's BGSAVE does: the child gets a copy-on-write image of the
 state machine exactly as it is at the fork (between two applies on the loop),
-serializes it, lets the caller keep it (the node writes the snapshot file there),
-writes the bytes to a pipe, and exits. The parent goes on serving; a thread reads the
-pipe and reaps the child, and the loop records the snapshot once the bytes are in.
+serializes it and either lets the caller keep it (the node writes the snapshot file
+there) or writes the bytes to a pipe, and exits. The parent goes on serving; a thread
+reads the pipe and reaps the child, and the loop records the snapshot once it is done.
 
 The child runs nothing but ``snapshot.save``, the caller's ``keep`` (plain file writes)
 and ``os.write``: no loop, no logging, no locks another thread could have held at the
@@ -43,10 +43,11 @@ def _child(sm: StateMachine, fd: int, keep: Callable[[bytes], None] | None) -> N
         gc.disable()  # a collection would touch (and copy) every page
         data = snapshot.save(sm)
         if keep is not None:
-            keep(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+            keep(data)  # the file is the snapshot: the parent reads it if ever needed
+        else:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
         code = 0
     finally:
         os._exit(code)
@@ -87,9 +88,11 @@ def save_in_child(
 ) -> ChildSnapshot:
     """Fork a child that serializes ``sm`` as it is now; its future gets the bytes.
 
-    ``keep(data)`` runs in the child before the bytes are sent (the node writes the
-    snapshot file there: 0.6 s for ~200k keys that the loop does not wait for). Call
-    it from the event loop's thread between two changes of ``sm``.
+    ``keep(data)``, if given, runs in the child instead of sending the bytes (the node
+    writes the snapshot file there: 0.6 s for ~200k keys that the loop does not wait
+    for) and the future gets ``b""``: piping 160-320 MB back cost the parent a thread
+    copying them under the interpreter lock, a join of them on the loop and as much
+    memory again. Call it from the event loop's thread between two changes of ``sm``.
     """
     loop = asyncio.get_running_loop()
     r, w = os.pipe()

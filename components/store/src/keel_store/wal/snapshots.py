@@ -119,6 +119,12 @@ class SnapshotStore:
     def _path(self, meta: SnapshotMeta) -> str:
         return posixpath.join(self._dir, snapshot_name(meta.index, meta.term))
 
+    def read(self, meta: SnapshotMeta) -> Snapshot:
+        """The snapshot saved for ``meta``, verified (:class:`SnapshotError` if damaged,
+        OSError if gone)."""
+        path = self._path(meta)
+        return decode(self._fs.read(path), path)
+
     def names(self) -> list[str]:
         """Snapshot file names, oldest first."""
         return [n for n in self._fs.list(self._dir) if _NAME.match(n)]

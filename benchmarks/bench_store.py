@@ -335,6 +335,14 @@ def check_perf(ep: str, load: str) -> dict[str, float]:
             out["slowest s"] = float(number[0])
         elif line.strip().endswith(("PASS", "FAIL")) and ":" not in line:
             out["pass"] = 1.0 if line.strip().endswith("PASS") else 0.0
+    if out["writes/s"] == 0.0:
+        # etcdctl stopped before its verdict (ExitWithError: the first Get, or the
+        # final delete of the keys it wrote, failed): say why rather than show 0 alone.
+        print(
+            f"etcdctl check perf --load={load}: no throughput (exit {r.returncode}): "
+            f"{(r.stderr.strip() or r.stdout.strip())[-400:]}",
+            file=sys.stderr,
+        )
     return out
 
 

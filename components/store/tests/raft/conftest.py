@@ -110,6 +110,17 @@ class Cluster:
         self.settle()
         return self.nodes[nid]
 
+    def leave_behind(self, count: int) -> RaftNode:
+        """Elect node 1, then commit ``count`` proposals ``x0``, ``x1``... while node 3
+        is down (it stays down); returns the leader."""
+        leader = self.elect(1)
+        self.tick(times=2)
+        self.down = {3}
+        for i in range(count):
+            leader.propose(f"x{i}".encode())
+        self.settle()
+        return leader
+
 
 @pytest.fixture
 def cluster3() -> Cluster:

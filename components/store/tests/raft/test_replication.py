@@ -38,12 +38,7 @@ def test_entries_are_batched_and_pipelined() -> None:
 
 
 def test_follower_rejects_a_gap_and_the_leader_backs_up(cluster3: Cluster) -> None:
-    leader = cluster3.elect(1)
-    cluster3.tick(times=2)
-    cluster3.down = {3}
-    for i in range(30):
-        leader.propose(f"x{i}".encode())
-    cluster3.settle()
+    leader = cluster3.leave_behind(30)
     cluster3.down = set()
     cluster3.tick(times=3)
     assert cluster3.nodes[3].log.last_index() == leader.log.last_index()

@@ -16,12 +16,7 @@ def compact(cluster: Cluster, nid: int) -> int:
 
 
 def test_lagging_follower_gets_a_snapshot_then_entries(cluster3: Cluster) -> None:
-    leader = cluster3.elect(1)
-    cluster3.tick(times=2)
-    cluster3.down = {3}
-    for i in range(30):
-        leader.propose(f"x{i}".encode())
-    cluster3.settle()
+    leader = cluster3.leave_behind(30)
     index = compact(cluster3, 1)
     leader.propose(b"after")
     cluster3.settle()
@@ -58,12 +53,7 @@ def test_restart_after_compaction_resumes_from_the_snapshot(cluster3: Cluster) -
 def test_a_snapshot_kept_elsewhere_is_loaded_when_a_follower_needs_it(cluster3: Cluster) -> None:
     """``create_snapshot(..., load=)``: the storage holds no bytes; each time the leader
     sends the snapshot it asks ``load`` for them (a member's snapshot file)."""
-    leader = cluster3.elect(1)
-    cluster3.tick(times=2)
-    cluster3.down = {3}
-    for i in range(30):
-        leader.propose(f"x{i}".encode())
-    cluster3.settle()
+    leader = cluster3.leave_behind(30)
     storage = cluster3.storages[1]
     index = leader.log.applied
     kept = b"|".join(cluster3.applied[1])

@@ -18,12 +18,7 @@ def test_transfer_to_an_up_to_date_follower(cluster3: Cluster) -> None:
 
 
 def test_transfer_waits_for_a_lagging_follower_to_catch_up(cluster3: Cluster) -> None:
-    leader = cluster3.elect(1)
-    cluster3.tick(times=2)
-    cluster3.down = {3}
-    for i in range(20):
-        leader.propose(f"x{i}".encode())
-    cluster3.settle()
+    leader = cluster3.leave_behind(20)
     cluster3.down = set()
     leader.transfer_leadership(3)
     with pytest.raises(ProposalDroppedError, match="moving to 3"):

@@ -46,9 +46,18 @@ def local_distributions() -> list[Path]:
 
 
 def install(session: nox.Session, *extra: str) -> None:
-    """Install all Keel distributions (editable) plus ``extra``, pinned by constraints.txt."""
+    """Install all Keel distributions (editable) plus ``extra``, pinned by constraints.txt.
+
+    The pins hold for the build backends too (uv and pip build in isolated environments
+    that ``-c`` does not reach): keel-store's build generates its gRPC stubs with
+    grpcio-tools, and stubs from a grpcio-tools newer than the pinned grpcio refuse to
+    load ("generated code ... depends on grpcio>=1.85.4").
+    """
     args = [arg for d in local_distributions() for arg in ("-e", str(d))]
-    session.install(*CONSTRAINTS, *args, *extra)
+    pins = str(ROOT / "constraints.txt")
+    session.install(
+        *CONSTRAINTS, *args, *extra, env={"UV_BUILD_CONSTRAINT": pins, "PIP_CONSTRAINT": pins}
+    )
 
 
 def pytest(session: nox.Session, marker: str, *args: str) -> None:

@@ -197,3 +197,38 @@ def test_after_a_snapshot_the_log_is_dropped_a_step_per_ready(
             await node.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_snapshot_that_cannot_be_named_leaves_the_previous_one_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If naming the child's file fails (a full or failing disk), the member keeps its
+    previous snapshot, whose file is there to be sent, not one whose file is not."""
+    config = node_configs(tmp_path, 1, "--snapshot-count=50", "--unsafe-no-fsync")[0]
+
+    async def scenario() -> None:
+        node = StoreNode(config)
+        await node.start()
+        try:
+            i = 0
+            while node.last_snapshot_index < 50:
+                await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"k%03d" % i, value=b"v"))
+                i += 1
+                await asyncio.sleep(0.005 if i > 60 else 0)
+            first = node.storage.snapshot_meta.index
+
+            def refuse(meta: Any) -> str:
+                raise OSError(28, "No space left on device")
+
+            monkeypatch.setattr(node.disk.snapshots, "commit_tmp", refuse)
+            deadline = time.monotonic() + 10
+            while node._snapshot_retry_at == 0:
+                assert time.monotonic() < deadline
+                await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"more", value=b"v"))
+                await asyncio.sleep(0.005)
+            assert node.storage.snapshot_meta.index == first
+            assert snapshot.restore(node.storage.snapshot().data).applied_index == first
+        finally:
+            await node.stop()
+
+    asyncio.run(scenario())

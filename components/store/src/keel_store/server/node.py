@@ -567,15 +567,15 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         if written:
             # A child wrote the file and kept the bytes (snapshotter.save_in_child): the
             # leader reads them back only to send a follower that fell behind the log,
-            # as etcd sends its backend file.
+            # as etcd sends its backend file. Named and recorded first: if that fails,
+            # the member keeps its previous snapshot, whose file is still there.
             snapshots = self.disk.snapshots
             meta = SnapshotMeta(index=applied, term=self.storage.term(applied), conf=conf)
-            snap = self.storage.create_snapshot(
-                applied, conf, b"", load=lambda: snapshots.read(meta).data
-            )
+            self.disk.save_snapshot(Snapshot(meta=meta), written=True)
+            self.storage.create_snapshot(applied, conf, b"", load=lambda: snapshots.read(meta).data)
         else:
             snap = self.storage.create_snapshot(applied, conf, data)
-        self.disk.save_snapshot(snap, written=written)
+            self.disk.save_snapshot(snap)
         self.stats.snapshot_save.observe(time.perf_counter() - started)
         # Keep some log behind the snapshot (etcd: 5000 entries) so slightly lagging
         # followers catch up from the log rather than a snapshot.

@@ -162,3 +162,36 @@ def test_compaction() -> None:
         sm.compact(rpcpb.CompactionRequest(revision=99))
     assert exc.value == errors.FUTURE_REV
     assert sm.kv.revision == 6, "compaction is not a write"
+
+
+@pytest.mark.parametrize(
+    ("key", "end"),
+    [
+        (b"b", b""),  # one key
+        (b"aa", b""),  # absent (the next key is live)
+        (b"c", b""),  # deleted already
+        (b"b", b"d"),
+        (b"a", b"c"),
+        (b"b", b"b"),  # end == key: nothing
+        (b"d", b"b"),  # end < key: nothing
+        (b"b", b"\0"),  # from b on
+        (b"\0", b"\0"),  # everything
+        (b"e", b"\0"),  # past the last key
+    ],
+)
+def test_delete_range_deletes_what_range_reads(key: bytes, end: bytes) -> None:
+    """The delete walks the key space by position; it must select exactly the live keys
+    a range read of ``[key, end)`` returns, tombstones skipped."""
+    sm = StateMachine()
+    for k in (b"a", b"b", b"ba", b"c", b"cc", b"d"):
+        sm.put(rpcpb.PutRequest(key=k, value=b"v-" + k))
+    sm.delete_range(rpcpb.DeleteRangeRequest(key=b"c"))
+    live = [kv.key for kv in sm.range(rpcpb.RangeRequest(key=key, range_end=end)).kvs]
+    before = sm.kv.revision
+    resp = sm.delete_range(rpcpb.DeleteRangeRequest(key=key, range_end=end, prev_kv=True))
+    assert [kv.key for kv in resp.prev_kvs] == live
+    assert resp.deleted == len(live)
+    assert sm.kv.revision == before + (1 if live else 0)
+    assert sm.range(rpcpb.RangeRequest(key=key, range_end=end)).kvs == []
+    left = [kv.key for kv in sm.range(rpcpb.RangeRequest(key=b"\0", range_end=b"\0")).kvs]
+    assert left == [k for k in (b"a", b"b", b"ba", b"cc", b"d") if k not in live]

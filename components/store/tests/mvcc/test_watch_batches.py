@@ -62,8 +62,8 @@ def test_snapshot_keeps_sub_revisions_and_event_order() -> None:
     sm.txn(rpcpb.TxnRequest(success=ops))
     before = snapshot.hash_kv(sm, sm.kv.revision)
     restored = snapshot.restore(snapshot.save(sm))
-    (_, events), *_ = restored.kv.events_since(2)
-    assert [e.kv.key for e in events] == [b"z", b"m"]  # the txn's order, not key order
+    changes, *_ = restored.kv.changes_since(2)
+    assert [e.kv.key for e in changes.events()] == [b"z", b"m"]  # the txn's order, not key order
     assert snapshot.hash_kv(restored, restored.kv.revision) == before
     # A version-1 snapshot (no sub revisions) still restores.
     v1 = snapshot.save(sm).replace(snapshot.MAGIC, snapshot.MAGIC_V1, 1)

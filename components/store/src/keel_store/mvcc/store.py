@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 
 from keel_store.mvcc import errors
 from keel_store.mvcc.auth import AuthStore
-from keel_store.mvcc.keyspace import Event, KeySpace, KeyValue
+from keel_store.mvcc.keyspace import Changes, KeySpace, KeyValue
 from keel_store.pb import rpcpb
 
 MAX_LEASE_TTL = 9_000_000_000
 """etcd's ``MaxLeaseTTL`` (seconds): larger grants fail with ``LEASE_TTL_TOO_LARGE``."""
 
-Listener = Callable[[int, list[Event]], None]
-"""Called with (revision, events) after every write that changed the key space."""
+Listener = Callable[[Changes], None]
+"""Called with a revision's changes after every write that changed the key space."""
 
 
 @dataclass(slots=True)
@@ -88,12 +88,12 @@ class StateMachine:
 
     # --- plumbing -------------------------------------------------------------------
 
-    def _commit(self) -> list[Event]:
-        events = self.kv.end()
-        if events:
+    def _commit(self) -> Changes:
+        changes = self.kv.end()
+        if changes.items:
             for listener in self.listeners:
-                listener(self.kv.revision, events)
-        return events
+                listener(changes)
+        return changes
 
     def _header(self, revision: int | None = None) -> rpcpb.ResponseHeader:
         return rpcpb.ResponseHeader(revision=self.kv.revision if revision is None else revision)
@@ -107,6 +107,8 @@ class StateMachine:
             self.leases[kv.lease].keys.add(kv.key)
 
     def _detach(self, deleted: list[KeyValue]) -> None:
+        if not self.leases:
+            return  # nothing to detach from (and 0.6 us per key saved on a large delete)
         for kv in deleted:
             if kv.lease and (lease := self.leases.get(kv.lease)) is not None:
                 lease.keys.discard(kv.key)

@@ -9,10 +9,10 @@ local to a member (not replicated): they only see what this member has applied.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from keel_store.mvcc.keyspace import BUSY_EVERY, DELETE, PUT, Event, KeySpace, paced
+from keel_store.mvcc.keyspace import BUSY_EVERY, Changes, Event, KeySpace, paced
 
 REPLAY_BATCH_REVISIONS = 1000
 """etcd's ``watchBatchMaxRevs``: a catching-up watch gets at most this many revisions
@@ -46,36 +46,47 @@ class Watcher:
 
     def select(
         self,
-        events: list[Event],
-        bare: list[Event] | None = None,
+        changes: Changes,
+        built: Built | None = None,
         busy: Callable[[], None] | None = None,
     ) -> list[Event]:
-        """The events this watcher wants, shaped as it asked (filters, prev_kv).
+        """The events of ``changes`` this watcher wants, shaped as it asked (filters,
+        prev_kv); only those events are built.
 
-        ``bare``: the same events without ``prev_kv``, shared by every watcher of one
-        revision (so fan-out does not copy each event once per watcher). ``busy``: called
-        every :data:`~keel_store.mvcc.keyspace.BUSY_EVERY` events.
+        ``built``: events already built for other watchers of the same revision, shared
+        (so fan-out builds each event once, not once per watcher). ``busy``: called every
+        :data:`~keel_store.mvcc.keyspace.BUSY_EVERY` changes.
         """
-        if bare is None and not self.prev_kv:
-            bare = strip_prev(events, busy)
-        source = events if self.prev_kv else bare
-        assert source is not None
+        if built is None:
+            built = Built(changes)
+        with_prev = self.prev_kv
         out = []
-        for event in paced(source, busy):
-            if not self.matches(event.kv.key):
+        for i, (key, kv, _) in enumerate(paced(changes.items, busy)):
+            if not self.matches(key):
                 continue
-            if (event.type == PUT and self.no_put) or (event.type == DELETE and self.no_delete):
+            if self.no_delete if kv is None else self.no_put:
                 continue
-            out.append(event)
+            out.append(built.event(i, with_prev))
         return out
 
 
-def strip_prev(events: Sequence[Event], busy: Callable[[], None] | None = None) -> list[Event]:
-    """``events`` without their ``prev_kv`` (what most watchers get); ``busy`` is called
-    every :data:`~keel_store.mvcc.keyspace.BUSY_EVERY` events."""
-    return [
-        e if not e.HasField("prev_kv") else Event(type=e.type, kv=e.kv) for e in paced(events, busy)
-    ]
+class Built:
+    """The watch events of one revision built so far, with and without ``prev_kv``."""
+
+    __slots__ = ("_bare", "_changes", "_full")
+
+    def __init__(self, changes: Changes) -> None:
+        self._changes = changes
+        self._full: dict[int, Event] = {}
+        self._bare: dict[int, Event] = {}
+
+    def event(self, i: int, prev_kv: bool) -> Event:
+        """Change ``i``'s event (built on first use, then shared)."""
+        cache = self._full if prev_kv else self._bare
+        event = cache.get(i)
+        if event is None:
+            event = cache[i] = self._changes.event(i, prev_kv)
+        return event
 
 
 class WatchHub:
@@ -114,8 +125,8 @@ class WatchHub:
         if start <= current:
             replay: list[Event] = []
             revisions = 0
-            for _, events in self._kv.events_since(start):
-                selected = watcher.select(events)
+            for changes in self._kv.changes_since(start):
+                selected = watcher.select(changes)
                 if not selected:
                     continue
                 if revisions == REPLAY_BATCH_REVISIONS:
@@ -141,25 +152,26 @@ class WatchHub:
             if not same:
                 del self._exact[watcher.key]
 
-    def notify(self, revision: int, events: list[Event]) -> None:
+    def notify(self, changes: Changes) -> None:
         """State-machine listener: deliver one applied revision's events."""
         touched: dict[Watcher, None] = {}
         if self._exact:
-            for event in events:
-                for w in self._exact.get(event.kv.key, ()):
+            for key, _, _ in changes.items:
+                for w in self._exact.get(key, ()):
                     touched[w] = None
         for w in self._ranges:
             touched[w] = None
-        bare: list[Event] | None = None
+        if not touched:
+            return
+        revision = changes.revision
+        built = Built(changes)
         # A long revision (a ranged delete) lets the member breathe between slices.
-        busy = self._kv.busy if len(events) > BUSY_EVERY else None
+        busy = self._kv.busy if len(changes) > BUSY_EVERY else None
         for w in touched:
             if w.next_revision > revision:
                 continue  # a future start revision not reached yet
             w.next_revision = revision + 1
-            if bare is None and not w.prev_kv:
-                bare = strip_prev(events, busy)
-            selected = w.select(events, bare, busy)
+            selected = w.select(changes, built, busy)
             if selected:
                 w.sink(w, selected)
             if busy is not None:

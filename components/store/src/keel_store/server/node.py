@@ -551,31 +551,34 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             if self.stopped or child.cancelled():
                 return
             try:
-                data = child.result()  # SnapshotChildError if the child failed
+                child.result()  # SnapshotChildError if the child failed
                 # (unless a newer snapshot came from the leader meanwhile)
                 if applied > self.storage.snapshot_meta.index:
-                    self._record_snapshot(applied, conf, data, started, written=True)
+                    self._record_written_snapshot(meta, started)
             except Exception:  # the member goes on without it (a full disk?)
                 log.exception("snapshot at %d failed, next try in %.0f s", applied, _RETRY_S)
                 self._snapshot_retry_at = time.monotonic() + _RETRY_S
 
         child.add_done_callback(lambda _: self._submit(record))
 
-    def _record_snapshot(
-        self, applied: int, conf: ConfState, data: bytes, started: float, *, written: bool = False
-    ) -> None:
-        if written:
-            # A child wrote the file and kept the bytes (snapshotter.save_in_child): the
-            # leader reads them back only to send a follower that fell behind the log,
-            # as etcd sends its backend file. Named and recorded first: if that fails,
-            # the member keeps its previous snapshot, whose file is still there.
-            snapshots = self.disk.snapshots
-            meta = SnapshotMeta(index=applied, term=self.storage.term(applied), conf=conf)
-            self.disk.save_snapshot(Snapshot(meta=meta), written=True)
-            self.storage.create_snapshot(applied, conf, b"", load=lambda: snapshots.read(meta).data)
-        else:
-            snap = self.storage.create_snapshot(applied, conf, data)
-            self.disk.save_snapshot(snap)
+    def _record_snapshot(self, applied: int, conf: ConfState, data: bytes, started: float) -> None:
+        snap = self.storage.create_snapshot(applied, conf, data)
+        self.disk.save_snapshot(snap)
+        self._snapshot_recorded(applied, started)
+
+    def _record_written_snapshot(self, meta: SnapshotMeta, started: float) -> None:
+        # A child wrote the file and kept the bytes (snapshotter.save_in_child): the
+        # leader reads them back only to send a follower that fell behind the log, as
+        # etcd sends its backend file. Named and recorded first: if that fails, the
+        # member keeps its previous snapshot, whose file is still there.
+        snapshots = self.disk.snapshots
+        self.disk.save_snapshot(Snapshot(meta=meta), written=True)
+        self.storage.create_snapshot(
+            meta.index, meta.conf, b"", load=lambda: snapshots.read(meta).data
+        )
+        self._snapshot_recorded(meta.index, started)
+
+    def _snapshot_recorded(self, applied: int, started: float) -> None:
         self.stats.snapshot_save.observe(time.perf_counter() - started)
         # Keep some log behind the snapshot (etcd: 5000 entries) so slightly lagging
         # followers catch up from the log rather than a snapshot.

@@ -1,6 +1,7 @@
 """Snapshots: compaction, and a lagging follower catching up through a snapshot."""
 
 from keel_store.raft import MessageType, Role
+from keel_store.raft.storage import SnapshotTemporarilyUnavailableError
 
 from .conftest import Cluster
 
@@ -77,3 +78,37 @@ def test_a_snapshot_kept_elsewhere_is_loaded_when_a_follower_needs_it(cluster3: 
     count = len(loads)
     assert cluster3.storages[1].snapshot().data == kept
     assert len(loads) == count
+
+
+def test_a_snapshot_temporarily_unavailable_is_sent_once_it_is_ready(cluster3: Cluster) -> None:
+    """``load`` raising ``SnapshotTemporarilyUnavailableError`` (the file is being read
+    in a thread): the leader sends nothing to that follower and asks again on its next
+    heartbeat response, as etcd raft does."""
+    leader = cluster3.leave_behind(30)
+    storage = cluster3.storages[1]
+    index = leader.log.applied
+    kept = b"|".join(cluster3.applied[1])
+    asked: list[bool] = []
+    ready = False
+
+    def load() -> bytes:
+        asked.append(ready)
+        if not ready:
+            raise SnapshotTemporarilyUnavailableError("reading")
+        return kept
+
+    storage.create_snapshot(index, leader.conf, b"", load=load)
+    storage.compact(index)
+    cluster3.down = set()
+    cluster3.sent.clear()
+    cluster3.tick(times=3)
+    assert len(asked) >= 2  # asked again on later heartbeat responses
+    assert not any(asked)
+    assert not [m for m in cluster3.sent if m.type is MessageType.SNAPSHOT]
+    assert cluster3.nodes[3].log.applied < index
+    assert leader.role is Role.LEADER
+    ready = True
+    cluster3.tick(times=2)
+    assert asked[-1]
+    assert cluster3.storages[3].snapshot().data == kept
+    assert cluster3.nodes[3].log.applied == leader.log.applied

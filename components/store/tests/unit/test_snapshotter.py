@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from keel_store.mvcc import snapshot
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.store import StateMachine
 from keel_store.pb import rpcpb
-from keel_store.raft.storage import MemoryStorage
+from keel_store.raft.storage import MemoryStorage, SnapshotTemporarilyUnavailableError
+from keel_store.raft.types import Snapshot
 from keel_store.server.node import StoreNode
-from keel_store.server.snapshotter import SnapshotChildError, save_in_child
+from keel_store.server.snapshotter import FileLoader, SnapshotChildError, save_in_child
 
 from .conftest import node_configs
 
@@ -27,6 +29,17 @@ def _state(keys: int) -> StateMachine:
     for i in range(keys):
         sm.put(rpcpb.PutRequest(key=b"k%06d" % i, value=b"v" * 20))
     return sm
+
+
+async def _loaded(storage: MemoryStorage) -> Snapshot:
+    """The snapshot as a leader gets it to send: asked again until its file is read."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return storage.snapshot()
+        except SnapshotTemporarilyUnavailableError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
 
 
 def test_child_writes_what_save_would() -> None:
@@ -104,7 +117,7 @@ def test_member_snapshots_in_the_background_and_restarts_from_it(tmp_path: Path)
                 await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"more", value=b"v"))
                 await asyncio.sleep(0.01)
             taken = node.last_snapshot_index
-            assert node.storage.snapshot().meta.index == taken
+            assert node.storage.snapshot_meta.index == taken
             # the child wrote the file, the loop named it
             assert taken in [int(n.split("-")[0], 16) for n in node.disk.snapshots.names()]
             snap_dir = next((tmp_path / "n0").rglob("*.snap")).parent
@@ -112,7 +125,9 @@ def test_member_snapshots_in_the_background_and_restarts_from_it(tmp_path: Path)
             # The member holds no copy of it: the leader reads the file when a
             # follower needs it.
             assert node.storage._snapshot.data == b""
-            assert snapshot.restore(node.storage.snapshot().data).applied_index <= taken
+            sent = await _loaded(node.storage)
+            assert sent.meta.index == taken
+            assert snapshot.restore(sent.data).applied_index <= taken
             revision = node.sm.kv.revision
         finally:
             await node.stop()
@@ -227,8 +242,65 @@ def test_a_snapshot_that_cannot_be_named_leaves_the_previous_one_in_place(
                 await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"more", value=b"v"))
                 await asyncio.sleep(0.005)
             assert node.storage.snapshot_meta.index == first
-            assert snapshot.restore(node.storage.snapshot().data).applied_index == first
+            assert snapshot.restore((await _loaded(node.storage)).data).applied_index == first
         finally:
             await node.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_snapshot_file_is_read_off_the_loop_and_handed_over_once() -> None:
+    """``FileLoader``: the first ask starts the read in a thread and says "not yet"; the
+    loop goes on meanwhile; the ask after the read gets the bytes, and the next one
+    reads the file again (the bytes are not held between sends)."""
+    release = threading.Event()
+    reads: list[int] = []
+
+    def read() -> bytes:
+        reads.append(threading.get_ident())
+        assert release.wait(10)
+        return b"snapshot bytes"
+
+    async def scenario() -> None:
+        loader = FileLoader(read)
+        with pytest.raises(SnapshotTemporarilyUnavailableError):
+            loader()
+        ticks = 0
+        while not reads or ticks < 5:  # the loop runs while the thread reads
+            await asyncio.sleep(0.001)
+            ticks += 1
+        with pytest.raises(SnapshotTemporarilyUnavailableError):
+            loader()  # still reading: no second read started
+        release.set()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                data = loader()
+                break
+            except SnapshotTemporarilyUnavailableError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.001)
+        assert data == b"snapshot bytes"
+        assert len(reads) == 1
+        assert reads[0] != threading.get_ident()
+        with pytest.raises(SnapshotTemporarilyUnavailableError):
+            loader()  # handed over: the next send reads again
+        await asyncio.sleep(0.05)
+        assert len(reads) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_snapshot_file_read_raises_where_the_leader_asks() -> None:
+    def read() -> bytes:
+        raise OSError(5, "Input/output error")
+
+    async def scenario() -> None:
+        loader = FileLoader(read)
+        with pytest.raises(SnapshotTemporarilyUnavailableError):
+            loader()
+        await asyncio.sleep(0.05)
+        with pytest.raises(OSError, match="Input/output"):
+            loader()
 
     asyncio.run(scenario())

@@ -12,7 +12,7 @@ from keel_store.raft.membership import has_quorum, quorum_index
 from keel_store.raft.messages import Message, MessageType, ReadState, Role
 from keel_store.raft.progress import Progress, ProgressState
 from keel_store.raft.read_only import PendingReads
-from keel_store.raft.storage import CompactedError
+from keel_store.raft.storage import CompactedError, SnapshotTemporarilyUnavailableError
 from keel_store.raft.types import ConfState, Entry, EntryType
 
 MT = MessageType
@@ -198,7 +198,10 @@ class LeaderSide:
         if entries is None:
             if not pr.recent_active:
                 return False
-            snap = log.snapshot()
+            try:
+                snap = log.snapshot()
+            except SnapshotTemporarilyUnavailableError:
+                return False  # being read; the follower's next heartbeat response asks again
             if snap.meta.index == 0:
                 return False
             pr.become_snapshot(snap.meta.index)

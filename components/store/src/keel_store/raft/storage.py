@@ -25,6 +25,12 @@ class UnavailableError(StorageError):
     """The requested index is beyond the last stored entry."""
 
 
+class SnapshotTemporarilyUnavailableError(StorageError):
+    """The snapshot is being made ready (read from its file): ask again later (etcd raft's
+    ``ErrSnapshotTemporarilyUnavailable``; a leader then sends nothing to that follower
+    until its next heartbeat response)."""
+
+
 class SnapshotOutOfDateError(StorageError):
     """A snapshot older than the one already held was offered."""
 
@@ -53,7 +59,7 @@ class Storage(Protocol):
         ...
 
     def snapshot(self) -> Snapshot:
-        """The most recent snapshot."""
+        """The most recent snapshot (may raise :class:`SnapshotTemporarilyUnavailableError`)."""
         ...
 
 
@@ -156,7 +162,8 @@ class MemoryStorage:
     ) -> Snapshot:
         """Record a snapshot of the state machine at applied ``index`` (entries stay).
         With ``load``, the data is not held here: :meth:`snapshot` calls ``load()``
-        (which reads it back from where it was written) each time it is asked for."""
+        (which reads it back from where it was written) each time it is asked for; it
+        may raise :class:`SnapshotTemporarilyUnavailableError` while it reads."""
         if index <= self._snapshot.meta.index:
             raise SnapshotOutOfDateError(
                 f"snapshot at {index} is not newer than {self._snapshot.meta.index}"

@@ -57,7 +57,7 @@ from keel_store.server.config import NodeConfig
 from keel_store.server.membership import MembershipMixin
 from keel_store.server.outbox import Outbox
 from keel_store.server.reads import ReadIndexMixin
-from keel_store.server.snapshotter import ChildSnapshot, save_in_child
+from keel_store.server.snapshotter import ChildSnapshot, FileLoader, save_in_child
 from keel_store.server.stats import ServerStats
 from keel_store.server.syncpolicy import SyncPolicy
 from keel_store.server.tokens import SimpleTokens, TokenProvider
@@ -573,9 +573,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         # member keeps its previous snapshot, whose file is still there.
         snapshots = self.disk.snapshots
         self.disk.save_snapshot(Snapshot(meta=meta), written=True)
-        self.storage.create_snapshot(
-            meta.index, meta.conf, b"", load=lambda: snapshots.read(meta).data
-        )
+        load = FileLoader(lambda: snapshots.read(meta).data)  # read in a thread when sent
+        self.storage.create_snapshot(meta.index, meta.conf, b"", load=load)
         self._snapshot_recorded(meta.index, started)
 
     def _snapshot_recorded(self, applied: int, started: float) -> None:

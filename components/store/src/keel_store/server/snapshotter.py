@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from keel_store.mvcc import snapshot
 from keel_store.mvcc.store import StateMachine
+from keel_store.raft.storage import SnapshotTemporarilyUnavailableError
 
 
 class SnapshotChildError(Exception):
@@ -102,3 +103,28 @@ def save_in_child(
         save(sm, w, keep)
     os.close(w)
     return ChildSnapshot(loop.run_in_executor(None, _collect, r, pid), pid)
+
+
+class FileLoader:
+    """A snapshot's ``load`` (``MemoryStorage.create_snapshot``) for a snapshot kept in
+    its file: the first call starts ``read`` in a worker thread and raises
+    :class:`SnapshotTemporarilyUnavailableError`, as does every call until the read is
+    done; the next one returns the bytes and forgets them (a few hundred MB not held
+    between sends). A leader's loop reading and verifying the file itself stopped
+    serving for a few tenths of a second per few hundred MB; a read that failed raises
+    here, as it did there. Call it from the event loop's thread.
+    """
+
+    def __init__(self, read: Callable[[], bytes]) -> None:
+        self._read = read
+        self._reading: asyncio.Future[bytes] | None = None
+
+    def __call__(self) -> bytes:
+        reading = self._reading
+        if reading is None:
+            reading = asyncio.get_running_loop().run_in_executor(None, self._read)
+            self._reading = reading
+        if not reading.done():
+            raise SnapshotTemporarilyUnavailableError("the snapshot file is being read")
+        self._reading = None
+        return reading.result()

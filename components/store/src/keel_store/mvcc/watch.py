@@ -9,7 +9,7 @@ local to a member (not replicated): they only see what this member has applied.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
 
 from keel_store.mvcc.keyspace import BUSY_EVERY, Changes, Event, KeySpace, paced
@@ -68,6 +68,22 @@ class Watcher:
                 continue
             out.append(built.event(i, with_prev))
         return out
+
+
+def add_events(
+    target: MutableSequence[Event], events: list[Event], busy: Callable[[], None] | None
+) -> None:
+    """``target.extend(events)`` (a response's repeated ``events``), calling ``busy``
+    between every :data:`~keel_store.mvcc.keyspace.BUSY_EVERY` events: copying one
+    revision's 400k events into a watch response took 0.29 s in one piece, inside the
+    apply, where a leader's heartbeats come only from ``busy``."""
+    if busy is None or len(events) <= BUSY_EVERY:
+        target.extend(events)
+        return
+    for start in range(0, len(events), BUSY_EVERY):
+        if start:
+            busy()
+        target.extend(events[start : start + BUSY_EVERY])
 
 
 class Built:

@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from keel_store.mvcc import errors
 from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.keyspace import Event
-from keel_store.mvcc.watch import Watcher
+from keel_store.mvcc.watch import Watcher, add_events
 from keel_store.pb import rpcpb
 from keel_store.server import metrics
 from keel_store.server.auth_service import AuthService
@@ -271,7 +271,7 @@ class Gateway:
         def sink(watcher: Watcher, events: list[Event]) -> None:
             resp = rpcpb.WatchResponse(watch_id=watcher.id)
             self.headers.fill(resp.header)
-            resp.events.extend(events)
+            add_events(resp.events, events, self.node.sm.kv.busy)
             queue.put_nowait(resp)
 
         filters = set(cr.filters)

@@ -14,7 +14,7 @@ from keel_store.mvcc import errors, validate
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.keyspace import ENTRY_OVERHEAD, Event
-from keel_store.mvcc.watch import Watcher
+from keel_store.mvcc.watch import Watcher, add_events
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.node import StoreNode
 from keel_store.server.watch_fragments import fragments
@@ -270,7 +270,7 @@ class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
         def sink(watcher: Watcher, events: list[Event]) -> None:
             resp = rpcpb.WatchResponse(watch_id=watcher.id)
             self.headers.fill(resp.header)
-            resp.events.extend(events)
+            add_events(resp.events, events, self.node.sm.kv.busy)
             if watcher.fragment:
                 for part in fragments(resp, self.fragment_bytes):
                     queue.put_nowait(part)

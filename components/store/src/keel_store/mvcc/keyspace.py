@@ -244,16 +244,7 @@ class KeySpace:
         return first, max(first, keys.bisect_left(end))
 
     def _keys_in(self, key: bytes, end: bytes) -> Iterator[bytes]:
-        if not end:
-            if key in self._keys:
-                yield key
-            return
-        if end == b"\0":
-            yield from self._keys.irange(minimum=key)
-            return
-        if end <= key:
-            return
-        yield from self._keys.irange(minimum=key, maximum=end, inclusive=(True, False))
+        return iter(self._keys.islice(*self._slice(key, end)))
 
     def _live(self, key: bytes, end: bytes, revision: int) -> Iterator[KeyValue | None]:
         for k in self._keys_in(key, end):

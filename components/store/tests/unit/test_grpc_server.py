@@ -95,6 +95,8 @@ class KV(rpcgrpc.KVServicer):  # type: ignore[misc]
         self.calls = 0
         self.server: GrpcServer | None = None
         self.probes: list[tuple[bool, int]] = []
+        self.answered = asyncio.Event()  # a "reply" call waits for it after replying
+        self.returned = asyncio.Event()
 
     async def Range(self, request: Any, context: Any) -> Any:
         self.calls += 1
@@ -138,6 +140,13 @@ class KV(rpcgrpc.KVServicer):  # type: ignore[misc]
             self.probes.append((asyncio.current_task() is None, calls))
             await asyncio.sleep(0)
             self.probes.append((asyncio.current_task() is None, calls))
+        if request.key == b"reply":  # answer now, return (something else) later
+            context.reply(rpcpb.PutResponse(prev_kv=mvccpb.KeyValue(key=b"early")))
+            try:
+                await self.answered.wait()
+                return rpcpb.PutResponse(prev_kv=mvccpb.KeyValue(key=b"late"))
+            finally:
+                self.returned.set()
         value = bytes(request.value)
         if len(value) > 1000:  # large: answer its length and digest
             value = digest(value).encode()
@@ -355,6 +364,28 @@ def test_unary_round_trip_and_metadata() -> None:
             await kv.Range(rpcpb.RangeRequest(key=b"x"), timeout=30)
             assert services.kv.time_remaining is not None
             assert 20 < services.kv.time_remaining <= 31  # grpcio rounds its timeout up
+
+    run(scenario)
+
+
+def test_reply_answers_before_the_handler_returns() -> None:
+    """``ServicerContext.reply`` sends the response and OK at once: the client has its
+    answer while the handler still waits (for the client to have it), and what the
+    handler returns afterwards is not sent. A reply after the call ended sends nothing."""
+
+    async def scenario() -> None:
+        async with serving() as (_, services, port), channel(port) as ch:
+            kv = rpcgrpc.KVStub(ch)
+            call = kv.Put(rpcpb.PutRequest(key=b"reply"))
+            reply = await asyncio.wait_for(call, 5)
+            assert reply.prev_kv.key == b"early"
+            assert await call.code() == grpc.StatusCode.OK
+            assert not services.kv.returned.is_set()  # the handler is still waiting
+            services.kv.answered.set()
+            assert await is_set_within(services.kv.returned)
+            # the connection carries on: the late response did not leak into it
+            put = await kv.Put(rpcpb.PutRequest(key=b"k", value=b"v"))
+            assert (put.prev_kv.key, put.prev_kv.value) == (b"k", b"v")
 
     run(scenario)
 

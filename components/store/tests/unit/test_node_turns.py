@@ -95,6 +95,49 @@ def test_requests_in_progress_together_share_one_sync(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_an_answer_leaves_inside_the_apply_of_its_entry(tmp_path: Path) -> None:
+    """Ten puts in one Ready, each with an ``answer``: each is answered while its own
+    entry is the last one applied (before the rest of the Ready), with the response
+    its proposal then returns, before any proposer resumed. An answer that raises is
+    logged; the member and the other proposals go on."""
+
+    async def scenario() -> None:
+        node = StoreNode(node_configs(tmp_path, 1)[0])
+        await node.start()
+        try:
+            await until(lambda: node.is_leader)
+            await _put(node, b"warm")
+            answered: list[tuple[int, int, int]] = []  # revision, applied index, resumed
+            resumed = 0
+
+            def answer(resp: Any) -> None:
+                answered.append((resp.header.revision, node.sm.applied_index, resumed))
+                if resp.header.revision % 3 == 0:
+                    raise RuntimeError("a broken connection")
+
+            async def put(i: int) -> Any:
+                nonlocal resumed
+                req = rpcpb.PutRequest(key=b"k%d" % i, value=b"v")
+                resp = await node.propose(Kind.PUT, req, answer)
+                resumed += 1
+                return resp
+
+            first = node.sm.applied_index + 1
+            responses = await asyncio.gather(*(put(i) for i in range(10)))
+            assert node.failure is None
+            revisions = [r.header.revision for r in responses]
+            assert [rev for rev, _, _ in answered] == sorted(revisions)
+            # applied index == the entry's own: revision r is entry first + (r - rev0)
+            rev0 = min(revisions)
+            assert [a for _, a, _ in answered] == [first + r - rev0 for r in sorted(revisions)]
+            assert {n for _, _, n in answered} == {0}
+            assert not node._answers
+        finally:
+            await node.stop()
+
+    asyncio.run(scenario())
+
+
 def _record_reads(
     node: StoreNode, reading: dict[int, bool], appended: list[tuple[int, bool]]
 ) -> None:

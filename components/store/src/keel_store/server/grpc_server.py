@@ -62,10 +62,11 @@ _RESERVED = frozenset(
 class ServicerContext:
     """The part of ``grpc.aio.ServicerContext`` a keel-store service can use."""
 
-    __slots__ = ("_code", "_details", "_metadata", "_stream")
+    __slots__ = ("_code", "_details", "_metadata", "_serialize", "_stream")
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, serialize: Callable[[Any], bytes] | None = None) -> None:
         self._stream = stream
+        self._serialize = serialize
         self._code: int | None = None
         self._details = ""
         self._metadata: tuple[tuple[str, Any], ...] | None = None
@@ -83,6 +84,18 @@ class ServicerContext:
         self._code = _code_int(code)
         self._details = details
         raise AbortError(code, details)
+
+    def reply(self, response: Any) -> None:
+        """Send ``response`` and end a unary call with OK at once, from whatever code
+        knows the answer first (the store's apply, inside another task's step): the
+        client need not wait for this call's task to resume and return. The handler
+        then returns as usual; nothing more is sent. Not part of grpcio's API."""
+        stream = self._stream
+        if self._serialize is None or self._code or stream.local_closed or stream.reset:
+            return
+        stream.send(self._serialize(response))
+        stream.finish(0)
+        stream.conn.flush_now()
 
     def set_code(self, code: grpc.StatusCode) -> None:
         """The status to end with once the handler returns."""
@@ -357,7 +370,7 @@ class GrpcServer:
     # --- a call ------------------------------------------------------------------------------
 
     async def _call(self, stream: Stream, handler: Any) -> None:
-        context = ServicerContext(stream)
+        context = ServicerContext(stream, handler.response_serializer)
         try:
             if handler.request_streaming:
                 request: Any = _requests(stream, handler.request_deserializer)
@@ -394,6 +407,8 @@ class GrpcServer:
                 response = behavior(request, context)
                 if inspect.isawaitable(response):
                     response = await response
+                if stream.local_closed:  # answered already (ServicerContext.reply)
+                    return
                 if not context._code:  # grpcio drops the message of a failed call
                     stream.send(serialize(response))
             code = context._code or 0

@@ -175,6 +175,21 @@ def _read_only(req: rpcpb.TxnRequest) -> bool:
     return True
 
 
+def answerer(context: Any, fill: Callable[[Any], None]) -> Callable[[Any], None] | None:
+    """What ``StoreNode.propose`` calls with a write's response inside its apply:
+    ``fill`` the header, then ``context.reply`` (keel-store's gRPC server) sends it and
+    ends the call at once. None where the context cannot (the JSON gateway's)."""
+    reply = getattr(context, "reply", None)
+    if reply is None:
+        return None
+
+    def answer(resp: Any) -> None:
+        fill(resp)
+        reply(resp)
+
+    return answer
+
+
 class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
     """KV: Range, Put, DeleteRange, Txn, Compact."""
 
@@ -182,6 +197,13 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
         self.node = node
         self.headers = Headers(node)
         self.max_txn_ops = max_txn_ops
+
+    def _fill(self, resp: Any) -> None:
+        self.headers.fill(resp.header, resp.header.revision)
+
+    def _fill_txn(self, resp: Any) -> None:
+        self.headers.fill(resp.header, resp.header.revision)
+        _fill_nested(resp, self.headers)
 
     @guarded
     async def Range(self, request: Any, context: Any) -> Any:
@@ -203,16 +225,16 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
         if request.prev_kv:
             require(self.node, context, request.key, b"", write=False)
         await check_quota(self.node, _put_cost(request))
-        resp = await self.node.propose(Kind.PUT, request)
-        self.headers.fill(resp.header, resp.header.revision)
+        resp = await self.node.propose(Kind.PUT, request, answerer(context, self._fill))
+        self._fill(resp)
         return resp
 
     @guarded
     async def DeleteRange(self, request: Any, context: Any) -> Any:
         validate.check_delete_range(request)
         require(self.node, context, request.key, request.range_end, write=True)
-        resp = await self.node.propose(Kind.DELETE_RANGE, request)
-        self.headers.fill(resp.header, resp.header.revision)
+        resp = await self.node.propose(Kind.DELETE_RANGE, request, answerer(context, self._fill))
+        self._fill(resp)
         return resp
 
     @guarded
@@ -225,16 +247,15 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
             resp = self.node.sm.txn(request)
         else:
             await check_quota(self.node, _txn_cost(request))
-            resp = await self.node.propose(Kind.TXN, request)
-        self.headers.fill(resp.header, resp.header.revision)
-        _fill_nested(resp, self.headers)
+            resp = await self.node.propose(Kind.TXN, request, answerer(context, self._fill_txn))
+        self._fill_txn(resp)
         return resp
 
     @guarded
     async def Compact(self, request: Any, context: Any) -> Any:
         require_root(self.node, context)
-        resp = await self.node.propose(Kind.COMPACT, request)
-        self.headers.fill(resp.header, resp.header.revision)
+        resp = await self.node.propose(Kind.COMPACT, request, answerer(context, self._fill))
+        self._fill(resp)
         return resp
 
 

@@ -111,6 +111,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._compact_to = 0
         """The in-memory log is dropped up to here, a step per Ready (_compact_some)."""
         self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._answers: dict[int, Callable[[Any], None]] = {}
+        """Per request ID: who sends the client its answer the moment the entry applies."""
         self._reads: list[asyncio.Future[None]] = []
         self._read_rounds: dict[bytes, list[asyncio.Future[None]]] = {}
         self._remote_reads: dict[bytes, tuple[int, int]] = {}
@@ -519,8 +521,14 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         if fut is not None and not fut.done():
             if isinstance(result, EtcdError):
                 fut.set_exception(result)
-            else:
-                fut.set_result(result)
+                return
+            answer = self._answers.pop(request_id, None)
+            if answer is not None:
+                try:
+                    answer(result)
+                except Exception:  # the client's answer, not the member, failed
+                    log.exception("answering request %x", request_id)
+            fut.set_result(result)
 
     def _maybe_snapshot(self) -> None:
         applied = self.sm.applied_index
@@ -603,13 +611,22 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._next_id += 1
         return ((self.member_id & 0xFFFFFF) << 40) | (self._next_id & ((1 << 40) - 1))
 
-    async def propose(self, kind: Kind, request: PbMessage) -> Any:
-        """Replicate ``request`` and return the state machine's response (or raise)."""
+    async def propose(
+        self, kind: Kind, request: PbMessage, answer: Callable[[Any], None] | None = None
+    ) -> Any:
+        """Replicate ``request`` and return the state machine's response (or raise).
+
+        ``answer``, if given, is called with a successful response inside the apply of
+        its entry, as etcd's waiter triggers its goroutine there: the client's answer
+        leaves at once instead of after the rest of the Ready was applied and this
+        coroutine's task resumed (one or two turns of the loop later)."""
         request_id = self._new_request_id()
         data = commands.encode(kind, request_id, request)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._waiters[request_id] = fut
+        if answer is not None:
+            self._answers[request_id] = answer
         self._inbox.append(lambda: self._propose_or_forward(data, fut))
         # The only request in progress: nothing would join its Ready on the loop's next
         # turn, so handle it now (with 64 clients, each turn's requests share one).
@@ -628,6 +645,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             if timer is not None:
                 timer.cancel()
             self._waiters.pop(request_id, None)
+            if answer is not None:
+                self._answers.pop(request_id, None)
 
     def _propose_or_forward(self, data: bytes, fut: asyncio.Future[Any]) -> None:
         if self.is_leader:

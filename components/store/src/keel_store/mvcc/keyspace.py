@@ -12,9 +12,9 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedDict, SortedList
 
 from keel_store.mvcc import errors
 from keel_store.pb import mvccpb
@@ -116,6 +116,10 @@ class KeySpace:
 
     def __init__(self) -> None:
         self._keys: SortedDict[bytes, KeyHistory] = SortedDict()
+        self._live: SortedList[bytes] = SortedList()
+        """The keys whose latest version is not a tombstone (pending writes included):
+        a read of the latest revision counts and walks these, not the deleted keys
+        that stay in ``_keys`` until a compaction (etcd's index walks both)."""
         self.revision = 1
         """The store revision: the revision of the last write (1 on an empty store)."""
         self.compact_revision = 0
@@ -185,6 +189,8 @@ class KeySpace:
             mod_revision=rev,
             version=version,
         )
+        if prev is None:
+            self._live.add(key)
         history.revs.append(rev)
         history.kvs.append(kv)
         changes = self._pending.items
@@ -197,19 +203,17 @@ class KeySpace:
         """Delete every live key in ``[key, end)`` inside the transaction; returns them."""
         assert self._pending is not None, "delete outside a write transaction"
         rev = self.write_revision
-        keys = self._keys
-        first, stop = self._slice(key, end)
-        # Pace deletes of more than BUSY_EVERY keys (deleted ones counted: an upper bound).
+        keys, live = self._keys, self._live
+        first, stop = _slice(live, key, end)
         busy = self.busy if stop - first > BUSY_EVERY else None
         changes = self._pending.items
         deleted: list[KeyValue] = []
-        # One pass over the key space's own key objects (reading ``.key`` of a stored
+        # One pass over the live keys' own key objects (reading ``.key`` of a stored
         # ``KeyValue`` would copy it out of the message), touching each history once.
-        for k in keys.islice(first, stop):
+        for k in live.islice(first, stop):
             history = keys[k]
             prev = history.kvs[-1]
-            if prev is None:
-                continue
+            assert prev is not None, "a live key's latest version is a tombstone"
             if busy is not None and len(deleted) % BUSY_EVERY == BUSY_EVERY - 1:
                 busy()
             history.revs.append(rev)
@@ -218,6 +222,8 @@ class KeySpace:
             self.size += len(k) + ENTRY_OVERHEAD
             changes.append((k, None, prev))
             deleted.append(prev)
+        if deleted:
+            del live[first:stop]
         return deleted
 
     # --- reads -------------------------------------------------------------------
@@ -232,27 +238,41 @@ class KeySpace:
             raise errors.FUTURE_REV
         return revision
 
-    def _slice(self, key: bytes, end: bytes) -> tuple[int, int]:
-        """The positions ``[first, stop)`` of the keys in ``[key, end)`` (etcd's rules for
-        ``end``: empty is ``key`` alone, ``\\0`` is every key from ``key`` on)."""
-        keys = self._keys
-        first = keys.bisect_left(key)
-        if not end:
-            return first, first + 1 if key in keys else first
-        if end == b"\0":
-            return first, len(keys)
-        return first, max(first, keys.bisect_left(end))
-
-    def _keys_in(self, key: bytes, end: bytes) -> Iterator[bytes]:
-        return iter(self._keys.islice(*self._slice(key, end)))
-
-    def _live(self, key: bytes, end: bytes, revision: int) -> Iterator[KeyValue | None]:
-        for k in self._keys_in(key, end):
-            yield self._keys[k].at(revision)
+    def _latest(self, revision: int) -> bool:
+        """Whether ``revision`` reads the latest state (what ``_live`` holds)."""
+        return revision == (self.write_revision if self.changed else self.revision)
 
     def range(self, key: bytes, end: bytes, revision: int) -> list[KeyValue]:
         """Live keys in ``[key, end)`` at ``revision`` (already checked), in key order."""
-        return [kv for kv in self._live(key, end, revision) if kv is not None]
+        return self.window(key, end, revision)[1]
+
+    def window(
+        self, key: bytes, end: bytes, revision: int, limit: int = 0, reverse: bool = False
+    ) -> tuple[int, list[KeyValue]]:
+        """How many live keys ``[key, end)`` holds at ``revision`` (already checked), and
+        them in key order; with ``limit``, only the first (``reverse``: the last)
+        ``limit``. At the latest revision only the keys returned are read."""
+        keys = self._keys
+        if self._latest(revision):
+            first, stop = _slice(self._live, key, end)
+            count = stop - first
+            if limit and count > limit:
+                first, stop = (stop - limit, stop) if reverse else (first, first + limit)
+            return count, [keys[k].kvs[-1] for k in self._live.islice(first, stop)]
+        at = (keys[k].at(revision) for k in keys.islice(*_slice(keys, key, end)))
+        kvs = [kv for kv in at if kv is not None]
+        count = len(kvs)
+        if limit and count > limit:
+            kvs = kvs[-limit:] if reverse else kvs[:limit]
+        return count, kvs
+
+    def count(self, key: bytes, end: bytes, revision: int) -> int:
+        """How many live keys ``[key, end)`` holds at ``revision`` (already checked)."""
+        if self._latest(revision):
+            first, stop = _slice(self._live, key, end)
+            return stop - first
+        keys = self._keys
+        return sum(keys[k].at(revision) is not None for k in keys.islice(*_slice(keys, key, end)))
 
     def get(self, key: bytes) -> KeyValue | None:
         """The current version of ``key``."""
@@ -311,7 +331,9 @@ class KeySpace:
             self.size += len(key) + ENTRY_OVERHEAD + (len(kv.value) if kv else 0)
 
     def restore_events(self) -> None:
-        """Rebuild the change log (for watches) from the restored key histories."""
+        """Rebuild the change log (for watches) and the live keys from the restored
+        key histories."""
+        self._live = SortedList(k for k, h in self._keys.items() if h.kvs[-1] is not None)
         by_rev: dict[int, list[tuple[int, bytes, KeyValue | None, KeyValue | None]]] = {}
         for key, history in self._keys.items():
             prev: KeyValue | None = None
@@ -324,3 +346,17 @@ class KeySpace:
             changes = Changes(rev)
             changes.items = [(k, kv, p) for _, k, kv, p in sorted(by_rev[rev], key=lambda c: c[:2])]
             self._log_changes.append(changes)
+
+
+def _slice(
+    keys: SortedList[bytes] | SortedDict[bytes, Any], key: bytes, end: bytes
+) -> tuple[int, int]:
+    """The positions ``[first, stop)`` of the keys in ``[key, end)`` in the sorted
+    ``keys`` (etcd's rules for ``end``: empty is ``key`` alone, ``\\0`` is every key from
+    ``key`` on)."""
+    first = keys.bisect_left(key)
+    if not end:
+        return first, first + 1 if key in keys else first
+    if end == b"\0":
+        return first, len(keys)
+    return first, max(first, keys.bisect_left(end))

@@ -125,7 +125,18 @@ class StateMachine:
         # (inside a write txn: the txn's revision once it has changed something).
         current = self.kv.write_revision if in_write and self.kv.changed else self.kv.revision
         rev = current if req.revision <= 0 else self.kv.check_revision(req.revision)
-        kvs = self.kv.range(req.key, _end(req.range_end), rev)
+        key, end = req.key, _end(req.range_end)
+        if (
+            not (
+                req.max_mod_revision
+                or req.min_mod_revision
+                or req.max_create_revision
+                or req.min_create_revision
+            )
+            and req.sort_target == rpcpb.RangeRequest.KEY
+        ):
+            return self._range_by_key(req, key, end, rev, current)
+        kvs = self.kv.range(key, end, rev)
         resp = rpcpb.RangeResponse(header=self._header(current), count=len(kvs))
         if req.max_mod_revision:
             kvs = [kv for kv in kvs if kv.mod_revision <= req.max_mod_revision]
@@ -141,23 +152,30 @@ class StateMachine:
         if req.sort_target != rpcpb.RangeRequest.KEY and order == rpcpb.RangeRequest.NONE:
             order = rpcpb.RangeRequest.ASCEND
         if order != rpcpb.RangeRequest.NONE:
-            key = _SORT_KEYS[req.sort_target]
-            kvs.sort(key=key, reverse=order == rpcpb.RangeRequest.DESCEND)
+            sort_key = _SORT_KEYS[req.sort_target]
+            kvs.sort(key=sort_key, reverse=order == rpcpb.RangeRequest.DESCEND)
         if req.limit > 0 and len(kvs) > req.limit:
             kvs = kvs[: req.limit]
             resp.more = True
-        if req.keys_only:
-            kvs = [
-                KeyValue(
-                    key=kv.key,
-                    create_revision=kv.create_revision,
-                    mod_revision=kv.mod_revision,
-                    version=kv.version,
-                    lease=kv.lease,
-                )
-                for kv in kvs
-            ]
-        resp.kvs.extend(kvs)
+        resp.kvs.extend(_keys_only(kvs) if req.keys_only else kvs)
+        return resp
+
+    def _range_by_key(
+        self, req: rpcpb.RangeRequest, key: bytes, end: bytes, rev: int, current: int
+    ) -> rpcpb.RangeResponse:
+        """A range in key order without revision filters: counted, and only the keys it
+        returns read (at the latest revision: without walking deleted keys)."""
+        if req.count_only:
+            count = self.kv.count(key, end, rev)
+            return rpcpb.RangeResponse(header=self._header(current), count=count)
+        limit = req.limit if req.limit > 0 else 0
+        descend = req.sort_order == rpcpb.RangeRequest.DESCEND
+        count, kvs = self.kv.window(key, end, rev, limit, reverse=descend)
+        resp = rpcpb.RangeResponse(header=self._header(current), count=count)
+        if descend:
+            kvs.reverse()
+        resp.more = bool(limit) and count > limit
+        resp.kvs.extend(_keys_only(kvs) if req.keys_only else kvs)
         return resp
 
     # --- writes ---------------------------------------------------------------------
@@ -422,3 +440,16 @@ _SORT_KEYS: dict[int, Callable[[KeyValue], bytes | int]] = {
     rpcpb.RangeRequest.MOD: lambda kv: kv.mod_revision,
     rpcpb.RangeRequest.VALUE: lambda kv: kv.value,
 }
+
+
+def _keys_only(kvs: list[KeyValue]) -> list[KeyValue]:
+    return [
+        KeyValue(
+            key=kv.key,
+            create_revision=kv.create_revision,
+            mod_revision=kv.mod_revision,
+            version=kv.version,
+            lease=kv.lease,
+        )
+        for kv in kvs
+    ]

@@ -80,6 +80,33 @@ def test_check_quorum_makes_an_isolated_leader_step_down(cluster3: Cluster) -> N
     assert cluster3.nodes[1].role is Role.FOLLOWER
 
 
+def test_alive_notices_of_busy_followers_keep_a_leader_under_check_quorum(
+    cluster3: Cluster,
+) -> None:
+    """Followers busy with one long apply read nothing (no heartbeat reaches them, no
+    tick runs) but send ``alive_notices``: a HEARTBEAT_RESPONSE to their leader, at
+    their term. Their leader keeps leading through many election timeouts; without
+    the notices it steps down (check-quorum). Only a follower with a leader sends one."""
+    leader = cluster3.elect(1)
+    cluster3.cut = {(1, 2), (1, 3)}  # the followers are busy: what the leader sends waits
+    notices = [cluster3.nodes[n].alive_notices() for n in (2, 3)]
+    assert [(m.type, m.to, m.sender, m.term) for ms in notices for m in ms] == [
+        (MessageType.HEARTBEAT_RESPONSE, 1, 2, leader.term),
+        (MessageType.HEARTBEAT_RESPONSE, 1, 3, leader.term),
+    ]
+    assert leader.alive_notices() == []
+    for _ in range(5 * leader.config.election_ticks):
+        cluster3.tick(1)
+        for n in (2, 3):
+            cluster3.deliver(cluster3.nodes[n].alive_notices())
+    assert leader.role is Role.LEADER
+    cluster3.tick(1, times=3 * leader.config.election_ticks)  # the notices stop
+    assert leader.role is Role.FOLLOWER
+    assert cluster3.nodes[2].leader == 1
+    cluster3.nodes[2].leader = 0
+    assert cluster3.nodes[2].alive_notices() == []
+
+
 def test_leader_lease_ignores_disruptive_vote_requests(cluster3: Cluster) -> None:
     cluster3.elect(1)
     node = cluster3.nodes[2]

@@ -138,6 +138,38 @@ def test_an_answer_leaves_inside_the_apply_of_its_entry(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_member_busy_applying_keeps_its_peers_informed(tmp_path: Path) -> None:
+    """Three members in one process. Inside a long apply (``kv.busy``), once per
+    heartbeat interval: the leader sends each follower a HEARTBEAT, a follower sends
+    its leader a HEARTBEAT_RESPONSE (``alive_notices``); called again within the
+    interval, neither sends anything."""
+
+    async def scenario() -> None:
+        nodes = [StoreNode(c) for c in node_configs(tmp_path, 3, "--unsafe-no-fsync")]
+        try:
+            leader = await start_members(nodes)
+            await _put(leader, b"warm")
+            follower = next(n for n in nodes if n is not leader)
+            for node in nodes:
+                sent: list[Any] = []
+                node.outbox.send = sent.append  # type: ignore[method-assign]
+                node._next_keepalive = 0.0
+                node.sm.kv.busy()  # type: ignore[misc]
+                node.sm.kv.busy()  # type: ignore[misc]
+                got = sorted((m.type.name, m.to, m.term) for m in sent)
+                if node is leader:
+                    others = sorted(n.member_id for n in nodes if n is not leader)
+                    assert got == [("HEARTBEAT", i, leader.raft.term) for i in others]
+                else:
+                    assert got == [("HEARTBEAT_RESPONSE", leader.member_id, node.raft.term)]
+            assert follower.raft.leader == leader.member_id
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    asyncio.run(scenario())
+
+
 def _record_reads(
     node: StoreNode, reading: dict[int, bool], appended: list[tuple[int, bool]]
 ) -> None:

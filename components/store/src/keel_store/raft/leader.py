@@ -176,6 +176,17 @@ class LeaderSide:
             if nid != self.id
         ]
 
+    def alive_notices(self) -> list[Message]:
+        """What a follower busy applying one long entry sends its leader now, since it
+        cannot answer the leader's heartbeats until the apply ends: one
+        HEARTBEAT_RESPONSE (none unless a follower with a known leader). The leader
+        counts it as a reply to a heartbeat, so its check-quorum does not take the
+        busy followers for lost ones (the followers apply the same long entry as it
+        does, and may finish after it). Nothing changes here."""
+        if self.role is not Role.FOLLOWER or self.leader == 0:
+            return []
+        return [Message(MT.HEARTBEAT_RESPONSE, self.leader, self.id, self.term)]
+
     def _broadcast_heartbeat(self, context: bytes) -> None:
         for m in self.heartbeats(context):
             self._send(m)

@@ -93,7 +93,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.stats = ServerStats()
         """Counters for ``/metrics`` (keel_store.server.metrics)."""
         self.hub = WatchHub(self.sm.kv)
-        self.sm.kv.busy = self._keep_followers
+        self.sm.kv.busy = self._keep_peers
         self._next_keepalive = 0.0
         self.sm.listeners.append(self.hub.notify)
         self.lessor = Lessor()
@@ -222,7 +222,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.sm.ops = self.ops
         self.sm.applied_index = snap.meta.index
         self.sm.listeners.append(self.hub.notify)
-        self.sm.kv.busy = self._keep_followers
+        self.sm.kv.busy = self._keep_peers
         self.hub.rebind(self.sm.kv)
         now = time.monotonic()
         self.lessor = Lessor()
@@ -423,7 +423,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             # s) and takes no Ready meanwhile: followers learn the commit index
             # first and apply alongside, instead of waiting, timing out and
             # electing a new leader (heartbeats from inside the apply,
-            # _keep_followers, cover only ranged deletes and their watchers).
+            # _keep_peers, cover only ranged deletes and their watchers).
             self.outbox.flush()
         for entry in rd.committed_entries:
             self._apply(entry.index, entry.data if entry.type == 0 else b"")
@@ -460,16 +460,21 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.leader_changed.set()
         self.leader_changed = asyncio.Event()
 
-    def _keep_followers(self) -> None:
-        """Called from inside one long apply (a ranged delete, its watch delivery): a
-        leader sends its heartbeats on time, as its ticks would, so that its followers
-        do not take the busy loop for a dead leader. Nothing else of the Raft core runs
-        (no tick, no Ready): its state does not change under the apply."""
+    def _keep_peers(self) -> None:
+        """Called from inside one long apply (a ranged delete, its watch delivery),
+        every heartbeat interval: a leader sends its heartbeats on time, as its ticks
+        would, so that its followers do not take the busy loop for a dead leader; a
+        follower tells its leader it is alive (``alive_notices``), as its answers to
+        the heartbeats it cannot read yet would, so that the leader's check-quorum
+        does not step down while both followers still apply an entry it has finished.
+        Nothing else of the Raft core runs (no tick, no Ready): its state does not
+        change under the apply."""
         now = time.monotonic()
         if now < self._next_keepalive:
             return
         self._next_keepalive = now + self.config.heartbeat_ms / 1000
-        for m in self.raft.heartbeats():
+        raft = self.raft
+        for m in raft.heartbeats() if raft.role is Role.LEADER else raft.alive_notices():
             self.outbox.send(m)
 
     def _timed_sync(self) -> float:

@@ -30,18 +30,27 @@ def _put(node: StoreNode, key: bytes) -> Coroutine[Any, Any, Any]:
     return node.propose(Kind.PUT, rpcpb.PutRequest(key=key, value=b"v"))
 
 
+async def _warm_member(tmp_path: Path) -> StoreNode:
+    """One started member that has elected itself and applied a first entry."""
+    node = StoreNode(node_configs(tmp_path, 1)[0])
+    await node.start()
+    try:
+        await until(lambda: node.is_leader)
+        await _put(node, b"warm")  # the new leader's first entry is applied
+    except BaseException:
+        await node.stop()
+        raise
+    return node
+
+
 def test_a_lone_proposal_is_answered_without_a_turn_of_the_loop(tmp_path: Path) -> None:
     """One member, real fsyncs. The only request in progress is persisted, applied and
     answered inside its own first step (the coroutine finishes without suspending);
     with other requests in progress it waits for the loop task, like them."""
 
     async def scenario() -> None:
-        node = StoreNode(node_configs(tmp_path, 1)[0])
-        await node.start()
+        node = await _warm_member(tmp_path)
         try:
-            await until(lambda: node.is_leader)
-            await _put(node, b"warm")  # the new leader's first entry is applied
-
             node.alone = lambda: True
             coro = _put(node, b"lone")
             with pytest.raises(StopIteration) as done:
@@ -73,11 +82,8 @@ def test_requests_in_progress_together_share_one_sync(tmp_path: Path) -> None:
     WAL sync for all (handling each at once would sync 40 times)."""
 
     async def scenario() -> None:
-        node = StoreNode(node_configs(tmp_path, 1)[0])
-        await node.start()
+        node = await _warm_member(tmp_path)
         try:
-            await until(lambda: node.is_leader)
-            await _put(node, b"warm")
             syncs: list[float] = []
             real_sync = node.disk.sync
 
@@ -102,11 +108,8 @@ def test_an_answer_leaves_inside_the_apply_of_its_entry(tmp_path: Path) -> None:
     logged; the member and the other proposals go on."""
 
     async def scenario() -> None:
-        node = StoreNode(node_configs(tmp_path, 1)[0])
-        await node.start()
+        node = await _warm_member(tmp_path)
         try:
-            await until(lambda: node.is_leader)
-            await _put(node, b"warm")
             answered: list[tuple[int, int, int]] = []  # revision, applied index, resumed
             resumed = 0
 

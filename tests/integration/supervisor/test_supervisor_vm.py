@@ -312,6 +312,10 @@ def test_declarative_app_comes_back_after_a_reboot(vm: Machine, web_image: str) 
         "printf '%s\\n' 'image: keel.test/web:1' 'network: none' "
         "'command: [sh, -c, \"echo up; exec sleep 100000\"]' > /etc/keel/apps/greeter.yaml"
     )
+    # The supervisor creates the container once it sees the file (1.3 s after it was
+    # written in a slow CI run): until then `keel inspect` fails, and `until` takes a
+    # failing inspect as final.
+    vm.wait_until_succeeds("keel inspect greeter", timeout=120)
     before = until(vm, "greeter", lambda d: d["state"] == "running", "the app to start")
     assert before["config"]["restart"]["name"] == "unless-stopped"
     boot = vm.boot_id()

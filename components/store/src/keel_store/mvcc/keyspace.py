@@ -205,17 +205,14 @@ class KeySpace:
         rev = self.write_revision
         keys, live = self._keys, self._live
         first, stop = _slice(live, key, end)
-        busy = self.busy if stop - first > BUSY_EVERY else None
         changes = self._pending.items
         deleted: list[KeyValue] = []
         # One pass over the live keys' own key objects (reading ``.key`` of a stored
         # ``KeyValue`` would copy it out of the message), touching each history once.
-        for k in live.islice(first, stop):
+        for k in paced(live[first:stop], self.busy):
             history = keys[k]
             prev = history.kvs[-1]
             assert prev is not None, "a live key's latest version is a tombstone"
-            if busy is not None and len(deleted) % BUSY_EVERY == BUSY_EVERY - 1:
-                busy()
             history.revs.append(rev)
             history.kvs.append(None)
             history.subs.append(len(changes))

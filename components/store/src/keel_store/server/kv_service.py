@@ -202,7 +202,7 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
         self.headers.fill(resp.header, resp.header.revision)
 
     def _fill_txn(self, resp: Any) -> None:
-        self.headers.fill(resp.header, resp.header.revision)
+        self._fill(resp)
         _fill_nested(resp, self.headers)
 
     @guarded

@@ -473,8 +473,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         if now < self._next_keepalive:
             return
         self._next_keepalive = now + self.config.heartbeat_ms / 1000
-        raft = self.raft
-        for m in raft.heartbeats() if raft.role is Role.LEADER else raft.alive_notices():
+        for m in self.raft.heartbeats() or self.raft.alive_notices():
             self.outbox.send(m)
 
     def _timed_sync(self) -> float:

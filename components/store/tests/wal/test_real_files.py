@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 
 import pytest
 
@@ -185,3 +187,37 @@ def test_each_sync_of_a_ready_loop_is_one_durable_write(wal_dir, monkeypatch):
     assert calls.count(os.RWF_DSYNC) == 20
     _, replay = WriteAheadLog.open(OSFileSystem(), wal_dir)
     assert replay.entries == entries(1, 20)
+
+
+def test_discard_removes_in_a_background_thread(tmp_path, monkeypatch):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_bytes(b"x" * 4096)
+    started, release = threading.Event(), threading.Event()
+    real_remove = os.remove
+
+    def slow_remove(path):
+        started.set()
+        assert release.wait(10)
+        real_remove(path)
+
+    monkeypatch.setattr(os, "remove", slow_remove)
+    fs = OSFileSystem()
+    fs.discard(str(tmp_path), ["a", "b", "gone-already"])  # returns while removing
+    assert started.wait(10)
+    assert threading.current_thread().name != "keel-store-discard"
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "c"]
+    release.set()
+    fs.settle()
+    assert sorted(os.listdir(tmp_path)) == ["c"]
+
+
+def test_a_failed_discard_is_logged_and_later_ones_still_run(tmp_path, caplog):
+    (tmp_path / "old").write_bytes(b"x")
+    fs = OSFileSystem()
+    with caplog.at_level(logging.WARNING, logger="keel_store.wal.fs"):
+        fs.discard(str(tmp_path / "no-such-dir"), ["old"])
+        fs.discard(str(tmp_path), ["old"])
+        fs.settle()
+    assert [r.getMessage() for r in caplog.records] == ["could not remove old files"]
+    assert caplog.records[0].directory == str(tmp_path / "no-such-dir")
+    assert not (tmp_path / "old").exists()

@@ -21,8 +21,8 @@ class PowerCut(Exception):
 class CuttingDisk(MemoryFileSystem):
     """Loses power at the ``cut_at``-th sync (file or directory), before it happens."""
 
-    def __init__(self, seed: int, cut_at: int | None) -> None:
-        super().__init__(seed)
+    def __init__(self, seed: int, cut_at: int | None, *, defer_discards: bool = False) -> None:
+        super().__init__(seed, defer_discards=defer_discards)
         self.cut_at = cut_at
         self.calls = 0
 
@@ -84,8 +84,10 @@ def life(storage: NodeStorage, states: list[list[View]]) -> None:
     save(entries(21, 22, term=2), HardState(2, 2, 21))
 
 
-def run(seed: int, cut_at: int | None) -> tuple[CuttingDisk, list[list[View]], bool]:
-    fs = CuttingDisk(seed, cut_at)
+def run(
+    seed: int, cut_at: int | None, defer: bool = False
+) -> tuple[CuttingDisk, list[list[View]], bool]:
+    fs = CuttingDisk(seed, cut_at, defer_discards=defer)
     states: list[list[View]] = []
     try:
         storage, _ = NodeStorage.open(fs, DATA, segment_bytes=SEGMENT)
@@ -95,14 +97,17 @@ def run(seed: int, cut_at: int | None) -> tuple[CuttingDisk, list[list[View]], b
     return fs, states, False
 
 
-def test_every_power_cut_leaves_a_state_from_just_before_or_after():
-    _, _, cut = run(0, None)
+@pytest.mark.parametrize("defer", [False, True], ids=["discards-at-once", "discards-pending"])
+def test_every_power_cut_leaves_a_state_from_just_before_or_after(defer):
+    # defer: old snapshots and segments are still being removed (a slow background
+    # thread) when the power goes, so they are all there at the restart.
+    _, _, cut = run(0, None, defer)
     assert not cut
-    total = run(0, None)[0].calls
+    total = run(0, None, defer)[0].calls
     assert total > 20
     for cut_at in range(total):
         for seed in range(3):
-            fs, states, cut = run(seed, cut_at)
+            fs, states, cut = run(seed, cut_at, defer)
             assert cut
             fs.cut_at = None
             fs.crash(tear=True)
@@ -164,3 +169,27 @@ def test_an_older_snapshot_is_refused_before_anything_is_written():
     with pytest.raises(ValueError, match="snapshot 5 is older than 8"):
         storage.save_snapshot(snapshot(5))
     assert storage.snapshots.names() == [f"{8:016x}-{1:016x}.snap"]
+
+
+def test_snapshots_recorded_while_older_files_are_still_being_removed():
+    fs = MemoryFileSystem(defer_discards=True)
+    storage, _ = NodeStorage.open(fs, DATA, segment_bytes=SEGMENT, keep_snapshots=2)
+    storage.save(entries(1, 30), HardState(1, 1, 30))
+    last = 30
+    for index in (4, 10, 18, 25):
+        storage.save_snapshot(snapshot(index))
+        storage.save(entries(last + 1, last + 5), HardState(1, 1, last + 5))
+        last += 5
+    # Nothing removed yet: all four snapshots and every segment still listed.
+    assert [int(n[:16], 16) for n in storage.snapshots.names()] == [4, 10, 18, 25]
+    segments_before = fs.list(DATA + "/wal")
+    # The WAL still dropped what the two newest snapshots cover, in memory.
+    wal_segments = [s.name for s in storage.wal._segments]
+    assert len(wal_segments) < len(segments_before)
+    storage.close()  # waits for the removals
+    assert [int(n[:16], 16) for n in storage.snapshots.names()] == [18, 25]
+    assert fs.list(DATA + "/wal") == wal_segments
+    _, restart = NodeStorage.open(fs, DATA, segment_bytes=SEGMENT)
+    assert restart.snapshot == snapshot(25)
+    assert restart.hard_state == HardState(1, 1, 50)
+    assert [e.index for e in restart.entries] == list(range(26, 51))

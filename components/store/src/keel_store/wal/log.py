@@ -235,7 +235,8 @@ class WriteAheadLog:
 
     def compact(self, index: int) -> int:
         """Delete segments that hold only entries up to ``index``, which a synced snapshot
-        marker must cover. Returns how many segment files were removed."""
+        marker must cover (the files go in the background: ``FileSystem.discard``).
+        Returns how many segments were dropped."""
         self._check()
         if index > self._synced_snapshot.index:
             raise ValueError(
@@ -249,10 +250,8 @@ class WriteAheadLog:
             first = next(rest, None)
             if (self._last_index if first is None else first - 1) <= index:
                 removable = k
-        for segment in self._segments[:removable]:
-            self._fs.remove(self._path(segment))
         if removable:
-            self._fs.fsync_dir(self._dir)
+            self._fs.discard(self._dir, [s.name for s in self._segments[:removable]])
             del self._segments[:removable]
         return removable
 

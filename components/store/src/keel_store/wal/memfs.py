@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import posixpath
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _Pending = tuple[str, int, bytes]
@@ -84,7 +85,11 @@ class _MemoryFile:
 class MemoryFileSystem:
     """Files in memory; :meth:`crash` keeps only what was durable (see module docs)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, *, defer_discards: bool = False) -> None:
+        self.defer_discards = defer_discards
+        """Hold each :meth:`discard` until :meth:`settle`, as a slow background thread
+        would (by default they are done at once)."""
+        self._deferred: list[tuple[str, tuple[str, ...]]] = []
         self._names: dict[str, _Inode] = {}
         self._durable_names: dict[str, _Inode] = {}
         self._dirs: set[str] = {"/"}
@@ -110,6 +115,7 @@ class MemoryFileSystem:
         the last of them cut at a random length. Open handles become unusable.
         """
         self.epoch += 1
+        self._deferred.clear()  # the thread that would have removed them is gone too
         self._names = dict(self._durable_names)
         for inode in {id(i): i for i in self._names.values()}.values():
             content = bytearray(inode.durable)
@@ -177,6 +183,21 @@ class MemoryFileSystem:
         """Remove the name ``path``."""
         self._inode(path)
         del self._names[path]
+
+    def discard(self, directory: str, names: Sequence[str]) -> None:
+        """Remove ``names`` from ``directory`` and sync it (at :meth:`settle` if
+        ``defer_discards``); a name already gone is skipped."""
+        self._deferred.append((directory, tuple(names)))
+        if not self.defer_discards:
+            self.settle()
+
+    def settle(self) -> None:
+        """Do the discards held so far."""
+        deferred, self._deferred = self._deferred, []
+        for directory, names in deferred:
+            for name in names:
+                self._names.pop(posixpath.join(directory, name), None)
+            self.fsync_dir(directory)
 
     def fsync_dir(self, directory: str) -> None:
         """Make the current names in ``directory`` the durable ones."""

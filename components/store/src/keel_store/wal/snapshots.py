@@ -142,13 +142,11 @@ class SnapshotStore:
         return None
 
     def purge(self, keep: int = 2) -> list[str]:
-        """Remove all but the ``keep`` newest snapshots and leftover tmp files."""
+        """Remove all but the ``keep`` newest snapshots and leftover tmp files, in the
+        background (``FileSystem.discard``: :meth:`names` may list them a while longer)."""
         if keep < 1:
             raise ValueError("keep at least one snapshot")
         names = self.names()
         doomed = names[:-keep] + [n for n in self._fs.list(self._dir) if n.endswith(".snap.tmp")]
-        for name in doomed:
-            self._fs.remove(posixpath.join(self._dir, name))
-        if doomed:
-            self._fs.fsync_dir(self._dir)
+        self._fs.discard(self._dir, doomed)
         return doomed

@@ -38,7 +38,10 @@ class Restart:
 class NodeStorage:
     """The durable state of one Raft node."""
 
-    def __init__(self, wal: WriteAheadLog, snapshots: SnapshotStore, keep_snapshots: int) -> None:
+    def __init__(
+        self, fs: FileSystem, wal: WriteAheadLog, snapshots: SnapshotStore, keep_snapshots: int
+    ) -> None:
+        self._fs = fs
         self.wal = wal
         """The log itself, e.g. to hand to a GroupCommitter (then use only that)."""
         self.snapshots = snapshots
@@ -69,7 +72,7 @@ class NodeStorage:
             segment_bytes=segment_bytes, preallocate=preallocate,
         )  # fmt: skip
         restart = Restart(snapshot, replay.hard_state, replay.entries, replay.torn_bytes)
-        return cls(wal, snapshots, keep_snapshots), restart
+        return cls(fs, wal, snapshots, keep_snapshots), restart
 
     def append(self, entries: Sequence[Entry] = (), hard_state: HardState | None = None) -> None:
         """Queue a Ready's entries and hard state; :meth:`sync` makes them durable (e.g. in a
@@ -102,9 +105,13 @@ class NodeStorage:
         self.wal.save_snapshot(snapshot.meta)
         self.wal.sync()
         self.snapshots.purge(self._keep)
-        oldest_kept = self.snapshots.names()[0]
+        # The newest ``keep`` names: older ones may still be listed while being removed.
+        oldest_kept = self.snapshots.names()[-self._keep :][0]
         self.wal.compact(int(oldest_kept.split("-", 1)[0], 16))
 
     def close(self) -> None:
-        """Sync and close the WAL."""
-        self.wal.close()
+        """Sync and close the WAL; wait for old files still being removed."""
+        try:
+            self.wal.close()
+        finally:
+            self._fs.settle()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -304,3 +307,56 @@ def test_a_failed_snapshot_file_read_raises_where_the_leader_asks() -> None:
             loader()
 
     asyncio.run(scenario())
+
+
+_ORPHAN_SCRIPT = """
+import asyncio, sys, time
+from keel_store.mvcc.store import StateMachine
+from keel_store.server import snapshotter
+
+pid_file = sys.argv[1]
+
+def slow_save(sm, fd, keep):  # in the child: say who it is, then take its time
+    with open(pid_file + ".tmp", "w") as f:
+        f.write(str(__import__("os").getpid()))
+    __import__("os").rename(pid_file + ".tmp", pid_file)
+    time.sleep(60)
+
+async def main():
+    snapshotter.save_in_child(StateMachine(), save=slow_save)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_the_child_dies_with_a_member_killed_by_sigkill(tmp_path):
+    """``kill -9`` of a member (as the fault tests and the bench do) must not leave its
+    snapshot child writing into the data directory the member restarts on."""
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, str(pid_file)])
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():
+            assert time.monotonic() < deadline, "the child never started"
+            assert parent.poll() is None, "the parent exited"
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        assert _alive(child)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail(f"snapshot child {child} outlived its killed parent")
+        time.sleep(0.05)

@@ -12,13 +12,16 @@ reads the pipe and reaps the child, and the loop records the snapshot once it is
 
 The child runs nothing but ``snapshot.save``, the caller's ``keep`` (plain file writes)
 and ``os.write``: no loop, no logging, no locks another thread could have held at the
-fork; it leaves with ``os._exit``.
+fork; it leaves with ``os._exit``. It dies with its parent (``PR_SET_PDEATHSIG``): a
+member killed with ``kill -9`` would otherwise leave it writing a ``.tmp`` file into
+the data directory for up to a few seconds, under the member restarted there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import os
 import signal
@@ -27,6 +30,16 @@ from collections.abc import Callable
 from keel_store.mvcc import snapshot
 from keel_store.mvcc.store import StateMachine
 from keel_store.raft.storage import SnapshotTemporarilyUnavailableError
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child: be killed when the parent dies, or leave now if it already has."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class SnapshotChildError(Exception):
@@ -97,9 +110,11 @@ def save_in_child(
     """
     loop = asyncio.get_running_loop()
     r, w = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child leaves through os._exit)
         os.close(r)
+        _die_with_parent(parent)
         save(sm, w, keep)
     os.close(w)
     return ChildSnapshot(loop.run_in_executor(None, _collect, r, pid), pid)

@@ -102,7 +102,9 @@ class Stream:
         self.expired = False
         self.headers_sent = False
         self.send_window = conn.peer_initial_window
-        self.pending: collections.deque[bytes] = collections.deque()
+        self.pending: collections.deque[memoryview] = collections.deque()
+        """Message bytes waiting for the windows: views, so that cutting a frame off
+        a large message does not copy the rest of it."""
         self.trailers: bytes | None = None
         self.writable: asyncio.Future[None] | None = None
         self.recv_unacked = 0
@@ -207,7 +209,7 @@ class Stream:
             conn.send_window -= len(data)
             conn.write(w.frame(w.DATA, 0, self.id, data))
             return
-        self.pending.append(data)
+        self.pending.append(memoryview(data))
         conn.drain(self)
 
     async def flushed(self) -> None:

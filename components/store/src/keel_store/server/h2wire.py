@@ -41,7 +41,7 @@ _U32 = struct.Struct(">I")
 _SETTING = struct.Struct(">HI")
 
 
-def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+def frame(ftype: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
     """One frame: 9-byte header and payload (no splitting: callers respect the size)."""
     n = len(payload)
     return (

@@ -250,3 +250,76 @@ def test_a_bad_peer_loses_its_own_connection_only(
         runner.run(scenario())
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert any("dropping connection" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_payload_larger_than_a_frame_arrives_whole_and_in_order(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payload past ``PART_BYTES`` (a snapshot for a member far behind: it was one
+    frame, and one past ``MAX_FRAME`` was refused forever) goes in parts and arrives as
+    one frame of its kind; frames queued before and sent while it is being written
+    keep their places."""
+    monkeypatch.setattr(transport, "PART_BYTES", 256 << 10)  # many parts, fast
+    big = bytes(range(256)) * (64 * 1024 + 7)  # 64 parts and a bit: the socket pushes back
+    exact = b"x" * (2 * transport.PART_BYTES)  # a last part of exactly PART_BYTES
+
+    async def scenario() -> None:
+        got: list[tuple[int, bytes]] = []
+        a = transport.PeerTransport(1, "tok", lambda s, k, p: None)
+        b = transport.PeerTransport(2, "tok", lambda s, k, p: got.append((k, p)))
+        url_a, url_b = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+        await a.listen(url_a)
+        await b.listen(url_b)
+        a.set_peers({1: url_a, 2: url_b})
+        try:
+            a.send(2, transport.RAFT, b"hello?")
+            await _until(lambda: 2 in a._writers and got)
+            a.send(2, transport.RAFT, b"before")
+            a.send(2, transport.RAFT, big)
+            a.send(2, transport.CALL, exact)
+            for i in range(20):  # while the parts are being written
+                a.send(2, transport.RAFT, b"during %d" % i)
+                await asyncio.sleep(0.001)
+            await _until(lambda: len(got) == 24)
+            assert got[1] == (transport.RAFT, b"before")
+            assert got[2] == (transport.RAFT, big)
+            assert got[3] == (transport.CALL, exact)
+            assert got[4:] == [(transport.RAFT, b"during %d" % i) for i in range(20)]
+            assert a.sent_bytes[2] == b.received_bytes[1]
+        finally:
+            await a.close()
+            await b.close()
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(scenario())
+
+
+def test_parts_past_the_largest_message_drop_the_connection(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(transport, "MAX_MESSAGE", 100)
+    got: list[bytes] = []
+
+    async def scenario() -> None:
+        b = transport.PeerTransport(2, "tok", lambda s, k, p: got.append(p))
+        url = f"http://127.0.0.1:{free_port()}"
+        await b.listen(url)
+        try:
+            reader, writer = await asyncio.open_connection(*transport.host_port(url))
+            writer.write(
+                _hello("tok", 3)
+                + _frame(transport.PART, b"p" * 60)
+                + _frame(transport.RAFT, b"fits")  # 60 + 4: joined, delivered
+                + _frame(transport.PART, b"q" * 60)
+                + _frame(transport.PART, b"r" * 60)  # 120 > 100
+                + _frame(transport.RAFT, b"never")
+            )
+            assert await _closed_by_peer(reader)
+            writer.close()
+        finally:
+            await b.close()
+
+    asyncio.run(scenario())
+    assert got == [b"p" * 60 + b"fits"]
+    assert any("in parts; dropping connection" in r.getMessage() for r in caplog.records)

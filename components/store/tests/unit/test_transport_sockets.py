@@ -276,14 +276,14 @@ def test_a_payload_larger_than_a_frame_arrives_whole_and_in_order(
             a.send(2, transport.RAFT, b"hello?")
             await _until(lambda: 2 in a._writers and got)
             a.send(2, transport.RAFT, b"before")
-            a.send(2, transport.RAFT, big)
+            a.send(2, transport.RAFT, [b"head", big])  # as buffers, as a snapshot goes
             a.send(2, transport.CALL, exact)
             for i in range(20):  # while the parts are being written
                 a.send(2, transport.RAFT, b"during %d" % i)
                 await asyncio.sleep(0.001)
             await _until(lambda: len(got) == 24)
             assert got[1] == (transport.RAFT, b"before")
-            assert got[2] == (transport.RAFT, big)
+            assert got[2] == (transport.RAFT, b"head" + big)
             assert got[3] == (transport.CALL, exact)
             assert got[4:] == [(transport.RAFT, b"during %d" % i) for i in range(20)]
             assert a.sent_bytes[2] == b.received_bytes[1]
@@ -323,3 +323,29 @@ def test_parts_past_the_largest_message_drop_the_connection(
     asyncio.run(scenario())
     assert got == [b"p" * 60 + b"fits"]
     assert any("in parts; dropping connection" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[1, 25], [10, 0, 10], [8, 8], [3, 5, 8, 1], [0, 17, 0], [33]],
+    ids=["short-head", "empty-between", "exact-parts", "many", "empty-ends", "one"],
+)
+def test_a_message_given_as_buffers_is_cut_into_parts_across_them(
+    sizes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``send`` takes a large payload as the buffers it is made of (a snapshot's data
+    is never joined to its header): the parts cut across buffer borders, every PART
+    frame but the last full, the last frame of the message's own kind."""
+    monkeypatch.setattr(transport, "PART_BYTES", 8)
+    buffers = [bytes([65 + i]) * n for i, n in enumerate(sizes)]
+    payload = b"".join(buffers)
+    frames = list(transport._Large(transport.RAFT, buffers, len(payload)).frames())
+    parsed = [(struct.unpack(">IB", f[:5]), f[5:]) for f in frames]
+    assert all(size == len(body) + 1 for (size, _), body in parsed)
+    assert [kind for (_, kind), _ in parsed] == [transport.PART] * (len(frames) - 1) + [
+        transport.RAFT
+    ]
+    assert all(len(body) == 8 for _, body in parsed[:-1])
+    assert 0 < len(parsed[-1][1]) <= 8
+    assert b"".join(body for _, body in parsed) == payload
+    assert transport._Large(transport.RAFT, buffers, len(payload)).size() == sum(map(len, frames))

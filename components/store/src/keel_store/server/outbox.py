@@ -54,6 +54,9 @@ class Outbox:
                 del self._held[m.to]
                 if not self._held:
                     self._cancel_timer()
+        if m.snapshot is not None:  # maybe hundreds of MB: cut into parts, never joined
+            self.peers.send(m.to, transport.RAFT, transport.encode_buffers(m))
+            return
         self.peers.send(m.to, transport.RAFT, transport.encode_message(m))
 
     def forwarded(self, peer: int, index: int) -> None:

@@ -22,7 +22,7 @@ import logging
 import ssl
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 from keel_store.raft import (
@@ -53,29 +53,46 @@ HELLO, RAFT, CALL, REPLY, PART = 1, 2, 3, 4, 5
 
 
 class _Large:
-    """A payload too large for one frame, queued whole and cut into frames as it is
-    written (the copies are made one part at a time)."""
+    """A payload too large for one frame, queued as the buffers it is made of and cut
+    into frames as it is written (the copies are made one part at a time)."""
 
-    __slots__ = ("kind", "payload")
+    __slots__ = ("buffers", "kind", "total")
 
-    def __init__(self, kind: int, payload: bytes) -> None:
+    def __init__(self, kind: int, buffers: Sequence[bytes], total: int) -> None:
         self.kind = kind
-        self.payload = payload
+        self.buffers = buffers
+        self.total = total
 
     def frames(self) -> Iterator[bytes]:
-        view = memoryview(self.payload)
-        last = (len(view) - 1) // PART_BYTES * PART_BYTES
-        for start in range(0, last, PART_BYTES):
-            yield _FRAME.pack(PART_BYTES + 1, PART) + view[start : start + PART_BYTES]
-        yield _FRAME.pack(len(view) - last + 1, self.kind) + view[last:]
+        part: list[bytes | memoryview] = []
+        have = done = 0
+        for buffer in self.buffers:
+            view = memoryview(buffer)
+            while view:
+                take = min(len(view), PART_BYTES - have)
+                part.append(view[:take])
+                view = view[take:]
+                have += take
+                done += take
+                if have == PART_BYTES and done < self.total:
+                    yield b"".join([_FRAME.pack(have + 1, PART), *part])
+                    part, have = [], 0
+        yield b"".join([_FRAME.pack(have + 1, self.kind), *part])
 
     def size(self) -> int:
-        parts = (len(self.payload) + PART_BYTES - 1) // PART_BYTES
-        return len(self.payload) + parts * _FRAME.size
+        parts = (self.total + PART_BYTES - 1) // PART_BYTES
+        return self.total + parts * _FRAME.size
 
 
 def encode_message(m: Message) -> bytes:
     """Raft message to bytes (stable, versionless: all members run the same code)."""
+    return b"".join(encode_buffers(m))
+
+
+def encode_buffers(m: Message) -> list[bytes]:
+    """:func:`encode_message` as the buffers to join, the snapshot's data among them
+    uncopied (for :meth:`PeerTransport.send`, which cuts a large message into parts
+    without joining it: a 300 MB join took 0.27 s here)."""
     parts = [
         _MSG.pack(
             m.type,
@@ -110,7 +127,7 @@ def encode_message(m: Message) -> bytes:
         ids = (*meta.conf.voters, *meta.conf.learners)
         parts.append(struct.pack(f">{len(ids)}Q", *ids))
         parts.append(m.snapshot.data)
-    return b"".join(parts)
+    return parts
 
 
 def decode_message(data: bytes) -> Message:
@@ -222,15 +239,22 @@ class PeerTransport:
                 self._queues[pid] = asyncio.Queue()
                 self._senders[pid] = asyncio.create_task(self._send_loop(pid))
 
-    def send(self, to: int, kind: int, payload: bytes) -> None:
-        """Queue one frame for ``to`` (dropped if ``to`` is unknown)."""
+    def send(self, to: int, kind: int, payload: bytes | Sequence[bytes]) -> None:
+        """Queue one frame for ``to`` (dropped if ``to`` is unknown); ``payload`` may be
+        given as the buffers it is made of."""
         queue = self._queues.get(to)
         if queue is None or to in self.paused:
             return
-        if len(payload) > PART_BYTES:
-            large = _Large(kind, payload)
-            self.sent_bytes[to] = self.sent_bytes.get(to, 0) + large.size()
-            queue.put_nowait(large)
+        if not isinstance(payload, bytes):
+            total = sum(map(len, payload))
+            if total > PART_BYTES:
+                large = _Large(kind, payload, total)
+                self.sent_bytes[to] = self.sent_bytes.get(to, 0) + large.size()
+                queue.put_nowait(large)
+                return
+            payload = b"".join(payload)
+        elif len(payload) > PART_BYTES:
+            self.send(to, kind, [payload])
             return
         frame = _FRAME.pack(len(payload) + 1, kind) + payload
         self.sent_bytes[to] = self.sent_bytes.get(to, 0) + len(frame)

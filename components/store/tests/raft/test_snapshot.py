@@ -112,3 +112,36 @@ def test_a_snapshot_temporarily_unavailable_is_sent_once_it_is_ready(cluster3: C
     assert asked[-1]
     assert cluster3.storages[3].snapshot().data == kept
     assert cluster3.nodes[3].log.applied == leader.log.applied
+
+
+def test_the_wait_for_a_snapshot_starts_when_its_last_byte_is_written(cluster3: Cluster) -> None:
+    """``snapshot_sent``: the leader sends a lost snapshot again after two election
+    timeouts, counted from when the transport finished writing it (a large snapshot
+    still on its way must not be sent a second time); a report for another index, or
+    from a follower not waiting for one, changes nothing."""
+    leader = cluster3.leave_behind(30)
+    index = compact(cluster3, 1)
+    held: list[int] = []
+
+    def lose_snapshots(m):  # type: ignore[no-untyped-def]
+        if m.type is MessageType.SNAPSHOT:
+            held.append(m.snapshot.meta.index)
+            return None
+        return m
+
+    cluster3.rewrite = lose_snapshots
+    cluster3.down = set()
+    et = leader.config.election_ticks
+    cluster3.tick(times=3)
+    assert held == [index]
+    cluster3.tick(times=2 * et - 3)
+    leader.snapshot_sent(3, index - 1)  # not the one pending: ignored
+    leader.snapshot_sent(2, index)  # node 2 waits for no snapshot: ignored
+    leader.snapshot_sent(3, index)  # written out only now
+    cluster3.tick(times=2 * et - 2)
+    assert held == [index], "sent again before two election timeouts after the write"
+    cluster3.tick(times=4)
+    assert held == [index, index], "a lost snapshot is sent again"
+    cluster3.rewrite = lambda m: m
+    cluster3.tick(times=2 * et + 2)
+    assert cluster3.nodes[3].log.applied == leader.log.applied

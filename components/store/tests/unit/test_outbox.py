@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from keel_store.raft import Entry, EntryType, Message, MessageType
+from keel_store.raft import (
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Snapshot,
+    SnapshotMeta,
+)
 from keel_store.server import transport
 from keel_store.server.outbox import Outbox
 
@@ -108,3 +116,32 @@ def test_close_drops_what_is_held() -> None:
         assert wire.sent == []
 
     asyncio.run(scenario())
+
+
+class BusyWire:
+    """A transport with a payload in parts still being written to peer 3."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes, Any]] = []
+
+    def sending_large(self, to: int) -> bool:
+        return to == 3
+
+    def send(self, to: int, kind: int, payload: Any, *, on_sent: Any = None) -> None:
+        self.sent.append((to, b"".join(payload), on_sent))
+
+
+def test_a_snapshot_goes_as_buffers_once_per_peer_and_reports_when_written() -> None:
+    snap = Snapshot(SnapshotMeta(40, 2, ConfState((1, 2, 3))), b"state" * 10)
+    wire = BusyWire()
+    box = Outbox(cast(Any, wire), delay=DELAY)
+    reports: list[tuple[int, int]] = []
+    box.on_snapshot_sent = lambda peer, index: reports.append((peer, index))
+    for to in (2, 3):
+        box.send(Message(MessageType.SNAPSHOT, to, 1, 2, snapshot=snap))
+    assert [to for to, _, _ in wire.sent] == [2]  # 3 still gets the last copy
+    to, payload, on_sent = wire.sent[0]
+    assert transport.decode_message(payload).snapshot == snap
+    assert reports == []
+    on_sent()
+    assert reports == [(2, 40)]

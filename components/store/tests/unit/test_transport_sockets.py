@@ -349,3 +349,41 @@ def test_a_message_given_as_buffers_is_cut_into_parts_across_them(
     assert 0 < len(parsed[-1][1]) <= 8
     assert b"".join(body for _, body in parsed) == payload
     assert transport._Large(transport.RAFT, buffers, len(payload)).size() == sum(map(len, frames))
+
+
+def test_a_payload_in_parts_is_tracked_until_written_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sending_large`` holds from the moment a payload in parts is queued until its
+    last part is written (then ``on_sent`` is called, once), and is cleared when the
+    connection fails and the queue is dropped (the snapshot may be sent again)."""
+    monkeypatch.setattr(transport, "PART_BYTES", 64 << 10)
+    big = b"s" * (1 << 20)
+
+    async def scenario() -> None:
+        got: list[bytes] = []
+        sent: list[str] = []
+        a = transport.PeerTransport(1, "tok", lambda s, k, p: None)
+        b = transport.PeerTransport(2, "tok", lambda s, k, p: got.append(p))
+        url_a, url_b = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+        await a.listen(url_a)
+        await b.listen(url_b)
+        a.set_peers({1: url_a, 2: url_b})
+        try:
+            a.send(2, transport.RAFT, b"hi")
+            await _until(lambda: got == [b"hi"])
+            assert not a.sending_large(2)
+            a.send(2, transport.RAFT, [big], on_sent=lambda: sent.append("one"))
+            assert a.sending_large(2)
+            a.send(2, transport.RAFT, [big], on_sent=lambda: sent.append("two"))
+            await _until(lambda: len(got) == 3)
+            assert not a.sending_large(2)
+            assert sent == ["one", "two"]
+            await b.close()  # the peer goes away: what is queued for it is dropped
+            await _until(lambda: 2 not in a._writers)
+            a.send(2, transport.RAFT, [big], on_sent=lambda: sent.append("lost"))
+            await _until(lambda: not a.sending_large(2))
+            assert sent == ["one", "two"]
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())

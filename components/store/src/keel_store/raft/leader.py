@@ -187,6 +187,17 @@ class LeaderSide:
             return []
         return [Message(MT.HEARTBEAT_RESPONSE, self.leader, self.id, self.term)]
 
+    def snapshot_sent(self, to: int, index: int) -> None:
+        """The transport has written the last byte of the snapshot at ``index`` to
+        ``to``: the wait for the follower's answer (two election timeouts, then the
+        snapshot counts as lost and is sent again) starts now, not when the snapshot
+        was handed over. A few hundred MB take a while to write, and a resend while
+        the first copy is still on its way sends them all again (etcd raft learns the
+        same from its transport through ``ReportSnapshot``)."""
+        pr = self.progress.get(to) if self.role is Role.LEADER else None
+        if pr is not None and pr.state is ProgressState.SNAPSHOT and pr.pending_snapshot == index:
+            pr.snapshot_ticks = 0
+
     def _broadcast_heartbeat(self, context: bytes) -> None:
         for m in self.heartbeats(context):
             self._send(m)

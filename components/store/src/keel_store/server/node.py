@@ -101,6 +101,9 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.transport = transport.PeerTransport(self.member_id, self.cluster.token, self._on_frame)
         self.transport.on_frames_done = self._on_frames_done
         self.outbox = Outbox(self.transport)
+        self.outbox.on_snapshot_sent = lambda peer, index: self._submit(
+            lambda: self.raft.snapshot_sent(peer, index)
+        )
         self.sync_policy = SyncPolicy()
         """Whether the loop waits for a WAL fsync itself or hands it to a thread."""
         self._rng = random.Random(os.urandom(16))
@@ -374,11 +377,18 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         if rd.soft_state is not None:
             self._new_soft_state(rd.soft_state)
         if rd.snapshot is not None:
+            started = time.perf_counter()
             self.storage.apply_snapshot(rd.snapshot)
             self._install_state(rd.snapshot)
             self._refresh_peers()
             self.disk.save_snapshot(rd.snapshot)
             self.last_snapshot_index = rd.snapshot.meta.index
+            log.info(
+                "installed the leader's snapshot at index %d (%d bytes) in %.2f s",
+                rd.snapshot.meta.index,
+                len(rd.snapshot.data),
+                time.perf_counter() - started,
+            )
         self._later = rd.messages
         if self.raft.role is Role.LEADER:
             # A leader may replicate before its own fsync (Raft thesis 10.2.1, as

@@ -18,9 +18,13 @@ message instead of two, at the moment the leader answers its client. Measured wi
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 
 from keel_store.raft import Message, MessageType
 from keel_store.server import transport
+
+log = logging.getLogger("keel_store.outbox")
 
 NOTICE_DELAY_S = 0.002
 """Longest a commit notice waits: what an idle follower's watchers may lag the leader."""
@@ -35,6 +39,8 @@ class Outbox:
         self._held: dict[int, Message] = {}
         """Follower ID -> its newest commit notice not sent yet."""
         self._timer: asyncio.TimerHandle | None = None
+        self.on_snapshot_sent: Callable[[int, int], None] | None = None
+        """Called with (peer, index) once a snapshot was written out to the peer."""
         self._forwarded: dict[int, int] = {}
         """Follower ID -> index of the last write it forwarded to us (this leader)."""
 
@@ -54,10 +60,31 @@ class Outbox:
                 del self._held[m.to]
                 if not self._held:
                     self._cancel_timer()
-        if m.snapshot is not None:  # maybe hundreds of MB: cut into parts, never joined
-            self.peers.send(m.to, transport.RAFT, transport.encode_buffers(m))
+        if m.snapshot is not None:
+            self._send_snapshot(m)
             return
         self.peers.send(m.to, transport.RAFT, transport.encode_message(m))
+
+    def _send_snapshot(self, m: Message) -> None:
+        """A snapshot (maybe hundreds of MB) goes as its buffers, cut into parts and
+        never joined; not again while a copy is still being written to that peer (the
+        Raft core sends it again once its wait for an answer runs out). Once written
+        out, ``on_snapshot_sent(peer, index)`` is called."""
+        assert m.snapshot is not None
+        index, size = m.snapshot.meta.index, len(m.snapshot.data)
+        if self.peers.sending_large(m.to):
+            log.info(
+                "snapshot at index %d for %x: the last one is still being written", index, m.to
+            )
+            return
+        log.info("sending the snapshot at index %d (%d bytes) to %x", index, size, m.to)
+        done = self.on_snapshot_sent
+        self.peers.send(
+            m.to,
+            transport.RAFT,
+            transport.encode_buffers(m),
+            on_sent=None if done is None else lambda: done(m.to, index),
+        )
 
     def forwarded(self, peer: int, index: int) -> None:
         """``peer`` forwarded a write, proposed here at ``index``: the notice that

@@ -56,12 +56,19 @@ class _Large:
     """A payload too large for one frame, queued as the buffers it is made of and cut
     into frames as it is written (the copies are made one part at a time)."""
 
-    __slots__ = ("buffers", "kind", "total")
+    __slots__ = ("buffers", "kind", "on_sent", "total")
 
-    def __init__(self, kind: int, buffers: Sequence[bytes], total: int) -> None:
+    def __init__(
+        self,
+        kind: int,
+        buffers: Sequence[bytes],
+        total: int,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
         self.kind = kind
         self.buffers = buffers
         self.total = total
+        self.on_sent = on_sent
 
     def frames(self) -> Iterator[bytes]:
         part: list[bytes | memoryview] = []
@@ -197,6 +204,8 @@ class PeerTransport:
         self._writing_large: set[int] = set()
         """Peers whose sender is writing a payload in parts: frames for them queue (one
         written at once would land between two parts)."""
+        self._large: dict[int, int] = {}
+        """Peer ID -> payloads in parts queued or being written to it."""
         self._server: asyncio.Server | None = None
         self._inbound_conns: set[_Inbound] = set()
         """Connections peers opened to us (read by :class:`_Inbound`)."""
@@ -233,28 +242,39 @@ class PeerTransport:
             self._senders.pop(pid).cancel()
             self._queues.pop(pid, None)
             self._writers.pop(pid, None)
+            self._large.pop(pid, None)
         self.peers = {p: u for p, u in peers.items() if p != self.member_id}
         for pid in self.peers:
             if pid not in self._senders:
                 self._queues[pid] = asyncio.Queue()
                 self._senders[pid] = asyncio.create_task(self._send_loop(pid))
 
-    def send(self, to: int, kind: int, payload: bytes | Sequence[bytes]) -> None:
+    def send(
+        self,
+        to: int,
+        kind: int,
+        payload: bytes | Sequence[bytes],
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
         """Queue one frame for ``to`` (dropped if ``to`` is unknown); ``payload`` may be
-        given as the buffers it is made of."""
+        given as the buffers it is made of. ``on_sent``: for a payload sent in parts
+        (over :data:`PART_BYTES`), called once its last part is written to the socket
+        (not if the connection fails first)."""
         queue = self._queues.get(to)
         if queue is None or to in self.paused:
             return
         if not isinstance(payload, bytes):
             total = sum(map(len, payload))
             if total > PART_BYTES:
-                large = _Large(kind, payload, total)
+                large = _Large(kind, payload, total, on_sent)
                 self.sent_bytes[to] = self.sent_bytes.get(to, 0) + large.size()
+                self._large[to] = self._large.get(to, 0) + 1
                 queue.put_nowait(large)
                 return
             payload = b"".join(payload)
         elif len(payload) > PART_BYTES:
-            self.send(to, kind, [payload])
+            self.send(to, kind, [payload], on_sent=on_sent)
             return
         frame = _FRAME.pack(len(payload) + 1, kind) + payload
         self.sent_bytes[to] = self.sent_bytes.get(to, 0) + len(frame)
@@ -272,6 +292,10 @@ class PeerTransport:
             writer.write(frame)
         else:
             queue.put_nowait(frame)
+
+    def sending_large(self, to: int) -> bool:
+        """Whether a payload in parts for ``to`` is queued or being written."""
+        return self._large.get(to, 0) > 0
 
     async def close(self) -> None:
         self._closing = True
@@ -324,6 +348,7 @@ class PeerTransport:
                 await asyncio.sleep(0.05)
                 while not queue.empty():  # Raft retransmits; stale frames only slow recovery
                     queue.get_nowait()
+                self._large.pop(pid, None)  # dropped with the rest (or cut off mid-way)
             finally:
                 self._writing_large.discard(pid)
                 if watcher is not None:
@@ -352,6 +377,9 @@ class PeerTransport:
                         raise ConnectionResetError(f"peer {pid:x} closed the connection")
                     writer.write(frame)
                     await writer.drain()
+                self._large[pid] = self._large.get(pid, 1) - 1
+                if item.on_sent is not None:
+                    item.on_sent()
             if small:
                 writer.write(b"".join(small))
         finally:

@@ -4,6 +4,7 @@ catches up from the leader's snapshot, and every member restarts from its own.""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -69,3 +70,37 @@ def test_a_member_catches_up_from_a_snapshot_larger_than_one_peer_frame(make_clu
         for i in range(80):
             assert client.get_one(f"big/{i:03d}").value == value[i:] + value[:i]
         assert client.get_one("big/last").mod_revision == revision
+
+
+def test_a_damaged_snapshot_file_on_the_leader_is_replaced_not_fatal(make_cluster) -> None:
+    """The leader's snapshot files are damaged on disk when a follower needs one: the
+    leader sets the file aside (``.broken``), takes a new snapshot from its state and
+    sends that (it used to stop). ``unit/test_snapshotter.py`` covers the case with no
+    write since (the same snapshot written again under its name)."""
+    later_writes = 5
+    cluster = make_cluster(3, extra=["--snapshot-count=20", "--log-level=info"])
+    leader = cluster.leader()
+    follower = next(m for m in cluster.members if m is not leader)
+    follower.kill()
+    with Client(leader.endpoint) as client:
+        for i in range(60):
+            client.put(f"dmg/{i:03d}", str(i))
+        time.sleep(1.0)  # the snapshot child wrote its file, the member recorded it
+        for i in range(later_writes):
+            client.put(f"dmg/late/{i}", "x")
+    snaps = sorted((leader.data_dir / "member" / "snap").glob("*.snap"))
+    assert snaps, "the leader took no snapshot"
+    for path in snaps:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    term = cluster.status()[0]["Status"]["header"]["raft_term"]
+    follower.start()
+    cluster.wait_ready(follower, timeout=60)
+    assert leader.alive
+    with Client(follower.endpoint) as client:
+        assert len(client.get("dmg/", prefix=True)) == 60 + later_writes
+    assert {s["Status"]["header"]["raft_term"] for s in cluster.status()} == {term}
+    log = leader.log_path.read_text()
+    assert "cannot be read" in log
+    assert list((leader.data_dir / "member" / "snap").glob("*.snap.broken"))

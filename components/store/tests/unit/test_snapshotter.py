@@ -24,7 +24,7 @@ from keel_store.raft.types import Snapshot
 from keel_store.server.node import StoreNode
 from keel_store.server.snapshotter import FileLoader, SnapshotChildError, save_in_child
 
-from .conftest import node_configs
+from .conftest import node_configs, until
 
 
 def _state(keys: int) -> StateMachine:
@@ -305,6 +305,61 @@ def test_a_failed_snapshot_file_read_raises_where_the_leader_asks() -> None:
         await asyncio.sleep(0.05)
         with pytest.raises(OSError, match="Input/output"):
             loader()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_read_goes_to_on_failure_and_stays_unavailable() -> None:
+    failures: list[Exception] = []
+
+    def read() -> bytes:
+        raise OSError(5, "Input/output error")
+
+    async def scenario() -> None:
+        loader = FileLoader(read, on_failure=failures.append)
+        with pytest.raises(SnapshotTemporarilyUnavailableError, match="being read"):
+            loader()
+        await asyncio.sleep(0.05)
+        with pytest.raises(SnapshotTemporarilyUnavailableError, match="Input/output"):
+            loader()
+        assert [str(e) for e in failures] == ["[Errno 5] Input/output error"]
+
+    asyncio.run(scenario())
+
+
+def test_a_damaged_snapshot_file_is_set_aside_and_written_again(tmp_path: Path) -> None:
+    """No write since the snapshot: the member writes the same snapshot again under its
+    name (the damaged file kept as ``.broken``) and sends that; it does not stop."""
+    config = node_configs(tmp_path, 1, "--snapshot-count=50", "--unsafe-no-fsync")[0]
+
+    async def scenario() -> None:
+        node = StoreNode(config)
+        await node.start()
+        try:
+            puts = 0
+            while node._snapshot_child is None and node.last_snapshot_index == 0:
+                # one at a time: no write after the one whose apply forks the child
+                key = b"k%03d" % puts
+                await node.propose(Kind.PUT, rpcpb.PutRequest(key=key, value=b"v"))
+                puts += 1
+            await until(lambda: node.storage.snapshot_meta.index > 0)
+            taken = node.storage.snapshot_meta.index
+            assert node.sm.applied_index == taken  # nothing applied since
+            path = next((tmp_path / "n0").rglob("*.snap.broken"), None)
+            assert path is None
+            (path,) = [p for p in (tmp_path / "n0").rglob("*.snap") if p.name[:16] != "0" * 16]
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+            sent = await _loaded(node.storage)  # asked again until a readable file is there
+            assert node.failure is None
+            assert sent.meta.index == taken
+            restored = snapshot.restore(sent.data)
+            assert restored.range(rpcpb.RangeRequest(key=b"k", range_end=b"l")).count == puts
+            assert path.with_name(path.name + ".broken").exists()
+            assert path.exists()  # the same name, written again
+        finally:
+            await node.stop()
 
     asyncio.run(scenario())
 

@@ -111,6 +111,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._wake = asyncio.Event()
         self._snapshot_child: ChildSnapshot | None = None
         self._snapshot_retry_at = 0.0
+        self._snapshot_now = False
+        """The snapshot file could not be read to send it: take a new one at once."""
         self._compact_to = 0
         """The in-memory log is dropped up to here, a step per Ready (_compact_some)."""
         self._waiters: dict[int, asyncio.Future[Any]] = {}
@@ -546,7 +548,9 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
 
     def _maybe_snapshot(self) -> None:
         applied = self.sm.applied_index
-        if applied - self.last_snapshot_index < self.config.snapshot_count:
+        if applied - self.last_snapshot_index < self.config.snapshot_count and not (
+            self._snapshot_now
+        ):
             return
         if not self.config.background_snapshots:
             started = time.perf_counter()
@@ -565,6 +569,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         )
         self._snapshot_child = running
         child = running.future
+        replacing, self._snapshot_now = self._snapshot_now, False
 
         def record() -> None:
             # In the node loop, between two Readys: never while a WAL sync is in its
@@ -577,6 +582,11 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                 # (unless a newer snapshot came from the leader meanwhile)
                 if applied > self.storage.snapshot_meta.index:
                     self._record_written_snapshot(meta, started)
+                elif replacing and applied == self.storage.snapshot_meta.index:
+                    # Nothing applied since the unreadable one: the same snapshot,
+                    # written again under its name (the loader reads the new file).
+                    snapshots.commit_tmp(meta)
+                    log.warning("wrote the snapshot at index %d again", applied)
             except Exception:  # the member goes on without it (a full disk?)
                 log.exception("snapshot at %d failed, next try in %.0f s", applied, _RETRY_S)
                 self._snapshot_retry_at = time.monotonic() + _RETRY_S
@@ -595,9 +605,31 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         # member keeps its previous snapshot, whose file is still there.
         snapshots = self.disk.snapshots
         self.disk.save_snapshot(Snapshot(meta=meta), written=True)
-        load = FileLoader(lambda: snapshots.read(meta).data)  # read in a thread when sent
+        load = FileLoader(  # read in a thread when sent
+            lambda: snapshots.read(meta).data,
+            on_failure=lambda exc: self._snapshot_unreadable(meta, exc),
+        )
         self.storage.create_snapshot(meta.index, meta.conf, b"", load=load)
         self._snapshot_recorded(meta.index, started)
+
+    def _snapshot_unreadable(self, meta: SnapshotMeta, exc: Exception) -> None:
+        """The snapshot file a follower needs could not be read (damaged on disk, or
+        gone). The state machine in memory is intact: the damaged file is set aside
+        (``.broken``) and a new snapshot is taken at once, which the follower gets on
+        the leader's next try, instead of the member stopping (it did) or sending the
+        damaged one again and again."""
+        if self._snapshot_now or self.stopped:
+            return
+        log.error(
+            "the snapshot file at index %d cannot be read (%s); taking a new snapshot",
+            meta.index,
+            exc,
+        )
+        with contextlib.suppress(OSError):
+            self.disk.snapshots.set_aside(meta)
+        self._snapshot_now = True
+        self._snapshot_retry_at = 0.0
+        self._submit(self._maybe_snapshot)
 
     def _snapshot_recorded(self, applied: int, started: float) -> None:
         self.stats.snapshot_save.observe(time.perf_counter() - started)

@@ -130,9 +130,17 @@ class FileLoader:
     here, as it did there. Call it from the event loop's thread.
     """
 
-    def __init__(self, read: Callable[[], bytes]) -> None:
+    def __init__(
+        self,
+        read: Callable[[], bytes],
+        on_failure: Callable[[Exception], None] | None = None,
+    ) -> None:
         self._read = read
         self._reading: asyncio.Future[bytes] | None = None
+        self.on_failure = on_failure
+        """If set, a read that failed (a damaged or missing file) is handed to it and
+        the snapshot stays "temporarily unavailable" (the caller makes a new one)
+        instead of raising."""
 
     def __call__(self) -> bytes:
         reading = self._reading
@@ -142,4 +150,8 @@ class FileLoader:
         if not reading.done():
             raise SnapshotTemporarilyUnavailableError("the snapshot file is being read")
         self._reading = None
+        exc = reading.exception()
+        if exc is not None and self.on_failure is not None and isinstance(exc, Exception):
+            self.on_failure(exc)
+            raise SnapshotTemporarilyUnavailableError(f"the snapshot file failed: {exc}")
         return reading.result()

@@ -119,6 +119,17 @@ class SnapshotStore:
     def _path(self, meta: SnapshotMeta) -> str:
         return posixpath.join(self._dir, snapshot_name(meta.index, meta.term))
 
+    def set_aside(self, meta: SnapshotMeta) -> str | None:
+        """Rename ``meta``'s file to ``.broken`` (found damaged; kept for inspection, as
+        :meth:`load` does), durably; its new name, or None if there was no such file."""
+        path = self._path(meta)
+        try:
+            self._fs.rename(path, path + ".broken")
+        except FileNotFoundError:
+            return None
+        self._fs.fsync_dir(self._dir)
+        return path + ".broken"
+
     def read(self, meta: SnapshotMeta) -> Snapshot:
         """The snapshot saved for ``meta``, verified (:class:`SnapshotError` if damaged,
         OSError if gone)."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import struct
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import uvloop
@@ -19,6 +21,25 @@ async def _until(predicate: object, timeout: float = 5.0) -> None:
     while not predicate():  # type: ignore[operator]
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def _pair(
+    on_frame: Callable[[int, int, bytes], None],
+) -> AsyncIterator[tuple[transport.PeerTransport, transport.PeerTransport]]:
+    """Members 1 and 2, both listening, 1 set up to send to 2 (frames to ``on_frame``);
+    both closed afterwards."""
+    a = transport.PeerTransport(1, "tok", lambda s, k, p: None)
+    b = transport.PeerTransport(2, "tok", on_frame)
+    url_a, url_b = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    await a.listen(url_a)
+    await b.listen(url_b)
+    a.set_peers({1: url_a, 2: url_b})
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
 
 
 def test_frames_arrive_in_order_after_the_peer_starts_late() -> None:
@@ -266,13 +287,7 @@ def test_a_payload_larger_than_a_frame_arrives_whole_and_in_order(
 
     async def scenario() -> None:
         got: list[tuple[int, bytes]] = []
-        a = transport.PeerTransport(1, "tok", lambda s, k, p: None)
-        b = transport.PeerTransport(2, "tok", lambda s, k, p: got.append((k, p)))
-        url_a, url_b = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-        await a.listen(url_a)
-        await b.listen(url_b)
-        a.set_peers({1: url_a, 2: url_b})
-        try:
+        async with _pair(lambda s, k, p: got.append((k, p))) as (a, b):
             a.send(2, transport.RAFT, b"hello?")
             await _until(lambda: 2 in a._writers and got)
             a.send(2, transport.RAFT, b"before")
@@ -287,9 +302,6 @@ def test_a_payload_larger_than_a_frame_arrives_whole_and_in_order(
             assert got[3] == (transport.CALL, exact)
             assert got[4:] == [(transport.RAFT, b"during %d" % i) for i in range(20)]
             assert a.sent_bytes[2] == b.received_bytes[1]
-        finally:
-            await a.close()
-            await b.close()
 
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
         runner.run(scenario())
@@ -361,13 +373,7 @@ def test_a_payload_in_parts_is_tracked_until_written_out(monkeypatch: pytest.Mon
     async def scenario() -> None:
         got: list[bytes] = []
         sent: list[str] = []
-        a = transport.PeerTransport(1, "tok", lambda s, k, p: None)
-        b = transport.PeerTransport(2, "tok", lambda s, k, p: got.append(p))
-        url_a, url_b = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-        await a.listen(url_a)
-        await b.listen(url_b)
-        a.set_peers({1: url_a, 2: url_b})
-        try:
+        async with _pair(lambda s, k, p: got.append(p)) as (a, b):
             a.send(2, transport.RAFT, b"hi")
             await _until(lambda: got == [b"hi"])
             assert not a.sending_large(2)
@@ -382,8 +388,5 @@ def test_a_payload_in_parts_is_tracked_until_written_out(monkeypatch: pytest.Mon
             a.send(2, transport.RAFT, [big], on_sent=lambda: sent.append("lost"))
             await _until(lambda: not a.sending_large(2))
             assert sent == ["one", "two"]
-        finally:
-            await a.close()
-            await b.close()
 
     asyncio.run(scenario())

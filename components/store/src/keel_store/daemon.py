@@ -45,6 +45,13 @@ log = logging.getLogger("keel_store")
 FLAGS: list[tuple[str, Any, str]] = [
     ("name", "default", "human-readable name for this member"),
     ("data-dir", "", "path to the data directory (default: ${name}.etcd)"),
+    ("wal-dir", "", "path to a dedicated WAL directory (default: <data-dir>/member/wal)"),
+    (
+        "max-snapshots",
+        2,
+        "snapshot files to keep, at least 1 (etcd: 5, 0 for unlimited); the WAL is kept"
+        " back to the oldest",
+    ),
     ("listen-client-urls", "http://localhost:2379", "URLs to listen on for client traffic"),
     ("advertise-client-urls", "http://localhost:2379", "client URLs told to the cluster"),
     ("listen-peer-urls", "http://localhost:2380", "URLs to listen on for peer traffic"),
@@ -198,9 +205,17 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     except ClusterConfigError as exc:
         raise FlagError(str(exc)) from None
     me.client_urls = [u.strip() for u in args.advertise_client_urls.split(",") if u.strip()]
+    if args.max_snapshots < 1:
+        raise FlagError(
+            f"--max-snapshots={args.max_snapshots}: keel-store keeps at least one snapshot"
+            " (the WAL is kept back to the oldest snapshot kept, so unlimited snapshots"
+            " would keep every WAL entry)"
+        )
     return NodeConfig(
         name=args.name,
         data_dir=Path(args.data_dir or f"{args.name}.etcd"),
+        wal_dir=Path(args.wal_dir) if args.wal_dir else None,
+        max_snapshots=args.max_snapshots,
         cluster=cluster,
         heartbeat_ms=args.heartbeat_interval,
         election_ms=args.election_timeout,

@@ -62,6 +62,18 @@ def test_node_config_defaults_and_errors(tmp_path: Path) -> None:
     assert daemon.node_config(args).token_provider is not None
 
 
+def test_wal_dir_and_max_snapshots(tmp_path: Path) -> None:
+    args = daemon.parse_args(
+        [f"--data-dir={tmp_path}/d", "--max-snapshots=4"], {"ETCD_WAL_DIR": f"{tmp_path}/w"}
+    )
+    config = daemon.node_config(args)
+    assert (config.wal_dir, config.max_snapshots) == (tmp_path / "w", 4)
+    defaults = daemon.node_config(daemon.parse_args([f"--data-dir={tmp_path}/d"], {}))
+    assert (defaults.wal_dir, defaults.max_snapshots) == (None, 2)
+    with pytest.raises(daemon.FlagError, match="--max-snapshots=0: keel-store keeps at least"):
+        daemon.node_config(daemon.parse_args(["--max-snapshots=0"], {}))
+
+
 def test_cluster_ids_are_stable_and_token_dependent() -> None:
     spec = "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3"
     one = Cluster(parse_initial_cluster(spec), "t1")

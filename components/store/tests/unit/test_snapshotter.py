@@ -364,6 +364,43 @@ def test_a_damaged_snapshot_file_is_set_aside_and_written_again(tmp_path: Path) 
     asyncio.run(scenario())
 
 
+def test_a_member_with_its_wal_elsewhere_keeps_max_snapshots(tmp_path: Path) -> None:
+    """``--wal-dir``: the WAL lives there and nowhere under the data directory, and a
+    restart recovers from it; ``--max-snapshots=3`` keeps three snapshot files."""
+    wal = tmp_path / "fast-disk" / "wal"
+    config = node_configs(
+        tmp_path, 1, "--snapshot-count=20", "--unsafe-no-fsync", f"--wal-dir={wal}",
+        "--max-snapshots=3",
+    )[0]  # fmt: skip
+
+    async def scenario() -> None:
+        node = StoreNode(config)
+        await node.start()
+        try:
+            for i in range(150):
+                await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"k%03d" % i, value=b"v"))
+                await until(lambda: node._snapshot_child is None)
+            assert node.disk_bytes() > sum(p.stat().st_size for p in wal.iterdir())
+            revision = node.sm.kv.revision
+        finally:
+            await node.stop()
+        segments = [p.name for p in wal.iterdir()]
+        assert segments
+        assert all(name.endswith(".wal") for name in segments), segments
+        assert not (tmp_path / "n0" / "member" / "wal").exists()
+        assert len(list((tmp_path / "n0" / "member" / "snap").glob("*.snap"))) == 3
+        again = StoreNode(config)
+        await again.start()
+        try:
+            await until(lambda: again.sm.kv.revision == revision)  # the log re-committed
+            got = again.sm.range(rpcpb.RangeRequest(key=b"k000", range_end=b"k\xff"))
+            assert got.count == 150
+        finally:
+            await again.stop()
+
+    asyncio.run(scenario())
+
+
 _ORPHAN_SCRIPT = """
 import asyncio, sys, time
 from keel_store.mvcc.store import StateMachine

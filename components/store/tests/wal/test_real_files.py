@@ -221,3 +221,24 @@ def test_a_failed_discard_is_logged_and_later_ones_still_run(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == ["could not remove old files"]
     assert caplog.records[0].directory == str(tmp_path / "no-such-dir")
     assert not (tmp_path / "old").exists()
+
+
+def test_a_wal_in_its_own_directory_is_opened_and_checked_there(tmp_path, capsys):
+    """``wal_dir`` (``--wal-dir``): the WAL lives there, the snapshots under the data
+    directory; reopening and the offline check (``--wal-dir``) find both."""
+    from keel_store.wal.__main__ import main
+    from keel_store.wal.storage import NodeStorage
+
+    data, wal = str(tmp_path / "node"), str(tmp_path / "other-disk" / "wal")
+    storage, _ = NodeStorage.open(OSFileSystem(), data, wal_dir=wal)
+    storage.save(entries(1, 20), HardState(2, 1, 15))
+    storage.save_snapshot(Snapshot(SnapshotMeta(15, 1), b"state"))
+    storage.close()
+    assert os.listdir(wal)
+    assert sorted(os.listdir(data)) == ["snap"]
+    _, restart = NodeStorage.open(OSFileSystem(), data, wal_dir=wal)
+    assert restart.snapshot is not None
+    assert [e.index for e in restart.entries] == list(range(16, 21))
+    assert main([data, f"--wal-dir={wal}"]) == 0
+    assert "5 entries after it, last index 20" in capsys.readouterr().out
+    assert main([data]) == 2  # no wal/ under the data directory

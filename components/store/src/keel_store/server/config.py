@@ -16,6 +16,10 @@ class NodeConfig:
     name: str
     data_dir: Path
     cluster: Cluster
+    wal_dir: Path | None = None
+    """``--wal-dir``: the WAL in a directory of its own (default ``<data-dir>/member/wal``)."""
+    max_snapshots: int = 2
+    """``--max-snapshots``: snapshot files kept (the WAL is kept back to the oldest)."""
     heartbeat_ms: int = 100
     election_ms: int = 1000
     snapshot_count: int = 100_000

@@ -158,8 +158,13 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         # Part 1's WAL and snapshot files, laid out like etcd's (<data-dir>/member/...).
         # Segments are preallocated as etcd does (64 MiB): an fdatasync that need not
         # also grow the file is ~30 us cheaper here (81 vs 115 us, measured).
+        wal_dir = self.config.wal_dir
         self.disk, recovered = NodeStorage.open(
-            OSFileSystem(), str(self.config.data_dir / "member"), preallocate=True
+            OSFileSystem(),
+            str(self.config.data_dir / "member"),
+            wal_dir=None if wal_dir is None else str(wal_dir),
+            keep_snapshots=self.config.max_snapshots,
+            preallocate=True,
         )
         snap = recovered.snapshot
         if snap is None:
@@ -255,7 +260,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     def disk_bytes(self) -> int:
         """Bytes of this member's WAL and snapshot files (``endpoint status`` DB size)."""
         total = 0
-        for path in (self.config.data_dir / "member").rglob("*"):
+        dirs = [self.config.data_dir / "member"]
+        if self.config.wal_dir is not None:
+            dirs.append(self.config.wal_dir)
+        for path in (p for d in dirs for p in d.rglob("*")):
             with contextlib.suppress(OSError):
                 if path.is_file():
                     total += path.stat().st_size

@@ -23,9 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     """Print a report on ``DATA_DIR/snap`` and ``DATA_DIR/wal``; see the module docs."""
     parser = argparse.ArgumentParser(prog="python -m keel_store.wal", description=__doc__)
     parser.add_argument("data_dir", help="the node's data directory (holding wal/ and snap/)")
+    parser.add_argument("--wal-dir", help="the WAL's own directory, if the member has one")
     args = parser.parse_args(argv)
     fs = OSFileSystem()
-    wal_dir = os.path.join(args.data_dir, "wal")
+    wal_dir = args.wal_dir or os.path.join(args.data_dir, "wal")
     snap_dir = os.path.join(args.data_dir, "snap")
     if not os.path.isdir(wal_dir):
         print(f"{wal_dir}: no such directory", file=sys.stderr)

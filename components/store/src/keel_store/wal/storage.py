@@ -53,21 +53,24 @@ class NodeStorage:
         fs: FileSystem,
         data_dir: str,
         *,
+        wal_dir: str | None = None,
         keep_snapshots: int = 2,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         preallocate: bool = False,
     ) -> tuple[NodeStorage, Restart]:
         """Open (or create) ``data_dir`` and recover: newest valid snapshot, then the WAL.
 
-        Raises :class:`~keel_store.wal.CorruptionError` if the WAL is damaged, or if it no
-        longer covers the gap after the newest snapshot that could be read.
+        ``wal_dir``: the WAL's own directory (etcd's ``--wal-dir``, e.g. on a faster
+        disk); default ``data_dir/wal``. Raises :class:`~keel_store.wal.CorruptionError`
+        if the WAL is damaged, or if it no longer covers the gap after the newest
+        snapshot that could be read.
         """
         if keep_snapshots < 1:
             raise ValueError("keep_snapshots must be at least 1")
         snapshots = SnapshotStore(fs, posixpath.join(data_dir, "snap"))
         snapshot = snapshots.load()
         wal, replay = WriteAheadLog.open(
-            fs, posixpath.join(data_dir, "wal"),
+            fs, wal_dir or posixpath.join(data_dir, "wal"),
             snapshot=snapshot.meta if snapshot else None,
             segment_bytes=segment_bytes, preallocate=preallocate,
         )  # fmt: skip

@@ -324,18 +324,30 @@ def _server(
     return server
 
 
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, like etcd's zap logger."""
+    """One JSON object per line, like etcd's zap logger: level, time, logger, message,
+    then the record's own fields (``extra=``: which file, which offset) and, for a
+    logged exception, its traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "level": record.levelname.lower(),
-                "ts": round(record.created, 3),
-                "logger": record.name,
-                "msg": record.getMessage(),
-            }
-        )
+        line: dict[str, object] = {
+            "level": record.levelname.lower(),
+            "ts": round(record.created, 3),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and key not in line:
+                line[key] = value
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
 
 
 async def serve(args: argparse.Namespace) -> int:

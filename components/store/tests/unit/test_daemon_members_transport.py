@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -135,3 +138,23 @@ def test_plugin_hooks() -> None:
     assert "keel-store.service" in contribution.units
     assert plugin.keel_image_contribution(ImageDefinition(name="keel", version="1")) is None
     assert plugin.keel_health_checks()[0].command.startswith("python3 -m keel_store.health")
+
+
+def test_json_log_lines_carry_the_records_fields_and_tracebacks() -> None:
+    formatter = daemon.JsonFormatter()
+    record = logging.LogRecord(
+        "keel_store.wal", logging.WARNING, "f.py", 1, "cutting %s", ("a torn tail",), None
+    )
+    record.__dict__.update({"path": "/data/member/wal/0.wal", "offset": 4096})
+    line = json.loads(formatter.format(record))
+    assert line["msg"] == "cutting a torn tail"
+    assert (line["level"], line["logger"]) == ("warning", "keel_store.wal")
+    assert (line["path"], line["offset"]) == ("/data/member/wal/0.wal", 4096)
+    assert "args" not in line
+    assert "error" not in line
+    try:
+        raise OSError(5, "Input/output error")
+    except OSError:
+        failed = logging.LogRecord("x", logging.ERROR, "f.py", 1, "sync", (), sys.exc_info())
+    line = json.loads(formatter.format(failed))
+    assert "OSError: [Errno 5] Input/output error" in line["error"]

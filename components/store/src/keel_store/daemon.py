@@ -87,7 +87,12 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("peer-client-cert-auth", False, "require peers to present certificates from the CA"),
     ("auth-token", "simple", "simple, or jwt,pub-key=PEM,priv-key=PEM,sign-method=RS256,ttl=5m"),
     ("log-level", "warn", "debug, info, warn or error"),
-    ("logger", "zap", "accepted for compatibility; logs are JSON lines on stderr"),
+    ("logger", "zap", "accepted for compatibility; logs are JSON lines"),
+    (
+        "log-outputs",
+        "default",
+        "where logs go, comma separated: stderr, stdout or file paths (default: stderr)",
+    ),
     ("enable-v2", False, "accepted for compatibility; the v2 API is not served"),
     ("unsafe-no-fsync", False, "do not fsync the log (tests only: loses data on crash)"),
 ]
@@ -397,6 +402,25 @@ async def serve(args: argparse.Namespace) -> int:
     return 1 if node.failure is not None else 0
 
 
+def log_handlers(outputs: str) -> list[logging.Handler]:
+    """``--log-outputs`` as etcd takes it: ``default`` or ``stderr``, ``stdout``, or
+    file paths (appended to), comma separated."""
+    handlers: list[logging.Handler] = []
+    for output in (o.strip() for o in outputs.split(",")):
+        if output in ("default", "stderr"):
+            handlers.append(logging.StreamHandler(sys.stderr))
+        elif output == "stdout":
+            handlers.append(logging.StreamHandler(sys.stdout))
+        elif output:
+            try:
+                handlers.append(logging.FileHandler(output))
+            except OSError as exc:
+                raise FlagError(f"--log-outputs: {output}: {exc.strerror}") from None
+    if not handlers:
+        raise FlagError(f"--log-outputs: {outputs!r} names no output")
+    return handlers
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     argv = sys.argv[1:] if argv is None else argv
@@ -407,13 +431,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.version:
             print(f"keel-store (etcd API {other_services.ETCD_VERSION})")
             return 0
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter())
+        handlers = log_handlers(args.log_outputs)
+        for handler in handlers:
+            handler.setFormatter(JsonFormatter())
         logging.basicConfig(
             level=args.log_level.upper().replace("WARN", "WARNING")
             if args.log_level.lower() != "warning"
             else "WARNING",
-            handlers=[handler],
+            handlers=handlers,
         )
         with asyncio.Runner(loop_factory=eventloop.loop_factory()) as runner:
             return runner.run(serve(args))

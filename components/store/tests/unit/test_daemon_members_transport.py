@@ -158,3 +158,17 @@ def test_json_log_lines_carry_the_records_fields_and_tracebacks() -> None:
         failed = logging.LogRecord("x", logging.ERROR, "f.py", 1, "sync", (), sys.exc_info())
     line = json.loads(formatter.format(failed))
     assert "OSError: [Errno 5] Input/output error" in line["error"]
+
+
+def test_log_outputs_as_etcd_takes_them(tmp_path: Path) -> None:
+    assert daemon.parse_args([], {}).log_outputs == "default"
+    handlers = daemon.log_handlers(f"stderr,stdout,{tmp_path}/keel.log")
+    streams = [getattr(h, "stream", None) for h in handlers[:2]]
+    assert streams == [sys.stderr, sys.stdout]
+    assert isinstance(handlers[2], logging.FileHandler)
+    handlers[2].close()
+    assert (tmp_path / "keel.log").exists()
+    with pytest.raises(daemon.FlagError, match=r"--log-outputs: /no/such/dir/x\.log: No such"):
+        daemon.log_handlers("/no/such/dir/x.log")
+    with pytest.raises(daemon.FlagError, match="names no output"):
+        daemon.log_handlers(" , ")

@@ -62,6 +62,12 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("initial-cluster-token", "etcd-cluster", "cluster token; peers with another are refused"),
     ("heartbeat-interval", 100, "time (ms) of a heartbeat interval"),
     ("election-timeout", 1000, "time (ms) for an election to timeout"),
+    (
+        "pre-vote",
+        True,
+        "campaign only after a pre-vote (etcd 3.4's default: false; keel-store's fast"
+        " failover needs it)",
+    ),
     ("snapshot-count", 100_000, "committed transactions between snapshots"),
     ("quota-backend-bytes", 0, "raise an alarm when the backend exceeds this (0: 2 GiB)"),
     ("auto-compaction-mode", "periodic", "periodic or revision"),
@@ -221,6 +227,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         data_dir=Path(args.data_dir or f"{args.name}.etcd"),
         wal_dir=Path(args.wal_dir) if args.wal_dir else None,
         max_snapshots=args.max_snapshots,
+        pre_vote=args.pre_vote,
         cluster=cluster,
         heartbeat_ms=args.heartbeat_interval,
         election_ms=args.election_timeout,

@@ -65,7 +65,7 @@ def test_node_config_defaults_and_errors(tmp_path: Path) -> None:
     assert daemon.node_config(args).token_provider is not None
 
 
-def test_wal_dir_and_max_snapshots(tmp_path: Path) -> None:
+def test_wal_dir_max_snapshots_and_pre_vote(tmp_path: Path) -> None:
     args = daemon.parse_args(
         [f"--data-dir={tmp_path}/d", "--max-snapshots=4"], {"ETCD_WAL_DIR": f"{tmp_path}/w"}
     )
@@ -73,6 +73,9 @@ def test_wal_dir_and_max_snapshots(tmp_path: Path) -> None:
     assert (config.wal_dir, config.max_snapshots) == (tmp_path / "w", 4)
     defaults = daemon.node_config(daemon.parse_args([f"--data-dir={tmp_path}/d"], {}))
     assert (defaults.wal_dir, defaults.max_snapshots) == (None, 2)
+    assert defaults.pre_vote is True
+    assert daemon.node_config(daemon.parse_args(["--pre-vote=false"], {})).pre_vote is False
+    assert daemon.node_config(daemon.parse_args([], {"ETCD_PRE_VOTE": "false"})).pre_vote is False
     with pytest.raises(daemon.FlagError, match="--max-snapshots=0: keel-store keeps at least"):
         daemon.node_config(daemon.parse_args(["--max-snapshots=0"], {}))
 

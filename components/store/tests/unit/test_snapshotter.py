@@ -366,17 +366,19 @@ def test_a_damaged_snapshot_file_is_set_aside_and_written_again(tmp_path: Path) 
 
 def test_a_member_with_its_wal_elsewhere_keeps_max_snapshots(tmp_path: Path) -> None:
     """``--wal-dir``: the WAL lives there and nowhere under the data directory, and a
-    restart recovers from it; ``--max-snapshots=3`` keeps three snapshot files."""
+    restart recovers from it; ``--max-snapshots=3`` keeps three snapshot files (and
+    ``--pre-vote=false`` reaches the Raft core)."""
     wal = tmp_path / "fast-disk" / "wal"
     config = node_configs(
         tmp_path, 1, "--snapshot-count=20", "--unsafe-no-fsync", f"--wal-dir={wal}",
-        "--max-snapshots=3",
+        "--max-snapshots=3", "--pre-vote=false",
     )[0]  # fmt: skip
 
     async def scenario() -> None:
         node = StoreNode(config)
         await node.start()
         try:
+            assert node.raft.config.pre_vote is False
             for i in range(150):
                 await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"k%03d" % i, value=b"v"))
                 await until(lambda: node._snapshot_child is None)

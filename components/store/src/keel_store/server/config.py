@@ -18,6 +18,10 @@ class NodeConfig:
     cluster: Cluster
     wal_dir: Path | None = None
     """``--wal-dir``: the WAL in a directory of its own (default ``<data-dir>/member/wal``)."""
+    pre_vote: bool = True
+    """``--pre-vote``: campaign only after a pre-vote a majority would grant (a member
+    cut off and back does not depose a working leader; early campaigns after a lost
+    leader connection need it)."""
     max_snapshots: int = 2
     """``--max-snapshots``: snapshot files kept (the WAL is kept back to the oldest)."""
     heartbeat_ms: int = 100

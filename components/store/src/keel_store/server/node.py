@@ -190,6 +190,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                 heartbeat_ticks=1,
                 applied=snap.meta.index,
                 rng=random.Random(self._rng.getrandbits(64)),
+                pre_vote=self.config.pre_vote,
             ),
             self.storage,
         )

@@ -201,11 +201,10 @@ class PeerTransport:
         self._senders: dict[int, asyncio.Task[None]] = {}
         self._writers: dict[int, asyncio.StreamWriter] = {}
         """Connected peers: a frame for an idle connection is written at once."""
-        self._writing_large: set[int] = set()
-        """Peers whose sender is writing a payload in parts: frames for them queue (one
-        written at once would land between two parts)."""
         self._large: dict[int, int] = {}
-        """Peer ID -> payloads in parts queued or being written to it."""
+        """Peer ID -> payloads in parts queued or being written to it. While there is
+        one, frames for that peer queue: one written at once could land between two
+        parts."""
         self._server: asyncio.Server | None = None
         self._inbound_conns: set[_Inbound] = set()
         """Connections peers opened to us (read by :class:`_Inbound`)."""
@@ -282,7 +281,7 @@ class PeerTransport:
         if (
             writer is not None
             and queue.empty()
-            and to not in self._writing_large
+            and not self._large.get(to)
             and not writer.is_closing()
         ):
             # Nothing queued before it (the sender writes what it takes from the queue
@@ -350,7 +349,6 @@ class PeerTransport:
                     queue.get_nowait()
                 self._large.pop(pid, None)  # dropped with the rest (or cut off mid-way)
             finally:
-                self._writing_large.discard(pid)
                 if watcher is not None:
                     watcher.cancel()
                 self._forget_writer(pid, writer)
@@ -361,29 +359,26 @@ class PeerTransport:
         self, pid: int, writer: asyncio.StreamWriter, items: list[bytes | _Large]
     ) -> None:
         """Write ``items`` in order, the large ones a part at a time, each taken by the
-        socket before the next is cut; nothing else is written to ``pid`` meanwhile."""
-        self._writing_large.add(pid)
-        try:
-            small: list[bytes] = []
-            for item in items:
-                if isinstance(item, bytes):
-                    small.append(item)
-                    continue
-                if small:
-                    writer.write(b"".join(small))
-                    small = []
-                for frame in item.frames():
-                    if writer.is_closing():
-                        raise ConnectionResetError(f"peer {pid:x} closed the connection")
-                    writer.write(frame)
-                    await writer.drain()
-                self._large[pid] = self._large.get(pid, 1) - 1
-                if item.on_sent is not None:
-                    item.on_sent()
+        socket before the next is cut; nothing else is written to ``pid`` meanwhile
+        (its count in ``_large`` holds :meth:`send` back until the last part is out)."""
+        small: list[bytes] = []
+        for item in items:
+            if isinstance(item, bytes):
+                small.append(item)
+                continue
             if small:
                 writer.write(b"".join(small))
-        finally:
-            self._writing_large.discard(pid)
+                small = []
+            for frame in item.frames():
+                if writer.is_closing():
+                    raise ConnectionResetError(f"peer {pid:x} closed the connection")
+                writer.write(frame)
+                await writer.drain()
+            self._large[pid] = self._large.get(pid, 1) - 1
+            if item.on_sent is not None:
+                item.on_sent()
+        if small:
+            writer.write(b"".join(small))
 
     async def _watch_closed(
         self,

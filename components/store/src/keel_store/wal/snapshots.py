@@ -16,6 +16,7 @@ next older one is tried.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import posixpath
 import re
@@ -119,16 +120,15 @@ class SnapshotStore:
     def _path(self, meta: SnapshotMeta) -> str:
         return posixpath.join(self._dir, snapshot_name(meta.index, meta.term))
 
-    def set_aside(self, meta: SnapshotMeta) -> str | None:
+    def set_aside(self, meta: SnapshotMeta) -> None:
         """Rename ``meta``'s file to ``.broken`` (found damaged; kept for inspection, as
-        :meth:`load` does), durably; its new name, or None if there was no such file."""
-        path = self._path(meta)
-        try:
-            self._fs.rename(path, path + ".broken")
-        except FileNotFoundError:
-            return None
+        :meth:`load` does), durably; nothing if there is no such file."""
+        with contextlib.suppress(FileNotFoundError):
+            self._set_aside(self._path(meta))
+
+    def _set_aside(self, path: str) -> None:
+        self._fs.rename(path, path + ".broken")
         self._fs.fsync_dir(self._dir)
-        return path + ".broken"
 
     def read(self, meta: SnapshotMeta) -> Snapshot:
         """The snapshot saved for ``meta``, verified (:class:`SnapshotError` if damaged,
@@ -148,8 +148,7 @@ class SnapshotStore:
                 return decode(self._fs.read(path), path)
             except SnapshotError as exc:
                 log.warning("skipping a damaged snapshot", extra={"error": str(exc)})
-                self._fs.rename(path, path + ".broken")
-                self._fs.fsync_dir(self._dir)
+                self._set_aside(path)
         return None
 
     def purge(self, keep: int = 2) -> list[str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from keel_core import systemd
-from keel_store import eventloop, snapshot_cli
+from keel_store import compat_flags, eventloop, snapshot_cli
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
@@ -51,6 +51,11 @@ FLAGS: list[tuple[str, Any, str]] = [
         2,
         "snapshot files to keep, at least 1 (etcd: 5, 0 for unlimited); the WAL is kept"
         " back to the oldest",
+    ),
+    (
+        "max-wals",
+        5,
+        "WAL files to keep once no snapshot needs them (0: unlimited; a needed one stays)",
     ),
     ("listen-client-urls", "http://localhost:2379", "URLs to listen on for client traffic"),
     ("advertise-client-urls", "http://localhost:2379", "client URLs told to the cluster"),
@@ -92,7 +97,16 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("peer-trusted-ca-file", "", "peer TLS trusted CA: peers' certificates must chain to it"),
     ("peer-client-cert-auth", False, "require peers to present certificates from the CA"),
     ("auth-token", "simple", "simple, or jwt,pub-key=PEM,priv-key=PEM,sign-method=RS256,ttl=5m"),
+    ("auth-token-ttl", 300, "seconds a simple auth token lives after its last use"),
+    ("bcrypt-cost", 10, "bcrypt work factor of password hashes (4 to 31)"),
+    ("metrics", "basic", "basic, or extensive to add gRPC handling-time histograms"),
+    (
+        "experimental-warning-apply-duration",
+        "100ms",
+        "log a warning when applying one entry takes longer than this",
+    ),
     ("log-level", "warn", "debug, info, warn or error"),
+    ("debug", False, "debug-level logging (etcd 3.4: deprecated for --log-level=debug)"),
     ("logger", "zap", "accepted for compatibility; logs are JSON lines"),
     (
         "log-outputs",
@@ -125,7 +139,7 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> argpar
         description="Keel's store: an etcd v3 compatible, Raft-replicated key-value store.",
     )
     parser.add_argument("--version", "-version", action="store_true", help="print version")
-    for name, default, help_text in FLAGS:
+    for name, default, help_text in [*FLAGS, *compat_flags.COMPAT_FLAGS]:
         env = "ETCD_" + name.upper().replace("-", "_")
         value: Any = default
         if env in environ:
@@ -205,7 +219,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         raise FlagError("--election-timeout: must be at least 5 times --heartbeat-interval")
     server_ssl, client_ssl = peer_tls(args)
     try:
-        token_provider = tokens.parse(args.auth_token)
+        token_provider = tokens.parse(args.auth_token, float(args.auth_token_ttl))
     except tokens.TokenSpecError as exc:
         raise FlagError(str(exc)) from None
     peer_url = _first(args.initial_advertise_peer_urls, "initial-advertise-peer-urls")
@@ -216,6 +230,23 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     except ClusterConfigError as exc:
         raise FlagError(str(exc)) from None
     me.client_urls = [u.strip() for u in args.advertise_client_urls.split(",") if u.strip()]
+    try:
+        ignored = compat_flags.check(args, go_duration)
+    except compat_flags.UnsupportedFlag as exc:
+        raise FlagError(str(exc)) from None
+    for warning in ignored:
+        log.warning(warning)
+    if args.max_wals < 0:
+        raise FlagError(f"--max-wals={args.max_wals}: must be 0 (unlimited) or more")
+    if args.auth_token_ttl <= 0:
+        raise FlagError(f"--auth-token-ttl={args.auth_token_ttl}: must be a positive number")
+    if not 4 <= args.bcrypt_cost <= 31:
+        raise FlagError(f"--bcrypt-cost={args.bcrypt_cost}: must be from 4 to 31 (bcrypt)")
+    if args.metrics not in ("basic", "extensive"):
+        raise FlagError(f"--metrics: {args.metrics!r} is not 'basic' or 'extensive'")
+    warn_apply = go_duration(
+        args.experimental_warning_apply_duration, "experimental-warning-apply-duration"
+    )
     if args.max_snapshots < 1:
         raise FlagError(
             f"--max-snapshots={args.max_snapshots}: keel-store keeps at least one snapshot"
@@ -227,6 +258,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         data_dir=Path(args.data_dir or f"{args.name}.etcd"),
         wal_dir=Path(args.wal_dir) if args.wal_dir else None,
         max_snapshots=args.max_snapshots,
+        max_wals=args.max_wals,
         pre_vote=args.pre_vote,
         cluster=cluster,
         heartbeat_ms=args.heartbeat_interval,
@@ -240,6 +272,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         peer_client_ssl=client_ssl,
         listen_peer_url=_first(args.listen_peer_urls, "listen-peer-urls"),
         token_provider=token_provider,
+        bcrypt_cost=args.bcrypt_cost,
+        warn_apply_seconds=warn_apply,
     )
 
 
@@ -376,7 +410,7 @@ async def serve(args: argparse.Namespace) -> int:
     gc_policy = GcPolicy()
     gc_policy.install()
     kv = kv_service.KVService(node, args.max_txn_ops)
-    grpc_stats = GrpcStats()
+    grpc_stats = GrpcStats(handling_time=args.metrics == "extensive")
     client_gateway = gateway.Gateway(node, kv, grpc_stats)
     server = _server(node, kv, args, grpc_stats, client_gateway)
     gateways: list[gateway.Gateway] = []
@@ -441,12 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         handlers = log_handlers(args.log_outputs)
         for handler in handlers:
             handler.setFormatter(JsonFormatter())
-        logging.basicConfig(
-            level=args.log_level.upper().replace("WARN", "WARNING")
-            if args.log_level.lower() != "warning"
-            else "WARNING",
-            handlers=handlers,
-        )
+        level = args.log_level.upper().replace("WARN", "WARNING")
+        if args.log_level.lower() == "warning":
+            level = "WARNING"
+        logging.basicConfig(level="DEBUG" if args.debug else level, handlers=handlers)
         with asyncio.Runner(loop_factory=eventloop.loop_factory()) as runner:
             return runner.run(serve(args))
     except (FlagError, eventloop.EventLoopChoiceError) as exc:

@@ -1,11 +1,12 @@
 """The Auth service: users, roles, permissions, tokens (etcd 3.4's RPCs and errors).
 
-Changes go through the log with passwords already hashed here (bcrypt, etcd's cost
-10), so every member stores the same hash. ``Authenticate`` checks the password on the
-member that receives it and hands out a member-local token, like etcd's "simple"
-tokens, or a JWT with ``--auth-token jwt,...`` (``keel_store.server.tokens``); clients
-send it as ``token`` metadata. Administration needs the root role once
-authentication is enabled.
+Changes go through the log with passwords already hashed here (bcrypt at
+``--bcrypt-cost``, etcd's default 10), so every member stores the same hash.
+``Authenticate`` checks the password on the member that receives it and hands out a
+member-local token, like etcd's "simple" tokens (expiring ``--auth-token-ttl`` seconds
+after their last use), or a JWT with ``--auth-token jwt,...``
+(``keel_store.server.tokens``); clients send it as ``token`` metadata. Administration
+needs the root role once authentication is enabled.
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.kv_service import Headers, auth_user, guarded, require_root
 from keel_store.server.node import StoreNode
 
-BCRYPT_COST = 10
 
-
-def _hash(password: str) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
+def _hash(password: str, cost: int) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
 
 
 class AuthService(rpcgrpc.AuthServicer):  # type: ignore[misc]
@@ -82,7 +81,7 @@ class AuthService(rpcgrpc.AuthServicer):  # type: ignore[misc]
         req.CopyFrom(request)
         if not req.options.no_password:
             req.password = await asyncio.get_running_loop().run_in_executor(
-                None, _hash, request.password
+                None, _hash, request.password, self.node.config.bcrypt_cost
             )
         return await self._change(Kind.USER_ADD, req, context)
 
@@ -90,7 +89,7 @@ class AuthService(rpcgrpc.AuthServicer):  # type: ignore[misc]
     async def UserChangePassword(self, request: Any, context: Any) -> Any:
         req = rpcpb.AuthUserChangePasswordRequest(name=request.name)
         req.password = await asyncio.get_running_loop().run_in_executor(
-            None, _hash, request.password
+            None, _hash, request.password, self.node.config.bcrypt_cost
         )
         return await self._change(Kind.USER_CHANGE_PASSWORD, req, context)
 

@@ -24,6 +24,8 @@ class NodeConfig:
     leader connection need it)."""
     max_snapshots: int = 2
     """``--max-snapshots``: snapshot files kept (the WAL is kept back to the oldest)."""
+    max_wals: int = 5
+    """``--max-wals``: WAL segments kept when no longer needed (0: all of them)."""
     heartbeat_ms: int = 100
     election_ms: int = 1000
     snapshot_count: int = 100_000
@@ -42,6 +44,10 @@ class NodeConfig:
     """ssl.SSLContext for dialing peers (peer TLS), or None."""
     token_provider: Any = None
     """``--auth-token``: a :class:`~keel_store.server.tokens.TokenProvider` (None: simple)."""
+    bcrypt_cost: int = 10
+    warn_apply_seconds: float = 0.1
+    """``--experimental-warning-apply-duration``: log an entry whose apply took longer."""
+    """``--bcrypt-cost``: the work factor of password hashes (4-31, etcd's default 10)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -7,16 +7,26 @@ code), and the request deserializer and response serializer count the bytes of
 every message (``etcd_network_client_grpc_{received,sent}_bytes_total``, which etcd
 counts in its codec). No interceptor (they add a task per call in grpc.aio) and no
 lock: everything runs on the event loop, a count is an attribute increment.
+
+With ``--metrics=extensive`` (``GrpcStats(handling_time=True)``) each call's time from
+its start to its handler's end also goes into ``grpc_server_handling_seconds``, as
+etcd turns on go-grpc-prometheus's handling-time histogram.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+
+from keel_store.server.stats import Histogram
+
+HANDLING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Prometheus's default buckets, which go-grpc-prometheus's histogram uses."""
 
 CODE_NAMES: dict[int, str] = {
     grpc.StatusCode.OK.value[0]: "OK",
@@ -50,14 +60,17 @@ _TYPES = {
 class MethodStats:
     """Calls of one method: started, and handled per ``grpc_code`` (all pre-set to 0)."""
 
-    __slots__ = ("handled", "method", "service", "started", "type")
+    __slots__ = ("handled", "handling", "method", "service", "started", "type")
 
-    def __init__(self, service: str, method: str, grpc_type: str) -> None:
+    def __init__(
+        self, service: str, method: str, grpc_type: str, handling_time: bool = False
+    ) -> None:
         self.service = service
         self.method = method
         self.type = grpc_type
         self.started = 0
         self.handled = dict.fromkeys(CODE_NAMES.values(), 0)
+        self.handling = Histogram(HANDLING_BUCKETS) if handling_time else None
 
     def failed(self, context: Any, exc: BaseException) -> None:
         if isinstance(exc, asyncio.CancelledError):
@@ -73,10 +86,12 @@ class MethodStats:
 class GrpcStats:
     """Bytes through the codec, and per-method call counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, handling_time: bool = False) -> None:
         self.sent_bytes = 0
         self.received_bytes = 0
         self.methods: list[MethodStats] = []
+        self.handling_time = handling_time
+        """``--metrics=extensive``: also time every call."""
 
     def deserializer(self, inner: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
         def deserialize(data: bytes) -> Any:
@@ -95,6 +110,8 @@ class GrpcStats:
 
 
 def _count_call(behavior: Callable[..., Any], m: MethodStats) -> Callable[..., Any]:
+    if m.handling is not None:
+        return _time_call(behavior, m, m.handling)
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
@@ -135,6 +152,58 @@ def _count_call(behavior: Callable[..., Any], m: MethodStats) -> Callable[..., A
     return plain
 
 
+def _time_call(behavior: Callable[..., Any], m: MethodStats, h: Histogram) -> Callable[..., Any]:
+    """As :func:`_count_call`, and every call's handling time observed in ``h``."""
+    clock = time.perf_counter
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            m.started += 1
+            start = clock()
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except BaseException as exc:
+                m.failed(context, exc)
+                h.observe(clock() - start)
+                raise
+            m.handled["OK"] += 1
+            h.observe(clock() - start)
+
+        return stream
+    if inspect.iscoroutinefunction(behavior):
+
+        async def call(request: Any, context: Any) -> Any:
+            m.started += 1
+            start = clock()
+            try:
+                response = await behavior(request, context)
+            except BaseException as exc:
+                m.failed(context, exc)
+                h.observe(clock() - start)
+                raise
+            m.handled["OK"] += 1
+            h.observe(clock() - start)
+            return response
+
+        return call
+
+    def plain(request: Any, context: Any) -> Any:
+        m.started += 1
+        start = clock()
+        try:
+            response = behavior(request, context)
+        except BaseException as exc:
+            m.failed(context, exc)
+            h.observe(clock() - start)
+            raise
+        m.handled["OK"] += 1
+        h.observe(clock() - start)
+        return response
+
+    return plain
+
+
 class instrument:
     """Stands in for a grpc server while the generated code registers a service."""
 
@@ -148,7 +217,12 @@ class instrument:
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         wrapped = {}
         for method, h in sorted(handlers.items()):
-            m = MethodStats(service, method, _TYPES[(h.request_streaming, h.response_streaming)])
+            m = MethodStats(
+                service,
+                method,
+                _TYPES[(h.request_streaming, h.response_streaming)],
+                self.stats.handling_time,
+            )
             self.stats.methods.append(m)
             kind = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")[
                 2 * h.request_streaming + h.response_streaming

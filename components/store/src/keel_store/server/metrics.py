@@ -213,18 +213,27 @@ def network_families(node: StoreNode, grpc_stats: GrpcStats | None) -> list[Fami
         "counter",
         "Total number of RPCs completed on the server, regardless of success or failure.",
     )
+    handling = Family(
+        "grpc_server_handling_seconds",
+        "histogram",
+        "Histogram of response latency (seconds) of gRPC that had been application-level"
+        " handled by the server.",
+    )
     streams = 0
     for m in sorted(grpc_stats.methods, key=lambda m: (m.method, m.service)):
         labels = (("grpc_method", m.method), ("grpc_service", m.service), ("grpc_type", m.type))
         started.add(m.started, labels)
         for code, n in sorted(m.handled.items()):
             handled.add(n, (("grpc_code", code), *labels))
+        if m.handling is not None:
+            handling.add_histogram(m.handling, labels)
         if (m.service, m.method) == ("etcdserverpb.Watch", "Watch"):
             streams = m.started - sum(m.handled.values())
     watch_streams = _gauge(
         "etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams.", streams
     )
-    return [*out, started, handled, watch_streams]
+    timed = [handling] if grpc_stats.handling_time else []
+    return [*out, started, handled, *timed, watch_streams]
 
 
 def exposition(node: StoreNode, grpc_stats: GrpcStats | None = None) -> bytes:

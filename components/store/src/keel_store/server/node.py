@@ -164,6 +164,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             str(self.config.data_dir / "member"),
             wal_dir=None if wal_dir is None else str(wal_dir),
             keep_snapshots=self.config.max_snapshots,
+            max_wals=self.config.max_wals or None,
             preallocate=True,
         )
         snap = recovered.snapshot
@@ -446,14 +447,35 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             # electing a new leader (heartbeats from inside the apply,
             # _keep_peers, cover only ranged deletes and their watchers).
             self.outbox.flush()
+        clock, warn = time.perf_counter, self.config.warn_apply_seconds
         for entry in rd.committed_entries:
+            started = clock()
             self._apply(entry.index, entry.data if entry.type == 0 else b"")
+            if clock() - started > warn:
+                self._slow_apply(entry.index, entry.data, clock() - started)
         self.raft.advance(rd)
         for rs in rd.read_states:
             self._read_ready(rs)
         self._maybe_snapshot()
         if self._compact_to >= self.storage.first_index():
             self._compact_some()
+
+    def _slow_apply(self, index: int, data: bytes, took: float) -> None:
+        """etcd's "apply request took too long" (``--experimental-warning-apply-duration``)."""
+        try:
+            request = commands.Kind(data[0]).name.lower() if data else "raft entry"
+        except ValueError:
+            request = "unknown command"
+        log.warning(
+            "apply request took too long",
+            extra={
+                "took": f"{took * 1000:.1f}ms",
+                "expected-duration": f"{self.config.warn_apply_seconds * 1000:.1f}ms",
+                "index": index,
+                "request": request,
+                "request-bytes": len(data),
+            },
+        )
 
     def _new_soft_state(self, soft: SoftState) -> None:
         leader_now = soft.role is Role.LEADER

@@ -51,21 +51,54 @@ class TokenProvider(Protocol):
         ...
 
 
-class SimpleTokens:
-    """etcd's default: opaque random tokens kept in this member's memory."""
+DEFAULT_SIMPLE_TTL = 300.0
+"""etcd's ``--auth-token-ttl``: a simple token unused for five minutes expires."""
 
-    def __init__(self) -> None:
+
+class SimpleTokens:
+    """etcd's default: opaque random tokens kept in this member's memory.
+
+    A token lives ``ttl`` seconds past its last use (etcd's ``simpleTokenTTLKeeper``
+    resets the deadline on every check); expired tokens are swept at most once a
+    second when a token is issued, so a member authenticating a client per command
+    (etcdctl does) does not grow without bound.
+    """
+
+    def __init__(self, ttl: float = DEFAULT_SIMPLE_TTL, clock: Any = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
         self._users: dict[str, str] = {}
+        self._deadlines: dict[str, float] = {}
         self._counter = itertools.count(1)
+        self._swept = clock()
+
+    def __len__(self) -> int:
+        return len(self._users)
 
     def assign(self, user: str, revision: int) -> str:
+        now = self._clock()
+        if now - self._swept >= 1.0:
+            self._sweep(now)
         token = f"{secrets.token_urlsafe(12)}.{next(self._counter)}"
         self._users[token] = user
+        self._deadlines[token] = now + self.ttl
         return token
 
     def info(self, token: str) -> tuple[str, int | None] | None:
         user = self._users.get(token)
-        return None if user is None else (user, None)
+        if user is None:
+            return None
+        now = self._clock()
+        if now > self._deadlines[token]:
+            del self._users[token], self._deadlines[token]
+            return None
+        self._deadlines[token] = now + self.ttl
+        return user, None
+
+    def _sweep(self, now: float) -> None:
+        self._swept = now
+        for token in [t for t, deadline in self._deadlines.items() if now > deadline]:
+            del self._users[token], self._deadlines[token]
 
 
 class JwtTokens:
@@ -134,11 +167,12 @@ def _load_key(option: str, path: str, method: str, private: bool) -> Any:
         ) from None
 
 
-def parse(spec: str) -> TokenProvider:
-    """A provider from etcd's ``--auth-token`` value (``simple`` or ``jwt,k=v,...``)."""
+def parse(spec: str, simple_ttl: float = DEFAULT_SIMPLE_TTL) -> TokenProvider:
+    """A provider from etcd's ``--auth-token`` value (``simple`` or ``jwt,k=v,...``);
+    ``simple_ttl`` is ``--auth-token-ttl`` (seconds), which only simple tokens use."""
     kind, *options = [part.strip() for part in spec.split(",")]
     if kind == "simple" and not options:
-        return SimpleTokens()
+        return SimpleTokens(simple_ttl)
     if kind != "jwt":
         raise TokenSpecError(f"--auth-token: {kind!r} is not 'simple' or 'jwt,...'")
     opts: dict[str, str] = {}

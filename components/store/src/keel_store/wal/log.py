@@ -233,9 +233,10 @@ class WriteAheadLog:
         self.append(entries, hard_state)
         self.sync()
 
-    def compact(self, index: int) -> int:
+    def compact(self, index: int, keep: int = 1) -> int:
         """Delete segments that hold only entries up to ``index``, which a synced snapshot
-        marker must cover (the files go in the background: ``FileSystem.discard``).
+        marker must cover (the files go in the background: ``FileSystem.discard``), the
+        oldest first, while more than ``keep`` segments are left (etcd's ``--max-wals``).
         Returns how many segments were dropped."""
         self._check()
         if index > self._synced_snapshot.index:
@@ -250,6 +251,7 @@ class WriteAheadLog:
             first = next(rest, None)
             if (self._last_index if first is None else first - 1) <= index:
                 removable = k
+        removable = min(removable, max(0, len(self._segments) - keep))
         if removable:
             self._fs.discard(self._dir, [s.name for s in self._segments[:removable]])
             del self._segments[:removable]

@@ -39,13 +39,19 @@ class NodeStorage:
     """The durable state of one Raft node."""
 
     def __init__(
-        self, fs: FileSystem, wal: WriteAheadLog, snapshots: SnapshotStore, keep_snapshots: int
+        self,
+        fs: FileSystem,
+        wal: WriteAheadLog,
+        snapshots: SnapshotStore,
+        keep_snapshots: int,
+        max_wals: int | None = 1,
     ) -> None:
         self._fs = fs
         self.wal = wal
         """The log itself, e.g. to hand to a GroupCommitter (then use only that)."""
         self.snapshots = snapshots
         self._keep = keep_snapshots
+        self._max_wals = max_wals
 
     @classmethod
     def open(
@@ -55,6 +61,7 @@ class NodeStorage:
         *,
         wal_dir: str | None = None,
         keep_snapshots: int = 2,
+        max_wals: int | None = 1,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         preallocate: bool = False,
     ) -> tuple[NodeStorage, Restart]:
@@ -64,6 +71,10 @@ class NodeStorage:
         disk); default ``data_dir/wal``. Raises :class:`~keel_store.wal.CorruptionError`
         if the WAL is damaged, or if it no longer covers the gap after the newest
         snapshot that could be read.
+
+        ``max_wals``: WAL segments left when older ones are no longer needed (etcd's
+        ``--max-wals``; a segment the oldest kept snapshot does not cover always stays);
+        None keeps every segment (etcd's ``--max-wals=0``).
         """
         if keep_snapshots < 1:
             raise ValueError("keep_snapshots must be at least 1")
@@ -75,7 +86,7 @@ class NodeStorage:
             segment_bytes=segment_bytes, preallocate=preallocate,
         )  # fmt: skip
         restart = Restart(snapshot, replay.hard_state, replay.entries, replay.torn_bytes)
-        return cls(fs, wal, snapshots, keep_snapshots), restart
+        return cls(fs, wal, snapshots, keep_snapshots, max_wals), restart
 
     def append(self, entries: Sequence[Entry] = (), hard_state: HardState | None = None) -> None:
         """Queue a Ready's entries and hard state; :meth:`sync` makes them durable (e.g. in a
@@ -110,7 +121,8 @@ class NodeStorage:
         self.snapshots.purge(self._keep)
         # The newest ``keep`` names: older ones may still be listed while being removed.
         oldest_kept = self.snapshots.names()[-self._keep :][0]
-        self.wal.compact(int(oldest_kept.split("-", 1)[0], 16))
+        if self._max_wals is not None:
+            self.wal.compact(int(oldest_kept.split("-", 1)[0], 16), self._max_wals)
 
     def close(self) -> None:
         """Sync and close the WAL; wait for old files still being removed."""

@@ -45,9 +45,9 @@ COMPAT_FLAGS: list[tuple[str, Any, str]] = [
         "ignored: the v2 API is not served (neither is its v3 emulation)",
     ),
     (
-        "experimental-enable-lease-checkpoint",
+        "experimental-enable-lease-checkpoint-persist",
         False,
-        "ignored: a new leader gives every lease its full TTL again (etcd's default)",
+        "ignored: checkpointed lease TTLs are kept in memory only (etcd 3.4's default)",
     ),
     (
         "experimental-initial-corrupt-check",
@@ -78,7 +78,7 @@ _IGNORED_WHEN_SET = (
     "log-package-levels",
     "enable-pprof",
     "experimental-enable-v2v3",
-    "experimental-enable-lease-checkpoint",
+    "experimental-enable-lease-checkpoint-persist",
     "experimental-initial-corrupt-check",
     "experimental-corrupt-check-time",
 )

@@ -82,6 +82,17 @@ FLAGS: list[tuple[str, Any, str]] = [
         "10m",
         "how often watches created with progress_notify hear the current revision",
     ),
+    (
+        "experimental-enable-lease-checkpoint",
+        False,
+        "the leader records long leases' remaining TTL in the log, so a new leader does"
+        " not give them their full TTL again",
+    ),
+    (
+        "experimental-lease-checkpoint-interval",
+        "5m",
+        "keel-store's own: how often a lease is checkpointed (etcd: always 5m)",
+    ),
     ("max-txn-ops", validate.DEFAULT_MAX_TXN_OPS, "maximum operations in one txn"),
     (
         "max-request-bytes",
@@ -244,6 +255,11 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         raise FlagError(f"--bcrypt-cost={args.bcrypt_cost}: must be from 4 to 31 (bcrypt)")
     if args.metrics not in ("basic", "extensive"):
         raise FlagError(f"--metrics: {args.metrics!r} is not 'basic' or 'extensive'")
+    checkpoints = go_duration(
+        args.experimental_lease_checkpoint_interval, "experimental-lease-checkpoint-interval"
+    )
+    if checkpoints <= 0:
+        raise FlagError("--experimental-lease-checkpoint-interval: must be positive")
     warn_apply = go_duration(
         args.experimental_warning_apply_duration, "experimental-warning-apply-duration"
     )
@@ -274,6 +290,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         token_provider=token_provider,
         bcrypt_cost=args.bcrypt_cost,
         warn_apply_seconds=warn_apply,
+        lease_checkpoint_interval=checkpoints if args.experimental_enable_lease_checkpoint else 0,
     )
 
 

@@ -45,6 +45,9 @@ class NodeConfig:
     token_provider: Any = None
     """``--auth-token``: a :class:`~keel_store.server.tokens.TokenProvider` (None: simple)."""
     bcrypt_cost: int = 10
+    lease_checkpoint_interval: float = 0.0
+    """Seconds between checkpoints of a long lease's remaining TTL (0: none; etcd's
+    ``--experimental-enable-lease-checkpoint`` checkpoints every 300 s)."""
     warn_apply_seconds: float = 0.1
     """``--experimental-warning-apply-duration``: log an entry whose apply took longer."""
     """``--bcrypt-cost``: the work factor of password hashes (4-31, etcd's default 10)."""

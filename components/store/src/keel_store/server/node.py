@@ -96,7 +96,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.sm.kv.busy = self._keep_peers
         self._next_keepalive = 0.0
         self.sm.listeners.append(self.hub.notify)
-        self.lessor = Lessor()
+        self.lessor = Lessor(config.lease_checkpoint_interval)
         self.raft: RaftNode
         self.transport = transport.PeerTransport(self.member_id, self.cluster.token, self._on_frame)
         self.transport.on_frames_done = self._on_frames_done
@@ -237,9 +237,9 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.sm.kv.busy = self._keep_peers
         self.hub.rebind(self.sm.kv)
         now = time.monotonic()
-        self.lessor = Lessor()
+        self.lessor = Lessor(self.config.lease_checkpoint_interval)
         for lease in self.sm.leases.values():
-            self.lessor.grant(lease.id, lease.ttl, now)
+            self.lessor.grant(lease.id, lease.ttl, now, self.is_leader)
 
     # --- facts for the API ---------------------------------------------------------------
 
@@ -304,6 +304,30 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                     req = commands.encode(Kind.LEASE_REVOKE, 0, _lease_revoke(lease_id))
                     with contextlib.suppress(ProposalDroppedError):
                         self.raft.propose(req)
+            due = self.lessor.due_checkpoints(now)
+            if due:
+                self._propose_checkpoints(due, now)
+
+    def _propose_checkpoints(self, due: list[tuple[int, int]], now: float) -> None:
+        """The leader's clock of long leases into the log (etcd's lease checkpoints)."""
+        try:
+            self.raft.propose(commands.encode(Kind.LEASE_CHECKPOINT, 0, _lease_checkpoint(due)))
+        except ProposalDroppedError:
+            for lease_id, _ in due:
+                self.lessor.reschedule(lease_id, now)
+
+    def _renew(self, lease_id: int) -> int | None:
+        """A keep-alive on the leader; a checkpointed remaining TTL is cleared on every
+        member (through the log), else a later leader would cut the renewed lease short."""
+        now = time.monotonic()
+        if self.lessor.checkpointed(lease_id):
+            clear = _lease_checkpoint([(lease_id, 0)])
+            with contextlib.suppress(ProposalDroppedError):
+                self.raft.propose(commands.encode(Kind.LEASE_CHECKPOINT, 0, clear))
+        ttl = self.lessor.renew(lease_id, now)
+        if ttl:
+            self.stats.leases_renewed += 1
+        return ttl
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -557,13 +581,16 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             if kind in (Kind.MEMBER_ADD, Kind.MEMBER_REMOVE, Kind.MEMBER_UPDATE):
                 self._refresh_peers()
             if kind == Kind.LEASE_GRANT:
-                self.lessor.grant(result.ID, result.TTL, now)
+                self.lessor.grant(result.ID, result.TTL, now, self.is_leader)
                 self.stats.leases_granted += 1
             elif kind == Kind.LEASE_REVOKE:
                 self.stats.leases_revoked += 1
                 lease_id = commands.decode(data)[2].ID
                 self.lessor.forget(lease_id)
                 self._revoking.discard(lease_id)
+            elif kind == Kind.LEASE_CHECKPOINT:
+                for cp in result.checkpoints:
+                    self.lessor.checkpoint(cp.ID, cp.remaining_TTL, now, self.is_leader)
         fut = self._waiters.pop(request_id, None)
         if fut is not None and not fut.done():
             if isinstance(result, EtcdError):
@@ -786,10 +813,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     async def keep_alive(self, lease_id: int) -> int:
         """Renew a lease on the leader; returns its TTL, or 0 if it does not exist."""
         if self.is_leader:
-            ttl = self.lessor.renew(lease_id, time.monotonic())
-            if ttl:
-                self.stats.leases_renewed += 1
-            return ttl or 0
+            return self._renew(lease_id) or 0
         reply = await self._leader_call(CALL_KEEPALIVE, struct.pack(">q", lease_id))
         return int(struct.unpack(">q", reply)[0])
 
@@ -861,9 +885,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             self._submit(lambda: self._remote_read_index(ctx, 20))
         elif call == CALL_KEEPALIVE:
             (lease_id,) = struct.unpack(">q", body)
-            ttl = self.lessor.renew(lease_id, time.monotonic()) if self.is_leader else None
-            if ttl:
-                self.stats.leases_renewed += 1
+            ttl = self._renew(lease_id) if self.is_leader else None
             reply(struct.pack(">q", ttl or 0))
         elif call == CALL_TTL:
             (lease_id,) = struct.unpack(">q", body)
@@ -882,6 +904,14 @@ def _lease_revoke(lease_id: int) -> PbMessage:
     from keel_store.pb import rpcpb  # noqa: PLC0415 - keep the loop module light
 
     return rpcpb.LeaseRevokeRequest(ID=lease_id)
+
+
+def _lease_checkpoint(remaining: list[tuple[int, int]]) -> PbMessage:
+    from keel_store.pb import rpcpb  # noqa: PLC0415 - keep the loop module light
+
+    return rpcpb.LeaseCheckpointRequest(
+        checkpoints=[rpcpb.LeaseCheckpoint(ID=i, remaining_TTL=left) for i, left in remaining]
+    )
 
 
 __all__ = ["NodeConfig", "StoreNode"]

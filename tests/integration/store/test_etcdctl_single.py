@@ -263,3 +263,15 @@ def test_bad_input_keeps_daemon_up(keel1) -> None:
     r = etcdctl(ep, "txn", input="\n" + txn + "\n\n", check=False)
     assert "too many operations in txn request" in r.stderr
     assert etcdctl(ep, "put", "still", "up").stdout.strip() == "OK"
+
+
+@pytest.mark.parametrize("binary", ["etcd", "keel"])
+def test_a_request_over_max_request_bytes_is_refused_by_the_server(make_cluster, binary) -> None:
+    """Under gRPC's limit (max-request-bytes + 512 KiB) but over max-request-bytes: the
+    server refuses it with etcd's error, and the member stays up."""
+    ep = make_cluster(1, binary).members[0].endpoint
+    r = etcdctl(ep, "put", "big", input="x" * (1600 * 1024), check=False)
+    assert r.returncode != 0
+    assert "etcdserver: request is too large" in r.stderr, r.stderr
+    assert etcdctl(ep, "get", "big", "--print-value-only").stdout == ""
+    assert etcdctl(ep, "put", "small", input="x" * (1500 * 1024)).stdout.strip() == "OK"

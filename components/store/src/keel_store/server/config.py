@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keel_store.mvcc.validate import DEFAULT_MAX_REQUEST_BYTES
 from keel_store.server.members import Cluster
 
 
@@ -45,6 +46,8 @@ class NodeConfig:
     token_provider: Any = None
     """``--auth-token``: a :class:`~keel_store.server.tokens.TokenProvider` (None: simple)."""
     bcrypt_cost: int = 10
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    """``--max-request-bytes``: a larger proposal is refused ("request is too large")."""
     lease_checkpoint_interval: float = 0.0
     """Seconds between checkpoints of a long lease's remaining TTL (0: none; etcd's
     ``--experimental-enable-lease-checkpoint`` checkpoints every 300 s)."""

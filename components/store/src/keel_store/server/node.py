@@ -726,6 +726,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         coroutine's task resumed (one or two turns of the loop later)."""
         request_id = self._new_request_id()
         data = commands.encode(kind, request_id, request)
+        if len(data) > self.config.max_request_bytes:
+            raise errors.REQUEST_TOO_LARGE  # etcd checks the raft request it would propose
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._waiters[request_id] = fut

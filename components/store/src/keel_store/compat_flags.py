@@ -22,7 +22,13 @@ COMPAT_FLAGS: list[tuple[str, Any, str]] = [
         "",
         "ignored (etcd 3.4's capnslog per-package levels); use --log-level",
     ),
+    ("log-output", "", "deprecated in etcd 3.4: --log-outputs, used when that is not given"),
     ("enable-pprof", False, "ignored: no Go profiler (profile keel-store with py-spy)"),
+    (
+        "enable-grpc-gateway",
+        True,
+        "ignored when false: the JSON gateway (/v3/...) is always served",
+    ),
     (
         "backend-batch-interval",
         "0s",
@@ -77,6 +83,7 @@ COMPAT_FLAGS: list[tuple[str, Any, str]] = [
 _IGNORED_WHEN_SET = (
     "log-package-levels",
     "enable-pprof",
+    "enable-grpc-gateway",
     "experimental-enable-v2v3",
     "experimental-enable-lease-checkpoint-persist",
     "experimental-initial-corrupt-check",
@@ -133,7 +140,8 @@ def check(args: argparse.Namespace, duration: Any) -> list[str]:
     warnings = []
     for name in _IGNORED_WHEN_SET:
         value = _value(args, name)
-        if value != _default(name) and value not in ("", "0", "0s", False):
-            help_text = next(h for flag, _, h in COMPAT_FLAGS if flag == name)
-            warnings.append(f"--{name}={value}: {help_text}")
+        if value == _default(name) or value in ("", "0", "0ns", "0s"):
+            continue
+        help_text = next(h for flag, _, h in COMPAT_FLAGS if flag == name)
+        warnings.append(f"--{name}={value}: {help_text}")
     return warnings

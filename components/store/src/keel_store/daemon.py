@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from keel_core import systemd
-from keel_store import compat_flags, eventloop, snapshot_cli
+from keel_store import compat_flags, config_file, eventloop, snapshot_cli
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
@@ -43,6 +43,12 @@ from keel_store.server.transport import host_port
 log = logging.getLogger("keel_store")
 
 FLAGS: list[tuple[str, Any, str]] = [
+    (
+        "config-file",
+        "",
+        "YAML file of etcd's settings (keys named like the flags); other flags and"
+        " ETCD_* variables are then ignored",
+    ),
     ("name", "default", "human-readable name for this member"),
     ("data-dir", "", "path to the data directory (default: ${name}.etcd)"),
     ("wal-dir", "", "path to a dedicated WAL directory (default: <data-dir>/member/wal)"),
@@ -141,9 +147,53 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
+DURATION_FLAGS = frozenset(
+    {
+        "backend-batch-interval",
+        "experimental-corrupt-check-time",
+        "experimental-lease-checkpoint-interval",
+        "experimental-watch-progress-notify-interval",
+        "experimental-warning-apply-duration",
+        "grpc-keepalive-interval",
+        "grpc-keepalive-min-time",
+        "grpc-keepalive-timeout",
+    }
+)
+"""Flags whose values are Go durations (a number of nanoseconds in a config file)."""
+
+
 def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> argparse.Namespace:
-    """etcd-style flags, with ``ETCD_*`` environment variables as defaults."""
-    environ = dict(os.environ if environ is None else environ)
+    """etcd-style flags, with ``ETCD_*`` environment variables as defaults; with
+    ``--config-file`` (or ``ETCD_CONFIG_FILE``) the file's settings instead, as etcd
+    then ignores the other flags and the environment (``args.config_notes`` says what
+    was ignored)."""
+    args = _parse_flags(argv, dict(os.environ if environ is None else environ))
+    path = args.config_file or (os.environ if environ is None else environ).get(
+        "ETCD_CONFIG_FILE", ""
+    )
+    if not path:
+        args.config_notes = []
+        return args
+    defaults = _parse_flags([], {})
+    flags = {name: default for name, default, _ in [*FLAGS, *compat_flags.COMPAT_FLAGS]}
+    try:
+        values, notes = config_file.load(path, flags, DURATION_FLAGS)
+    except config_file.ConfigFileError as exc:
+        raise FlagError(str(exc)) from None
+    for name, value in values.items():
+        setattr(defaults, name.replace("-", "_"), value)
+    defaults.config_file = path
+    defaults.version = args.version
+    given = sorted(
+        {a.split("=", 1)[0] for a in argv if a.startswith("-")} - {"--config-file", "-config-file"}
+    )
+    if given:
+        notes.append(f"{path} is used: {', '.join(given)} on the command line ignored")
+    defaults.config_notes = notes
+    return defaults
+
+
+def _parse_flags(argv: list[str], environ: dict[str, str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="keel-store",
         allow_abbrev=False,
@@ -245,7 +295,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         ignored = compat_flags.check(args, go_duration)
     except compat_flags.UnsupportedFlag as exc:
         raise FlagError(str(exc)) from None
-    for warning in ignored:
+    for warning in [*getattr(args, "config_notes", ()), *ignored]:
         log.warning(warning)
     if args.max_wals < 0:
         raise FlagError(f"--max-wals={args.max_wals}: must be 0 (unlimited) or more")
@@ -289,6 +339,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         listen_peer_url=_first(args.listen_peer_urls, "listen-peer-urls"),
         token_provider=token_provider,
         bcrypt_cost=args.bcrypt_cost,
+        max_request_bytes=args.max_request_bytes,
         warn_apply_seconds=warn_apply,
         lease_checkpoint_interval=checkpoints if args.experimental_enable_lease_checkpoint else 0,
     )
@@ -489,7 +540,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.version:
             print(f"keel-store (etcd API {other_services.ETCD_VERSION})")
             return 0
-        handlers = log_handlers(args.log_outputs)
+        outputs = args.log_outputs
+        if outputs == "default" and args.log_output:  # etcd 3.4's deprecated spelling
+            outputs = args.log_output
+        handlers = log_handlers(outputs)
         for handler in handlers:
             handler.setFormatter(JsonFormatter())
         level = args.log_level.upper().replace("WARN", "WARNING")

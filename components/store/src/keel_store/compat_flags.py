@@ -55,17 +55,6 @@ COMPAT_FLAGS: list[tuple[str, Any, str]] = [
         False,
         "ignored: checkpointed lease TTLs are kept in memory only (etcd 3.4's default)",
     ),
-    (
-        "experimental-initial-corrupt-check",
-        False,
-        "ignored: members' key space hashes are not compared at start (etcdctl endpoint"
-        " hashkv compares them)",
-    ),
-    (
-        "experimental-corrupt-check-time",
-        "0s",
-        "ignored: members' key space hashes are not compared periodically",
-    ),
     ("proxy", "off", "off only: keel-store has no v2 proxy mode"),
     ("proxy-failure-wait", 5000, "no effect without --proxy (ms)"),
     ("proxy-refresh-interval", 30000, "no effect without --proxy (ms)"),
@@ -86,11 +75,9 @@ _IGNORED_WHEN_SET = (
     "enable-grpc-gateway",
     "experimental-enable-v2v3",
     "experimental-enable-lease-checkpoint-persist",
-    "experimental-initial-corrupt-check",
-    "experimental-corrupt-check-time",
 )
 
-_DURATIONS = ("backend-batch-interval", "experimental-corrupt-check-time")
+_DURATIONS = ("backend-batch-interval",)
 
 
 class UnsupportedFlag(ValueError):

@@ -32,7 +32,14 @@ from keel_store import compat_flags, config_file, eventloop, snapshot_cli
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
-from keel_store.server import auth_service, gateway, kv_service, other_services, tokens
+from keel_store.server import (
+    auth_service,
+    corruption,
+    gateway,
+    kv_service,
+    other_services,
+    tokens,
+)
 from keel_store.server.gc_policy import GcPolicy
 from keel_store.server.grpc_metrics import GrpcStats, instrument
 from keel_store.server.grpc_server import GrpcServer, server_ssl_context
@@ -98,6 +105,18 @@ FLAGS: list[tuple[str, Any, str]] = [
         "experimental-lease-checkpoint-interval",
         "5m",
         "keel-store's own: how often a lease is checkpointed (etcd: always 5m)",
+    ),
+    (
+        "experimental-initial-corrupt-check",
+        False,
+        "before serving, compare this member's key space hash with its peers' and refuse"
+        " to start on a difference",
+    ),
+    (
+        "experimental-corrupt-check-time",
+        "0s",
+        "how often the leader compares key space hashes (0s: never); a difference raises"
+        " the CORRUPT alarm",
     ),
     ("max-txn-ops", validate.DEFAULT_MAX_TXN_OPS, "maximum operations in one txn"),
     (
@@ -310,6 +329,11 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     )
     if checkpoints <= 0:
         raise FlagError("--experimental-lease-checkpoint-interval: must be positive")
+    progress = args.experimental_watch_progress_notify_interval
+    if go_duration(progress, "experimental-watch-progress-notify-interval") <= 0:
+        raise FlagError("--experimental-watch-progress-notify-interval: must be positive")
+    if go_duration(args.experimental_corrupt_check_time, "experimental-corrupt-check-time") < 0:
+        raise FlagError("--experimental-corrupt-check-time: must not be negative")
     warn_apply = go_duration(
         args.experimental_warning_apply_duration, "experimental-warning-apply-duration"
     )
@@ -346,23 +370,29 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
 
 
 def go_duration(text: str, flag: str) -> float:
-    """Seconds in a Go duration like ``10m``, ``1.5s``, ``500ms`` or ``1h30m``."""
-    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    """Seconds in a Go duration like ``10m``, ``1.5s``, ``500ms``, ``1h30m``, ``-2s`` or
+    ``0`` (what Go's ``time.ParseDuration`` takes)."""
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0}
+    units |= {"m": 60.0, "h": 3600.0}
+    body = text[1:] if text[:1] in ("-", "+") else text
+    if body == "0":
+        return 0.0
     total, number, pos = 0.0, "", 0
-    while pos < len(text):
-        ch = text[pos]
+    while pos < len(body):
+        ch = body[pos]
         if ch.isdigit() or ch == ".":
             number += ch
             pos += 1
             continue
-        unit = next((u for u in ("ns", "us", "ms", "h", "m", "s") if text.startswith(u, pos)), None)
-        if unit is None or not number:
+        unit = next((u for u in units if len(u) == 2 and body.startswith(u, pos)), None)
+        unit = unit or next((u for u in ("h", "m", "s") if body.startswith(u, pos)), None)
+        if unit is None or not number or number == ".":
             raise FlagError(f"--{flag}: {text!r} is not a duration (like 10m, 1s, 500ms)")
         total += float(number) * units[unit]
         number, pos = "", pos + len(unit)
-    if number or not text:
+    if number or not body:
         raise FlagError(f"--{flag}: {text!r} is not a duration (like 10m, 1s, 500ms)")
-    return total
+    return -total if text.startswith("-") else total
 
 
 def _retention_seconds(text: str, mode: str) -> float:
@@ -472,6 +502,13 @@ async def serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     node.on_failure = lambda _: stop.set()
     await node.start()
+    if args.experimental_initial_corrupt_check:
+        try:
+            await corruption.initial_check(node)
+        except corruption.CorruptionError as exc:
+            log.error("the member stops: %s", exc)
+            await node.stop()
+            return 1
     # After recovery: the imported modules and the recovered state leave the collected
     # generations, so full collections do not stop the loop to scan the key space
     # (keel_store.server.gc_policy). Process-wide, hence here and not in StoreNode.
@@ -497,6 +534,11 @@ async def serve(args: argparse.Namespace) -> int:
     retention = _retention_seconds(args.auto_compaction_retention, args.auto_compaction_mode)
     if retention > 0:
         tasks.append(asyncio.create_task(auto_compact(node, args.auto_compaction_mode, retention)))
+    check_every = go_duration(
+        args.experimental_corrupt_check_time, "experimental-corrupt-check-time"
+    )
+    if check_every > 0:
+        tasks.append(asyncio.create_task(corruption.monitor(node, check_every)))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

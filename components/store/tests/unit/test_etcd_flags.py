@@ -103,7 +103,7 @@ def test_ignored_flags_are_logged_only_when_set(caplog: Any) -> None:
     args = daemon.parse_args(
         [
             "--enable-pprof",
-            "--experimental-initial-corrupt-check=true",
+            "--enable-grpc-gateway=false",
             "--log-package-levels=etcdserver=DEBUG",
             "--backend-batch-limit=500",  # no effect either way: not logged
             "--experimental-enable-v2v3=/v2",
@@ -114,13 +114,13 @@ def test_ignored_flags_are_logged_only_when_set(caplog: Any) -> None:
         daemon.node_config(args)
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "--enable-pprof=True: ignored: no Go profiler" in logged
-    assert "--experimental-initial-corrupt-check=True" in logged
+    assert "--enable-grpc-gateway=False: ignored when false" in logged
     assert "--log-package-levels=etcdserver=DEBUG" in logged
     assert "--experimental-enable-v2v3=/v2" in logged
     assert "backend-batch-limit" not in logged
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="keel_store"):
-        daemon.node_config(daemon.parse_args(["--experimental-corrupt-check-time=0s"], {}))
+        daemon.node_config(daemon.parse_args(["--backend-batch-interval=0"], {}))
     assert caplog.records == []
 
 

@@ -83,6 +83,11 @@ AUTH_KINDS = {k for k in Kind if Kind.AUTH_ENABLE <= k <= Kind.ROLE_REVOKE_PERMI
 """Kinds that change users, roles or whether authentication is enabled."""
 
 
+_CORRUPT_REFUSES = frozenset(
+    {Kind.PUT, Kind.DELETE_RANGE, Kind.TXN, Kind.COMPACT, Kind.LEASE_GRANT, Kind.LEASE_REVOKE}
+)
+
+
 def encode(kind: Kind, request_id: int, request: Message) -> bytes:
     """The entry data for ``request``."""
     payload: bytes = request.SerializeToString()
@@ -144,6 +149,11 @@ def apply(sm: StateMachine, index: int, data: bytes) -> tuple[int, Any]:
     if not data:
         return 0, None
     kind, request_id, req = decode(data)
+    if kind in _CORRUPT_REFUSES and sm.corrupt:
+        # A member's key space differed from the leader's (the corruption check):
+        # every member refuses writes alike until the alarm is disarmed (etcd's
+        # applierV3Corrupt). Reads are served.
+        return request_id, errors.CORRUPT
     if sm.no_space and (
         kind in (Kind.PUT, Kind.LEASE_GRANT) or (kind is Kind.TXN and txn_writes(req))
     ):

@@ -342,6 +342,11 @@ class StateMachine:
         return resp
 
     @property
+    def corrupt(self) -> bool:
+        """A CORRUPT alarm is raised: writes are refused until it is disarmed."""
+        return bool(self.alarms) and any(kind == rpcpb.CORRUPT for _, kind in self.alarms)
+
+    @property
     def no_space(self) -> bool:
         return bool(self.alarms) and any(kind == rpcpb.NOSPACE for _, kind in self.alarms)
 

@@ -47,6 +47,7 @@ from keel_store.raft import (
 from keel_store.server import transport
 from keel_store.server.calls import (
     _CALL,
+    CALL_HASHKV,
     CALL_KEEPALIVE,
     CALL_LEARNER_READY,
     CALL_PROPOSE,
@@ -800,17 +801,46 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         leader = self.raft.leader
         if leader == 0:
             raise errors.NO_LEADER
+        return await self._call(leader, kind, payload)
+
+    async def _call(
+        self, to: int, kind: int, payload: bytes, timeout: float | None = None
+    ) -> bytes:
+        """Ask member ``to`` over the peer transport; its reply's bytes (or TIMEOUT
+        after ``timeout``, default the request timeout)."""
         self._next_id += 1
         call_id = self._next_id
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = fut
-        self.transport.send(leader, transport.CALL, _CALL.pack(call_id, kind) + payload)
+        self.transport.send(to, transport.CALL, _CALL.pack(call_id, kind) + payload)
         try:
-            return await asyncio.wait_for(fut, self.config.request_timeout)
+            return await asyncio.wait_for(fut, timeout or self.config.request_timeout)
         except TimeoutError:
             raise errors.TIMEOUT from None
         finally:
             self._calls.pop(call_id, None)
+
+    def hash_kv(self, revision: int = 0) -> tuple[int, int, int]:
+        """(hash, revision, compact revision) of this member's key space at ``revision``
+        (0: the current one), as Maintenance.HashKV computes it; raises COMPACTED or
+        FUTURE_REV."""
+        kv = self.sm.kv
+        if 0 < revision <= kv.compact_revision:
+            raise errors.COMPACTED  # etcd: the compact revision itself cannot be hashed
+        at = kv.check_revision(revision)
+        return snapshot.hash_kv(self.sm, at), at, kv.compact_revision
+
+    async def peer_hash_kv(
+        self, peer: int, revision: int, timeout: float | None = None
+    ) -> tuple[int, int, int]:
+        """(hash at ``revision``, the peer's current revision, its compact revision),
+        asked of ``peer``; raises its COMPACTED or FUTURE_REV, or TIMEOUT."""
+        reply = await self._call(peer, CALL_HASHKV, struct.pack(">q", revision), timeout)
+        if reply[:1] == b"\x01":
+            raise errors.FUTURE_REV
+        if reply[:1] == b"\x02":
+            raise errors.COMPACTED
+        return _HASH_REPLY.unpack_from(reply, 1)
 
     async def keep_alive(self, lease_id: int) -> int:
         """Renew a lease on the leader; returns its TTL, or 0 if it does not exist."""
@@ -895,6 +925,18 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         elif call == CALL_LEARNER_READY:
             (member,) = struct.unpack(">Q", body)
             reply(b"\x01" if not self.is_leader or self.learner_in_sync(member) else b"\x00")
+        elif call == CALL_HASHKV:
+            (revision,) = struct.unpack(">q", body)
+            try:
+                value, _, compact = self.hash_kv(revision)
+            except EtcdError as exc:
+                reply(b"\x01" if exc is errors.FUTURE_REV else b"\x02")
+                return
+            reply(b"\x00" + _HASH_REPLY.pack(value, self.sm.kv.revision, compact))
+
+
+_HASH_REPLY = struct.Struct(">Iqq")
+"""CALL_HASHKV's answer after a status byte: hash, current revision, compact revision."""
 
 
 def _time_out(fut: asyncio.Future[Any]) -> None:

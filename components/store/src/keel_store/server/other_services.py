@@ -229,13 +229,8 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
     @guarded
     async def HashKV(self, request: Any, context: Any) -> Any:
         require_root(self.node, context)
-        kv = self.node.sm.kv
-        if 0 < request.revision <= kv.compact_revision:
-            raise errors.COMPACTED  # etcd: the compact revision itself cannot be hashed
-        revision = kv.check_revision(request.revision)
-        resp = rpcpb.HashKVResponse(
-            hash=snapshot.hash_kv(self.node.sm, revision), compact_revision=kv.compact_revision
-        )
+        value, _, compact = self.node.hash_kv(request.revision)
+        resp = rpcpb.HashKVResponse(hash=value, compact_revision=compact)
         self.headers.fill(resp.header)  # the current revision, as etcd answers
         return resp
 

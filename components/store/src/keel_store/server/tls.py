@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,10 +247,25 @@ def refused(transport: Any) -> bool:
     reason = policy.refusal(ssl_object.getpeercert(binary_form=True), authenticated=authenticated)
     if reason is None:
         return False
-    log.warning(
-        "rejected connection: %s",
-        reason,
-        extra={"side": policy.side, "remote": str(transport.get_extra_info("peername"))},
-    )
+    now = time.monotonic()
+    last, count = _logged.get((policy.side, reason), (-LOG_EVERY, 0))
+    if now - last >= LOG_EVERY:  # a refused peer redials every few ms: not a line each time
+        log.warning(
+            "rejected connection: %s",
+            reason,
+            extra={
+                "side": policy.side,
+                "remote": str(transport.get_extra_info("peername")),
+                "rejected_since_last_line": count,
+            },
+        )
+        _logged[(policy.side, reason)] = (now, 0)
+    else:
+        _logged[(policy.side, reason)] = (last, count + 1)
     transport.abort()
     return True
+
+
+LOG_EVERY = 5.0
+"""Seconds between two log lines for the same refusal."""
+_logged: dict[tuple[str, str], tuple[float, int]] = {}

@@ -326,6 +326,7 @@ class PeerTransport:
                         host, port, ssl=self.client_ssl, server_hostname=host
                     )
                     if tls.refused(writer.transport):  # --peer-cert-allowed-cn/hostname
+                        await asyncio.sleep(1.0)  # not fixed by retrying at once
                         raise ConnectionRefusedError(f"peer {pid:x}: certificate refused")
                 else:
                     reader, writer = await asyncio.open_connection(host, port)

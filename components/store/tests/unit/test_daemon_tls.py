@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -356,7 +357,15 @@ async def _served(context: ssl.SSLContext, client: ssl.SSLContext) -> bool:
         await server.stop()
 
 
-def test_client_port_refuses_revoked_and_not_allowed_certificates(pki: PKI) -> None:
+LOOPS = pytest.mark.parametrize(
+    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+
+
+@LOOPS
+def test_client_port_refuses_revoked_and_not_allowed_certificates(
+    pki: PKI, new_loop: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
     cert, key = pki.issue("server", 2)
     alice, mallory = pki.issue("alice", 20, ["alice.example"]), pki.issue("mallory", 21)
     flags = [f"--cert-file={cert}", f"--key-file={key}", f"--trusted-ca-file={pki.ca}"]
@@ -365,7 +374,8 @@ def test_client_port_refuses_revoked_and_not_allowed_certificates(pki: PKI) -> N
     def served(extra: list[str], who: tuple[str, str]) -> bool:
         context = daemon.client_tls(_client_args(*flags, "--client-cert-auth", *extra))  # type: ignore[arg-type]
         assert context is not None
-        return asyncio.run(_served(context, _client_context(pki, who)))
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            return runner.run(_served(context, _client_context(pki, who)))
 
     assert served([], mallory), "no CRL: served"
     assert not served([f"--client-crl-file={crl}"], mallory)
@@ -374,9 +384,13 @@ def test_client_port_refuses_revoked_and_not_allowed_certificates(pki: PKI) -> N
     assert not served(["--client-cert-allowed-hostname=alice.example"], mallory)
 
 
-def test_peer_transport_refuses_a_peer_without_the_allowed_cn(pki: PKI) -> None:
+@LOOPS
+def test_peer_transport_refuses_a_peer_without_the_allowed_cn_or_revoked(
+    pki: PKI, new_loop: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
     good = pki.issue("etcd-peer", 30)
     intruder = pki.issue("intruder", 31)
+    crl = pki.crl([31])
 
     def contexts(cert: tuple[str, str], *extra: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         args = daemon.parse_args(
@@ -415,9 +429,12 @@ def test_peer_transport_refuses_a_peer_without_the_allowed_cn(pki: PKI) -> None:
             await a.close()
             await b.close()
 
-    allowed: Callable[[tuple[str, str]], bool] = lambda cert: asyncio.run(  # noqa: E731
-        delivered(cert, ["--peer-cert-allowed-cn=etcd-peer"])
-    )
-    assert allowed(good)
-    assert not allowed(intruder)
-    assert asyncio.run(delivered(intruder, [])), "without the flag the CA is enough"
+    def run(cert: tuple[str, str], *b_extra: str) -> bool:
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            return runner.run(delivered(cert, list(b_extra)))
+
+    assert run(good, "--peer-cert-allowed-cn=etcd-peer")
+    assert not run(intruder, "--peer-cert-allowed-cn=etcd-peer")
+    assert run(intruder), "without the flags the CA is enough"
+    assert not run(intruder, f"--peer-crl-file={crl}")
+    assert run(good, f"--peer-crl-file={crl}")

@@ -310,6 +310,14 @@ def _warn_ignored(args: argparse.Namespace, auto_flag: str, flags: tuple[str, ..
         )
 
 
+def _warn_unasked(args: argparse.Namespace, auth_flag: str, flags: tuple[str, ...]) -> None:
+    given = [f"--{f}" for f in flags if getattr(args, f.replace("-", "_"))]
+    if given and not getattr(args, auth_flag.replace("-", "_")):
+        log.warning(
+            "%s: no effect without --%s (no certificate is asked for)", ", ".join(given), auth_flag
+        )
+
+
 def client_tls(args: argparse.Namespace) -> tls.PolicyContext | None:
     """The client port's SSL context from ``--cert-file`` ... ``--auto-tls`` (None: no
     TLS); FlagError for a bad flag or file, before anything is served."""
@@ -347,6 +355,7 @@ def client_tls(args: argparse.Namespace) -> tls.PolicyContext | None:
         _check_files(args, "cert_file", "key_file", "trusted_ca_file", "client_crl_file")
         policy = _policy("client", args, "client-crl-file", "", args.client_cert_allowed_hostname)
         ca, cert_auth = args.trusted_ca_file, bool(args.client_cert_auth)
+        _warn_unasked(args, "client-cert-auth", ("client-crl-file", "client-cert-allowed-hostname"))
     context = tls.PolicyContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     _load_chain(context, cert, key, ("cert-file", "key-file"))
@@ -411,6 +420,7 @@ def peer_tls(
             client.load_default_certs()
         if args.peer_client_cert_auth:
             server.verify_mode = ssl.CERT_REQUIRED
+        _warn_unasked(args, "peer-client-cert-auth", ("peer-crl-file",))
     _restrict([server, client], ciphers, args.cipher_suites)
     return server, client
 

@@ -438,3 +438,20 @@ def test_peer_transport_refuses_a_peer_without_the_allowed_cn_or_revoked(
     assert run(intruder), "without the flags the CA is enough"
     assert not run(intruder, f"--peer-crl-file={crl}")
     assert run(good, f"--peer-crl-file={crl}")
+
+
+def test_flags_without_effect_are_warned_about(
+    pki: PKI, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    cert, key = pki.issue("server", 2)
+    crl = pki.crl([])
+    with caplog.at_level("WARNING", logger="keel_store"):
+        daemon.client_tls(
+            _client_args(f"--cert-file={cert}", f"--key-file={key}", f"--client-crl-file={crl}")  # type: ignore[arg-type]
+        )
+        daemon.client_tls(
+            _client_args(f"--data-dir={tmp_path}", "--auto-tls", "--client-cert-auth")  # type: ignore[arg-type]
+        )
+    messages = [r.getMessage() for r in caplog.records]
+    assert "--client-crl-file: no effect without --client-cert-auth" in messages[0]
+    assert "--auto-tls: ignoring --client-cert-auth" in messages[1]

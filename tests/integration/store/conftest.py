@@ -111,13 +111,15 @@ class TLSFiles:
             "-out",
             str(self.ca),
         )
-        self.cert, self.key = self._issue("server", "subjectAltName=IP:127.0.0.1")
-        self.client_cert, self.client_key = self._issue("client", "extendedKeyUsage=clientAuth")
+        self.cert, self.key = self.issue("server", "subjectAltName=IP:127.0.0.1")
+        self.client_cert, self.client_key = self.issue("client", "extendedKeyUsage=clientAuth")
 
     def _openssl(self, *args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
-    def _issue(self, name: str, ext: str) -> tuple[Path, Path]:
+    def issue(self, name: str, ext: str) -> tuple[Path, Path]:
+        """A certificate and key signed by the CA, CN ``name``, with ``ext`` (openssl
+        extension lines, newline separated)."""
         key, csr, crt = (self.dir / f"{name}.{s}" for s in ("key", "csr", "crt"))
         extfile = self.dir / f"{name}.ext"
         extfile.write_text(ext + "\n")
@@ -248,10 +250,14 @@ class Cluster:
         extra: list[str] | None = None,
         proxied: bool = False,
         tls: TLSFiles | None = None,
+        scheme: str | None = None,
+        ctl: list[str] | None = None,
     ) -> None:
+        """``scheme``: of the client and peer URLs (default: https with ``tls``);
+        ``ctl``: etcdctl's TLS flags (default: from ``tls``)."""
         self.members: list[Proc] = []
-        self.ctl: list[str] = tls.etcdctl_args() if tls else []
-        scheme = "https" if tls else "http"
+        self.ctl: list[str] = ctl if ctl is not None else tls.etcdctl_args() if tls else []
+        scheme = scheme or ("https" if tls else "http")
         self.proxies: list[PeerProxy] = []
         peers = [(f"m{i}", f"{scheme}://127.0.0.1:{free_port()}") for i in range(n)]
         initial = ",".join(f"{name}={url}" for name, url in peers)

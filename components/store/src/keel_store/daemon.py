@@ -3,7 +3,8 @@
 Someone who runs etcd can swap the binary name: ``--name``, ``--data-dir``, the
 client and peer URL flags, ``--initial-cluster*``, the Raft timing flags,
 ``--snapshot-count``, ``--quota-backend-bytes``, ``--auto-compaction-*`` and the client
-TLS flags mean what they mean for etcd 3.4. As with etcd, every flag can also come
+and peer TLS flags (auto TLS, CRLs, allowed CN/hostname, cipher suites) mean what they
+mean for etcd 3.4. As with etcd, every flag can also come
 from the environment (``--initial-cluster-token`` from ``ETCD_INITIAL_CLUSTER_TOKEN``);
 a flag on the command line wins. Flags may be spelt with one dash or two.
 
@@ -38,11 +39,12 @@ from keel_store.server import (
     gateway,
     kv_service,
     other_services,
+    tls,
     tokens,
 )
 from keel_store.server.gc_policy import GcPolicy
 from keel_store.server.grpc_metrics import GrpcStats, instrument
-from keel_store.server.grpc_server import GrpcServer, server_ssl_context
+from keel_store.server.grpc_server import GrpcServer
 from keel_store.server.members import Cluster, ClusterConfigError, parse_initial_cluster
 from keel_store.server.node import NodeConfig, StoreNode
 from keel_store.server.transport import host_port
@@ -128,10 +130,60 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("key-file", "", "client server TLS key"),
     ("trusted-ca-file", "", "client server TLS trusted CA certificate"),
     ("client-cert-auth", False, "require client certificates signed by the trusted CA"),
+    (
+        "client-crl-file",
+        "",
+        "PEM or DER CRL: client certificates it revokes are refused (read again when it changes)",
+    ),
+    (
+        "client-cert-allowed-hostname",
+        "",
+        "with --client-cert-auth, client certificates must be valid for this name or IP (SAN)",
+    ),
+    (
+        "auto-tls",
+        False,
+        "client TLS with a generated self-signed certificate (<data-dir>/fixtures/client) if"
+        " --cert-file/--key-file are not given; client certificates are then not checked",
+    ),
     ("peer-cert-file", "", "peer TLS certificate (used to serve and to dial peers)"),
     ("peer-key-file", "", "peer TLS key"),
     ("peer-trusted-ca-file", "", "peer TLS trusted CA: peers' certificates must chain to it"),
     ("peer-client-cert-auth", False, "require peers to present certificates from the CA"),
+    (
+        "peer-crl-file",
+        "",
+        "PEM or DER CRL: peer certificates it revokes are refused (read again when it changes)",
+    ),
+    (
+        "peer-cert-allowed-cn",
+        "",
+        "peer certificates (of peers dialing in, with --peer-client-cert-auth, and of peers"
+        " dialed) must have this CN",
+    ),
+    (
+        "peer-cert-allowed-hostname",
+        "",
+        "peer certificates (as for --peer-cert-allowed-cn) must be valid for this name or IP",
+    ),
+    (
+        "peer-auto-tls",
+        False,
+        "peer TLS with a generated self-signed certificate (<data-dir>/fixtures/peer) if"
+        " --peer-cert-file/--peer-key-file are not given; peers' certificates are not checked",
+    ),
+    (
+        "cipher-suites",
+        "",
+        "comma-separated Go names of the TLS 1.2 cipher suites offered, client and peer"
+        " (e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256); TLS 1.3 suites are not restricted",
+    ),
+    (
+        "experimental-peer-skip-client-san-verification",
+        False,
+        "accepted for compatibility: keel-store never checks a peer's client certificate SAN"
+        " against the peer's address (etcd does unless this is set)",
+    ),
     ("auth-token", "simple", "simple, or jwt,pub-key=PEM,priv-key=PEM,sign-method=RS256,ttl=5m"),
     ("auth-token-ttl", 300, "seconds a simple auth token lives after its last use"),
     ("bcrypt-cost", 10, "bcrypt work factor of password hashes (4 to 31)"),
@@ -266,26 +318,205 @@ def _first(urls: str, flag: str) -> str:
     return first
 
 
-def peer_tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
-    """(server, client) SSL contexts for the peer transport from the ``--peer-*`` flags."""
-    if not (args.peer_cert_file or args.peer_key_file or args.peer_trusted_ca_file):
-        return None, None
-    if not (args.peer_cert_file and args.peer_key_file):
-        raise FlagError("--peer-cert-file and --peer-key-file: give both for peer TLS")
-    for flag in ("peer_cert_file", "peer_key_file", "peer_trusted_ca_file"):
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or f"{args.name}.etcd")
+
+
+def _urls(text: str) -> list[str]:
+    return [u.strip() for u in text.split(",") if u.strip()]
+
+
+def _check_files(args: argparse.Namespace, *flags: str) -> None:
+    for flag in flags:
         path = getattr(args, flag)
         if path and not Path(path).is_file():
             raise FlagError(f"--{flag.replace('_', '-')}: {path}: no such file")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(args.peer_cert_file, args.peer_key_file)
-    client = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=args.peer_trusted_ca_file or None
-    )
-    client.load_cert_chain(args.peer_cert_file, args.peer_key_file)
-    if args.peer_trusted_ca_file:
-        server.load_verify_locations(args.peer_trusted_ca_file)
-    if args.peer_client_cert_auth:
-        server.verify_mode = ssl.CERT_REQUIRED
+
+
+def _ciphers(args: argparse.Namespace) -> list[str] | None:
+    """OpenSSL names for ``--cipher-suites`` (None: not given)."""
+    if not args.cipher_suites:
+        return None
+    try:
+        return tls.openssl_ciphers(args.cipher_suites)
+    except ValueError as exc:
+        raise FlagError(f"--cipher-suites={args.cipher_suites}: {exc}") from None
+
+
+def _restrict(contexts: list[ssl.SSLContext], ciphers: list[str] | None, flags: str) -> None:
+    if ciphers is None:
+        return
+    for context in contexts:
+        try:
+            tls.restrict_ciphers(context, ciphers)
+        except ssl.SSLError:
+            raise FlagError(
+                f"--cipher-suites={flags}: none of these suites is available in this"
+                " OpenSSL (or for this key)"
+            ) from None
+
+
+def _policy(
+    side: str, args: argparse.Namespace, crl_flag: str, cn: str, hostname: str
+) -> tls.CertPolicy:
+    crl_file = getattr(args, crl_flag.replace("-", "_"))
+    if crl_file:
+        try:
+            tls.load_crl(crl_file)
+        except OSError as exc:
+            raise FlagError(f"--{crl_flag}: {crl_file}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise FlagError(f"--{crl_flag}: {crl_file}: not a PEM or DER CRL ({exc})") from None
+    if cn and hostname:
+        raise FlagError(
+            f"--{side}-cert-allowed-cn={cn} and --{side}-cert-allowed-hostname={hostname}:"
+            " give one, not both (etcd: mutually exclusive)"
+        )
+    return tls.CertPolicy(side, crl_file, cn, hostname)
+
+
+def _load_chain(context: ssl.SSLContext, cert: str, key: str, flags: tuple[str, str]) -> None:
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise FlagError(
+            f"--{flags[0]}={cert}, --{flags[1]}={key}: not a PEM certificate and its key"
+            f" ({exc.reason or exc})"
+        ) from None
+
+
+def _auto_cert(args: argparse.Namespace, side: str, urls: str) -> tuple[str, str]:
+    """etcd's auto TLS: a self-signed certificate for the hosts of the listen URLs."""
+    hosts = [host_port(url)[0] for url in _urls(urls)]
+    try:
+        cert, key = tls.self_cert(_data_dir(args) / "fixtures" / side, hosts)
+    except OSError as exc:
+        raise FlagError(f"--{'auto-tls' if side == 'client' else 'peer-auto-tls'}: {exc}") from None
+    return str(cert), str(key)
+
+
+def _warn_ignored(args: argparse.Namespace, auto_flag: str, flags: tuple[str, ...]) -> None:
+    given = [f"--{f}" for f in flags if getattr(args, f.replace("-", "_"))]
+    if given:
+        log.warning(
+            "%s: ignoring %s (as etcd: a generated certificate checks no one)",
+            auto_flag,
+            ", ".join(given),
+        )
+
+
+def _warn_unasked(args: argparse.Namespace, auth_flag: str, flags: tuple[str, ...]) -> None:
+    given = [f"--{f}" for f in flags if getattr(args, f.replace("-", "_"))]
+    if given and not getattr(args, auth_flag.replace("-", "_")):
+        log.warning(
+            "%s: no effect without --%s (no certificate is asked for)", ", ".join(given), auth_flag
+        )
+
+
+def client_tls(args: argparse.Namespace) -> tls.PolicyContext | None:
+    """The client port's SSL context from ``--cert-file`` ... ``--auto-tls`` (None: no
+    TLS); FlagError for a bad flag or file, before anything is served."""
+    ciphers = _ciphers(args)
+    cert, key, auto = args.cert_file, args.key_file, False
+    if args.auto_tls:
+        if cert or key:
+            log.warning("--auto-tls: ignored since --cert-file/--key-file are given")
+        else:
+            cert, key = _auto_cert(args, "client", args.listen_client_urls)
+            auto = True
+            _warn_ignored(
+                args,
+                "--auto-tls",
+                (
+                    "trusted-ca-file",
+                    "client-cert-auth",
+                    "client-crl-file",
+                    "client-cert-allowed-hostname",
+                ),
+            )
+    if not (cert or key):
+        for url in _urls(args.listen_client_urls):
+            if url.startswith("https://"):
+                raise FlagError(
+                    f"--listen-client-urls: {url} needs --cert-file/--key-file or --auto-tls"
+                )
+        return None
+    if not (cert and key):
+        raise FlagError("--cert-file and --key-file: give both for client TLS")
+    if auto:
+        policy = tls.CertPolicy("client")
+        ca, cert_auth = "", False
+    else:
+        _check_files(args, "cert_file", "key_file", "trusted_ca_file", "client_crl_file")
+        policy = _policy("client", args, "client-crl-file", "", args.client_cert_allowed_hostname)
+        ca, cert_auth = args.trusted_ca_file, bool(args.client_cert_auth)
+        _warn_unasked(args, "client-cert-auth", ("client-crl-file", "client-cert-allowed-hostname"))
+    context = tls.PolicyContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(context, cert, key, ("cert-file", "key-file"))
+    if ca:
+        context.load_verify_locations(ca)
+    if cert_auth:
+        context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    context.policy = policy
+    _restrict([context], ciphers, args.cipher_suites)
+    return context
+
+
+def peer_tls(
+    args: argparse.Namespace,
+) -> tuple[tls.PolicyContext | None, tls.PolicyContext | None]:
+    """(server, client) SSL contexts for the peer transport from the ``--peer-*`` flags."""
+    ciphers = _ciphers(args)
+    cert, key, ca = args.peer_cert_file, args.peer_key_file, args.peer_trusted_ca_file
+    auto = False
+    if args.peer_auto_tls:
+        if cert or key:
+            log.warning("--peer-auto-tls: ignored since --peer-cert-file/--peer-key-file are given")
+        else:
+            cert, key = _auto_cert(args, "peer", args.listen_peer_urls)
+            auto, ca = True, ""
+            _warn_ignored(
+                args,
+                "--peer-auto-tls",
+                (
+                    "peer-trusted-ca-file",
+                    "peer-client-cert-auth",
+                    "peer-crl-file",
+                    "peer-cert-allowed-cn",
+                    "peer-cert-allowed-hostname",
+                ),
+            )
+    if not (cert or key or ca):
+        return None, None
+    if not (cert and key):
+        raise FlagError("--peer-cert-file and --peer-key-file: give both for peer TLS")
+    if not auto:
+        _check_files(args, "peer_cert_file", "peer_key_file", "peer_trusted_ca_file")
+        _check_files(args, "peer_crl_file")
+    server = tls.PolicyContext(ssl.PROTOCOL_TLS_SERVER)
+    client = tls.PolicyContext(ssl.PROTOCOL_TLS_CLIENT)
+    for context in (server, client):
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _load_chain(context, cert, key, ("peer-cert-file", "peer-key-file"))
+    if auto:
+        # etcd: peers' certificates are not verified (InsecureSkipVerify), nor asked for.
+        client.check_hostname = False
+        client.verify_mode = ssl.CERT_NONE
+    else:
+        cn, hostname = args.peer_cert_allowed_cn, args.peer_cert_allowed_hostname
+        server.policy = _policy("peer", args, "peer-crl-file", cn, hostname)
+        client.policy = tls.CertPolicy("peer", "", cn, hostname)  # etcd: CRL on accept only
+        if ca:
+            server.load_verify_locations(ca)
+            client.load_verify_locations(ca)
+        else:
+            client.load_default_certs()
+        if args.peer_client_cert_auth:
+            server.verify_mode = ssl.CERT_REQUIRED
+        _warn_unasked(args, "peer-client-cert-auth", ("peer-crl-file",))
+    _restrict([server, client], ciphers, args.cipher_suites)
     return server, client
 
 
@@ -345,7 +576,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         )
     return NodeConfig(
         name=args.name,
-        data_dir=Path(args.data_dir or f"{args.name}.etcd"),
+        data_dir=_data_dir(args),
         wal_dir=Path(args.wal_dir) if args.wal_dir else None,
         max_snapshots=args.max_snapshots,
         max_wals=args.max_wals,
@@ -432,6 +663,8 @@ def _server(
     args: argparse.Namespace,
     stats: GrpcStats,
     http1: gateway.Gateway,
+    *,
+    context: ssl.SSLContext | None,
 ) -> GrpcServer:
     limit = args.max_request_bytes + validate.GRPC_OVERHEAD_BYTES
     # The client port speaks gRPC (HTTP/2) and, on the same socket as etcd's cmux, the
@@ -449,19 +682,14 @@ def _server(
     rpcgrpc.add_ClusterServicer_to_server(other_services.ClusterService(node), counted)
     rpcgrpc.add_MaintenanceServicer_to_server(other_services.MaintenanceService(node), counted)
     rpcgrpc.add_AuthServicer_to_server(auth_service.AuthService(node), counted)
-    context = None
-    if args.cert_file or args.key_file:
-        if not (args.cert_file and args.key_file):
-            raise FlagError("--cert-file and --key-file: give both for client TLS")
-        context = server_ssl_context(
-            args.cert_file, args.key_file, args.trusted_ca_file, bool(args.client_cert_auth)
-        )
     for url in filter(None, (u.strip() for u in args.listen_client_urls.split(","))):
         host, port = host_port(url)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if url.startswith("https://"):
             if context is None:
-                raise FlagError(f"--listen-client-urls: {url} needs --cert-file/--key-file")
+                raise FlagError(
+                    f"--listen-client-urls: {url} needs --cert-file/--key-file or --auto-tls"
+                )
             server.add_secure_port(address, context)
         else:
             server.add_insecure_port(address)
@@ -498,6 +726,7 @@ async def serve(args: argparse.Namespace) -> int:
     """Run the member until SIGINT/SIGTERM (exit status 0), or until its Raft
     processing fails, e.g. on a disk that cannot be written (status 1)."""
     config = node_config(args)
+    client_ssl = client_tls(args)  # flag errors before the member starts
     node = StoreNode(config)
     stop = asyncio.Event()
     node.on_failure = lambda _: stop.set()
@@ -517,7 +746,7 @@ async def serve(args: argparse.Namespace) -> int:
     kv = kv_service.KVService(node, args.max_txn_ops)
     grpc_stats = GrpcStats(handling_time=args.metrics == "extensive")
     client_gateway = gateway.Gateway(node, kv, grpc_stats)
-    server = _server(node, kv, args, grpc_stats, client_gateway)
+    server = _server(node, kv, args, grpc_stats, client_gateway, context=client_ssl)
     gateways: list[gateway.Gateway] = []
     # A proposal with no other request in progress is handled at once (StoreNode.alone).
     node.alone = lambda: (

@@ -22,6 +22,7 @@ from typing import Any, Protocol, cast
 import hpack
 
 from keel_store.server import h2wire as w
+from keel_store.server import tls
 from keel_store.server.h2headers import HeaderDecoder
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,8 @@ class Connection(asyncio.Protocol):
         if isinstance(peer, tuple):
             host = peer[0]
             self.peer = f"ipv6:[{host}]:{peer[1]}" if ":" in host else f"ipv4:{host}:{peer[1]}"
+        if tls.refused(transport):  # a revoked or not allowed client certificate
+            return
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "http/1.1":
             self._hand_over(b"")

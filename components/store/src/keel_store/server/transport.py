@@ -34,6 +34,7 @@ from keel_store.raft import (
     Snapshot,
     SnapshotMeta,
 )
+from keel_store.server import tls
 
 log = logging.getLogger("keel_store.transport")
 
@@ -324,6 +325,9 @@ class PeerTransport:
                     reader, writer = await asyncio.open_connection(
                         host, port, ssl=self.client_ssl, server_hostname=host
                     )
+                    if tls.refused(writer.transport):  # --peer-cert-allowed-cn/hostname
+                        await asyncio.sleep(1.0)  # not fixed by retrying at once
+                        raise ConnectionRefusedError(f"peer {pid:x}: certificate refused")
                 else:
                     reader, writer = await asyncio.open_connection(host, port)
                 writer.write(_FRAME.pack(len(hello) + 1, HELLO) + hello)
@@ -445,6 +449,7 @@ class _Inbound(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.owner._inbound_conns.add(self)
+        tls.refused(transport)  # a revoked or not allowed peer certificate: closed
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._inbound_conns.discard(self)

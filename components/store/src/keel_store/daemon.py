@@ -32,7 +32,7 @@ from keel_store import eventloop, snapshot_cli
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
-from keel_store.server import auth_service, gateway, kv_service, other_services, tokens
+from keel_store.server import auth_service, gateway, h2conn, kv_service, other_services, tokens
 from keel_store.server.gc_policy import GcPolicy
 from keel_store.server.grpc_metrics import GrpcStats, instrument
 from keel_store.server.grpc_server import GrpcServer, server_ssl_context
@@ -82,6 +82,26 @@ FLAGS: list[tuple[str, Any, str]] = [
         "max-request-bytes",
         validate.DEFAULT_MAX_REQUEST_BYTES,
         "maximum client request size in bytes (and of a fragmented watch response)",
+    ),
+    (
+        "max-concurrent-streams",
+        h2conn.UNLIMITED_STREAMS,
+        "maximum concurrent gRPC streams each client connection may open (0: no limit)",
+    ),
+    (
+        "grpc-keepalive-min-time",
+        "5s",
+        "minimum time a client should wait between keepalive pings (0: grpc-go's 5m)",
+    ),
+    (
+        "grpc-keepalive-interval",
+        "2h",
+        "ping a connection idle this long (0: grpc-go's default, 2h)",
+    ),
+    (
+        "grpc-keepalive-timeout",
+        "20s",
+        "close a connection whose ping is not answered within this (0: grpc-go's 20s)",
     ),
     ("cert-file", "", "client server TLS certificate"),
     ("key-file", "", "client server TLS key"),
@@ -244,7 +264,9 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
 
 
 def go_duration(text: str, flag: str) -> float:
-    """Seconds in a Go duration like ``10m``, ``1.5s``, ``500ms`` or ``1h30m``."""
+    """Seconds in a Go duration like ``10m``, ``1.5s``, ``500ms``, ``1h30m`` or ``0``."""
+    if text == "0":
+        return 0.0
     units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
     total, number, pos = 0.0, "", 0
     while pos < len(text):
@@ -261,6 +283,34 @@ def go_duration(text: str, flag: str) -> float:
     if number or not text:
         raise FlagError(f"--{flag}: {text!r} is not a duration (like 10m, 1s, 500ms)")
     return total
+
+
+GRPC_DEFAULT_MIN_TIME = 300.0
+"""grpc-go's enforcement MinTime when etcd passes none (--grpc-keepalive-min-time=0)."""
+GRPC_DEFAULT_INTERVAL, GRPC_DEFAULT_TIMEOUT = 7200.0, 20.0
+"""grpc-go's keepalive when etcd passes none (either --grpc-keepalive-interval or
+--grpc-keepalive-timeout 0: despite etcd's help text, that does not disable pings)."""
+
+
+def connection_options(args: argparse.Namespace) -> h2conn.Options:
+    """``--max-concurrent-streams`` and ``--grpc-keepalive-*`` as etcd hands them to grpc-go."""
+    streams = args.max_concurrent_streams
+    if not 0 <= streams <= h2conn.UNLIMITED_STREAMS:
+        raise FlagError(
+            f"--max-concurrent-streams={streams}: not between 0 and"
+            f" {h2conn.UNLIMITED_STREAMS} (an unsigned 32-bit number; 0: no limit)"
+        )
+    min_time = go_duration(args.grpc_keepalive_min_time, "grpc-keepalive-min-time")
+    interval = go_duration(args.grpc_keepalive_interval, "grpc-keepalive-interval")
+    timeout = go_duration(args.grpc_keepalive_timeout, "grpc-keepalive-timeout")
+    if interval <= 0 or timeout <= 0:
+        interval, timeout = GRPC_DEFAULT_INTERVAL, GRPC_DEFAULT_TIMEOUT
+    return h2conn.Options(
+        max_streams=streams,
+        ping_min_time=min_time if min_time > 0 else GRPC_DEFAULT_MIN_TIME,
+        keepalive_interval=interval,
+        keepalive_timeout=timeout,
+    )
 
 
 def _retention_seconds(text: str, mode: str) -> float:
@@ -300,11 +350,15 @@ def _server(
     args: argparse.Namespace,
     stats: GrpcStats,
     http1: gateway.Gateway,
+    *,
+    options: h2conn.Options,
 ) -> GrpcServer:
     limit = args.max_request_bytes + validate.GRPC_OVERHEAD_BYTES
     # The client port speaks gRPC (HTTP/2) and, on the same socket as etcd's cmux, the
     # JSON gateway, /health, /version and /metrics (HTTP/1.1).
-    server = GrpcServer(max_receive_message_length=limit, http1=http1.serve_connection)
+    server = GrpcServer(
+        max_receive_message_length=limit, http1=http1.serve_connection, options=options
+    )
     counted = instrument(server, stats)  # grpc_server_*_total, client bytes
     rpcgrpc.add_KVServicer_to_server(kv, counted)
     interval = go_duration(
@@ -366,6 +420,7 @@ async def serve(args: argparse.Namespace) -> int:
     """Run the member until SIGINT/SIGTERM (exit status 0), or until its Raft
     processing fails, e.g. on a disk that cannot be written (status 1)."""
     config = node_config(args)
+    options = connection_options(args)
     node = StoreNode(config)
     stop = asyncio.Event()
     node.on_failure = lambda _: stop.set()
@@ -378,7 +433,7 @@ async def serve(args: argparse.Namespace) -> int:
     kv = kv_service.KVService(node, args.max_txn_ops)
     grpc_stats = GrpcStats()
     client_gateway = gateway.Gateway(node, kv, grpc_stats)
-    server = _server(node, kv, args, grpc_stats, client_gateway)
+    server = _server(node, kv, args, grpc_stats, client_gateway, options=options)
     gateways: list[gateway.Gateway] = []
     # A proposal with no other request in progress is handled at once (StoreNode.alone).
     node.alone = lambda: (

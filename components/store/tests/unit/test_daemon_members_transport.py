@@ -175,3 +175,47 @@ def test_log_outputs_as_etcd_takes_them(tmp_path: Path) -> None:
         daemon.log_handlers("/no/such/dir/x.log")
     with pytest.raises(daemon.FlagError, match="names no output"):
         daemon.log_handlers(" , ")
+
+
+def test_client_server_flags_as_etcd_takes_them() -> None:
+    """--max-concurrent-streams, --grpc-keepalive-*: etcd's defaults; 0 durations fall
+    back to grpc-go's defaults as with etcd (which then passes no option to grpc-go)."""
+    defaults = daemon.connection_options(daemon.parse_args([], {}))
+    assert (defaults.max_streams, defaults.ping_min_time) == (2**32 - 1, 5.0)
+    assert (defaults.keepalive_interval, defaults.keepalive_timeout) == (7200.0, 20.0)
+    args = daemon.parse_args(
+        [
+            "--max-concurrent-streams=100",
+            "--grpc-keepalive-min-time=1s",
+            "-grpc-keepalive-interval=1m30s",
+        ],
+        {"ETCD_GRPC_KEEPALIVE_TIMEOUT": "500ms"},
+    )
+    options = daemon.connection_options(args)
+    assert (options.max_streams, options.ping_min_time) == (100, 1.0)
+    assert (options.keepalive_interval, options.keepalive_timeout) == (90.0, 0.5)
+    zeros = daemon.parse_args(
+        ["--grpc-keepalive-min-time=0", "--grpc-keepalive-interval=0", "--max-concurrent-streams=0"]
+    )
+    options = daemon.connection_options(zeros)
+    assert (options.max_streams, options.ping_min_time) == (0, 300.0)
+    assert (options.keepalive_interval, options.keepalive_timeout) == (7200.0, 20.0)
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--max-concurrent-streams=-1", "--max-concurrent-streams=-1: not between 0 and"),
+        ("--max-concurrent-streams=4294967296", "--max-concurrent-streams=4294967296: not"),
+        ("--grpc-keepalive-min-time=5", "--grpc-keepalive-min-time: '5' is not a duration"),
+        ("--grpc-keepalive-interval=2 h", "--grpc-keepalive-interval: '2 h' is not a duration"),
+        ("--grpc-keepalive-timeout=-1s", "--grpc-keepalive-timeout: '-1s' is not a duration"),
+    ],
+)
+def test_bad_client_server_flags_stop_the_daemon_before_it_serves(
+    flag: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "data"
+    assert daemon.main([flag, f"--data-dir={data_dir}", "--listen-client-urls="]) == 2
+    assert message in capsys.readouterr().err
+    assert not data_dir.exists()

@@ -611,7 +611,7 @@ class Connection(asyncio.Protocol):
             )
             return
         if self.keepalive_outstanding and self.keepalive_left <= 0:
-            log.info("closing HTTP/2 connection from %s: keepalive ping not answered", self.peer)
+            log.warning("closing HTTP/2 connection from %s: keepalive ping not answered", self.peer)
             self.abort()
             return
         if not self.keepalive_outstanding:

@@ -103,6 +103,16 @@ FLAGS: list[tuple[str, Any, str]] = [
         "20s",
         "close a connection whose ping is not answered within this (0: grpc-go's 20s)",
     ),
+    (
+        "cors",
+        "*",
+        "comma-separated origins allowed for CORS on the client HTTP endpoints (* or empty: all)",
+    ),
+    (
+        "host-whitelist",
+        "*",
+        "comma-separated Host names accepted by the plain-HTTP client endpoints (* or empty: all)",
+    ),
     ("cert-file", "", "client server TLS certificate"),
     ("key-file", "", "client server TLS key"),
     ("trusted-ca-file", "", "client server TLS trusted CA certificate"),
@@ -313,6 +323,21 @@ def connection_options(args: argparse.Namespace) -> h2conn.Options:
     )
 
 
+def access_policy(args: argparse.Namespace) -> gateway.AccessPolicy:
+    """``--cors`` and ``--host-whitelist`` for the client URLs' HTTP endpoints."""
+    origins = [o.strip() for o in args.cors.split(",") if o.strip()]
+    for origin in origins:
+        if origin != "*" and not gateway.is_origin(origin):
+            raise FlagError(
+                f"--cors: {origin!r} is not an origin (like https://example.com:8443, or *)"
+            )
+    hosts = [h.strip() for h in args.host_whitelist.split(",") if h.strip()]
+    return gateway.AccessPolicy(
+        cors=None if not origins or "*" in origins else frozenset(origins),
+        hosts=None if not hosts or "*" in hosts else frozenset(hosts),
+    )
+
+
 def _retention_seconds(text: str, mode: str) -> float:
     if mode == "revision":
         return float(int(text))
@@ -421,6 +446,7 @@ async def serve(args: argparse.Namespace) -> int:
     processing fails, e.g. on a disk that cannot be written (status 1)."""
     config = node_config(args)
     options = connection_options(args)
+    access = access_policy(args)
     node = StoreNode(config)
     stop = asyncio.Event()
     node.on_failure = lambda _: stop.set()
@@ -432,7 +458,9 @@ async def serve(args: argparse.Namespace) -> int:
     gc_policy.install()
     kv = kv_service.KVService(node, args.max_txn_ops)
     grpc_stats = GrpcStats()
-    client_gateway = gateway.Gateway(node, kv, grpc_stats)
+    # --cors and --host-whitelist guard the client URLs' HTTP side, as etcd's
+    # accessController; etcd's --listen-metrics-urls handler has neither.
+    client_gateway = gateway.Gateway(node, kv, grpc_stats, access)
     server = _server(node, kv, args, grpc_stats, client_gateway, options=options)
     gateways: list[gateway.Gateway] = []
     # A proposal with no other request in progress is handled at once (StoreNode.alone).

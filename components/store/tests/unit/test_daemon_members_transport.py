@@ -210,6 +210,10 @@ def test_client_server_flags_as_etcd_takes_them() -> None:
         ("--grpc-keepalive-min-time=5", "--grpc-keepalive-min-time: '5' is not a duration"),
         ("--grpc-keepalive-interval=2 h", "--grpc-keepalive-interval: '2 h' is not a duration"),
         ("--grpc-keepalive-timeout=-1s", "--grpc-keepalive-timeout: '-1s' is not a duration"),
+        ("--cors=example.com", "--cors: 'example.com' is not an origin"),
+        ("--cors=http://a.com:1,ftp://b.org", "--cors: 'ftp://b.org' is not an origin"),
+        ("--cors=http://a.com/path", "--cors: 'http://a.com/path' is not an origin"),
+        ("--cors=http://a.com:99999", "--cors: 'http://a.com:99999' is not an origin"),
     ],
 )
 def test_bad_client_server_flags_stop_the_daemon_before_it_serves(
@@ -219,3 +223,22 @@ def test_bad_client_server_flags_stop_the_daemon_before_it_serves(
     assert daemon.main([flag, f"--data-dir={data_dir}", "--listen-client-urls="]) == 2
     assert message in capsys.readouterr().err
     assert not data_dir.exists()
+
+
+def test_cors_and_host_whitelist_flags() -> None:
+    policy = daemon.access_policy(daemon.parse_args([], {}))
+    assert (policy.cors, policy.hosts) == (None, None)
+    args = daemon.parse_args(
+        ["--cors=http://a.com:1, https://b.org", "--host-whitelist=localhost,example.com"], {}
+    )
+    policy = daemon.access_policy(args)
+    assert policy.cors == {"http://a.com:1", "https://b.org"}
+    assert policy.hosts == {"localhost", "example.com"}
+    assert policy.host_allowed("example.com:2379")
+    assert policy.host_allowed("localhost")
+    assert not policy.host_allowed("127.0.0.1:2379")
+    assert not policy.host_allowed("")
+    assert daemon.access_policy(daemon.parse_args(["--cors=", "--host-whitelist="])).hosts is None
+    v6 = daemon.access_policy(daemon.parse_args(["--host-whitelist=::1"]))
+    assert v6.host_allowed("[::1]:2379")
+    assert not v6.host_allowed("[::2]:2379")

@@ -5,12 +5,14 @@ etcdctl (grpc-go's client) on the gRPC side."""
 from __future__ import annotations
 
 import http.client
+import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from .conftest import ETCDCTL, etcdctl, free_port
+from .conftest import ETCDCTL, TLSFiles, etcdctl, free_port
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(120)]
 
@@ -109,6 +111,27 @@ def test_default_cors_allows_every_origin(make_cluster, binary: str) -> None:  #
     status, headers, body = request(url, "OPTIONS", "/v3/kv/range", {})
     assert (status, body) == (200, b"")
     assert headers["access-control-allow-origin"] == "*"
+
+
+@pytest.mark.parametrize("binary", ["keel", "etcd"])
+def test_host_whitelist_does_not_apply_over_https(
+    make_cluster,  # type: ignore[no-untyped-def]
+    binary: str,
+    tmp_path: Path,
+) -> None:
+    tls = TLSFiles(tmp_path / "pki")
+    url = make_cluster(1, binary, tls=tls, extra=["--host-whitelist=localhost"]).members[0].endpoint
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    context.load_cert_chain(tls.client_cert, tls.client_key)
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), timeout=10, context=context)
+    try:
+        conn.request("GET", "/version", headers={"Host": "elsewhere.example"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert b'"etcdserver"' in resp.read()
+    finally:
+        conn.close()
 
 
 def test_etcdctl_watch_survives_keepalive_both_ways(make_cluster) -> None:  # type: ignore[no-untyped-def]

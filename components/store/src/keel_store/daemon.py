@@ -37,6 +37,7 @@ from keel_store.server import (
     auth_service,
     corruption,
     gateway,
+    h2conn,
     kv_service,
     other_services,
     tls,
@@ -125,6 +126,36 @@ FLAGS: list[tuple[str, Any, str]] = [
         "max-request-bytes",
         validate.DEFAULT_MAX_REQUEST_BYTES,
         "maximum client request size in bytes (and of a fragmented watch response)",
+    ),
+    (
+        "max-concurrent-streams",
+        h2conn.UNLIMITED_STREAMS,
+        "maximum concurrent gRPC streams each client connection may open (0: no limit)",
+    ),
+    (
+        "grpc-keepalive-min-time",
+        "5s",
+        "minimum time a client should wait between keepalive pings (0: grpc-go's 5m)",
+    ),
+    (
+        "grpc-keepalive-interval",
+        "2h",
+        "ping a connection idle this long (0: grpc-go's default, 2h)",
+    ),
+    (
+        "grpc-keepalive-timeout",
+        "20s",
+        "close a connection whose ping is not answered within this (0: grpc-go's 20s)",
+    ),
+    (
+        "cors",
+        "*",
+        "comma-separated origins allowed for CORS on the client HTTP endpoints (* or empty: all)",
+    ),
+    (
+        "host-whitelist",
+        "*",
+        "comma-separated Host names accepted by the plain-HTTP client endpoints (* or empty: all)",
     ),
     ("cert-file", "", "client server TLS certificate"),
     ("key-file", "", "client server TLS key"),
@@ -626,6 +657,49 @@ def go_duration(text: str, flag: str) -> float:
     return -total if text.startswith("-") else total
 
 
+GRPC_DEFAULT_MIN_TIME = 300.0
+"""grpc-go's enforcement MinTime when etcd passes none (--grpc-keepalive-min-time=0)."""
+GRPC_DEFAULT_INTERVAL, GRPC_DEFAULT_TIMEOUT = 7200.0, 20.0
+"""grpc-go's keepalive when etcd passes none (either --grpc-keepalive-interval or
+--grpc-keepalive-timeout 0: despite etcd's help text, that does not disable pings)."""
+
+
+def connection_options(args: argparse.Namespace) -> h2conn.Options:
+    """``--max-concurrent-streams`` and ``--grpc-keepalive-*`` as etcd hands them to grpc-go."""
+    streams = args.max_concurrent_streams
+    if not 0 <= streams <= h2conn.UNLIMITED_STREAMS:
+        raise FlagError(
+            f"--max-concurrent-streams={streams}: not between 0 and"
+            f" {h2conn.UNLIMITED_STREAMS} (an unsigned 32-bit number; 0: no limit)"
+        )
+    min_time = go_duration(args.grpc_keepalive_min_time, "grpc-keepalive-min-time")
+    interval = go_duration(args.grpc_keepalive_interval, "grpc-keepalive-interval")
+    timeout = go_duration(args.grpc_keepalive_timeout, "grpc-keepalive-timeout")
+    if interval <= 0 or timeout <= 0:
+        interval, timeout = GRPC_DEFAULT_INTERVAL, GRPC_DEFAULT_TIMEOUT
+    return h2conn.Options(
+        max_streams=streams,
+        ping_min_time=min_time if min_time > 0 else GRPC_DEFAULT_MIN_TIME,
+        keepalive_interval=interval,
+        keepalive_timeout=timeout,
+    )
+
+
+def access_policy(args: argparse.Namespace) -> gateway.AccessPolicy:
+    """``--cors`` and ``--host-whitelist`` for the client URLs' HTTP endpoints."""
+    origins = [o.strip() for o in args.cors.split(",") if o.strip()]
+    for origin in origins:
+        if origin != "*" and not gateway.is_origin(origin):
+            raise FlagError(
+                f"--cors: {origin!r} is not an origin (like https://example.com:8443, or *)"
+            )
+    hosts = [h.strip() for h in args.host_whitelist.split(",") if h.strip()]
+    return gateway.AccessPolicy(
+        cors=None if not origins or "*" in origins else frozenset(origins),
+        hosts=None if not hosts or "*" in hosts else frozenset(hosts),
+    )
+
+
 def _retention_seconds(text: str, mode: str) -> float:
     if mode == "revision":
         return float(int(text))
@@ -665,11 +739,14 @@ def _server(
     http1: gateway.Gateway,
     *,
     context: ssl.SSLContext | None,
+    options: h2conn.Options,
 ) -> GrpcServer:
     limit = args.max_request_bytes + validate.GRPC_OVERHEAD_BYTES
     # The client port speaks gRPC (HTTP/2) and, on the same socket as etcd's cmux, the
     # JSON gateway, /health, /version and /metrics (HTTP/1.1).
-    server = GrpcServer(max_receive_message_length=limit, http1=http1.serve_connection)
+    server = GrpcServer(
+        max_receive_message_length=limit, http1=http1.serve_connection, options=options
+    )
     counted = instrument(server, stats)  # grpc_server_*_total, client bytes
     rpcgrpc.add_KVServicer_to_server(kv, counted)
     interval = go_duration(
@@ -727,6 +804,8 @@ async def serve(args: argparse.Namespace) -> int:
     processing fails, e.g. on a disk that cannot be written (status 1)."""
     config = node_config(args)
     client_ssl = client_tls(args)  # flag errors before the member starts
+    options = connection_options(args)
+    access = access_policy(args)
     node = StoreNode(config)
     stop = asyncio.Event()
     node.on_failure = lambda _: stop.set()
@@ -745,8 +824,12 @@ async def serve(args: argparse.Namespace) -> int:
     gc_policy.install()
     kv = kv_service.KVService(node, args.max_txn_ops)
     grpc_stats = GrpcStats(handling_time=args.metrics == "extensive")
-    client_gateway = gateway.Gateway(node, kv, grpc_stats)
-    server = _server(node, kv, args, grpc_stats, client_gateway, context=client_ssl)
+    # --cors and --host-whitelist guard the client URLs' HTTP side, as etcd's
+    # accessController; etcd's --listen-metrics-urls handler has neither.
+    client_gateway = gateway.Gateway(node, kv, grpc_stats, access)
+    server = _server(
+        node, kv, args, grpc_stats, client_gateway, context=client_ssl, options=options
+    )
     gateways: list[gateway.Gateway] = []
     # A proposal with no other request in progress is handled at once (StoreNode.alone).
     node.alone = lambda: (

@@ -175,3 +175,70 @@ def test_log_outputs_as_etcd_takes_them(tmp_path: Path) -> None:
         daemon.log_handlers("/no/such/dir/x.log")
     with pytest.raises(daemon.FlagError, match="names no output"):
         daemon.log_handlers(" , ")
+
+
+def test_client_server_flags_as_etcd_takes_them() -> None:
+    """--max-concurrent-streams, --grpc-keepalive-*: etcd's defaults; 0 durations fall
+    back to grpc-go's defaults as with etcd (which then passes no option to grpc-go)."""
+    defaults = daemon.connection_options(daemon.parse_args([], {}))
+    assert (defaults.max_streams, defaults.ping_min_time) == (2**32 - 1, 5.0)
+    assert (defaults.keepalive_interval, defaults.keepalive_timeout) == (7200.0, 20.0)
+    args = daemon.parse_args(
+        [
+            "--max-concurrent-streams=100",
+            "--grpc-keepalive-min-time=1s",
+            "-grpc-keepalive-interval=1m30s",
+        ],
+        {"ETCD_GRPC_KEEPALIVE_TIMEOUT": "500ms"},
+    )
+    options = daemon.connection_options(args)
+    assert (options.max_streams, options.ping_min_time) == (100, 1.0)
+    assert (options.keepalive_interval, options.keepalive_timeout) == (90.0, 0.5)
+    zeros = daemon.parse_args(
+        ["--grpc-keepalive-min-time=0", "--grpc-keepalive-interval=0", "--max-concurrent-streams=0"]
+    )
+    options = daemon.connection_options(zeros)
+    assert (options.max_streams, options.ping_min_time) == (0, 300.0)
+    assert (options.keepalive_interval, options.keepalive_timeout) == (7200.0, 20.0)
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--max-concurrent-streams=-1", "--max-concurrent-streams=-1: not between 0 and"),
+        ("--max-concurrent-streams=4294967296", "--max-concurrent-streams=4294967296: not"),
+        ("--grpc-keepalive-min-time=5", "--grpc-keepalive-min-time: '5' is not a duration"),
+        ("--grpc-keepalive-interval=2 h", "--grpc-keepalive-interval: '2 h' is not a duration"),
+        ("--grpc-keepalive-timeout=-1s", "--grpc-keepalive-timeout: '-1s' is not a duration"),
+        ("--cors=example.com", "--cors: 'example.com' is not an origin"),
+        ("--cors=http://a.com:1,ftp://b.org", "--cors: 'ftp://b.org' is not an origin"),
+        ("--cors=http://a.com/path", "--cors: 'http://a.com/path' is not an origin"),
+        ("--cors=http://a.com:99999", "--cors: 'http://a.com:99999' is not an origin"),
+    ],
+)
+def test_bad_client_server_flags_stop_the_daemon_before_it_serves(
+    flag: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "data"
+    assert daemon.main([flag, f"--data-dir={data_dir}", "--listen-client-urls="]) == 2
+    assert message in capsys.readouterr().err
+    assert not data_dir.exists()
+
+
+def test_cors_and_host_whitelist_flags() -> None:
+    policy = daemon.access_policy(daemon.parse_args([], {}))
+    assert (policy.cors, policy.hosts) == (None, None)
+    args = daemon.parse_args(
+        ["--cors=http://a.com:1, https://b.org", "--host-whitelist=localhost,example.com"], {}
+    )
+    policy = daemon.access_policy(args)
+    assert policy.cors == {"http://a.com:1", "https://b.org"}
+    assert policy.hosts == {"localhost", "example.com"}
+    assert policy.host_allowed("example.com:2379")
+    assert policy.host_allowed("localhost")
+    assert not policy.host_allowed("127.0.0.1:2379")
+    assert not policy.host_allowed("")
+    assert daemon.access_policy(daemon.parse_args(["--cors=", "--host-whitelist="])).hosts is None
+    v6 = daemon.access_policy(daemon.parse_args(["--host-whitelist=::1"]))
+    assert v6.host_allowed("[::1]:2379")
+    assert not v6.host_allowed("[::2]:2379")

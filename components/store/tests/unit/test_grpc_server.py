@@ -34,6 +34,7 @@ from cryptography.x509.oid import NameOID
 from keel_core.testing import free_port
 from keel_store.pb import mvccpb, rpcgrpc, rpcpb
 from keel_store.server.grpc_server import GrpcServer, server_ssl_context
+from keel_store.server.h2conn import DEFAULT_OPTIONS, Options
 
 LOCAL = "127.0.0.1"
 BIG_RESPONSE = 8 << 20
@@ -97,6 +98,7 @@ class KV(rpcgrpc.KVServicer):  # type: ignore[misc]
         self.probes: list[tuple[bool, int]] = []
         self.answered = asyncio.Event()  # a "reply" call waits for it after replying
         self.returned = asyncio.Event()
+        self.sleeping = self.peak_sleeping = 0  # "sleep" calls running now, at most
 
     async def Range(self, request: Any, context: Any) -> Any:
         self.calls += 1
@@ -118,11 +120,15 @@ class KV(rpcgrpc.KVServicer):  # type: ignore[misc]
             return rpcpb.RangeResponse(kvs=kvs, count=len(kvs))
         if key.startswith(b"sleep"):
             self.started.set()
+            self.sleeping += 1
+            self.peak_sleeping = max(self.peak_sleeping, self.sleeping)
             try:
                 await asyncio.sleep(float(request.range_end.decode()))
             except asyncio.CancelledError:
                 self.cancelled.set()
                 raise
+            finally:
+                self.sleeping -= 1
             return rpcpb.RangeResponse(count=7)
         self.metadata = context.invocation_metadata()
         self.peer = context.peer()
@@ -219,10 +225,11 @@ async def serving(
     max_receive: int = 4 << 20,
     http1: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None = None,
     tls: ssl.SSLContext | None = None,
+    options: Options = DEFAULT_OPTIONS,
 ) -> AsyncIterator[tuple[GrpcServer, Services, int]]:
     """A started server with the test servicers on a free loopback port; stopped after."""
     services = Services()
-    server = GrpcServer(max_receive_message_length=max_receive, http1=http1)
+    server = GrpcServer(max_receive_message_length=max_receive, http1=http1, options=options)
     rpcgrpc.add_KVServicer_to_server(services.kv, server)
     rpcgrpc.add_WatchServicer_to_server(services.watch, server)
     rpcgrpc.add_MaintenanceServicer_to_server(services.maintenance, server)
@@ -1171,5 +1178,294 @@ def test_a_call_completed_by_a_read_that_then_breaks_the_connection_is_not_count
             writer.close()
             assert server.unary_calls == 0
             assert services.kv.probes == []
+
+    run(scenario)
+
+
+# --- --max-concurrent-streams and --grpc-keepalive-* (grpc-go's rules, as etcd sets them) --
+
+H_WINDOW_UPDATE, SETTINGS_MAX_CONCURRENT_STREAMS = 8, 3
+REFUSED_STREAM, ENHANCE_YOUR_CALM = 0x7, 0xB
+
+
+class RawClient:
+    """A hand-driven HTTP/2 client: frames out, frames in (stream 0 frames kept apart)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.encoder = hpack.Encoder()
+        self.settings: dict[int, int] = {}
+
+    @classmethod
+    async def connect(cls, port: int) -> RawClient:
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        client = cls(reader, writer)
+        writer.write(PREFACE + h2frame(H_SETTINGS, 0, 0))
+        got = await read_frame(reader)
+        assert got is not None
+        assert got[0] == H_SETTINGS
+        payload = got[3]
+        for i in range(0, len(payload), 6):
+            key, value = struct.unpack(">HI", payload[i : i + 6])
+            client.settings[key] = value
+        return client
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def ping(self, data: bytes = b"pingpong") -> None:
+        self.writer.write(h2frame(H_PING, 0, 0, data))
+
+    def open_watch(self, sid: int) -> None:
+        """A Watch call (bidi, stays open) with one request: its echo comes back."""
+        headers = self.encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/etcdserverpb.Watch/Watch"),
+                (":authority", "test"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ]
+        )
+        request = rpcpb.WatchRequest(create_request=rpcpb.WatchCreateRequest(key=b"w%d" % sid))
+        self.writer.write(
+            h2frame(H_HEADERS, 0x4, sid, headers)
+            + h2frame(H_DATA, 0, sid, grpc_message(request.SerializeToString()))
+        )
+
+    def end(self, sid: int) -> None:
+        self.writer.write(h2frame(H_DATA, 0x1, sid))
+
+    async def frame(self, timeout: float = 5.0) -> tuple[int, int, int, bytes] | None:
+        """The next frame but SETTINGS ACKs and WINDOW_UPDATEs; None when closed."""
+        while True:
+            got = await asyncio.wait_for(read_frame(self.reader), timeout)
+            if got is None:
+                return None
+            if got[0] == H_WINDOW_UPDATE or (got[0] == H_SETTINGS and got[1] & 0x1):
+                continue
+            return got
+
+    async def until(self, ftype: int, timeout: float = 5.0) -> tuple[int, int, int, bytes] | None:
+        """Skip frames up to the next one of ``ftype`` (None: the connection closed)."""
+        while (got := await self.frame(timeout)) is not None:
+            if got[0] == ftype:
+                return got
+        return None
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def test_max_concurrent_streams_is_announced_and_an_extra_stream_is_refused() -> None:
+    """RFC 9113 5.1.2, as grpc-go: SETTINGS_MAX_CONCURRENT_STREAMS, then RST_STREAM
+    REFUSED_STREAM for a stream past it; once one ends, a new one is served."""
+
+    async def scenario() -> None:
+        async with serving(options=Options(max_streams=2)) as (_, _, port):
+            client = await RawClient.connect(port)
+            assert client.settings[SETTINGS_MAX_CONCURRENT_STREAMS] == 2
+            for sid in (1, 3, 5):
+                client.open_watch(sid)
+            got: dict[int, list[tuple[int, bytes]]] = {1: [], 3: [], 5: []}
+            while not (got[1] and got[3] and got[5]):
+                frame = await client.frame()
+                assert frame is not None, "connection closed"
+                if frame[2] in got:
+                    got[frame[2]].append((frame[0], frame[3]))
+            assert got[5] == [(H_RST, struct.pack(">I", REFUSED_STREAM))]
+            assert [got[1][0][0], got[3][0][0]] == [H_HEADERS, H_HEADERS]
+            # stream 1 ends (the handler answers with trailers): room for stream 7
+            client.end(1)
+            while (frame := await client.frame()) is not None and not (
+                frame[2] == 1 and frame[0] == H_HEADERS and frame[1] & 0x1
+            ):
+                pass
+            client.open_watch(7)
+            frame = await client.frame()
+            assert frame is not None
+            assert (frame[2], frame[0]) == (7, H_HEADERS)
+            client.close()
+
+    run(scenario)
+
+
+def test_default_max_concurrent_streams_is_etcds_and_zero_sends_no_limit() -> None:
+    async def scenario() -> None:
+        async with serving() as (_, _, port):
+            client = await RawClient.connect(port)
+            assert client.settings[SETTINGS_MAX_CONCURRENT_STREAMS] == 2**32 - 1
+            client.close()
+        async with serving(options=Options(max_streams=0)) as (_, _, port):
+            client = await RawClient.connect(port)
+            assert SETTINGS_MAX_CONCURRENT_STREAMS not in client.settings
+            client.close()
+
+    run(scenario)
+
+
+def test_grpcio_client_queues_calls_above_max_concurrent_streams() -> None:
+    """grpcio honours the setting: 6 slow calls over a limit of 2 all succeed, at most
+    2 running on the server at a time."""
+
+    async def scenario() -> None:
+        async with serving(options=Options(max_streams=2)) as (_, services, port):
+            async with channel(port) as ch:
+                stub = rpcgrpc.KVStub(ch)
+                request = rpcpb.RangeRequest(key=b"sleep", range_end=b"0.2")
+                answers = await asyncio.gather(*(stub.Range(request) for _ in range(6)))
+            assert [a.count for a in answers] == [7] * 6
+            assert services.kv.peak_sleeping == 2
+
+    run(scenario)
+
+
+def test_pings_without_streams_get_goaway_too_many_pings() -> None:
+    """grpc-go with etcd's PermitWithoutStream=false: without streams, any ping within
+    2h of the previous one is a strike; the third strike (the fourth ping) is answered,
+    then GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and the connection closes."""
+
+    async def scenario() -> None:
+        async with serving() as (_, _, port):
+            client = await RawClient.connect(port)
+            for i in range(3):
+                client.ping(b"ping%04d" % i)
+            for i in range(3):
+                ack = await client.until(H_PING)
+                assert ack is not None
+                assert (ack[1], ack[3]) == (0x1, b"ping%04d" % i)
+            client.ping(b"ping0003")
+            ack = await client.until(H_PING)
+            assert ack is not None
+            assert ack[3] == b"ping0003"
+            goaway = await client.until(H_GOAWAY)
+            assert goaway is not None, "no GOAWAY"
+            code = struct.unpack(">I", goaway[3][4:8])[0]
+            assert (code, goaway[3][8:]) == (ENHANCE_YOUR_CALM, b"too_many_pings")
+            assert await client.frame() is None  # closed
+            client.close()
+
+    run(scenario)
+
+
+def test_pings_with_a_stream_open_are_allowed_at_the_min_time_not_faster() -> None:
+    """With a stream open, pings at least ``ping_min_time`` apart are fine (as many
+    as the client likes); closer together, the third strike ends the connection."""
+
+    async def scenario() -> None:
+        options = Options(ping_min_time=0.2)
+        async with serving(options=options) as (_, _, port):
+            client = await RawClient.connect(port)
+            client.open_watch(1)
+            assert (await client.until(H_DATA)) is not None  # the echo
+            for i in range(6):
+                await asyncio.sleep(0.25)
+                client.ping(b"slow%04d" % i)
+                ack = await client.until(H_PING)
+                assert ack is not None, f"closed after slow ping {i}"
+            for i in range(4):
+                client.ping(b"fast%04d" % i)
+            goaway = await client.until(H_GOAWAY)
+            assert goaway is not None
+            assert goaway[3][8:] == b"too_many_pings"
+            client.close()
+
+    run(scenario)
+
+
+def test_pings_after_each_response_are_no_strikes() -> None:
+    """grpc-go forgets strikes once HEADERS or DATA went out (a BDP ping follows the
+    data it measures): a client pinging right after every answer is never cut off."""
+
+    async def scenario() -> None:
+        async with serving() as (_, _, port):
+            client = await RawClient.connect(port)
+            for sid in range(1, 20, 2):
+                client.open_watch(sid)
+                client.end(sid)
+                while (frame := await client.frame()) is not None and not (
+                    frame[2] == sid and frame[0] == H_HEADERS and frame[1] & 0x1
+                ):
+                    pass
+                assert frame is not None, f"closed before stream {sid} ended"
+                client.ping()
+                ack = await client.until(H_PING)
+                assert ack is not None, f"closed after the ping following stream {sid}"
+            client.close()
+
+    run(scenario)
+
+
+def test_grpcio_keepalive_at_the_allowed_rate_keeps_its_connection() -> None:
+    """grpcio pinging every 300 ms (no limit on pings without data) during a long watch
+    against a 200 ms minimum: the call goes on and ends OK."""
+
+    async def scenario() -> None:
+        async with (
+            serving(options=Options(ping_min_time=0.2)) as (_, _, port),
+            channel(
+                port,
+                ("grpc.keepalive_time_ms", 300),
+                ("grpc.keepalive_timeout_ms", 5000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 0),
+            ) as ch,
+        ):
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+
+            async def requests() -> AsyncIterator[Any]:
+                while (item := await queue.get()) is not None:
+                    yield item
+
+            call = rpcgrpc.WatchStub(ch).Watch(requests())
+            echoes = []
+            for i in range(4):
+                key = b"k%d" % i
+                await queue.put(rpcpb.WatchRequest(create_request={"key": key}))
+                echoes.append((await call.read()).cancel_reason)
+                await asyncio.sleep(0.6)
+            await queue.put(None)
+            assert echoes == ["k0", "k1", "k2", "k3"]
+            assert await call.code() == grpc.StatusCode.OK
+
+    run(scenario)
+
+
+def test_a_connection_that_does_not_answer_pings_is_closed() -> None:
+    """After ``keepalive_interval`` without reading anything the server pings; with no
+    answer within ``keepalive_timeout`` it closes the connection."""
+
+    async def scenario() -> None:
+        options = Options(keepalive_interval=0.3, keepalive_timeout=0.3)
+        async with serving(options=options) as (_, _, port):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            client = await RawClient.connect(port)
+            ping = await client.until(H_PING)
+            assert ping is not None, "no keepalive ping"
+            assert ping[1] == 0
+            pinged = loop.time() - started
+            assert await client.frame() is None
+            closed = loop.time() - started
+            client.close()
+            assert 0.25 < pinged < 0.3 + 0.3, pinged
+            assert closed < 0.3 + 0.3 + 0.4, closed
+
+    run(scenario)
+
+
+def test_a_connection_answering_pings_stays_open() -> None:
+    async def scenario() -> None:
+        options = Options(keepalive_interval=0.2, keepalive_timeout=0.2)
+        async with serving(options=options) as (_, _, port):
+            client = await RawClient.connect(port)
+            for _ in range(5):
+                ping = await client.until(H_PING)
+                assert ping is not None, "closed though the pings were answered"
+                client.send(h2frame(H_PING, 0x1, 0, ping[3]))
+            client.open_watch(1)
+            assert (await client.until(H_DATA)) is not None
+            client.close()
 
     run(scenario)

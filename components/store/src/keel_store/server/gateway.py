@@ -8,14 +8,21 @@ Bodies are the request messages in proto3 JSON, as with etcd: bytes in base64, 6
 integers as strings, proto field names; errors come back as ``{"error", "message",
 "code"}``. ``/v3/watch`` streams newline-separated ``{"result": WatchResponse}``
 objects. ``/v3beta/`` is accepted as an alias of ``/v3/``.
+
+On the client URLs, an :class:`AccessPolicy` applies etcd's ``--host-whitelist`` and
+``--cors`` (etcd's ``accessController``, embed/serve.go): a plain-HTTP request whose
+Host is not listed gets 421, every answer carries the CORS headers for an allowed
+Origin, and OPTIONS (a preflight) is answered 200 with no body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +85,77 @@ class _Context:
         raise _Abort(code, message)
 
 
+CORS_METHODS = b"POST, GET, OPTIONS, PUT, DELETE"
+CORS_HEADERS = b"accept, content-type, authorization"
+REASONS = {200: "OK", 421: "Misdirected Request"}
+
+
+def is_origin(text: str) -> bool:
+    """Whether ``text`` is an origin ``--cors`` can name: scheme://host[:port], no path."""
+    try:
+        url = urllib.parse.urlsplit(text)
+        url.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return (
+        url.scheme in ("http", "https")
+        and bool(url.hostname)
+        and url.path in ("", "/")
+        and not (url.query or url.fragment)
+    )
+
+
+def hostname(host: str) -> str:
+    """The Host header without its port (Go's net.SplitHostPort; as it is if no port)."""
+    if host.startswith("["):
+        end = host.find("]")
+        if end > 0 and host[end + 1 : end + 2] == ":":
+            return host[1:end]
+        return host
+    name, colon, _ = host.rpartition(":")
+    if not colon or ":" in name:
+        return host
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class AccessPolicy:
+    """etcd's ``--cors`` and ``--host-whitelist`` (None: any origin / any host)."""
+
+    cors: frozenset[str] | None = None
+    hosts: frozenset[str] | None = None
+
+    def host_allowed(self, host: str) -> bool:
+        return self.hosts is None or hostname(host) in self.hosts
+
+    def cors_headers(self, origin: str | None) -> bytes:
+        """Header lines to add to the answer (empty for an origin not allowed)."""
+        if self.cors is None:
+            allowed = "*"
+        elif origin is not None and origin in self.cors:
+            allowed = origin
+        else:
+            return b""
+        return (
+            b"Access-Control-Allow-Methods: " + CORS_METHODS + b"\r\n"
+            b"Access-Control-Allow-Origin: " + allowed.encode("latin-1") + b"\r\n"
+            b"Access-Control-Allow-Headers: " + CORS_HEADERS + b"\r\n"
+        )
+
+
+def misdirected(host: str) -> bytes:
+    """The body etcd answers a Host not in ``--host-whitelist`` with (CVE-2018-5702)."""
+    return (
+        "\nkeel-store received your request, but the Host header was unrecognized.\n\n"
+        "To fix this, choose one of the following options:\n"
+        "- Enable TLS, then any HTTPS request will be allowed.\n"
+        "- Add the hostname you want to use to the whitelist in settings.\n"
+        f"  - e.g. keel-store --host-whitelist {json.dumps(hostname(host))}\n\n"
+        'This requirement has been added to help prevent "DNS Rebinding" attacks'
+        " (CVE-2018-5702).\n\n"
+    ).encode()
+
+
 def _error(exc: EtcdError) -> bytes:
     return json.dumps(
         {"error": exc.message, "message": exc.message, "code": int(exc.code)}
@@ -96,8 +174,16 @@ def _to_json(message: Any) -> bytes:
 class Gateway:
     """Routes JSON requests to the same service objects the gRPC server uses."""
 
-    def __init__(self, node: StoreNode, kv: KVService, grpc_stats: GrpcStats | None = None) -> None:
+    def __init__(
+        self,
+        node: StoreNode,
+        kv: KVService,
+        grpc_stats: GrpcStats | None = None,
+        access: AccessPolicy | None = None,
+    ) -> None:
         self.node = node
+        self.access = access
+        """--cors and --host-whitelist; None (the metrics URLs): neither applies."""
         self.grpc_stats = grpc_stats
         self.headers = Headers(node)
         lease, cluster, maint = LeaseService(node), ClusterService(node), MaintenanceService(node)
@@ -187,17 +273,39 @@ class Gateway:
                     await self._send(writer, 413, _error(errors.REQUEST_TOO_LARGE))
                     return
                 body = await reader.readexactly(length) if length else b""
+                extra = b""
+                if self.access is not None:
+                    host = headers.get("host", "")
+                    if writer.get_extra_info("ssl_object") is None and not (
+                        self.access.host_allowed(host)
+                    ):
+                        log.warning(
+                            "rejecting HTTP request to prevent DNS rebinding attacks",
+                            extra={"host": hostname(host)},
+                        )
+                        await self._send(
+                            writer,
+                            421,
+                            misdirected(host),
+                            "text/plain; charset=utf-8",
+                            b"X-Content-Type-Options: nosniff\r\n",
+                        )
+                        continue
+                    extra = self.access.cors_headers(headers.get("origin"))
+                    if method == "OPTIONS":
+                        await self._send(writer, 200, b"", None, extra)
+                        continue
                 if method == "GET" and path.partition("?")[0] == "/metrics":
                     body = metrics.exposition(self.node, self.grpc_stats)
-                    await self._send(writer, 200, body, METRICS_CONTENT_TYPE)
+                    await self._send(writer, 200, body, METRICS_CONTENT_TYPE, extra)
                     continue
                 if path.rstrip("/") in ("/v3/watch", "/v3beta/watch") and method == "POST":
-                    await self._watch(body, writer)
+                    await self._watch(body, writer, extra)
                     return
                 status, payload = await self._handle(
                     method, path, body, headers.get("authorization")
                 )
-                await self._send(writer, status, payload)
+                await self._send(writer, status, payload, extra=extra)
                 if headers.get("connection", "").lower() == "close":
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
@@ -210,11 +318,15 @@ class Gateway:
         writer: asyncio.StreamWriter,
         status: int,
         payload: bytes,
-        content_type: str = "application/json",
+        content_type: str | None = "application/json",
+        extra: bytes = b"",
     ) -> None:
+        """One answer; ``extra``: more header lines, each ending in CRLF."""
+        typed = f"Content-Type: {content_type}\r\n" if content_type else ""
         writer.write(
-            f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n{typed}".encode()
+            + extra
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
         await writer.drain()
@@ -258,12 +370,13 @@ class Gateway:
             self.calls -= 1
         return 200, _to_json(response)
 
-    async def _watch(self, body: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _watch(self, body: bytes, writer: asyncio.StreamWriter, extra: bytes = b"") -> None:
         """One watch per request (as etcd's gateway): chunked ``{"result": ...}`` lines."""
         try:
             req = json_format.Parse(body or b"{}", rpcpb.WatchRequest(), ignore_unknown_fields=True)
         except json_format.ParseError as exc:
-            await self._send(writer, 400, _doc({"error": str(exc), "message": str(exc), "code": 3}))
+            doc = _doc({"error": str(exc), "message": str(exc), "code": 3})
+            await self._send(writer, 400, doc, extra=extra)
             return
         cr = req.create_request
         queue: asyncio.Queue[rpcpb.WatchResponse] = asyncio.Queue()
@@ -286,7 +399,8 @@ class Gateway:
         )
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
+            + extra
+            + b"Transfer-Encoding: chunked\r\n\r\n"
         )
         created = rpcpb.WatchResponse(watch_id=0, created=True)
         self.headers.fill(created.header)

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import grpc
 
 from keel_store.server import h2wire as w
-from keel_store.server.h2conn import Connection, Stream
+from keel_store.server.h2conn import DEFAULT_OPTIONS, Connection, Options, Stream
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,14 @@ class GrpcServer:
     """
 
     def __init__(
-        self, *, max_receive_message_length: int, http1: Http1Handler | None = None
+        self,
+        *,
+        max_receive_message_length: int,
+        http1: Http1Handler | None = None,
+        options: Options = DEFAULT_OPTIONS,
     ) -> None:
         self.max_receive_message_length = max_receive_message_length
+        self.options = options
         self.http1_handler = http1
         self._methods: dict[str, Any] = {}
         self._generic: list[Any] = []
@@ -207,7 +212,7 @@ class GrpcServer:
             self._servers.append(server)
 
     def _connection(self) -> Connection:
-        conn = Connection(self, self.max_receive_message_length)
+        conn = Connection(self, self.max_receive_message_length, self.options)
         self._connections.add(conn)
         return conn
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol, cast
@@ -34,6 +35,38 @@ OUR_CONNECTION_WINDOW = 16 << 20
 """Connection window we grant; replenished once a quarter of it was used."""
 
 MAX_HEADER_LIST = 1 << 20
+
+UNLIMITED_STREAMS = 2**32 - 1
+"""etcd's default ``--max-concurrent-streams`` (Go's math.MaxUint32)."""
+
+MAX_PING_STRIKES = 2
+"""Pings a client may send too early before GOAWAY ENHANCE_YOUR_CALM (grpc-go's)."""
+
+IDLE_PING_PERIOD = 7200.0
+"""Without streams, a ping less than this after the previous one is a strike (grpc-go's
+defaultPingTimeout: etcd does not permit keepalive pings without streams)."""
+
+KEEPALIVE_PING = b"\0" * 8
+"""Payload of our keepalive PING (grpc-go's is zeros too)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Per-connection limits: etcd's ``--max-concurrent-streams`` and the
+    ``--grpc-keepalive-*`` flags, as grpc-go applies them."""
+
+    max_streams: int = UNLIMITED_STREAMS
+    """SETTINGS_MAX_CONCURRENT_STREAMS; a stream beyond it is refused (0: no limit,
+    and the setting is not sent, as grpc-go)."""
+    ping_min_time: float = 5.0
+    """Client pings closer together than this (with streams open) are strikes."""
+    keepalive_interval: float = 7200.0
+    """We ping a connection from which nothing was read for this long..."""
+    keepalive_timeout: float = 20.0
+    """...and close it if still nothing was read this long after the ping."""
+
+
+DEFAULT_OPTIONS = Options()
 
 
 class Dispatcher(Protocol):
@@ -199,6 +232,7 @@ class Stream:
         if self.local_closed or self.reset:
             return
         conn = self.conn
+        conn.sent_stream_frames = True
         if not self.headers_sent:
             self.headers_sent = True
             conn.write(w.frame(w.HEADERS, w.END_HEADERS, self.id, w.RESPONSE_HEADERS))
@@ -245,6 +279,7 @@ class Stream:
         """Send ``block`` as the stream's last HEADERS frame (END_STREAM)."""
         self.headers_sent = True
         self.local_closed = True
+        self.conn.sent_stream_frames = True
         self.conn.write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, self.id, block))
         self.conn.closed_locally(self)
 
@@ -272,9 +307,13 @@ class Stream:
 class Connection(asyncio.Protocol):
     """The server side of one HTTP/2 connection."""
 
-    def __init__(self, dispatcher: Dispatcher, max_message: int) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, max_message: int, options: Options = DEFAULT_OPTIONS
+    ) -> None:
         self.dispatcher = dispatcher
         self.max_message = max_message
+        self.options = options
+        self.max_streams = options.max_streams or UNLIMITED_STREAMS
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
@@ -295,6 +334,17 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.going_away = False
         self.peer = ""
+        # keepalive (grpc-go's http2Server.keepalive and handlePing)
+        self.last_read = self.loop.time()
+        """When data last came in (any frame counts, as in grpc-go)."""
+        self.keepalive_handle: asyncio.TimerHandle | None = None
+        self.keepalive_seen = self.last_read
+        self.keepalive_outstanding = False
+        self.keepalive_left = 0.0
+        self.last_ping_at = -IDLE_PING_PERIOD
+        self.ping_strikes = 0
+        self.sent_stream_frames = False
+        """HEADERS or DATA went out since the last client PING: that PING is no strike."""
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -310,10 +360,15 @@ class Connection(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "http/1.1":
             self._hand_over(b"")
+            return
+        interval = self.options.keepalive_interval
+        if interval > 0:
+            self.keepalive_handle = self.loop.call_at(self.last_read + interval, self._keepalive)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.last_read = self.loop.time()
         self.in_receive = True
         try:
             self._receive(data)
@@ -335,6 +390,7 @@ class Connection(asyncio.Protocol):
         if self.flush_handle is not None:
             self.flush_handle.cancel()
             self.flush_handle = None
+        self._stop_keepalive()
         self.dispatcher.connection_closed(self)
 
     def pause_writing(self) -> None:
@@ -388,6 +444,7 @@ class Connection(asyncio.Protocol):
             stream.send_window -= len(chunk)
             self.send_window -= len(chunk)
             self.write(w.frame(w.DATA, 0, stream.id, chunk))
+            self.sent_stream_frames = True
         self.blocked.pop(stream.id, None)
         if stream.trailers is not None:
             stream._send_trailers()
@@ -467,14 +524,13 @@ class Connection(asyncio.Protocol):
                 return
             self.preface = True
             pos = len(w.PREFACE)
-            self.write(
-                w.settings_frame(
-                    {
-                        w.SETTINGS_INITIAL_WINDOW_SIZE: OUR_INITIAL_WINDOW,
-                        w.SETTINGS_MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-                    }
-                )
-            )
+            settings = {
+                w.SETTINGS_INITIAL_WINDOW_SIZE: OUR_INITIAL_WINDOW,
+                w.SETTINGS_MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            }
+            if self.options.max_streams:
+                settings[w.SETTINGS_MAX_CONCURRENT_STREAMS] = self.options.max_streams
+            self.write(w.settings_frame(settings))
             self.write(w.window_update(0, OUR_CONNECTION_WINDOW - w.DEFAULT_WINDOW))
         n = len(buf)
         while n - pos >= 9 and not self.closed:
@@ -508,6 +564,7 @@ class Connection(asyncio.Protocol):
                     raise _ConnectionError(w.FRAME_SIZE_ERROR, f"PING of {length} bytes")
                 if not flags & w.ACK:
                     self.write(w.frame(w.PING, w.ACK, 0, payload))
+                    self._ping_received()
             elif ftype == w.RST_STREAM:
                 stream = self.streams.get(sid)
                 if stream is not None:
@@ -524,10 +581,61 @@ class Connection(asyncio.Protocol):
             self.write(w.window_update(0, self.recv_unacked))
             self.recv_unacked = 0
 
+    # --- keepalive --------------------------------------------------------------------------
+
+    def _ping_received(self) -> None:
+        """grpc-go's enforcement policy (etcd: MinTime ``--grpc-keepalive-min-time``,
+        PermitWithoutStream false): a PING too soon after the previous one is a strike,
+        unless HEADERS or DATA went out since; the third strike closes the connection."""
+        now = self.loop.time()
+        since = now - self.last_ping_at
+        self.last_ping_at = now
+        if self.sent_stream_frames:
+            self.sent_stream_frames = False
+            self.ping_strikes = 0
+            return
+        if since < (self.options.ping_min_time if self.streams else IDLE_PING_PERIOD):
+            self.ping_strikes += 1
+            if self.ping_strikes > MAX_PING_STRIKES:
+                raise _ConnectionError(w.ENHANCE_YOUR_CALM, "too_many_pings")
+
+    def _keepalive(self) -> None:
+        """One timer per connection: ping after ``keepalive_interval`` without reads,
+        close if nothing came ``keepalive_timeout`` after the ping (grpc-go's loop)."""
+        self.keepalive_handle = None
+        if self.closed or self.transport is None:
+            return
+        options = self.options
+        if self.last_read > self.keepalive_seen:
+            self.keepalive_outstanding = False
+            self.keepalive_seen = self.last_read
+            self.keepalive_handle = self.loop.call_at(
+                self.last_read + options.keepalive_interval, self._keepalive
+            )
+            return
+        if self.keepalive_outstanding and self.keepalive_left <= 0:
+            log.warning("closing HTTP/2 connection from %s: keepalive ping not answered", self.peer)
+            self.abort()
+            return
+        if not self.keepalive_outstanding:
+            self.write(w.frame(w.PING, 0, 0, KEEPALIVE_PING))
+            self._flush()
+            self.keepalive_left = options.keepalive_timeout
+            self.keepalive_outstanding = True
+        sleep = min(options.keepalive_interval, self.keepalive_left)
+        self.keepalive_left -= sleep
+        self.keepalive_handle = self.loop.call_later(sleep, self._keepalive)
+
+    def _stop_keepalive(self) -> None:
+        if self.keepalive_handle is not None:
+            self.keepalive_handle.cancel()
+            self.keepalive_handle = None
+
     def _hand_over(self, data: bytes) -> None:
         transport = self.transport
         assert transport is not None
         self.closed = True
+        self._stop_keepalive()
         self.out.clear()
         self.dispatcher.connection_closed(self)
         if not self.dispatcher.http1(transport, data):
@@ -604,7 +712,7 @@ class Connection(asyncio.Protocol):
         if sid % 2 == 0 or sid <= self.last_stream_id:
             raise _ConnectionError(w.PROTOCOL_ERROR, f"HEADERS on stream {sid}")
         self.last_stream_id = sid
-        if self.going_away:
+        if self.going_away or len(self.streams) >= self.max_streams:
             self.write(w.rst_stream(sid, w.REFUSED_STREAM))
             return
         stream = Stream(self, sid, headers)

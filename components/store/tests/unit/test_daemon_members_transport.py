@@ -200,6 +200,10 @@ def test_client_server_flags_as_etcd_takes_them() -> None:
     options = daemon.connection_options(zeros)
     assert (options.max_streams, options.ping_min_time) == (0, 300.0)
     assert (options.keepalive_interval, options.keepalive_timeout) == (7200.0, 20.0)
+    # Negative durations parse in Go and, like 0, fall back to grpc-go's defaults.
+    negative = daemon.parse_args(["--grpc-keepalive-timeout=-1s", "--grpc-keepalive-min-time=-5s"])
+    options = daemon.connection_options(negative)
+    assert (options.ping_min_time, options.keepalive_timeout) == (300.0, 20.0)
 
 
 @pytest.mark.parametrize(
@@ -209,7 +213,7 @@ def test_client_server_flags_as_etcd_takes_them() -> None:
         ("--max-concurrent-streams=4294967296", "--max-concurrent-streams=4294967296: not"),
         ("--grpc-keepalive-min-time=5", "--grpc-keepalive-min-time: '5' is not a duration"),
         ("--grpc-keepalive-interval=2 h", "--grpc-keepalive-interval: '2 h' is not a duration"),
-        ("--grpc-keepalive-timeout=-1s", "--grpc-keepalive-timeout: '-1s' is not a duration"),
+        ("--grpc-keepalive-timeout=1x", "--grpc-keepalive-timeout: '1x' is not a duration"),
         ("--cors=example.com", "--cors: 'example.com' is not an origin"),
         ("--cors=http://a.com:1,ftp://b.org", "--cors: 'ftp://b.org' is not an origin"),
         ("--cors=http://a.com/path", "--cors: 'http://a.com/path' is not an origin"),

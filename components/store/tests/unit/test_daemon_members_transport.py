@@ -206,6 +206,7 @@ def test_client_server_flags_as_etcd_takes_them() -> None:
     assert (options.ping_min_time, options.keepalive_timeout) == (300.0, 20.0)
 
 
+@pytest.mark.timeout(60)  # a flag wrongly accepted would run the daemon until killed
 @pytest.mark.parametrize(
     ("flag", "message"),
     [

@@ -93,6 +93,7 @@ def test_bad_values_are_refused_with_the_flag_named(argv: list[str], message: st
         daemon.node_config(daemon.parse_args(argv, {}))
 
 
+@pytest.mark.timeout(60)
 def test_refused_values_exit_before_serving(tmp_path: Path, capsys: Any) -> None:
     assert daemon.main([f"--data-dir={tmp_path / 'd'}", "--proxy=readonly"]) == 2
     assert "--proxy=readonly" in capsys.readouterr().err
@@ -132,6 +133,7 @@ def test_environment_variables_reach_the_new_flags() -> None:
     assert (config.bcrypt_cost, config.max_wals, args.metrics) == (4, 0, "extensive")
 
 
+@pytest.mark.timeout(60)
 def test_debug_turns_on_debug_logging(tmp_path: Path, monkeypatch: Any) -> None:
     levels: list[Any] = []
     monkeypatch.setattr(logging, "basicConfig", lambda **kw: levels.append(kw["level"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -10,8 +11,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
+from keel_store.pb import rpcpb
 from keel_store.server import tokens
+from keel_store.server.node import StoreNode
+
+from .conftest import node_configs, start_members
 
 
 def ec_pair(directory: Path, name: str = "k") -> tuple[Path, Path]:
@@ -95,3 +101,29 @@ def test_bad_specs_say_what_is_wrong(tmp_path: Path, spec: str, message: str) ->
     spec = spec.replace("OTHER", str(other)).replace("PRIV", str(priv)).replace("PUB", str(pub))
     with pytest.raises(tokens.TokenSpecError, match=message.replace("(", r"\(")):
         tokens.parse(spec)
+
+
+def test_a_users_simple_tokens_end_when_it_is_deleted_or_its_password_changes(
+    tmp_path: Path,
+) -> None:
+    """etcd's invalidateUser, applied on every member: the user's tokens stop working
+    (a user created again with the same name does not inherit them)."""
+    async def run() -> None:
+        (config,) = node_configs(tmp_path, 1)
+        node = StoreNode(config)
+        await start_members([node])
+        try:
+            for name in ("alice", "bob"):
+                await node.propose(Kind.USER_ADD, rpcpb.AuthUserAddRequest(name=name))
+            alice, bob = node.tokens.assign("alice", 1), node.tokens.assign("bob", 1)
+            change = rpcpb.AuthUserChangePasswordRequest(name="alice", password="x")
+            await node.propose(Kind.USER_CHANGE_PASSWORD, change)
+            assert node.tokens.info(alice) is None
+            assert node.tokens.info(bob) == ("bob", None)
+            await node.propose(Kind.USER_DELETE, rpcpb.AuthUserDeleteRequest(name="bob"))
+            await node.propose(Kind.USER_ADD, rpcpb.AuthUserAddRequest(name="bob"))
+            assert node.tokens.info(bob) is None
+        finally:
+            await node.stop()
+
+    asyncio.run(run())

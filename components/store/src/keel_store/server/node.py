@@ -589,6 +589,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                 lease_id = commands.decode(data)[2].ID
                 self.lessor.forget(lease_id)
                 self._revoking.discard(lease_id)
+            elif kind in (Kind.USER_DELETE, Kind.USER_CHANGE_PASSWORD):
+                self.tokens.invalidate_user(commands.decode(data)[2].name)
             elif kind == Kind.LEASE_CHECKPOINT:
                 for cp in result.checkpoints:
                     self.lessor.checkpoint(cp.ID, cp.remaining_TTL, now, self.is_leader)

@@ -50,6 +50,10 @@ class TokenProvider(Protocol):
         """(user, revision the token carries or None) for a valid token, else None."""
         ...
 
+    def invalidate_user(self, user: str) -> None:
+        """The user was deleted or its password changed (applied): drop its tokens."""
+        ...
+
 
 DEFAULT_SIMPLE_TTL = 300.0
 """etcd's ``--auth-token-ttl``: a simple token unused for five minutes expires."""
@@ -95,6 +99,12 @@ class SimpleTokens:
         self._deadlines[token] = now + self.ttl
         return user, None
 
+    def invalidate_user(self, user: str) -> None:
+        """As etcd's ``invalidateUser``: a deleted user's tokens, or those issued under
+        a changed password, stop working on this member."""
+        for token in [t for t, u in self._users.items() if u == user]:
+            del self._users[token], self._deadlines[token]
+
     def _sweep(self, now: float) -> None:
         self._swept = now
         for token in [t for t, deadline in self._deadlines.items() if now > deadline]:
@@ -130,6 +140,10 @@ class JwtTokens:
         if not isinstance(user, str) or not isinstance(revision, int):
             return None
         return user, revision
+
+    def invalidate_user(self, user: str) -> None:
+        """Nothing to drop: a JWT from before the change carries an older auth revision
+        and is refused for that ("auth revision is old")."""
 
 
 def _duration(text: str) -> float:

@@ -108,6 +108,7 @@ def test_a_users_simple_tokens_end_when_it_is_deleted_or_its_password_changes(
 ) -> None:
     """etcd's invalidateUser, applied on every member: the user's tokens stop working
     (a user created again with the same name does not inherit them)."""
+
     async def run() -> None:
         (config,) = node_configs(tmp_path, 1)
         node = StoreNode(config)

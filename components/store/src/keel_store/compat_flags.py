@@ -6,7 +6,7 @@ is refused here too) and then either change nothing, because the thing they tune
 not exist in keel-store (bbolt's batching and freelist), or are logged as ignored when
 set to something other than etcd's default, so the operator learns what did not
 happen. A few are refused outright: a mode keel-store does not have (``--proxy=on``,
-discovery) must not come up as a member that silently ignores it.
+DNS discovery) must not come up as a member that silently ignores it.
 
 The flags that keel-store implements are in ``keel_store.daemon.FLAGS``.
 """
@@ -61,10 +61,7 @@ COMPAT_FLAGS: list[tuple[str, Any, str]] = [
     ("proxy-dial-timeout", 1000, "no effect without --proxy (ms)"),
     ("proxy-write-timeout", 5000, "no effect without --proxy (ms)"),
     ("proxy-read-timeout", 0, "no effect without --proxy (ms)"),
-    ("discovery", "", "refused: bootstrap with --initial-cluster"),
-    ("discovery-fallback", "proxy", "no effect without --discovery (exit or proxy)"),
-    ("discovery-proxy", "", "no effect without --discovery"),
-    ("discovery-srv", "", "refused: bootstrap with --initial-cluster"),
+    ("discovery-srv", "", "refused: bootstrap with --initial-cluster or --discovery"),
     ("discovery-srv-name", "", "no effect without --discovery-srv"),
 ]
 """(name, etcd's default, what it does in keel-store), as ``daemon.FLAGS``."""
@@ -115,15 +112,11 @@ def check(args: argparse.Namespace, duration: Any) -> list[str]:
             f"--proxy={proxy}: keel-store has no proxy mode (etcd's v2 proxy); run a member,"
             " or point clients at several members"
         )
-    for name in ("discovery", "discovery-srv"):
-        if _value(args, name):
-            raise UnsupportedFlag(
-                f"--{name}={_value(args, name)}: discovery is not supported; list the"
-                " members with --initial-cluster (and --initial-cluster-state)"
-            )
-    fallback = _value(args, "discovery-fallback")
-    if fallback not in ("exit", "proxy"):
-        raise UnsupportedFlag(f"--discovery-fallback: {fallback!r} is not 'exit' or 'proxy'")
+    if _value(args, "discovery-srv"):
+        raise UnsupportedFlag(
+            f"--discovery-srv={_value(args, 'discovery-srv')}: DNS discovery is not"
+            " supported; list the members with --initial-cluster, or use --discovery"
+        )
     warnings = []
     for name in _IGNORED_WHEN_SET:
         value = _value(args, name)

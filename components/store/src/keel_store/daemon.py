@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from keel_core import systemd
-from keel_store import compat_flags, config_file, eventloop, snapshot_cli
+from keel_store import compat_flags, config_file, eventloop, snapshot_cli, v2discovery
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
@@ -81,6 +81,19 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("initial-cluster", "", "initial cluster: name=peer-url,... (default: ${name}=peer-url)"),
     ("initial-cluster-state", "new", "new or existing"),
     ("initial-cluster-token", "etcd-cluster", "cluster token; peers with another are refused"),
+    (
+        "discovery",
+        "",
+        "discovery URL (an etcd v2 key space such as discovery.etcd.io) to bootstrap a new"
+        " cluster with, instead of --initial-cluster",
+    ),
+    ("discovery-proxy", "", "HTTP proxy for the requests to the discovery service"),
+    (
+        "discovery-fallback",
+        "proxy",
+        "exit or proxy: what etcd does when the discovered cluster is full (keel-store"
+        " has no proxy mode: it exits either way)",
+    ),
     ("heartbeat-interval", 100, "time (ms) of a heartbeat interval"),
     ("election-timeout", 1000, "time (ms) for an election to timeout"),
     (
@@ -564,6 +577,15 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         token_provider = tokens.parse(args.auth_token, float(args.auth_token_ttl))
     except tokens.TokenSpecError as exc:
         raise FlagError(str(exc)) from None
+    if args.discovery and args.initial_cluster:
+        raise FlagError(
+            "multiple discovery or bootstrap flags are set. Choose one of"
+            ' "initial-cluster", "discovery" or "discovery-srv"'
+        )
+    if args.discovery_fallback not in ("exit", "proxy"):
+        raise FlagError(
+            f"--discovery-fallback: {args.discovery_fallback!r} is not 'exit' or 'proxy'"
+        )
     peer_url = _first(args.initial_advertise_peer_urls, "initial-advertise-peer-urls")
     spec = args.initial_cluster or f"{args.name}={peer_url}"
     try:
@@ -803,6 +825,15 @@ async def serve(args: argparse.Namespace) -> int:
     """Run the member until SIGINT/SIGTERM (exit status 0), or until its Raft
     processing fails, e.g. on a disk that cannot be written (status 1)."""
     config = node_config(args)
+    if args.discovery and not _has_wal(config):
+        try:
+            args = await _discover(args, config)
+        except v2discovery.DiscoveryError as exc:
+            log.error("failed to join discovery cluster (%s)", exc)
+            if str(exc) == v2discovery.ErrFullCluster and args.discovery_fallback == "proxy":
+                log.error("etcd would run as a proxy now; keel-store has no proxy mode")
+            return 1
+        config = node_config(args)
     client_ssl = client_tls(args)  # flag errors before the member starts
     options = connection_options(args)
     access = access_policy(args)
@@ -863,6 +894,25 @@ async def serve(args: argparse.Namespace) -> int:
     await node.stop()
     gc_policy.uninstall()
     return 1 if node.failure is not None else 0
+
+
+def _has_wal(config: NodeConfig) -> bool:
+    """Whether the member has a log already (then discovery is not used, as in etcd)."""
+    wal = config.wal_dir or config.data_dir / "member" / "wal"
+    return wal.is_dir() and any(p.suffix == ".wal" for p in wal.iterdir())
+
+
+async def _discover(args: argparse.Namespace, config: NodeConfig) -> argparse.Namespace:
+    """--discovery: the initial cluster from the discovery service (in a thread: it
+    waits until every member registered)."""
+    me = config.cluster.by_name(args.name)
+    registration = ",".join(f"{args.name}={url}" for url in me.peer_urls)
+    log.info("joining discovery cluster", extra={"url": args.discovery, "member": f"{me.id:x}"})
+    spec = await asyncio.to_thread(
+        v2discovery.join_cluster, args.discovery, me.id, registration, args.discovery_proxy
+    )
+    log.info("discovered the initial cluster", extra={"initial-cluster": spec})
+    return argparse.Namespace(**{**vars(args), "initial_cluster": spec, "discovery": ""})
 
 
 def log_handlers(outputs: str) -> list[logging.Handler]:

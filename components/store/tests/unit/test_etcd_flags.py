@@ -83,7 +83,10 @@ def test_every_etcd_flag_is_taken() -> None:
         (["--experimental-backend-bbolt-freelist-type=list"], "'list' is not 'map' or 'array'"),
         (["--proxy=on"], "--proxy=on: keel-store has no proxy mode"),
         (["--proxy=maybe"], "--proxy: 'maybe' is not"),
-        (["--discovery=https://discovery.etcd.io/x"], "discovery is not supported"),
+        (
+            ["--discovery=https://discovery.etcd.io/x", "--initial-cluster=a=http://h:1"],
+            'Choose one of "initial-cluster", "discovery" or "discovery-srv"',
+        ),
         (["--discovery-srv=example.com"], "--discovery-srv=example.com"),
         (["--discovery-fallback=retry"], "'retry' is not 'exit' or 'proxy'"),
     ],

@@ -13,6 +13,20 @@ from .conftest import Proc, etcdctl, free_port
 pytestmark = [pytest.mark.host, pytest.mark.timeout(240)]
 
 NOT_IN_SYNC = "etcdserver: can only promote a learner member which is in sync with leader"
+UNHEALTHY = "etcdserver: unhealthy cluster"
+NOT_ENOUGH_STARTED = "etcdserver: re-configuration failed due to not enough started members"
+
+
+def member_add(endpoint: str, *args: str) -> str:
+    """``etcdctl member add``, retried while the cluster is "unhealthy": with
+    --strict-reconfig-check (on by default, as in etcd) a member is added only once the
+    member asked has been connected to every voting member for 5 s."""
+    deadline = time.monotonic() + 15
+    while (r := etcdctl(endpoint, "member", "add", *args, check=False)).returncode != 0:
+        assert UNHEALTHY in r.stderr, r.stderr
+        assert time.monotonic() < deadline, r.stderr
+        time.sleep(0.5)
+    return r.stdout
 
 
 def join(cluster, tmp_path, name: str, learner: bool = False) -> Proc:
@@ -20,7 +34,7 @@ def join(cluster, tmp_path, name: str, learner: bool = False) -> Proc:
     a = cluster.members[0].endpoint
     peer, client = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     args = ["member", "add", name, f"--peer-urls={peer}", *(["--learner"] if learner else [])]
-    out = etcdctl(a, *args).stdout
+    out = member_add(a, *args[2:])
     env = dict(line.split("=", 1) for line in out.splitlines() if line.startswith("ETCD_"))
     env = {k: v.strip('"') for k, v in env.items()}
     assert env["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
@@ -90,7 +104,7 @@ def promote_unstarted_learner(endpoint: str) -> list[str]:
     for i in range(20):
         etcdctl(endpoint, "put", f"k{i}", "v")
     peer = f"http://127.0.0.1:{free_port()}"
-    etcdctl(endpoint, "member", "add", "ghost", f"--peer-urls={peer}", "--learner")
+    member_add(endpoint, "ghost", f"--peer-urls={peer}", "--learner")
     (lid,) = [mid for mid, m in members(endpoint).items() if m.get("isLearner")]
     time.sleep(1.0)  # the leader has the learner in its Raft configuration by now
     out = []
@@ -116,3 +130,57 @@ def test_promote_through_a_follower_asks_the_leader(make_cluster) -> None:
     follower = next(m for m in cluster.members if m is not leader).endpoint
     out = promote_unstarted_learner(follower)
     assert out == [f"Error: {NOT_IN_SYNC}", "Error: etcdserver: member not found"]
+
+
+def outcome(r) -> str:  # type: ignore[no-untyped-def]
+    return "ok" if r.returncode == 0 else r.stderr.strip().splitlines()[-1]
+
+
+def member_ids(endpoint: str) -> dict[str, str]:
+    """Name -> hex ID (members that never started have no name: left out)."""
+    return {str(m["name"]): mid for mid, m in members(endpoint).items() if m.get("name")}
+
+
+def reconfig_with_a_member_down(cluster) -> list[str]:  # type: ignore[no-untyped-def]
+    """etcd's mayAddMember / mayRemoveMember: the same requests, what each one answers."""
+    a = cluster.members[0].endpoint
+    ids = member_ids(a)
+    time.sleep(6)  # connected to every peer for etcd's HealthInterval (5 s)
+    cluster.members[2].kill()
+    cluster.leader()  # (m2 may have been the leader)
+    time.sleep(1)
+
+    def ctl(*args: str) -> str:
+        return outcome(etcdctl(a, *args, check=False))
+
+    def url() -> str:
+        return f"--peer-urls=http://127.0.0.1:{free_port()}"
+
+    out = [ctl("member", "add", "v1", url())]  # m2 is down: not fully connected
+    if out != ["ok"]:  # (with the check off, v1 is in: 2 of 4 voters up, no quorum)
+        out += [
+            ctl("member", "add", "l1", url(), "--learner"),  # learners too
+            ctl("member", "remove", ids["m1"]),  # a live voter: m0 + m1 are all that is left
+            ctl("member", "remove", ids["m2"]),  # a member that is down may go
+            ctl("member", "add", "l1", url(), "--learner"),
+            ctl("member", "add", "v2", url()),  # 2 started of 3: a quorum
+            ctl("member", "add", "v3", url()),  # 2 started of 4 (v2 never started): refused
+            ctl("member", "remove", ids["m0"]),  # 1 started left of 2 (v2): refused
+        ]
+    return out
+
+
+def test_strict_reconfig_check_answers_as_etcd(make_cluster) -> None:
+    ours = reconfig_with_a_member_down(make_cluster(3))
+    theirs = reconfig_with_a_member_down(make_cluster(3, binary="etcd"))
+    unhealthy, not_started = f"Error: {UNHEALTHY}", f"Error: {NOT_ENOUGH_STARTED}"
+    expected = [unhealthy, unhealthy, unhealthy, "ok", "ok", "ok", not_started, not_started]
+    assert theirs == expected
+    assert ours == theirs
+
+
+def test_no_strict_reconfig_check_allows_all(make_cluster) -> None:
+    off = ["--strict-reconfig-check=false"]
+    ours = reconfig_with_a_member_down(make_cluster(3, extra=off))
+    theirs = reconfig_with_a_member_down(make_cluster(3, binary="etcd", extra=off))
+    assert ours == theirs == ["ok"]

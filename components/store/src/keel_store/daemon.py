@@ -68,6 +68,12 @@ FLAGS: list[tuple[str, Any, str]] = [
         "campaign only after a pre-vote (etcd 3.4's default: false; keel-store's fast"
         " failover needs it)",
     ),
+    (
+        "strict-reconfig-check",
+        True,
+        "refuse membership changes that could cost the cluster its quorum (not enough"
+        " started members, or this member not connected to every voting member for 5 s)",
+    ),
     ("snapshot-count", 100_000, "committed transactions between snapshots"),
     ("quota-backend-bytes", 0, "raise an alarm when the backend exceeds this (0: 2 GiB)"),
     ("auto-compaction-mode", "periodic", "periodic or revision"),
@@ -228,6 +234,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         wal_dir=Path(args.wal_dir) if args.wal_dir else None,
         max_snapshots=args.max_snapshots,
         pre_vote=args.pre_vote,
+        strict_reconfig_check=args.strict_reconfig_check,
         cluster=cluster,
         heartbeat_ms=args.heartbeat_interval,
         election_ms=args.election_timeout,

@@ -71,6 +71,11 @@ LEARNER_NOT_READY = _e(
     Code.FAILED_PRECONDITION,
     "etcdserver: can only promote a learner member which is in sync with leader",
 )
+NOT_ENOUGH_STARTED = _e(
+    Code.FAILED_PRECONDITION,
+    "etcdserver: re-configuration failed due to not enough started members",
+)
+UNHEALTHY = _e(Code.UNAVAILABLE, "etcdserver: unhealthy cluster")
 REQUEST_TOO_LARGE = _e(Code.INVALID_ARGUMENT, "etcdserver: request is too large")
 NO_LEADER = _e(Code.UNAVAILABLE, "etcdserver: no leader")
 LEADER_CHANGED = _e(Code.UNAVAILABLE, "etcdserver: leader changed")

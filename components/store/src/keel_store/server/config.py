@@ -22,6 +22,9 @@ class NodeConfig:
     """``--pre-vote``: campaign only after a pre-vote a majority would grant (a member
     cut off and back does not depose a working leader; early campaigns after a lost
     leader connection need it)."""
+    strict_reconfig_check: bool = True
+    """``--strict-reconfig-check``: refuse membership changes that could cost the quorum
+    (etcd's mayAddMember/mayRemoveMember/mayPromoteMember)."""
     max_snapshots: int = 2
     """``--max-snapshots``: snapshot files kept (the WAL is kept back to the oldest)."""
     heartbeat_ms: int = 100

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .conftest import Proc, etcdctl, free_port
+from .conftest import ETCD, Proc, etcdctl, free_port
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(240)]
 
@@ -29,7 +29,7 @@ def member_add(endpoint: str, *args: str) -> str:
     return r.stdout
 
 
-def join(cluster, tmp_path, name: str, learner: bool = False) -> Proc:
+def join(cluster, tmp_path, name: str, learner: bool = False, binary: str = "keel") -> Proc:
     """``member add`` then start the new member with the environment etcdctl printed."""
     a = cluster.members[0].endpoint
     peer, client = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
@@ -39,9 +39,7 @@ def join(cluster, tmp_path, name: str, learner: bool = False) -> Proc:
     env = {k: v.strip('"') for k, v in env.items()}
     assert env["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
     argv = [
-        sys.executable,
-        "-m",
-        "keel_store.daemon",
+        *([sys.executable, "-m", "keel_store.daemon"] if binary == "keel" else [ETCD]),
         f"--data-dir={tmp_path / name}",
         f"--listen-client-urls={client}",
         f"--advertise-client-urls={client}",
@@ -184,3 +182,55 @@ def test_no_strict_reconfig_check_allows_all(make_cluster) -> None:
     ours = reconfig_with_a_member_down(make_cluster(3, extra=off))
     theirs = reconfig_with_a_member_down(make_cluster(3, binary="etcd", extra=off))
     assert ours == theirs == ["ok"]
+
+
+def lone_leader(member: Proc) -> bool:
+    st = json.loads(etcdctl(member.endpoint, "endpoint", "status", "-w", "json").stdout)[0]
+    return bool(st["Status"].get("leader") == st["Status"]["header"]["member_id"])
+
+
+def force_new_cluster(cluster, tmp_path, binary: str, keys: int = 40) -> list[object]:  # type: ignore[no-untyped-def]
+    """Three members, every one killed; the leader comes back with --force-new-cluster.
+    What it looks like then, after a restart without the flag, and after a member joins."""
+    for i in range(keys):
+        etcdctl(cluster.members[i % 3].endpoint, "put", f"k{i}", str(i))
+    survivor = cluster.leader()  # it has every acknowledged entry in its log
+    for m in cluster.members:
+        m.kill()
+    survivor.argv.append("--force-new-cluster")
+    survivor.start()
+    cluster.wait_ready(survivor)
+    e = survivor.endpoint
+    out: list[object] = [len(members(e)), lone_leader(survivor)]
+    got = etcdctl(e, "get", "k", "--prefix", "--print-value-only").stdout.split()
+    out.append(keys - len(got))  # acknowledged keys lost
+    etcdctl(e, "put", "after", "force")
+    survivor.kill()
+    survivor.argv.remove("--force-new-cluster")
+    survivor.start()
+    cluster.wait_ready(survivor)
+    out += [len(members(e)), lone_leader(survivor)]
+    out.append(etcdctl(e, "get", "after", "--print-value-only").stdout.strip())
+    cluster.members[:] = [survivor]
+    new = join(cluster, tmp_path, "m9", binary=binary)
+    cluster.wait_ready(new)
+    out.append(etcdctl(new.endpoint, "get", "after", "--print-value-only").stdout.strip())
+    out.append(len(members(e)))
+    return out
+
+
+def test_force_new_cluster_as_etcd(make_cluster, tmp_path) -> None:
+    """etcd keeps only what its WAL's commit index covers: a commit index moved without
+    an fsync stays in its write buffer, so SIGKILL loses it and the last acknowledged
+    writes with it (one key in every run here). keel-store commits the whole local log."""
+    ours = force_new_cluster(make_cluster(3), tmp_path / "keel", "keel")
+    theirs = force_new_cluster(make_cluster(3, binary="etcd"), tmp_path / "etcd", "etcd")
+    assert ours == [1, True, 0, 1, True, "force", "force", 2]
+    assert theirs[:2] + theirs[3:] == [1, True, 1, True, "force", "force", 2]
+
+
+def test_force_new_cluster_is_ignored_by_a_new_member(make_cluster) -> None:
+    """etcd ignores it without a WAL: the members bootstrap from --initial-cluster."""
+    for binary in ("keel", "etcd"):
+        cluster = make_cluster(3, binary=binary, extra=["--force-new-cluster"])
+        assert len(members(cluster.members[0].endpoint)) == 3

@@ -74,6 +74,12 @@ FLAGS: list[tuple[str, Any, str]] = [
         "refuse membership changes that could cost the cluster its quorum (not enough"
         " started members, or this member not connected to every voting member for 5 s)",
     ),
+    (
+        "force-new-cluster",
+        False,
+        "on a restart, commit the local log and drop every other member: a one-member"
+        " cluster with this member's data (disaster recovery; ignored for a new member)",
+    ),
     ("snapshot-count", 100_000, "committed transactions between snapshots"),
     ("quota-backend-bytes", 0, "raise an alarm when the backend exceeds this (0: 2 GiB)"),
     ("auto-compaction-mode", "periodic", "periodic or revision"),
@@ -235,6 +241,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         max_snapshots=args.max_snapshots,
         pre_vote=args.pre_vote,
         strict_reconfig_check=args.strict_reconfig_check,
+        force_new_cluster=args.force_new_cluster,
         cluster=cluster,
         heartbeat_ms=args.heartbeat_interval,
         election_ms=args.election_timeout,

@@ -48,6 +48,9 @@ class Kind(enum.IntEnum):
     ROLE_DELETE = 21
     ROLE_GRANT_PERMISSION = 22
     ROLE_REVOKE_PERMISSION = 23
+    FORCE_NEW_CLUSTER = 24
+    """``--force-new-cluster``: the member named keeps the member table to itself (as a
+    voter); written straight into its own log, never proposed."""
 
 
 _MESSAGES: dict[Kind, type[Message]] = {
@@ -74,8 +77,9 @@ _MESSAGES: dict[Kind, type[Message]] = {
     Kind.ROLE_DELETE: rpcpb.AuthRoleDeleteRequest,
     Kind.ROLE_GRANT_PERMISSION: rpcpb.AuthRoleGrantPermissionRequest,
     Kind.ROLE_REVOKE_PERMISSION: rpcpb.AuthRoleRevokePermissionRequest,
+    Kind.FORCE_NEW_CLUSTER: rpcpb.Member,
 }
-AUTH_KINDS = {k for k in Kind if k >= Kind.AUTH_ENABLE}
+AUTH_KINDS = {k for k in Kind if Kind.AUTH_ENABLE <= k <= Kind.ROLE_REVOKE_PERMISSION}
 """Kinds that change users, roles or whether authentication is enabled."""
 
 
@@ -173,6 +177,8 @@ def apply(sm: StateMachine, index: int, data: bytes) -> tuple[int, Any]:
             return request_id, sm.alarm(req)
         if kind is Kind.MEMBER_PROMOTE:
             return request_id, sm.member_promote(req)
+        if kind is Kind.FORCE_NEW_CLUSTER:
+            return request_id, sm.keep_only_member(req)
         return request_id, sm.range(req)
     except EtcdError as exc:
         return request_id, exc

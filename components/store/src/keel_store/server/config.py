@@ -25,6 +25,9 @@ class NodeConfig:
     strict_reconfig_check: bool = True
     """``--strict-reconfig-check``: refuse membership changes that could cost the quorum
     (etcd's mayAddMember/mayRemoveMember/mayPromoteMember)."""
+    force_new_cluster: bool = False
+    """``--force-new-cluster``: on a restart, commit the whole local log and leave this
+    member alone in the configuration (through entries in the log)."""
     max_snapshots: int = 2
     """``--max-snapshots``: snapshot files kept (the WAL is kept back to the oldest)."""
     heartbeat_ms: int = 100

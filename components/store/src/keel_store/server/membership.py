@@ -12,8 +12,19 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from keel_store.mvcc import errors
-from keel_store.raft import ConfChange, ConfChangeType, ProposalDroppedError, RaftNode
+from keel_store.mvcc import commands, errors
+from keel_store.mvcc.commands import Kind
+from keel_store.raft import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    HardState,
+    ProposalDroppedError,
+    RaftNode,
+    SnapshotMeta,
+)
 from keel_store.server import transport
 
 if TYPE_CHECKING:
@@ -28,6 +39,44 @@ LEARNER_READY_FRACTION = 0.9
 HEALTH_INTERVAL = 5.0
 """etcd's ``HealthInterval``: with ``--strict-reconfig-check``, a voting member must
 have been connected this long (seconds) to count as healthy for a membership change."""
+
+
+def force_new_cluster(
+    me: Any, snap: SnapshotMeta, entries: list[Entry], hard_state: HardState
+) -> tuple[list[Entry], HardState]:
+    """``--force-new-cluster`` (etcd's ``restartAsStandaloneNode``): the entries to write
+    after the recovered log, and the hard state that commits all of it.
+
+    ``me`` is this member (an ``rpcpb.Member``: ID, name, peer URLs). The whole local
+    log is committed: with the quorum gone for good, an entry this member holds may have
+    been acknowledged (etcd drops those past its last persisted commit index, which can
+    lag the leader's). Then, in the log so that they hold after later restarts: the
+    member table reduced to this member, and the Raft configuration changes that make
+    it the only voter (itself added first if it was not one, then every other member
+    removed).
+    """
+    conf = snap.conf
+    for entry in entries:
+        if entry.type is EntryType.CONF_CHANGE:
+            with contextlib.suppress(ConfChangeError):
+                conf = ConfChange.decode(entry.data).apply(conf)
+    last = entries[-1] if entries else None
+    index = last.index if last else snap.index
+    term = max(hard_state.term, last.term if last else snap.term)
+    changes = [] if me.ID in conf.voters else [ConfChange(ConfChangeType.ADD_VOTER, me.ID)]
+    changes += [
+        ConfChange(ConfChangeType.REMOVE, nid)
+        for nid in sorted({*conf.voters, *conf.learners})
+        if nid != me.ID
+    ]
+    extra = [
+        Entry(term, index + 1, EntryType.NORMAL, commands.encode(Kind.FORCE_NEW_CLUSTER, 0, me))
+    ]
+    extra += [
+        Entry(term, index + 2 + i, EntryType.CONF_CHANGE, change.encode())
+        for i, change in enumerate(changes)
+    ]
+    return extra, HardState(term=term, vote=hard_state.vote, commit=extra[-1].index)
 
 
 class MembershipMixin:

@@ -54,7 +54,7 @@ from keel_store.server.calls import (
     CALL_TTL,
 )
 from keel_store.server.config import NodeConfig
-from keel_store.server.membership import MembershipMixin
+from keel_store.server.membership import MembershipMixin, force_new_cluster
 from keel_store.server.outbox import Outbox
 from keel_store.server.reads import ReadIndexMixin
 from keel_store.server.snapshotter import ChildSnapshot, FileLoader, save_in_child
@@ -167,6 +167,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             preallocate=True,
         )
         snap = recovered.snapshot
+        fresh = snap is None
         if snap is None:
             for m in self.cluster.members.values():
                 self.sm.members[m.id] = MemberRecord(m.id, m.name, list(m.peer_urls))
@@ -177,10 +178,28 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             conf = ConfState(voters=tuple(sorted(voters)))
             snap = Snapshot(SnapshotMeta(index=0, term=0, conf=conf), snapshot.save(self.sm))
             self.disk.save_snapshot(snap)
+        entries, hard_state = recovered.entries, recovered.hard_state
+        if self.config.force_new_cluster and not fresh:  # a new member ignores it (etcd)
+            from keel_store.pb import rpcpb  # noqa: PLC0415
+
+            me = self.cluster.members[self.member_id]
+            extra, hard_state = force_new_cluster(
+                rpcpb.Member(ID=self.member_id, name=me.name, peerURLs=me.peer_urls),
+                snap.meta,
+                entries,
+                hard_state,
+            )
+            self.disk.save(extra, hard_state)
+            entries = [*entries, *extra]
+            log.warning(
+                "--force-new-cluster: committed the log up to index %d and removed every"
+                " other member; this member is now a one-member cluster",
+                hard_state.commit,
+            )
         self.storage.apply_snapshot(snap)
         self._install_state(snap)
-        self.storage.append(recovered.entries)
-        self.storage.set_hard_state(recovered.hard_state)
+        self.storage.append(entries)
+        self.storage.set_hard_state(hard_state)
         self.last_snapshot_index = snap.meta.index
         election_ticks = max(2, self.config.election_ms // self.config.heartbeat_ms)
         self.raft = RaftNode(

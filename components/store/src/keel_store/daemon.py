@@ -69,6 +69,13 @@ FLAGS: list[tuple[str, Any, str]] = [
         " failover needs it)",
     ),
     (
+        "initial-election-tick-advance",
+        True,
+        "on a start, once peers for a quorum are connected, fast-forward the election"
+        " clock (election ticks - 2) instead of waiting a whole election timeout"
+        " (a one-member cluster always does)",
+    ),
+    (
         "strict-reconfig-check",
         True,
         "refuse membership changes that could cost the cluster its quorum (not enough"
@@ -242,6 +249,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         pre_vote=args.pre_vote,
         strict_reconfig_check=args.strict_reconfig_check,
         force_new_cluster=args.force_new_cluster,
+        initial_election_tick_advance=args.initial_election_tick_advance,
         cluster=cluster,
         heartbeat_ms=args.heartbeat_interval,
         election_ms=args.election_timeout,

@@ -28,6 +28,8 @@ class NodeConfig:
     force_new_cluster: bool = False
     """``--force-new-cluster``: on a restart, commit the whole local log and leave this
     member alone in the configuration (through entries in the log)."""
+    initial_election_tick_advance: bool = True
+    """``--initial-election-tick-advance``: see :meth:`StoreNode.start`."""
     max_snapshots: int = 2
     """``--max-snapshots``: snapshot files kept (the WAL is kept back to the oldest)."""
     heartbeat_ms: int = 100

@@ -227,6 +227,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._tasks = [
             asyncio.create_task(self._run()),
             asyncio.create_task(self._ticker()),
+            asyncio.create_task(self._advance_election_ticks()),
         ]
         self._wake.set()
 
@@ -309,6 +310,43 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         while True:
             await asyncio.sleep(interval)
             self._submit(self._tick)
+
+    async def _advance_election_ticks(self) -> None:
+        """etcd's ``adjustTicks``: the first campaign after a start need not wait a whole
+        election timeout (1 to 2 of them, randomized) when nobody else can lead.
+
+        The only voter fast-forwards its election clock at once (``election ticks - 1``,
+        whatever the flag, as etcd). With ``--initial-election-tick-advance`` (the
+        default), a member of a larger cluster fast-forwards ``election ticks - 2``
+        once enough peers are connected for a vote to pass (etcd waits for them the
+        same way, up to 5 s): a leader that is up sends its heartbeat within the two
+        ticks left, and a live leader loses nothing to a refused pre-vote. With
+        ``--initial-election-tick-advance=false`` it waits the full timeout. The
+        configuration is read on every check: the recovered log may change it.
+        """
+        deadline = time.monotonic() + 5.0
+        ticks = self.raft.config.election_ticks
+        while time.monotonic() < deadline:
+            voters = self.raft.conf.voters
+            if voters == (self.member_id,) and self.raft.log.applied >= self.raft.log.committed:
+                self._submit(lambda: self._fast_forward(ticks - 1))
+                return
+            if self.config.initial_election_tick_advance and self.member_id in voters:
+                active = sum(
+                    1
+                    for v in voters
+                    if v != self.member_id and self.transport.active_since(v) is not None
+                )
+                if len(voters) > 1 and active + 1 > len(voters) // 2:
+                    self._submit(lambda: self._fast_forward(ticks - 2))
+                    return
+            await asyncio.sleep(0.05)
+
+    def _fast_forward(self, ticks: int) -> None:
+        for _ in range(ticks):
+            if self.raft.role is not Role.FOLLOWER or self.raft.leader:
+                return  # a leader is known (or we lead): nothing to hurry
+            self.raft.tick()
 
     def _tick(self) -> None:
         self.raft.tick()

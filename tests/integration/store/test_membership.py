@@ -6,7 +6,10 @@ import json
 import sys
 import time
 
+import grpc
 import pytest
+
+from keel_store.pb import rpcgrpc, rpcpb
 
 from .conftest import ETCD, Proc, etcdctl, free_port
 
@@ -174,6 +177,27 @@ def test_strict_reconfig_check_answers_as_etcd(make_cluster) -> None:
     unhealthy, not_started = f"Error: {UNHEALTHY}", f"Error: {NOT_ENOUGH_STARTED}"
     expected = [unhealthy, unhealthy, unhealthy, "ok", "ok", "ok", not_started, not_started]
     assert theirs == expected
+    assert ours == theirs
+
+
+def test_reconfig_refusal_codes_as_etcd(make_cluster) -> None:
+    """The gRPC status codes (etcdctl shows only the message)."""
+
+    def codes(endpoint: str) -> list[str]:
+        stub = rpcgrpc.ClusterStub(grpc.insecure_channel(endpoint))
+        out = []
+        for _ in range(2):  # the 2nd: 1 started member of 3
+            req = rpcpb.MemberAddRequest(peerURLs=[f"http://127.0.0.1:{free_port()}"])
+            try:
+                stub.MemberAdd(req, timeout=10)
+                out.append("ok")
+            except grpc.RpcError as exc:
+                out.append(f"{exc.code().name}: {exc.details()}")
+        return out
+
+    ours = codes(make_cluster(1).members[0].endpoint)
+    theirs = codes(make_cluster(1, binary="etcd").members[0].endpoint)
+    assert theirs == ["ok", f"UNKNOWN: {NOT_ENOUGH_STARTED}"]
     assert ours == theirs
 
 

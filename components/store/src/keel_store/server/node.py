@@ -318,9 +318,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         The only voter fast-forwards its election clock at once (``election ticks - 1``,
         whatever the flag, as etcd). With ``--initial-election-tick-advance`` (the
         default), a member of a larger cluster fast-forwards ``election ticks - 2``
-        once enough peers are connected for a vote to pass (etcd waits for them the
-        same way, up to 5 s): a leader that is up sends its heartbeat within the two
-        ticks left, and a live leader loses nothing to a refused pre-vote. With
+        once enough peers are connected for a vote to pass (etcd waits up to 5 s the
+        same way, for two connected peers): a leader that is up sends its heartbeat
+        within the two ticks left, and a live leader loses nothing to a refused
+        pre-vote. With
         ``--initial-election-tick-advance=false`` it waits the full timeout. The
         configuration is read on every check: the recovered log may change it.
         """

@@ -338,7 +338,7 @@ class Cluster:
                 r = etcdctl(m.endpoint, *self.ctl, "endpoint", "status", "-w", "json", check=False)
                 if r.returncode == 0:
                     st = json.loads(r.stdout)[0]["Status"]
-                    if st["leader"] and st["leader"] == st["header"]["member_id"]:
+                    if st.get("leader") and st["leader"] == st["header"]["member_id"]:
                         return m
             time.sleep(0.2)
         raise AssertionError("no leader")

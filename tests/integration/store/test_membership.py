@@ -6,28 +6,43 @@ import json
 import sys
 import time
 
+import grpc
 import pytest
 
-from .conftest import Proc, etcdctl, free_port
+from keel_store.pb import rpcgrpc, rpcpb
+
+from .conftest import ETCD, Proc, etcdctl, free_port
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(240)]
 
 NOT_IN_SYNC = "etcdserver: can only promote a learner member which is in sync with leader"
+UNHEALTHY = "etcdserver: unhealthy cluster"
+NOT_ENOUGH_STARTED = "etcdserver: re-configuration failed due to not enough started members"
 
 
-def join(cluster, tmp_path, name: str, learner: bool = False) -> Proc:
+def member_add(endpoint: str, *args: str) -> str:
+    """``etcdctl member add``, retried while the cluster is "unhealthy": with
+    --strict-reconfig-check (on by default, as in etcd) a member is added only once the
+    member asked has been connected to every voting member for 5 s."""
+    deadline = time.monotonic() + 15
+    while (r := etcdctl(endpoint, "member", "add", *args, check=False)).returncode != 0:
+        assert UNHEALTHY in r.stderr, r.stderr
+        assert time.monotonic() < deadline, r.stderr
+        time.sleep(0.5)
+    return r.stdout
+
+
+def join(cluster, tmp_path, name: str, learner: bool = False, binary: str = "keel") -> Proc:
     """``member add`` then start the new member with the environment etcdctl printed."""
     a = cluster.members[0].endpoint
     peer, client = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     args = ["member", "add", name, f"--peer-urls={peer}", *(["--learner"] if learner else [])]
-    out = etcdctl(a, *args).stdout
+    out = member_add(a, *args[2:])
     env = dict(line.split("=", 1) for line in out.splitlines() if line.startswith("ETCD_"))
     env = {k: v.strip('"') for k, v in env.items()}
     assert env["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
     argv = [
-        sys.executable,
-        "-m",
-        "keel_store.daemon",
+        *([sys.executable, "-m", "keel_store.daemon"] if binary == "keel" else [ETCD]),
         f"--data-dir={tmp_path / name}",
         f"--listen-client-urls={client}",
         f"--advertise-client-urls={client}",
@@ -90,7 +105,7 @@ def promote_unstarted_learner(endpoint: str) -> list[str]:
     for i in range(20):
         etcdctl(endpoint, "put", f"k{i}", "v")
     peer = f"http://127.0.0.1:{free_port()}"
-    etcdctl(endpoint, "member", "add", "ghost", f"--peer-urls={peer}", "--learner")
+    member_add(endpoint, "ghost", f"--peer-urls={peer}", "--learner")
     (lid,) = [mid for mid, m in members(endpoint).items() if m.get("isLearner")]
     time.sleep(1.0)  # the leader has the learner in its Raft configuration by now
     out = []
@@ -116,3 +131,130 @@ def test_promote_through_a_follower_asks_the_leader(make_cluster) -> None:
     follower = next(m for m in cluster.members if m is not leader).endpoint
     out = promote_unstarted_learner(follower)
     assert out == [f"Error: {NOT_IN_SYNC}", "Error: etcdserver: member not found"]
+
+
+def outcome(r) -> str:  # type: ignore[no-untyped-def]
+    return "ok" if r.returncode == 0 else r.stderr.strip().splitlines()[-1]
+
+
+def member_ids(endpoint: str) -> dict[str, str]:
+    """Name -> hex ID (members that never started have no name: left out)."""
+    return {str(m["name"]): mid for mid, m in members(endpoint).items() if m.get("name")}
+
+
+def reconfig_with_a_member_down(cluster) -> list[str]:  # type: ignore[no-untyped-def]
+    """etcd's mayAddMember / mayRemoveMember: the same requests, what each one answers."""
+    a = cluster.members[0].endpoint
+    ids = member_ids(a)
+    time.sleep(6)  # connected to every peer for etcd's HealthInterval (5 s)
+    cluster.members[2].kill()
+    cluster.leader()  # (m2 may have been the leader)
+    time.sleep(1)
+
+    def ctl(*args: str) -> str:
+        return outcome(etcdctl(a, *args, check=False))
+
+    def url() -> str:
+        return f"--peer-urls=http://127.0.0.1:{free_port()}"
+
+    out = [ctl("member", "add", "v1", url())]  # m2 is down: not fully connected
+    if out != ["ok"]:  # (with the check off, v1 is in: 2 of 4 voters up, no quorum)
+        out += [
+            ctl("member", "add", "l1", url(), "--learner"),  # learners too
+            ctl("member", "remove", ids["m1"]),  # a live voter: m0 + m1 are all that is left
+            ctl("member", "remove", ids["m2"]),  # a member that is down may go
+            ctl("member", "add", "l1", url(), "--learner"),
+            ctl("member", "add", "v2", url()),  # 2 started of 3: a quorum
+            ctl("member", "add", "v3", url()),  # 2 started of 4 (v2 never started): refused
+            ctl("member", "remove", ids["m0"]),  # 1 started left of 2 (v2): refused
+        ]
+    return out
+
+
+def test_strict_reconfig_check_answers_as_etcd(make_cluster) -> None:
+    ours = reconfig_with_a_member_down(make_cluster(3))
+    theirs = reconfig_with_a_member_down(make_cluster(3, binary="etcd"))
+    unhealthy, not_started = f"Error: {UNHEALTHY}", f"Error: {NOT_ENOUGH_STARTED}"
+    expected = [unhealthy, unhealthy, unhealthy, "ok", "ok", "ok", not_started, not_started]
+    assert theirs == expected
+    assert ours == theirs
+
+
+def test_reconfig_refusal_codes_as_etcd(make_cluster) -> None:
+    """The gRPC status codes (etcdctl shows only the message)."""
+
+    def codes(endpoint: str) -> list[str]:
+        stub = rpcgrpc.ClusterStub(grpc.insecure_channel(endpoint))
+        out = []
+        for _ in range(2):  # the 2nd: 1 started member of 3
+            req = rpcpb.MemberAddRequest(peerURLs=[f"http://127.0.0.1:{free_port()}"])
+            try:
+                stub.MemberAdd(req, timeout=10)
+                out.append("ok")
+            except grpc.RpcError as exc:
+                out.append(f"{exc.code().name}: {exc.details()}")
+        return out
+
+    ours = codes(make_cluster(1).members[0].endpoint)
+    theirs = codes(make_cluster(1, binary="etcd").members[0].endpoint)
+    assert theirs == ["ok", f"UNKNOWN: {NOT_ENOUGH_STARTED}"]
+    assert ours == theirs
+
+
+def test_no_strict_reconfig_check_allows_all(make_cluster) -> None:
+    off = ["--strict-reconfig-check=false"]
+    ours = reconfig_with_a_member_down(make_cluster(3, extra=off))
+    theirs = reconfig_with_a_member_down(make_cluster(3, binary="etcd", extra=off))
+    assert ours == theirs == ["ok"]
+
+
+def lone_leader(member: Proc) -> bool:
+    st = json.loads(etcdctl(member.endpoint, "endpoint", "status", "-w", "json").stdout)[0]
+    return bool(st["Status"].get("leader") == st["Status"]["header"]["member_id"])
+
+
+def force_new_cluster(cluster, tmp_path, binary: str, keys: int = 40) -> list[object]:  # type: ignore[no-untyped-def]
+    """Three members, every one killed; the leader comes back with --force-new-cluster.
+    What it looks like then, after a restart without the flag, and after a member joins."""
+    for i in range(keys):
+        etcdctl(cluster.members[i % 3].endpoint, "put", f"k{i}", str(i))
+    survivor = cluster.leader()  # it has every acknowledged entry in its log
+    for m in cluster.members:
+        m.kill()
+    survivor.argv.append("--force-new-cluster")
+    survivor.start()
+    cluster.wait_ready(survivor)
+    e = survivor.endpoint
+    out: list[object] = [len(members(e)), lone_leader(survivor)]
+    got = etcdctl(e, "get", "k", "--prefix", "--print-value-only").stdout.split()
+    out.append(keys - len(got))  # acknowledged keys lost
+    etcdctl(e, "put", "after", "force")
+    survivor.kill()
+    survivor.argv.remove("--force-new-cluster")
+    survivor.start()
+    cluster.wait_ready(survivor)
+    out += [len(members(e)), lone_leader(survivor)]
+    out.append(etcdctl(e, "get", "after", "--print-value-only").stdout.strip())
+    cluster.members[:] = [survivor]
+    new = join(cluster, tmp_path, "m9", binary=binary)
+    cluster.wait_ready(new)
+    out.append(etcdctl(new.endpoint, "get", "after", "--print-value-only").stdout.strip())
+    out.append(len(members(e)))
+    return out
+
+
+def test_force_new_cluster_as_etcd(make_cluster, tmp_path) -> None:
+    """etcd keeps only what its WAL's commit index covers: a commit index moved without
+    an fsync stays in its write buffer, so SIGKILL loses it and the last acknowledged
+    writes with it (one key in every run here). keel-store commits the whole local log."""
+    ours = force_new_cluster(make_cluster(3), tmp_path / "keel", "keel")
+    theirs = force_new_cluster(make_cluster(3, binary="etcd"), tmp_path / "etcd", "etcd")
+    assert ours == [1, True, 0, 1, True, "force", "force", 2]
+    assert theirs[:2] + theirs[3:] == [1, True, 1, True, "force", "force", 2]
+
+
+def test_force_new_cluster_is_ignored_by_a_new_member(make_cluster) -> None:
+    """etcd ignores it without a WAL: the members bootstrap from --initial-cluster."""
+    for binary in ("keel", "etcd"):
+        cluster = make_cluster(3, binary=binary, extra=["--force-new-cluster"])
+        assert len(members(cluster.members[0].endpoint)) == 3

@@ -102,6 +102,25 @@ FLAGS: list[tuple[str, Any, str]] = [
         "campaign only after a pre-vote (etcd 3.4's default: false; keel-store's fast"
         " failover needs it)",
     ),
+    (
+        "initial-election-tick-advance",
+        True,
+        "on a start, once peers for a quorum are connected, fast-forward the election"
+        " clock (election ticks - 2) instead of waiting a whole election timeout"
+        " (a one-member cluster always does)",
+    ),
+    (
+        "strict-reconfig-check",
+        True,
+        "refuse membership changes that could cost the cluster its quorum (not enough"
+        " started members, or this member not connected to every voting member for 5 s)",
+    ),
+    (
+        "force-new-cluster",
+        False,
+        "on a restart, commit the local log and drop every other member: a one-member"
+        " cluster with this member's data (disaster recovery; ignored for a new member)",
+    ),
     ("snapshot-count", 100_000, "committed transactions between snapshots"),
     ("quota-backend-bytes", 0, "raise an alarm when the backend exceeds this (0: 2 GiB)"),
     ("auto-compaction-mode", "periodic", "periodic or revision"),
@@ -634,6 +653,9 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         max_snapshots=args.max_snapshots,
         max_wals=args.max_wals,
         pre_vote=args.pre_vote,
+        strict_reconfig_check=args.strict_reconfig_check,
+        force_new_cluster=args.force_new_cluster,
+        initial_election_tick_advance=args.initial_election_tick_advance,
         cluster=cluster,
         heartbeat_ms=args.heartbeat_interval,
         election_ms=args.election_timeout,

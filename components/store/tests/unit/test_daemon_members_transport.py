@@ -80,6 +80,26 @@ def test_wal_dir_max_snapshots_and_pre_vote(tmp_path: Path) -> None:
         daemon.node_config(daemon.parse_args(["--max-snapshots=0"], {}))
 
 
+def test_membership_and_recovery_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    fields = ("strict_reconfig_check", "force_new_cluster", "initial_election_tick_advance")
+
+    def parsed(argv: list[str], env: dict[str, str]) -> tuple[bool, ...]:
+        config = daemon.node_config(daemon.parse_args(argv, env))
+        return tuple(getattr(config, f) for f in fields)
+
+    assert parsed([], {}) == (True, False, True)  # etcd 3.4's defaults
+    flags = ["--strict-reconfig-check=false", "--force-new-cluster"]
+    assert parsed([*flags, "--initial-election-tick-advance=false"], {}) == (False, True, False)
+    env = {"ETCD_STRICT_RECONFIG_CHECK": "false", "ETCD_FORCE_NEW_CLUSTER": "true"}
+    assert parsed([], {**env, "ETCD_INITIAL_ELECTION_TICK_ADVANCE": "0"}) == (False, True, False)
+    with pytest.raises(daemon.FlagError, match="ETCD_FORCE_NEW_CLUSTER='yes please'"):
+        daemon.parse_args([], {"ETCD_FORCE_NEW_CLUSTER": "yes please"})
+    with pytest.raises(SystemExit) as exit_:
+        daemon.parse_args(["--strict-reconfig-check=maybe"], {})
+    assert exit_.value.code == 2
+    assert "--strict-reconfig-check" in capsys.readouterr().err
+
+
 def test_cluster_ids_are_stable_and_token_dependent() -> None:
     spec = "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3"
     one = Cluster(parse_initial_cluster(spec), "t1")

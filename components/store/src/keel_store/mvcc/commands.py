@@ -51,6 +51,9 @@ class Kind(enum.IntEnum):
     LEASE_CHECKPOINT = 24
     """What the leader's clock left of leases (``--experimental-enable-lease-checkpoint``):
     no change to the key space; the node's lessor remembers it."""
+    FORCE_NEW_CLUSTER = 25
+    """``--force-new-cluster``: the member named keeps the member table to itself (as a
+    voter); written straight into its own log, never proposed."""
 
 
 _MESSAGES: dict[Kind, type[Message]] = {
@@ -78,6 +81,7 @@ _MESSAGES: dict[Kind, type[Message]] = {
     Kind.ROLE_GRANT_PERMISSION: rpcpb.AuthRoleGrantPermissionRequest,
     Kind.ROLE_REVOKE_PERMISSION: rpcpb.AuthRoleRevokePermissionRequest,
     Kind.LEASE_CHECKPOINT: rpcpb.LeaseCheckpointRequest,
+    Kind.FORCE_NEW_CLUSTER: rpcpb.Member,
 }
 AUTH_KINDS = {k for k in Kind if Kind.AUTH_ENABLE <= k <= Kind.ROLE_REVOKE_PERMISSION}
 """Kinds that change users, roles or whether authentication is enabled."""
@@ -189,6 +193,8 @@ def apply(sm: StateMachine, index: int, data: bytes) -> tuple[int, Any]:
             return request_id, sm.member_promote(req)
         if kind is Kind.LEASE_CHECKPOINT:
             return request_id, req  # for the lessor (outside the state machine)
+        if kind is Kind.FORCE_NEW_CLUSTER:
+            return request_id, sm.keep_only_member(req)
         return request_id, sm.range(req)
     except EtcdError as exc:
         return request_id, exc

@@ -13,6 +13,7 @@ class Code(enum.IntEnum):
     """gRPC status codes (numbers as in grpc's ``StatusCode``)."""
 
     CANCELLED = 1
+    UNKNOWN = 2
     INVALID_ARGUMENT = 3
     NOT_FOUND = 5
     FAILED_PRECONDITION = 9
@@ -72,6 +73,13 @@ LEARNER_NOT_READY = _e(
     Code.FAILED_PRECONDITION,
     "etcdserver: can only promote a learner member which is in sync with leader",
 )
+NOT_ENOUGH_STARTED = _e(
+    # etcd 3.4 maps this error to its client-side error value, not a gRPC status, so
+    # gRPC sends Unknown (seen from 3.4.23); the FailedPrecondition meant is unused.
+    Code.UNKNOWN,
+    "etcdserver: re-configuration failed due to not enough started members",
+)
+UNHEALTHY = _e(Code.UNAVAILABLE, "etcdserver: unhealthy cluster")
 REQUEST_TOO_LARGE = _e(Code.INVALID_ARGUMENT, "etcdserver: request is too large")
 NO_LEADER = _e(Code.UNAVAILABLE, "etcdserver: no leader")
 LEADER_CHANGED = _e(Code.UNAVAILABLE, "etcdserver: leader changed")

@@ -378,6 +378,16 @@ class StateMachine:
         resp.members.extend(self._member_list())
         return resp
 
+    def keep_only_member(self, req: rpcpb.Member) -> rpcpb.MemberListResponse:
+        """``--force-new-cluster``: every member but ``req`` leaves; ``req`` votes (it
+        keeps its replicated record, or takes the one given if it has none)."""
+        kept = self.members.get(req.ID) or MemberRecord(req.ID, req.name, list(req.peerURLs))
+        kept.is_learner = False
+        self.members = {req.ID: kept}
+        resp = rpcpb.MemberListResponse(header=self._header())
+        resp.members.extend(self._member_list())
+        return resp
+
     def member_update(self, req: rpcpb.MemberUpdateRequest) -> rpcpb.MemberUpdateResponse:
         member = self.members.get(req.ID)
         if member is None:

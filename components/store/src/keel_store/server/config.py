@@ -23,6 +23,14 @@ class NodeConfig:
     """``--pre-vote``: campaign only after a pre-vote a majority would grant (a member
     cut off and back does not depose a working leader; early campaigns after a lost
     leader connection need it)."""
+    strict_reconfig_check: bool = True
+    """``--strict-reconfig-check``: refuse membership changes that could cost the quorum
+    (etcd's mayAddMember/mayRemoveMember/mayPromoteMember)."""
+    force_new_cluster: bool = False
+    """``--force-new-cluster``: on a restart, commit the whole local log and leave this
+    member alone in the configuration (through entries in the log)."""
+    initial_election_tick_advance: bool = True
+    """``--initial-election-tick-advance``: see :meth:`StoreNode.start`."""
     max_snapshots: int = 2
     """``--max-snapshots``: snapshot files kept (the WAL is kept back to the oldest)."""
     max_wals: int = 5

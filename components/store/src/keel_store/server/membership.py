@@ -9,18 +9,74 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
-from keel_store.raft import ConfChange, ConfChangeType, ProposalDroppedError, RaftNode
+from keel_store.mvcc import commands, errors
+from keel_store.mvcc.commands import Kind
+from keel_store.raft import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    HardState,
+    ProposalDroppedError,
+    RaftNode,
+    SnapshotMeta,
+)
 from keel_store.server import transport
 
 if TYPE_CHECKING:
     from keel_store.mvcc.store import StateMachine
+    from keel_store.server.config import NodeConfig
 
 log = logging.getLogger("keel_store.node")
 
 LEARNER_READY_FRACTION = 0.9
 """etcd's ``readyPercent``: a learner may be promoted once its log holds 90% of ours."""
+
+HEALTH_INTERVAL = 5.0
+"""etcd's ``HealthInterval``: with ``--strict-reconfig-check``, a voting member must
+have been connected this long (seconds) to count as healthy for a membership change."""
+
+
+def force_new_cluster(
+    me: Any, snap: SnapshotMeta, entries: list[Entry], hard_state: HardState
+) -> tuple[list[Entry], HardState]:
+    """``--force-new-cluster`` (etcd's ``restartAsStandaloneNode``): the entries to write
+    after the recovered log, and the hard state that commits all of it.
+
+    ``me`` is this member (an ``rpcpb.Member``: ID, name, peer URLs). The whole local
+    log is committed: with the quorum gone for good, an entry this member holds may have
+    been acknowledged (etcd drops those past its last persisted commit index, which can
+    lag the leader's). Then, in the log so that they hold after later restarts: the
+    member table reduced to this member, and the Raft configuration changes that make
+    it the only voter (itself added first if it was not one, then every other member
+    removed).
+    """
+    conf = snap.conf
+    for entry in entries:
+        if entry.type is EntryType.CONF_CHANGE:
+            with contextlib.suppress(ConfChangeError):
+                conf = ConfChange.decode(entry.data).apply(conf)
+    last = entries[-1] if entries else None
+    index = last.index if last else snap.index
+    term = max(hard_state.term, last.term if last else snap.term)
+    changes = [] if me.ID in conf.voters else [ConfChange(ConfChangeType.ADD_VOTER, me.ID)]
+    changes += [
+        ConfChange(ConfChangeType.REMOVE, nid)
+        for nid in sorted({*conf.voters, *conf.learners})
+        if nid != me.ID
+    ]
+    extra = [
+        Entry(term, index + 1, EntryType.NORMAL, commands.encode(Kind.FORCE_NEW_CLUSTER, 0, me))
+    ]
+    extra += [
+        Entry(term, index + 2 + i, EntryType.CONF_CHANGE, change.encode())
+        for i, change in enumerate(changes)
+    ]
+    return extra, HardState(term=term, vote=hard_state.vote, commit=extra[-1].index)
 
 
 class MembershipMixin:
@@ -28,6 +84,7 @@ class MembershipMixin:
 
     raft: RaftNode
     sm: StateMachine
+    config: NodeConfig
     transport: transport.PeerTransport
     attributes: dict[int, tuple[str, list[str]]]
 
@@ -59,6 +116,68 @@ class MembershipMixin:
                 )
             )
         return out
+
+    # --- --strict-reconfig-check (etcd's mayAddMember / mayRemoveMember / mayPromoteMember)
+
+    def _started(self, member_id: int) -> bool:
+        """etcd's ``IsStarted``: the member has a name, from ``--initial-cluster`` or
+        announced when it connected (a member added by MemberAdd has none until then)."""
+        record = self.sm.members.get(member_id)
+        return member_id in self.attributes or bool(record is not None and record.name)
+
+    def _voters(self) -> list[int]:
+        return [m.id for m in self.sm.members.values() if not m.is_learner]
+
+    def _connected_voters(self) -> int:
+        """Voting members connected to us for :data:`HEALTH_INTERVAL` (we count)."""
+        since = time.monotonic() - HEALTH_INTERVAL
+        count = 0
+        for mid in self._voters():
+            active = self.transport.active_since(mid)
+            if mid == self.raft.id or (active is not None and active <= since):
+                count += 1
+        return count
+
+    def check_add(self, is_learner: bool) -> None:
+        """Raise etcd's error if adding a member could cost the quorum: too few started
+        members for the new size (voting members only), or this member not connected
+        to every voting member for :data:`HEALTH_INTERVAL` (learners too, as etcd)."""
+        if not self.config.strict_reconfig_check:
+            return
+        voters = self._voters()
+        members = len(voters) + 1
+        started = sum(1 for mid in voters if self._started(mid))
+        # One started member adding a second: restoring a cluster from a backup.
+        if not is_learner and not (started == 1 and members == 2) and started < members // 2 + 1:
+            raise errors.NOT_ENOUGH_STARTED
+        if self._connected_voters() != len(voters):
+            raise errors.UNHEALTHY
+
+    def check_remove(self, member_id: int) -> None:
+        """Raise etcd's error if removing this (voting) member could cost the quorum."""
+        if not self.config.strict_reconfig_check:
+            return
+        record = self.sm.members.get(member_id)
+        if record is not None and record.is_learner:
+            return
+        rest = [mid for mid in self._voters() if mid != member_id]
+        if sum(1 for mid in rest if self._started(mid)) < len(rest) // 2 + 1:
+            raise errors.NOT_ENOUGH_STARTED
+        if member_id != self.raft.id and self.transport.active_since(member_id) is None:
+            return  # a member that is down is not part of the working quorum
+        voters = len(self._voters())
+        if self._connected_voters() - 1 < 1 + (voters - 1) // 2:
+            raise errors.UNHEALTHY
+
+    def check_promote(self, member_id: int) -> None:
+        """Raise etcd's error if promoting this learner leaves too few started voters."""
+        if not self.config.strict_reconfig_check:
+            return
+        voters = self._voters()
+        # The learner counts as a started member of the new configuration.
+        started = 1 + sum(1 for mid in voters if self._started(mid))
+        if started < (len(voters) + 1) // 2 + 1:
+            raise errors.NOT_ENOUGH_STARTED
 
     def learner_in_sync(self, member_id: int) -> bool:
         """Leader only: has this learner's log caught up enough to vote (etcd's check)?

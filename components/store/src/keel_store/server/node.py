@@ -55,7 +55,7 @@ from keel_store.server.calls import (
     CALL_TTL,
 )
 from keel_store.server.config import NodeConfig
-from keel_store.server.membership import MembershipMixin
+from keel_store.server.membership import MembershipMixin, force_new_cluster
 from keel_store.server.outbox import Outbox
 from keel_store.server.reads import ReadIndexMixin
 from keel_store.server.snapshotter import ChildSnapshot, FileLoader, save_in_child
@@ -169,6 +169,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             preallocate=True,
         )
         snap = recovered.snapshot
+        fresh = snap is None
         if snap is None:
             for m in self.cluster.members.values():
                 self.sm.members[m.id] = MemberRecord(m.id, m.name, list(m.peer_urls))
@@ -179,10 +180,28 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             conf = ConfState(voters=tuple(sorted(voters)))
             snap = Snapshot(SnapshotMeta(index=0, term=0, conf=conf), snapshot.save(self.sm))
             self.disk.save_snapshot(snap)
+        entries, hard_state = recovered.entries, recovered.hard_state
+        if self.config.force_new_cluster and not fresh:  # a new member ignores it (etcd)
+            from keel_store.pb import rpcpb  # noqa: PLC0415
+
+            me = self.cluster.members[self.member_id]
+            extra, hard_state = force_new_cluster(
+                rpcpb.Member(ID=self.member_id, name=me.name, peerURLs=me.peer_urls),
+                snap.meta,
+                entries,
+                hard_state,
+            )
+            self.disk.save(extra, hard_state)
+            entries = [*entries, *extra]
+            log.warning(
+                "--force-new-cluster: committed the log up to index %d and removed every"
+                " other member; this member is now a one-member cluster",
+                hard_state.commit,
+            )
         self.storage.apply_snapshot(snap)
         self._install_state(snap)
-        self.storage.append(recovered.entries)
-        self.storage.set_hard_state(recovered.hard_state)
+        self.storage.append(entries)
+        self.storage.set_hard_state(hard_state)
         self.last_snapshot_index = snap.meta.index
         election_ticks = max(2, self.config.election_ms // self.config.heartbeat_ms)
         self.raft = RaftNode(
@@ -210,6 +229,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._tasks = [
             asyncio.create_task(self._run()),
             asyncio.create_task(self._ticker()),
+            asyncio.create_task(self._advance_election_ticks()),
         ]
         self._wake.set()
 
@@ -292,6 +312,44 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         while True:
             await asyncio.sleep(interval)
             self._submit(self._tick)
+
+    async def _advance_election_ticks(self) -> None:
+        """etcd's ``adjustTicks``: the first campaign after a start need not wait a whole
+        election timeout (1 to 2 of them, randomized) when nobody else can lead.
+
+        The only voter fast-forwards its election clock at once (``election ticks - 1``,
+        whatever the flag, as etcd). With ``--initial-election-tick-advance`` (the
+        default), a member of a larger cluster fast-forwards ``election ticks - 2``
+        once enough peers are connected for a vote to pass (etcd waits up to 5 s the
+        same way, for two connected peers): a leader that is up sends its heartbeat
+        within the two ticks left, and a live leader loses nothing to a refused
+        pre-vote. With
+        ``--initial-election-tick-advance=false`` it waits the full timeout. The
+        configuration is read on every check: the recovered log may change it.
+        """
+        deadline = time.monotonic() + 5.0
+        ticks = self.raft.config.election_ticks
+        while time.monotonic() < deadline:
+            voters = self.raft.conf.voters
+            if voters == (self.member_id,) and self.raft.log.applied >= self.raft.log.committed:
+                self._submit(lambda: self._fast_forward(ticks - 1))
+                return
+            if self.config.initial_election_tick_advance and self.member_id in voters:
+                active = sum(
+                    1
+                    for v in voters
+                    if v != self.member_id and self.transport.active_since(v) is not None
+                )
+                if len(voters) > 1 and active + 1 > len(voters) // 2:
+                    self._submit(lambda: self._fast_forward(ticks - 2))
+                    return
+            await asyncio.sleep(0.05)
+
+    def _fast_forward(self, ticks: int) -> None:
+        for _ in range(ticks):
+            if self.raft.role is not Role.FOLLOWER or self.raft.leader:
+                return  # a leader is known (or we lead): nothing to hurry
+            self.raft.tick()
 
     def _tick(self) -> None:
         self.raft.tick()

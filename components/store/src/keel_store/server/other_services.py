@@ -143,6 +143,7 @@ class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
                 host_port(url)
         except ValueError:
             raise errors.MEMBER_BAD_URLS from None
+        self.node.check_add(request.isLearner)
         member = rpcpb.Member(
             ID=member_id(urls, self.node.cluster.token), peerURLs=urls, isLearner=request.isLearner
         )
@@ -152,6 +153,7 @@ class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
     @guarded
     async def MemberRemove(self, request: Any, context: Any) -> Any:
         require_root(self.node, context)
+        self.node.check_remove(request.ID)
         return self._with_members(await self.node.propose(Kind.MEMBER_REMOVE, request))
 
     @guarded
@@ -165,6 +167,7 @@ class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
         require_root(self.node, context)
         if not await self.node.learner_ready(request.ID):
             raise errors.LEARNER_NOT_READY
+        self.node.check_promote(request.ID)
         return self._with_members(await self.node.propose(Kind.MEMBER_PROMOTE, request))
 
 

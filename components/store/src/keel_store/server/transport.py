@@ -21,6 +21,7 @@ import json
 import logging
 import ssl
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from urllib.parse import urlsplit
@@ -227,7 +228,15 @@ class PeerTransport:
         died, most likely: the kernel closes its sockets at once)."""
         self.on_frames_done: Callable[[], None] | None = None
         """Called after the frames of one read from a peer went to ``on_frame``."""
+        self._active_since: dict[int, float] = {}
+        """Peer ID -> since when (monotonic) a connection from it has been open without
+        a break: etcd's ``ActiveSince`` (the peer's process is up and reaches us)."""
         self._closing = False
+
+    def active_since(self, peer: int) -> float | None:
+        """Since when ``peer`` has been connected to us without a break (monotonic
+        seconds), or None while it is not."""
+        return self._active_since.get(peer)
 
     async def listen(self, url: str) -> None:
         host, port = host_port(url)
@@ -418,6 +427,7 @@ class PeerTransport:
     def _lost_inbound(self, sender: int) -> None:
         if sender in self._inbound:
             return  # another connection from it is still open
+        self._active_since.pop(sender, None)
         if self.on_peer_lost is not None and not self._closing:
             self.on_peer_lost(sender)
 
@@ -545,6 +555,7 @@ class _Inbound(asyncio.Protocol):
             return False
         sender = int(hello["from"])
         self.sender = sender
+        owner._active_since.setdefault(sender, time.monotonic())
         if owner.on_hello is not None:
             owner.on_hello(sender, hello)
         return True

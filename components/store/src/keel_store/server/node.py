@@ -260,7 +260,9 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         now = time.monotonic()
         self.lessor = Lessor(self.config.lease_checkpoint_interval)
         for lease in self.sm.leases.values():
-            self.lessor.grant(lease.id, lease.ttl, now, self.is_leader)
+            # At start or from a leader's snapshot: never as the leader (its first
+            # checkpoints are scheduled when it is promoted).
+            self.lessor.grant(lease.id, lease.ttl, now, leader=False)
 
     # --- facts for the API ---------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from keel_store.mvcc import errors
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcpb
 from keel_store.server import corruption
-from keel_store.server.node import StoreNode
+from keel_store.server.node import HASH_INLINE_KEYS, StoreNode
 
 from .conftest import node_configs, start_members, until
 
@@ -125,3 +125,36 @@ def test_peers_behind_or_compacted_are_skipped(tmp_path: Path, caplog: Any) -> N
         assert revision == leader.sm.kv.revision
 
     _run(tmp_path, body)
+
+
+def test_a_large_key_space_is_hashed_in_a_child_while_the_loop_runs(tmp_path: Path) -> None:
+    """Over HASH_INLINE_KEYS keys the daemon hashes in a forked child: the same value
+    as on the loop, and the loop keeps turning meanwhile."""
+
+    async def run() -> None:
+        (config,) = node_configs(tmp_path, 1)
+        assert config.background_snapshots  # as the daemon runs
+        node = StoreNode(config)
+        await start_members([node])
+        try:
+            for i in range(HASH_INLINE_KEYS + 5000):  # straight into the state machine
+                node.sm.put(rpcpb.PutRequest(key=b"h/%08d" % i, value=b"v" * 40))
+            turns = 0
+
+            async def count() -> None:
+                nonlocal turns
+                while True:
+                    turns += 1
+                    await asyncio.sleep(0)
+
+            counter = asyncio.get_running_loop().create_task(count())
+            value, revision, compact = await node.hash_kv_async()
+            counter.cancel()
+            assert (value, revision, compact) == node.hash_kv()
+            assert turns > 10  # on the loop it would have been one turn
+            with pytest.raises(type(errors.FUTURE_REV)):
+                await node.hash_kv_async(revision + 1)
+        finally:
+            await node.stop()
+
+    asyncio.run(run())

@@ -58,7 +58,12 @@ from keel_store.server.config import NodeConfig
 from keel_store.server.membership import MembershipMixin, force_new_cluster
 from keel_store.server.outbox import Outbox
 from keel_store.server.reads import ReadIndexMixin
-from keel_store.server.snapshotter import ChildSnapshot, FileLoader, save_in_child
+from keel_store.server.snapshotter import (
+    ChildSnapshot,
+    FileLoader,
+    compute_in_child,
+    save_in_child,
+)
 from keel_store.server.stats import ServerStats
 from keel_store.server.syncpolicy import SyncPolicy
 from keel_store.server.tokens import SimpleTokens, TokenProvider
@@ -125,6 +130,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._apply_waits: list[tuple[int, asyncio.Future[None]]] = []
         self._calls: dict[int, asyncio.Future[bytes]] = {}
         self._revoking: set[int] = set()
+        self._hash_tasks: set[asyncio.Task[None]] = set()
+        """Answers to peers' CALL_HASHKV being computed (kept from collection)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._next_id = self._rng.getrandbits(40)
         self.last_snapshot_index = 0
@@ -884,13 +891,30 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
 
     def hash_kv(self, revision: int = 0) -> tuple[int, int, int]:
         """(hash, revision, compact revision) of this member's key space at ``revision``
-        (0: the current one), as Maintenance.HashKV computes it; raises COMPACTED or
-        FUTURE_REV."""
+        (0: the current one), as Maintenance.HashKV computes it, on the loop; raises
+        COMPACTED or FUTURE_REV."""
         kv = self.sm.kv
         if 0 < revision <= kv.compact_revision:
             raise errors.COMPACTED  # etcd: the compact revision itself cannot be hashed
         at = kv.check_revision(revision)
         return snapshot.hash_kv(self.sm, at), at, kv.compact_revision
+
+    async def hash_kv_async(self, revision: int = 0) -> tuple[int, int, int]:
+        """:meth:`hash_kv` without holding the loop: over a large key space (0.4-0.5 s
+        per 100k keys here) it is computed in a forked child, from the state as it is
+        now, as snapshots are (daemon only: ``background_snapshots``)."""
+        kv = self.sm.kv
+        if not self.config.background_snapshots or kv.key_count < HASH_INLINE_KEYS:
+            return self.hash_kv(revision)
+        if 0 < revision <= kv.compact_revision:
+            raise errors.COMPACTED
+        at, compact = kv.check_revision(revision), kv.compact_revision
+        child = compute_in_child(self.sm, lambda sm: struct.pack(">I", snapshot.hash_kv(sm, at)))
+        try:
+            (value,) = struct.unpack(">I", await child.future)
+        finally:
+            child.kill()
+        return value, at, compact
 
     async def peer_hash_kv(
         self, peer: int, revision: int, timeout: float | None = None
@@ -989,13 +1013,23 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             reply(b"\x01" if not self.is_leader or self.learner_in_sync(member) else b"\x00")
         elif call == CALL_HASHKV:
             (revision,) = struct.unpack(">q", body)
-            try:
-                value, _, compact = self.hash_kv(revision)
-            except EtcdError as exc:
-                reply(b"\x01" if exc is errors.FUTURE_REV else b"\x02")
-                return
-            reply(b"\x00" + _HASH_REPLY.pack(value, self.sm.kv.revision, compact))
 
+            async def answer_hash() -> None:
+                try:
+                    value, _, compact = await self.hash_kv_async(revision)
+                except EtcdError as exc:
+                    reply(b"\x01" if exc is errors.FUTURE_REV else b"\x02")
+                    return
+                reply(b"\x00" + _HASH_REPLY.pack(value, self.sm.kv.revision, compact))
+
+            task = asyncio.get_running_loop().create_task(answer_hash())
+            self._hash_tasks.add(task)
+            task.add_done_callback(self._hash_tasks.discard)
+
+
+HASH_INLINE_KEYS = 20_000
+"""Below this many keys a hash is computed on the loop (~0.1 s at most): a fork costs
+more than it saves."""
 
 _HASH_REPLY = struct.Struct(">Iqq")
 """CALL_HASHKV's answer after a status byte: hash, current revision, compact revision."""

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from keel_store.bbolt import write_db
-from keel_store.mvcc import errors, snapshot
+from keel_store.mvcc import errors
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.etcd_db import to_buckets
@@ -225,14 +225,14 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
     @guarded
     async def Hash(self, request: Any, context: Any) -> Any:
         require_root(self.node, context)
-        resp = rpcpb.HashResponse(hash=snapshot.hash_kv(self.node.sm, self.node.sm.kv.revision))
+        resp = rpcpb.HashResponse(hash=(await self.node.hash_kv_async())[0])
         self.headers.fill(resp.header)
         return resp
 
     @guarded
     async def HashKV(self, request: Any, context: Any) -> Any:
         require_root(self.node, context)
-        value, _, compact = self.node.hash_kv(request.revision)
+        value, _, compact = await self.node.hash_kv_async(request.revision)
         resp = rpcpb.HashKVResponse(hash=value, compact_revision=compact)
         self.headers.fill(resp.header)  # the current revision, as etcd answers
         return resp

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import os
 import signal
@@ -93,6 +94,34 @@ class ChildSnapshot:
         if not self.future.done():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
+
+
+def _compute_child(
+    compute: Callable[[StateMachine], bytes],
+    sm: StateMachine,
+    fd: int,
+    keep: Callable[[bytes], None] | None,
+) -> None:
+    """In the forked child: send ``compute(sm)`` (a hash of the key space) and leave."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        gc.disable()
+        view = memoryview(compute(sm))
+        while view:
+            view = view[os.write(fd, view) :]
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def compute_in_child(sm: StateMachine, compute: Callable[[StateMachine], bytes]) -> ChildSnapshot:
+    """Fork a child that runs ``compute`` over ``sm`` as it is now (HashKV over a large
+    key space: 0.4-0.5 s per 100k keys that the loop does not wait for); its future
+    gets the bytes ``compute`` returned."""
+    return save_in_child(sm, save=functools.partial(_compute_child, compute))
 
 
 def save_in_child(

@@ -142,27 +142,45 @@ def restore(
     cluster: Cluster,
     *,
     skip_hash_check: bool = False,
+    wal_dir: Path | None = None,
 ) -> StateMachine:
     """A new keel-store data directory for member ``name`` of ``cluster`` from ``path``.
 
     As ``etcdctl snapshot restore``: the keys, leases, auth and alarms come from the
-    snapshot, the members from the new cluster; the data directory must not exist. It
-    is built beside the target and renamed into place, so on any error nothing is left.
+    snapshot, the members from the new cluster; the data directory (and ``wal_dir``,
+    the WAL's own directory as ``--wal-dir`` gives it) must not exist. Each is built
+    beside its target and renamed into place, so on any error nothing is left.
     """
     if data_dir.exists():
         raise SnapshotFileError(f"data-dir {str(data_dir)!r} exists")
+    if wal_dir is not None and wal_dir.exists():
+        raise SnapshotFileError(f"wal-dir {str(wal_dir)!r} exists")
     sm = state_machine(path, skip_hash_check=skip_hash_check)
     for m in cluster.members.values():
         sm.members[m.id] = MemberRecord(m.id, m.name, list(m.peer_urls), m.is_learner)
     conf = ConfState(voters=tuple(sorted(cluster.voter_ids())))
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restore-", dir=data_dir.parent))
+    tmp_wal = None
+    if wal_dir is not None:
+        wal_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp_wal = Path(tempfile.mkdtemp(prefix=f".{wal_dir.name}.restore-", dir=wal_dir.parent))
     try:
-        storage, _ = NodeStorage.open(OSFileSystem(), str(tmp / "member"))
+        storage, _ = NodeStorage.open(
+            OSFileSystem(),
+            str(tmp / "member"),
+            wal_dir=None if tmp_wal is None else str(tmp_wal),
+        )
         storage.save_snapshot(Snapshot(SnapshotMeta(0, 0, conf), keel_snapshot.save(sm)))
         storage.close()
+        if tmp_wal is not None and wal_dir is not None:
+            os.rename(tmp_wal, wal_dir)
         os.rename(tmp, data_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if tmp_wal is not None and wal_dir is not None:
+            shutil.rmtree(tmp_wal, ignore_errors=True)
+            if not data_dir.exists():
+                shutil.rmtree(wal_dir, ignore_errors=True)
         raise
     return sm

@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("restore", help="make a keel-store data directory from a snapshot")
     rs.add_argument("file")
     rs.add_argument("--data-dir", default="", help="data directory to create (${name}.etcd)")
+    rs.add_argument(
+        "--wal-dir", default="", help="the WAL's own directory to create (as --wal-dir)"
+    )
     rs.add_argument("--name", default="default", help="this member's name")
     rs.add_argument("--initial-cluster", default="", help="name=peer-url,... of the new cluster")
     rs.add_argument("--initial-cluster-token", default="etcd-cluster")
@@ -87,7 +90,12 @@ def main(argv: list[str]) -> int:
         cluster = _cluster(args)
         data_dir = Path(args.data_dir or f"{args.name}.etcd")
         sm = restore(
-            Path(args.file), data_dir, args.name, cluster, skip_hash_check=args.skip_hash_check
+            Path(args.file),
+            data_dir,
+            args.name,
+            cluster,
+            skip_hash_check=args.skip_hash_check,
+            wal_dir=Path(args.wal_dir) if args.wal_dir else None,
         )
     except ClusterConfigError as exc:
         print(f"keel-store snapshot: {exc}", file=sys.stderr)

@@ -74,3 +74,26 @@ def test_peer_urls_must_match_the_initial_cluster(
     assert daemon.main(argv) == 2
     assert "--initial-advertise-peer-urls" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_restore_puts_the_wal_in_its_own_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--wal-dir`` as etcdctl's: the member then starts with the same --wal-dir."""
+    _snapshot(tmp_path / "s.db")
+    target, wal = tmp_path / "data", tmp_path / "fast" / "wal"
+    argv = ["snapshot", "restore", str(tmp_path / "s.db"), f"--data-dir={target}",
+            f"--wal-dir={wal}"]  # fmt: skip
+    assert daemon.main(argv) == 0
+    assert sorted(p.suffix for p in wal.iterdir()) == [".wal"]
+    assert not (target / "member" / "wal").exists()
+    storage, restart = NodeStorage.open(OSFileSystem(), str(target / "member"), wal_dir=str(wal))
+    storage.close()
+    assert restart.snapshot is not None
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # An existing WAL directory is refused before anything is written.
+    again = ["snapshot", "restore", str(tmp_path / "s.db"), f"--data-dir={tmp_path / 'd2'}",
+             f"--wal-dir={wal}"]  # fmt: skip
+    assert daemon.main(again) == 1
+    assert "wal-dir" in capsys.readouterr().err
+    assert not (tmp_path / "d2").exists()

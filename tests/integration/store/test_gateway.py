@@ -87,3 +87,24 @@ def test_gateway_matches_etcd(make_cluster) -> None:
     for method, path, body in [CALLS[2], CALLS[-2]]:
         assert call(gw_port, method, path, body) == call(etcd_port, method, path, body)
     assert watch_lines(gw_port, 3, 2) == watch_lines(etcd_port, 3, 2)
+
+
+def _raw(port: int, method: str, path: str, body: object) -> tuple[int, str, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(method, path, body=None if body is None else json.dumps(body))
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, resp.getheader("Content-Type", ""), data
+
+
+def test_gateway_off_as_etcd(make_cluster) -> None:
+    """--enable-grpc-gateway=false: /v3/... is not found, /health and /version stay."""
+    flags = ["--enable-grpc-gateway=false"]
+    keel = make_cluster(1, extra=flags)
+    etcd = make_cluster(1, binary="etcd", extra=flags)
+    ports = [int(c.members[0].client_url.rsplit(":", 1)[1]) for c in (keel, etcd)]
+    for method, path, body in [CALLS[2], ("POST", "/v3/watch", {}), CALLS[-2], CALLS[-1]]:
+        ours, theirs = (_raw(port, method, path, body) for port in ports)
+        assert ours == theirs, f"{method} {path}"
+    assert _raw(ports[0], *CALLS[2])[:2] == (404, "text/plain; charset=utf-8")

@@ -25,11 +25,6 @@ COMPAT_FLAGS: list[tuple[str, Any, str]] = [
     ("log-output", "", "deprecated in etcd 3.4: --log-outputs, used when that is not given"),
     ("enable-pprof", False, "ignored: no Go profiler (profile keel-store with py-spy)"),
     (
-        "enable-grpc-gateway",
-        True,
-        "ignored when false: the JSON gateway (/v3/...) is always served",
-    ),
-    (
         "backend-batch-interval",
         "0s",
         "no effect: keel-store has no backend transactions to batch (the WAL is fsynced per Ready)",
@@ -69,7 +64,6 @@ COMPAT_FLAGS: list[tuple[str, Any, str]] = [
 _IGNORED_WHEN_SET = (
     "log-package-levels",
     "enable-pprof",
-    "enable-grpc-gateway",
     "experimental-enable-v2v3",
     "experimental-enable-lease-checkpoint-persist",
 )

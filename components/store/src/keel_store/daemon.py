@@ -265,6 +265,7 @@ FLAGS: list[tuple[str, Any, str]] = [
         "where logs go, comma separated: stderr, stdout or file paths (default: stderr)",
     ),
     ("enable-v2", False, "accepted for compatibility; the v2 API is not served"),
+    ("enable-grpc-gateway", True, "serve the JSON gateway (/v3/...) on the client URLs"),
     ("unsafe-no-fsync", False, "do not fsync the log (tests only: loses data on crash)"),
 ]
 
@@ -879,7 +880,7 @@ async def serve(args: argparse.Namespace) -> int:
     grpc_stats = GrpcStats(handling_time=args.metrics == "extensive")
     # --cors and --host-whitelist guard the client URLs' HTTP side, as etcd's
     # accessController; etcd's --listen-metrics-urls handler has neither.
-    client_gateway = gateway.Gateway(node, kv, grpc_stats, access)
+    client_gateway = gateway.Gateway(node, kv, grpc_stats, access, args.enable_grpc_gateway)
     server = _server(
         node, kv, args, grpc_stats, client_gateway, context=client_ssl, options=options
     )
@@ -890,7 +891,7 @@ async def serve(args: argparse.Namespace) -> int:
     )
     await server.start()
     for url in filter(None, (u.strip() for u in args.listen_metrics_urls.split(","))):
-        gw = gateway.Gateway(node, kv, grpc_stats)
+        gw = gateway.Gateway(node, kv, grpc_stats, json_api=args.enable_grpc_gateway)
         await gw.listen(*host_port(url))
         gateways.append(gw)
     log.info("serving clients on %s as member %x", args.listen_client_urls, node.member_id)

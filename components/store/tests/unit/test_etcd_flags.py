@@ -107,7 +107,7 @@ def test_ignored_flags_are_logged_only_when_set(caplog: Any) -> None:
     args = daemon.parse_args(
         [
             "--enable-pprof",
-            "--enable-grpc-gateway=false",
+            "--experimental-enable-lease-checkpoint-persist",
             "--log-package-levels=etcdserver=DEBUG",
             "--backend-batch-limit=500",  # no effect either way: not logged
             "--experimental-enable-v2v3=/v2",
@@ -118,7 +118,7 @@ def test_ignored_flags_are_logged_only_when_set(caplog: Any) -> None:
         daemon.node_config(args)
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "--enable-pprof=True: ignored: no Go profiler" in logged
-    assert "--enable-grpc-gateway=False: ignored when false" in logged
+    assert "--experimental-enable-lease-checkpoint-persist=True: ignored" in logged
     assert "--log-package-levels=etcdserver=DEBUG" in logged
     assert "--experimental-enable-v2v3=/v2" in logged
     assert "backend-batch-limit" not in logged

@@ -180,8 +180,11 @@ class Gateway:
         kv: KVService,
         grpc_stats: GrpcStats | None = None,
         access: AccessPolicy | None = None,
+        json_api: bool = True,
     ) -> None:
         self.node = node
+        self.json_api = json_api
+        """``--enable-grpc-gateway``: serve ``/v3/...``; off, they are not found."""
         self.access = access
         """--cors and --host-whitelist; None (the metrics URLs): neither applies."""
         self.grpc_stats = grpc_stats
@@ -299,13 +302,23 @@ class Gateway:
                     body = metrics.exposition(self.node, self.grpc_stats)
                     await self._send(writer, 200, body, METRICS_CONTENT_TYPE, extra)
                     continue
+                if not self.json_api and path.startswith(("/v3/", "/v3beta/")):
+                    # etcd without its gateway: Go's mux answers the path unknown.
+                    await self._send(
+                        writer, 404, b"404 page not found\n", "text/plain; charset=utf-8", extra
+                    )
+                    continue
                 if path.rstrip("/") in ("/v3/watch", "/v3beta/watch") and method == "POST":
                     await self._watch(body, writer, extra)
                     return
                 status, payload = await self._handle(
                     method, path, body, headers.get("authorization")
                 )
-                await self._send(writer, status, payload, extra=extra)
+                # etcd writes /health without a type (Go's sniffing calls it text);
+                # /version and the gateway's answers are JSON.
+                plain = method == "GET" and path == "/health"
+                kind = "text/plain; charset=utf-8" if plain else "application/json"
+                await self._send(writer, status, payload, kind, extra=extra)
                 if headers.get("connection", "").lower() == "close":
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
@@ -336,7 +349,8 @@ class Gateway:
     ) -> tuple[int, bytes]:
         if method == "GET" and path == "/version":
             return 200, json.dumps(
-                {"etcdserver": ETCD_VERSION, "etcdcluster": CLUSTER_VERSION}
+                {"etcdserver": ETCD_VERSION, "etcdcluster": CLUSTER_VERSION},
+                separators=(",", ":"),
             ).encode()
         if method == "GET" and path == "/health":
             try:

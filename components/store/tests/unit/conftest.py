@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from keel_core.testing import free_port
 from keel_store import daemon
 from keel_store.server.config import NodeConfig
 from keel_store.server.node import StoreNode
+
+
+@pytest.fixture(autouse=True)
+def _collector_left_unfrozen() -> Iterator[None]:
+    """A test that runs ``daemon.serve`` in this process installs the daemon's collector
+    policy, which freezes the heap (``gc_policy``); unfreeze after it, or a later test in
+    the same worker (``mvcc/test_gc_freeze.py`` checks that nothing is frozen) fails."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
 
 
 def node_configs(tmp_path: Path, n: int, *flags: str) -> list[NodeConfig]:

@@ -51,6 +51,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         ignored = compat_flags.check(args, go_duration)
     except compat_flags.UnsupportedFlag as exc:
         raise FlagError(str(exc)) from None
+    if args.enable_v2:
+        ignored.append("--enable-v2=True: ignored: the v2 API is not served")
     for warning in [*getattr(args, "config_notes", ()), *ignored]:
         log.warning(warning)
     if args.max_wals < 0:

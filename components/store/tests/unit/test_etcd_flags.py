@@ -108,6 +108,7 @@ def test_ignored_flags_are_logged_only_when_set(caplog: Any) -> None:
         [
             "--enable-pprof",
             "--experimental-enable-lease-checkpoint-persist",
+            "--enable-v2",
             "--log-package-levels=etcdserver=DEBUG",
             "--backend-batch-limit=500",  # no effect either way: not logged
             "--experimental-enable-v2v3=/v2",
@@ -119,6 +120,7 @@ def test_ignored_flags_are_logged_only_when_set(caplog: Any) -> None:
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "--enable-pprof=True: ignored: no Go profiler" in logged
     assert "--experimental-enable-lease-checkpoint-persist=True: ignored" in logged
+    assert "--enable-v2=True: ignored: the v2 API is not served" in logged
     assert "--log-package-levels=etcdserver=DEBUG" in logged
     assert "--experimental-enable-v2v3=/v2" in logged
     assert "backend-batch-limit" not in logged

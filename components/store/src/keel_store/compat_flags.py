@@ -8,7 +8,7 @@ set to something other than etcd's default, so the operator learns what did not
 happen. A few are refused outright: a mode keel-store does not have (``--proxy=on``,
 DNS discovery) must not come up as a member that silently ignores it.
 
-The flags that keel-store implements are in ``keel_store.daemon.FLAGS``.
+The flags that keel-store implements are in ``keel_store.flags.FLAGS``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ COMPAT_FLAGS: list[tuple[str, Any, str]] = [
     ("discovery-srv", "", "refused: bootstrap with --initial-cluster or --discovery"),
     ("discovery-srv-name", "", "no effect without --discovery-srv"),
 ]
-"""(name, etcd's default, what it does in keel-store), as ``daemon.FLAGS``."""
+"""(name, etcd's default, what it does in keel-store), as ``flags.FLAGS``."""
 
 _IGNORED_WHEN_SET = (
     "log-package-levels",

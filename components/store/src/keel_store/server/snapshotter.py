@@ -47,16 +47,21 @@ class SnapshotChildError(Exception):
     """The forked child did not produce a snapshot."""
 
 
-def _child(sm: StateMachine, fd: int, keep: Callable[[bytes], None] | None) -> None:
-    """In the forked child: serialize, ``keep`` (write the file), send, then leave
-    without any cleanup."""
+def _child(
+    sm: StateMachine,
+    fd: int,
+    keep: Callable[[bytes], None] | None,
+    compute: Callable[[StateMachine], bytes] = snapshot.save,
+) -> None:
+    """In the forked child: serialize (or ``compute`` something else over ``sm``, a
+    hash), ``keep`` (write the file), send, then leave without any cleanup."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)  # the parent's loop owns that socket
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         gc.disable()  # a collection would touch (and copy) every page
-        data = snapshot.save(sm)
+        data = compute(sm)
         if keep is not None:
             keep(data)  # the file is the snapshot: the parent reads it if ever needed
         else:
@@ -96,32 +101,11 @@ class ChildSnapshot:
                 os.kill(self.pid, signal.SIGKILL)
 
 
-def _compute_child(
-    compute: Callable[[StateMachine], bytes],
-    sm: StateMachine,
-    fd: int,
-    keep: Callable[[bytes], None] | None,
-) -> None:
-    """In the forked child: send ``compute(sm)`` (a hash of the key space) and leave."""
-    code = 1
-    try:
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        gc.disable()
-        view = memoryview(compute(sm))
-        while view:
-            view = view[os.write(fd, view) :]
-        code = 0
-    finally:
-        os._exit(code)
-
-
 def compute_in_child(sm: StateMachine, compute: Callable[[StateMachine], bytes]) -> ChildSnapshot:
     """Fork a child that runs ``compute`` over ``sm`` as it is now (HashKV over a large
     key space: 0.4-0.5 s per 100k keys that the loop does not wait for); its future
     gets the bytes ``compute`` returned."""
-    return save_in_child(sm, save=functools.partial(_compute_child, compute))
+    return save_in_child(sm, save=functools.partial(_child, compute=compute))
 
 
 def save_in_child(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,44 +72,43 @@ class SimpleTokens:
     def __init__(self, ttl: float = DEFAULT_SIMPLE_TTL, clock: Any = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
-        self._users: dict[str, str] = {}
-        self._deadlines: dict[str, float] = {}
+        self._tokens: dict[str, tuple[str, float]] = {}
+        """token -> (user, deadline)"""
         self._counter = itertools.count(1)
         self._swept = clock()
 
     def __len__(self) -> int:
-        return len(self._users)
+        return len(self._tokens)
 
     def assign(self, user: str, revision: int) -> str:
         now = self._clock()
         if now - self._swept >= 1.0:
-            self._sweep(now)
+            self._swept = now
+            self._drop(lambda _, deadline: now > deadline)
         token = f"{secrets.token_urlsafe(12)}.{next(self._counter)}"
-        self._users[token] = user
-        self._deadlines[token] = now + self.ttl
+        self._tokens[token] = (user, now + self.ttl)
         return token
 
     def info(self, token: str) -> tuple[str, int | None] | None:
-        user = self._users.get(token)
-        if user is None:
+        found = self._tokens.get(token)
+        if found is None:
             return None
+        user, deadline = found
         now = self._clock()
-        if now > self._deadlines[token]:
-            del self._users[token], self._deadlines[token]
+        if now > deadline:
+            del self._tokens[token]
             return None
-        self._deadlines[token] = now + self.ttl
+        self._tokens[token] = (user, now + self.ttl)
         return user, None
 
     def invalidate_user(self, user: str) -> None:
         """As etcd's ``invalidateUser``: a deleted user's tokens, or those issued under
         a changed password, stop working on this member."""
-        for token in [t for t, u in self._users.items() if u == user]:
-            del self._users[token], self._deadlines[token]
+        self._drop(lambda owner, _: owner == user)
 
-    def _sweep(self, now: float) -> None:
-        self._swept = now
-        for token in [t for t, deadline in self._deadlines.items() if now > deadline]:
-            del self._users[token], self._deadlines[token]
+    def _drop(self, doomed: Callable[[str, float], bool]) -> None:
+        for token in [t for t, (user, deadline) in self._tokens.items() if doomed(user, deadline)]:
+            del self._tokens[token]
 
 
 class JwtTokens:

@@ -245,9 +245,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.stopped = True
         if self._snapshot_child is not None:
             self._snapshot_child.kill()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._hash_tasks]  # a hash child is killed on cancel
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.outbox.close()
@@ -377,21 +378,28 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                 self._propose_checkpoints(due, now)
 
     def _propose_checkpoints(self, due: list[tuple[int, int]], now: float) -> None:
-        """The leader's clock of long leases into the log (etcd's lease checkpoints)."""
-        try:
-            self.raft.propose(commands.encode(Kind.LEASE_CHECKPOINT, 0, _lease_checkpoint(due)))
-        except ProposalDroppedError:
+        """The leader's clock of long leases into the log (etcd's lease checkpoints); a
+        dropped proposal is tried again an interval later."""
+        if not self._propose_lease_checkpoint(due):
             for lease_id, _ in due:
                 self.lessor.reschedule(lease_id, now)
+
+    def _propose_lease_checkpoint(self, remaining: list[tuple[int, int]]) -> bool:
+        """Propose (lease ID, seconds left) pairs (0 clears); False if dropped."""
+        try:
+            self.raft.propose(
+                commands.encode(Kind.LEASE_CHECKPOINT, 0, _lease_checkpoint(remaining))
+            )
+        except ProposalDroppedError:
+            return False
+        return True
 
     def _renew(self, lease_id: int) -> int | None:
         """A keep-alive on the leader; a checkpointed remaining TTL is cleared on every
         member (through the log), else a later leader would cut the renewed lease short."""
         now = time.monotonic()
         if self.lessor.checkpointed(lease_id):
-            clear = _lease_checkpoint([(lease_id, 0)])
-            with contextlib.suppress(ProposalDroppedError):
-                self.raft.propose(commands.encode(Kind.LEASE_CHECKPOINT, 0, clear))
+            self._propose_lease_checkpoint([(lease_id, 0)])
         ttl = self.lessor.renew(lease_id, now)
         if ttl:
             self.stats.leases_renewed += 1
@@ -543,8 +551,9 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         for entry in rd.committed_entries:
             started = clock()
             self._apply(entry.index, entry.data if entry.type == 0 else b"")
-            if clock() - started > warn:
-                self._slow_apply(entry.index, entry.data, clock() - started)
+            took = clock() - started
+            if took > warn:
+                self._slow_apply(entry.index, entry.data, took)
         self.raft.advance(rd)
         for rs in rd.read_states:
             self._read_ready(rs)
@@ -893,22 +902,23 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         """(hash, revision, compact revision) of this member's key space at ``revision``
         (0: the current one), as Maintenance.HashKV computes it, on the loop; raises
         COMPACTED or FUTURE_REV."""
+        at, compact = self._hash_target(revision)
+        return snapshot.hash_kv(self.sm, at), at, compact
+
+    def _hash_target(self, revision: int) -> tuple[int, int]:
+        """(revision to hash, compact revision); COMPACTED or FUTURE_REV as HashKV."""
         kv = self.sm.kv
         if 0 < revision <= kv.compact_revision:
             raise errors.COMPACTED  # etcd: the compact revision itself cannot be hashed
-        at = kv.check_revision(revision)
-        return snapshot.hash_kv(self.sm, at), at, kv.compact_revision
+        return kv.check_revision(revision), kv.compact_revision
 
     async def hash_kv_async(self, revision: int = 0) -> tuple[int, int, int]:
         """:meth:`hash_kv` without holding the loop: over a large key space (0.4-0.5 s
         per 100k keys here) it is computed in a forked child, from the state as it is
         now, as snapshots are (daemon only: ``background_snapshots``)."""
-        kv = self.sm.kv
-        if not self.config.background_snapshots or kv.key_count < HASH_INLINE_KEYS:
+        if not self.config.background_snapshots or self.sm.kv.key_count < HASH_INLINE_KEYS:
             return self.hash_kv(revision)
-        if 0 < revision <= kv.compact_revision:
-            raise errors.COMPACTED
-        at, compact = kv.check_revision(revision), kv.compact_revision
+        at, compact = self._hash_target(revision)
         child = compute_in_child(self.sm, lambda sm: struct.pack(">I", snapshot.hash_kv(sm, at)))
         try:
             (value,) = struct.unpack(">I", await child.future)

@@ -36,6 +36,7 @@ from keel_store.server import (
     h2conn,
     kv_service,
     other_services,
+    watch_stream,
 )
 from keel_store.server.gc_policy import GcPolicy
 from keel_store.server.grpc_metrics import GrpcStats, instrument
@@ -104,6 +105,7 @@ def _server(
     stats: GrpcStats,
     http1: gateway.Gateway,
     *,
+    watch: watch_stream.WatchService,
     context: ssl.SSLContext | None,
     options: h2conn.Options,
 ) -> GrpcServer:
@@ -115,11 +117,6 @@ def _server(
     )
     counted = instrument(server, stats)  # grpc_server_*_total, client bytes
     rpcgrpc.add_KVServicer_to_server(kv, counted)
-    interval = go_duration(
-        args.experimental_watch_progress_notify_interval,
-        "experimental-watch-progress-notify-interval",
-    )
-    watch = kv_service.WatchService(node, interval, limit)
     rpcgrpc.add_WatchServicer_to_server(watch, counted)
     rpcgrpc.add_LeaseServicer_to_server(other_services.LeaseService(node), counted)
     rpcgrpc.add_ClusterServicer_to_server(other_services.ClusterService(node), counted)
@@ -201,9 +198,17 @@ async def serve(args: argparse.Namespace) -> int:
     grpc_stats = GrpcStats(handling_time=args.metrics == "extensive")
     # --cors and --host-whitelist guard the client URLs' HTTP side, as etcd's
     # accessController; etcd's --listen-metrics-urls handler has neither.
-    client_gateway = gateway.Gateway(node, kv, grpc_stats, access, args.enable_grpc_gateway)
+    interval = go_duration(
+        args.experimental_watch_progress_notify_interval,
+        "experimental-watch-progress-notify-interval",
+    )
+    limit = args.max_request_bytes + validate.GRPC_OVERHEAD_BYTES
+    watch = watch_stream.WatchService(node, interval, limit)
+    client_gateway = gateway.Gateway(
+        node, kv, grpc_stats, access, json_api=args.enable_grpc_gateway, watch=watch
+    )
     server = _server(
-        node, kv, args, grpc_stats, client_gateway, context=client_ssl, options=options
+        node, kv, args, grpc_stats, client_gateway, watch=watch, context=client_ssl, options=options
     )
     gateways: list[gateway.Gateway] = []
     # A proposal with no other request in progress is handled at once (StoreNode.alone).
@@ -212,7 +217,7 @@ async def serve(args: argparse.Namespace) -> int:
     )
     await server.start()
     for url in filter(None, (u.strip() for u in args.listen_metrics_urls.split(","))):
-        gw = gateway.Gateway(node, kv, grpc_stats, json_api=args.enable_grpc_gateway)
+        gw = gateway.Gateway(node, kv, grpc_stats, json_api=args.enable_grpc_gateway, watch=watch)
         await gw.listen(*host_port(url))
         gateways.append(gw)
     log.info("serving clients on %s as member %x", args.listen_client_urls, node.member_id)

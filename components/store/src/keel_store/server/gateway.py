@@ -31,12 +31,18 @@ from google.protobuf import json_format
 
 from keel_store.mvcc import errors
 from keel_store.mvcc.errors import EtcdError
-from keel_store.mvcc.keyspace import Event
-from keel_store.mvcc.watch import Watcher, add_events
 from keel_store.pb import rpcpb
 from keel_store.server import metrics
 from keel_store.server.auth_service import AuthService
 from keel_store.server.exposition import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from keel_store.server.gateway_streams import (
+    HTTP_STATUS,
+    BodyTooLarge,
+    CallError,
+    read_body,
+    serve_stream,
+    to_json,
+)
 from keel_store.server.grpc_metrics import GrpcStats
 from keel_store.server.kv_service import Headers, KVService
 from keel_store.server.node import StoreNode
@@ -47,29 +53,10 @@ from keel_store.server.other_services import (
     LeaseService,
     MaintenanceService,
 )
+from keel_store.server.watch_stream import WatchService
 
 log = logging.getLogger("keel_store.gateway")
 MAX_BODY = 4 << 20
-
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.CANCELLED: 499,
-}
-
-
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class _Context:
@@ -82,7 +69,7 @@ class _Context:
         return (("token", self.token),) if self.token else ()
 
     async def abort(self, code: grpc.StatusCode, message: str) -> None:
-        raise _Abort(code, message)
+        raise CallError(code, message)
 
 
 CORS_METHODS = b"POST, GET, OPTIONS, PUT, DELETE"
@@ -166,11 +153,6 @@ def _doc(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _to_json(message: Any) -> bytes:
-    doc = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return json.dumps(doc, separators=(",", ":")).encode()
-
-
 class Gateway:
     """Routes JSON requests to the same service objects the gRPC server uses."""
 
@@ -180,7 +162,9 @@ class Gateway:
         kv: KVService,
         grpc_stats: GrpcStats | None = None,
         access: AccessPolicy | None = None,
+        *,
         json_api: bool = True,
+        watch: WatchService | None = None,
     ) -> None:
         self.node = node
         self.json_api = json_api
@@ -191,6 +175,7 @@ class Gateway:
         self.headers = Headers(node)
         lease, cluster, maint = LeaseService(node), ClusterService(node), MaintenanceService(node)
         au = AuthService(node)
+        watch = watch if watch is not None else WatchService(node)
         r = rpcpb
         self.routes: dict[str, tuple[Callable[..., Any], type[Any]]] = {
             "kv/range": (kv.Range, r.RangeRequest),
@@ -233,6 +218,12 @@ class Gateway:
             "auth/role/grant": (au.RoleGrantPermission, r.AuthRoleGrantPermissionRequest),
             "auth/role/revoke": (au.RoleRevokePermission, r.AuthRoleRevokePermissionRequest),
         }
+        self.streams: dict[str, tuple[Callable[..., Any], type[Any], bool]] = {
+            "watch": (watch.Watch, r.WatchRequest, True),
+            "lease/keepalive": (lease.LeaseKeepAlive, r.LeaseKeepAliveRequest, True),
+            "maintenance/snapshot": (maint.Snapshot, r.SnapshotRequest, False),
+        }
+        """Streaming calls: (service method, request type, requests streamed too)."""
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self.calls = 0
@@ -271,11 +262,14 @@ class Gateway:
                 while (h := await reader.readline()) not in (b"\r\n", b"\n", b""):
                     name, _, value = h.decode("latin-1").partition(":")
                     headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0"))
-                if length > MAX_BODY:
-                    await self._send(writer, 413, _error(errors.REQUEST_TOO_LARGE))
-                    return
-                body = await reader.readexactly(length) if length else b""
+                stream = self._stream_route(method, path)
+                body = b""
+                if stream is None:
+                    try:
+                        body = await read_body(reader, headers, MAX_BODY)
+                    except BodyTooLarge:
+                        await self._send(writer, 413, _error(errors.REQUEST_TOO_LARGE))
+                        return
                 extra = b""
                 if self.access is not None:
                     host = headers.get("host", "")
@@ -308,8 +302,19 @@ class Gateway:
                         writer, 404, b"404 page not found\n", "text/plain; charset=utf-8", extra
                     )
                     continue
-                if path.rstrip("/") in ("/v3/watch", "/v3beta/watch") and method == "POST":
-                    await self._watch(body, writer, extra)
+                if stream is not None:
+                    handler, request_type, both_ways = stream
+                    await serve_stream(
+                        handler,
+                        request_type,
+                        both_ways=both_ways,
+                        context=_Context(headers.get("authorization")),
+                        reader=reader,
+                        writer=writer,
+                        headers=headers,
+                        extra=extra,
+                        limit=MAX_BODY,
+                    )
                     return
                 status, payload = await self._handle(
                     method, path, body, headers.get("authorization")
@@ -325,6 +330,17 @@ class Gateway:
             return
         finally:
             writer.close()
+
+    def _stream_route(
+        self, method: str, path: str
+    ) -> tuple[Callable[..., Any], type[Any], bool] | None:
+        """The streaming call ``POST path`` makes, if it makes one (and the JSON API is on)."""
+        if method != "POST" or not self.json_api:
+            return None
+        for prefix in ("/v3/", "/v3beta/"):
+            if path.startswith(prefix):
+                return self.streams.get(path[len(prefix) :].rstrip("/"))
+        return None
 
     async def _send(
         self,
@@ -377,64 +393,9 @@ class Gateway:
         self.calls += 1
         try:
             response = await handler(request, _Context(token))
-        except _Abort as exc:
+        except CallError as exc:
             doc = {"error": exc.message, "message": exc.message, "code": exc.code.value[0]}
             return HTTP_STATUS.get(exc.code, 500), _doc(doc)
         finally:
             self.calls -= 1
-        return 200, _to_json(response)
-
-    async def _watch(self, body: bytes, writer: asyncio.StreamWriter, extra: bytes = b"") -> None:
-        """One watch per request (as etcd's gateway): chunked ``{"result": ...}`` lines."""
-        try:
-            req = json_format.Parse(body or b"{}", rpcpb.WatchRequest(), ignore_unknown_fields=True)
-        except json_format.ParseError as exc:
-            doc = _doc({"error": str(exc), "message": str(exc), "code": 3})
-            await self._send(writer, 400, doc, extra=extra)
-            return
-        cr = req.create_request
-        queue: asyncio.Queue[rpcpb.WatchResponse] = asyncio.Queue()
-
-        def sink(watcher: Watcher, events: list[Event]) -> None:
-            resp = rpcpb.WatchResponse(watch_id=watcher.id)
-            self.headers.fill(resp.header)
-            add_events(resp.events, events, self.node.sm.kv.busy)
-            queue.put_nowait(resp)
-
-        filters = set(cr.filters)
-        watcher = Watcher(
-            0,
-            cr.key,
-            cr.range_end,
-            sink,
-            prev_kv=cr.prev_kv,
-            no_put=rpcpb.WatchCreateRequest.NOPUT in filters,
-            no_delete=rpcpb.WatchCreateRequest.NODELETE in filters,
-        )
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-            + extra
-            + b"Transfer-Encoding: chunked\r\n\r\n"
-        )
-        created = rpcpb.WatchResponse(watch_id=0, created=True)
-        self.headers.fill(created.header)
-        queue.put_nowait(created)
-        compacted = self.node.hub.watch(watcher, cr.start_revision)
-        if compacted:
-            gone = rpcpb.WatchResponse(
-                canceled=True, compact_revision=compacted, cancel_reason=errors.COMPACTED.message
-            )
-            self.headers.fill(gone.header)
-            queue.put_nowait(gone)
-        try:
-            while True:
-                resp = await queue.get()
-                line = b'{"result":' + _to_json(resp) + b"}\n"
-                writer.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
-                await writer.drain()
-                if resp.canceled:
-                    writer.write(b"0\r\n\r\n")
-                    await writer.drain()
-                    return
-        finally:
-            self.node.hub.cancel(watcher)
+        return 200, to_json(response)

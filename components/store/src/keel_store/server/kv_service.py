@@ -1,10 +1,9 @@
-"""The KV and Watch services of etcd's v3 API, served from a :class:`StoreNode`."""
+"""The KV service of etcd's v3 API, served from a :class:`StoreNode`, and what the other
+services share with it: response headers, permission checks, etcd's error statuses."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -13,11 +12,9 @@ from keel_store.mvcc import auth as auth_errors
 from keel_store.mvcc import errors, validate
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
-from keel_store.mvcc.keyspace import ENTRY_OVERHEAD, Event
-from keel_store.mvcc.watch import Watcher, add_events
+from keel_store.mvcc.keyspace import ENTRY_OVERHEAD
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.node import StoreNode
-from keel_store.server.watch_fragments import fragments
 
 T = TypeVar("T")
 STATUS = {code.value[0]: code for code in grpc.StatusCode}
@@ -35,7 +32,7 @@ def guarded(
 
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
         try:
-            if self.node.leader_id == 0 and _wants_leader(context):
+            if self.node.leader_id == 0 and wants_leader(context):
                 raise errors.NO_LEADER
             return await method(self, request, context)
         except EtcdError as exc:
@@ -47,7 +44,8 @@ def guarded(
     return wrapper
 
 
-def _wants_leader(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+def wants_leader(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    """Whether the call carries etcd's ``hasleader`` metadata (clientv3 ``WithRequireLeader``)."""
     return any(k == "hasleader" and v == "true" for k, v in context.invocation_metadata() or ())
 
 
@@ -262,130 +260,3 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
 def _fill_nested(resp: rpcpb.TxnResponse, headers: Headers) -> None:
     """etcd leaves only ``revision`` in sub-response headers; so do we (no-op hook)."""
     del resp, headers
-
-
-class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
-    """Watch: many watches per stream, from any revision, filters, prev_kv, progress."""
-
-    def __init__(
-        self,
-        node: StoreNode,
-        progress_interval: float = 600.0,
-        fragment_bytes: int = validate.DEFAULT_MAX_REQUEST_BYTES + validate.GRPC_OVERHEAD_BYTES,
-    ) -> None:
-        self.node = node
-        self.headers = Headers(node)
-        self.progress_interval = progress_interval
-        """etcd's ``--experimental-watch-progress-notify-interval`` (10 minutes)."""
-        self.fragment_bytes = fragment_bytes
-        """Watches created with ``fragment`` get responses split under this size
-        (etcd: ``--max-request-bytes`` plus gRPC's 512 KiB overhead allowance)."""
-
-    async def Watch(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-        if self.node.leader_id == 0 and _wants_leader(context):
-            await abort(context, errors.NO_LEADER)
-        queue: asyncio.Queue[rpcpb.WatchResponse | None] = asyncio.Queue()
-        watchers: dict[int, Watcher] = {}
-        next_id = 0
-
-        def sink(watcher: Watcher, events: list[Event]) -> None:
-            resp = rpcpb.WatchResponse(watch_id=watcher.id)
-            self.headers.fill(resp.header)
-            add_events(resp.events, events, self.node.sm.kv.busy)
-            if watcher.fragment:
-                for part in fragments(resp, self.fragment_bytes):
-                    queue.put_nowait(part)
-            else:
-                queue.put_nowait(resp)
-
-        def respond(**fields: Any) -> None:
-            resp = rpcpb.WatchResponse(**fields)
-            self.headers.fill(resp.header)
-            queue.put_nowait(resp)
-
-        async def read_requests() -> None:
-            nonlocal next_id
-            try:
-                async for req in request_iterator:
-                    which = req.WhichOneof("request_union")
-                    if which == "create_request":
-                        cr = req.create_request
-                        if cr.watch_id:
-                            wid = cr.watch_id
-                        else:
-                            while next_id in watchers:
-                                next_id += 1
-                            wid, next_id = next_id, next_id + 1
-                        if wid in watchers:
-                            respond(
-                                watch_id=wid,
-                                created=True,
-                                canceled=True,
-                                cancel_reason="etcdserver: duplicate watch ID",
-                            )
-                            continue
-                        filters = set(cr.filters)
-                        w = Watcher(
-                            wid,
-                            cr.key,
-                            cr.range_end,
-                            sink,
-                            prev_kv=cr.prev_kv,
-                            no_put=rpcpb.WatchCreateRequest.NOPUT in filters,
-                            no_delete=rpcpb.WatchCreateRequest.NODELETE in filters,
-                            progress_notify=cr.progress_notify,
-                            fragment=cr.fragment,
-                        )
-                        try:
-                            require(self.node, context, cr.key, cr.range_end, write=False)
-                        except EtcdError as exc:
-                            respond(
-                                watch_id=wid, created=True, canceled=True, cancel_reason=exc.message
-                            )
-                            continue
-                        respond(watch_id=wid, created=True)
-                        compacted = self.node.hub.watch(w, cr.start_revision)
-                        if compacted:
-                            respond(
-                                watch_id=wid,
-                                canceled=True,
-                                compact_revision=compacted,
-                                cancel_reason=errors.COMPACTED.message,
-                            )
-                        else:
-                            watchers[wid] = w
-                    elif which == "cancel_request":
-                        wid = req.cancel_request.watch_id
-                        found = watchers.pop(wid, None)
-                        if found is not None:
-                            self.node.hub.cancel(found)
-                            respond(watch_id=wid, canceled=True)
-                    elif which == "progress_request":
-                        respond(watch_id=-1)
-            finally:
-                queue.put_nowait(None)
-
-        async def progress() -> None:
-            # Watches created with progress_notify hear the current revision regularly,
-            # so a quiet watcher knows it has not missed anything up to there.
-            while True:
-                await asyncio.sleep(self.progress_interval)
-                for w in list(watchers.values()):
-                    if w.progress_notify and w.next_revision > self.node.sm.kv.revision:
-                        respond(watch_id=w.id)
-
-        reader = asyncio.create_task(read_requests())
-        notifier = asyncio.create_task(progress())
-        try:
-            while True:
-                resp = await queue.get()
-                if resp is None:
-                    break
-                yield resp
-        finally:
-            for task in (reader, notifier):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            for w in watchers.values():
-                self.node.hub.cancel(w)

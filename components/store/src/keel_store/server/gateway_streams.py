@@ -1,0 +1,281 @@
+"""The JSON gateway's request bodies and its streaming calls, as etcd's grpc-gateway.
+
+Bodies come with ``Content-Length`` or ``Transfer-Encoding: chunked``. A streaming
+call's body is a sequence of JSON objects, each one request, decoded as they arrive
+(so a client can send a watch's create, then later a cancel or a progress request on
+the same body); the answers go back chunked, one ``{"result": ...}`` line each.
+
+* ``/v3/watch`` and ``/v3/lease/keepalive`` are both ways: the end of the body is the
+  client closing its side, which ends a keep-alive stream but not a watch stream (as
+  with etcd, over gRPC too). A first request that is not valid JSON is answered 500
+  with ``{"error", "message", "code": 2}``; a later one ends the requests.
+* ``/v3/maintenance/snapshot`` sends a stream for one request.
+* The stream stops when the client disconnects. A call that fails answers
+  ``{"error": {"grpc_code", "http_code", "message", "http_status"}}``, with that HTTP
+  status if nothing was sent yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import http
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.CANCELLED: 499,
+}
+"""grpc-gateway's HTTP status for a gRPC code (anything else: 500)."""
+
+
+class BodyTooLarge(ValueError):
+    """A request body (or one request of a streaming body) over the gateway's limit."""
+
+
+class CallError(Exception):
+    """A service ended the call with a gRPC status (the gateway's ``abort``)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def to_json(message: Any) -> bytes:
+    """A response in proto3 JSON with the proto field names, compact."""
+    doc = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _doc(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+# --- request bodies -------------------------------------------------------------------------
+
+
+async def body_chunks(
+    reader: asyncio.StreamReader, headers: dict[str, str], limit: int
+) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive (chunked) or at once (``Content-Length``).
+
+    Raises :class:`BodyTooLarge` for a declared length over ``limit``; a chunked
+    body's total is left to the consumer (a stream may go on for long).
+    """
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        while True:
+            size_line = await reader.readline()
+            if not size_line.endswith(b"\n"):
+                raise asyncio.IncompleteReadError(size_line, None)
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+            if size > limit:
+                raise BodyTooLarge(f"a chunk of {size} bytes is over {limit}")
+            if size == 0:
+                # Trailer lines, up to the empty line that ends the body.
+                while await reader.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return
+            data = await reader.readexactly(size)
+            await reader.readexactly(2)  # the CRLF after the chunk's data
+            yield data
+    else:
+        length = int(headers.get("content-length", "0"))
+        if length > limit:
+            raise BodyTooLarge(f"a body of {length} bytes is over {limit}")
+        if length:
+            yield await reader.readexactly(length)
+
+
+async def read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:
+    """The whole body of a unary call (at most ``limit`` bytes)."""
+    parts: list[bytes] = []
+    size = 0
+    async for data in body_chunks(reader, headers, limit):
+        size += len(data)
+        if size > limit:
+            raise BodyTooLarge(f"a body of over {limit} bytes")
+        parts.append(data)
+    return b"".join(parts)
+
+
+async def json_values(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[object]:
+    """The JSON values of a streaming body, each as soon as it is complete.
+
+    Raises ``ValueError`` (``json.JSONDecodeError``) for text that is not JSON, once no
+    more data can complete it, and :class:`BodyTooLarge` for an incomplete value over
+    ``limit`` bytes.
+    """
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    text = ""
+    async for data in chunks:
+        text += utf8.decode(data)
+        while text := text.lstrip():
+            try:
+                value, end = decoder.raw_decode(text)
+            except json.JSONDecodeError:
+                if len(text) > limit:
+                    raise BodyTooLarge(f"a request of over {limit} bytes") from None
+                break  # perhaps incomplete: wait for more of the body
+            yield value
+            text = text[end:]
+    text = (text + utf8.decode(b"", final=True)).strip()
+    while text:
+        value, end = decoder.raw_decode(text)  # raises for what is left and not JSON
+        yield value
+        text = text[end:].lstrip()
+
+
+def parse(value: object, request_type: type[Any]) -> Any:
+    """One decoded JSON value as the call's request message."""
+    if not isinstance(value, dict):
+        raise json_format.ParseError(f"a request must be a JSON object, not {value!r:.40}")
+    return json_format.ParseDict(value, request_type(), ignore_unknown_fields=True)
+
+
+# --- the streaming call ----------------------------------------------------------------------
+
+
+def stream_error(code: grpc.StatusCode, message: str) -> tuple[int, bytes]:
+    """grpc-gateway's answer for a stream that failed: HTTP status and error object."""
+    status = HTTP_STATUS.get(code, 500)
+    doc = {
+        "error": {
+            "grpc_code": code.value[0],
+            "http_code": status,
+            "message": message,
+            "http_status": http.HTTPStatus(status).phrase,
+        }
+    }
+    return status, _doc(doc)
+
+
+async def serve_stream(
+    handler: Callable[[Any, Any], AsyncIterator[Any]],
+    request_type: type[Any],
+    *,
+    both_ways: bool,
+    context: Any,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    headers: dict[str, str],
+    extra: bytes,
+    limit: int,
+) -> None:
+    """Run one streaming call over an HTTP/1.1 request and its answer.
+
+    ``handler``: the service method, called with the requests (``both_ways``) or with
+    the one request, and ``context``. ``extra``: more header lines for the answer.
+    """
+    values = json_values(body_chunks(reader, headers, limit), limit)
+    first: Any = None
+    try:
+        value = await anext(values, None)
+        if value is not None:
+            first = parse(value, request_type)
+    except (ValueError, json_format.ParseError) as exc:
+        # grpc-gateway: a stream's first request that does not decode is Unknown (500);
+        # a server stream's request is decoded as a unary call's (400).
+        code = 2 if both_ways else 3
+        message = str(exc)
+        body = _doc({"error": message, "message": message, "code": code})
+        writer.write(
+            f"HTTP/1.1 {500 if both_ways else 400} Error\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n".encode()
+            + extra
+            + b"\r\n"
+            + body
+        )
+        await writer.drain()
+        return
+
+    body_done = asyncio.Event()
+
+    async def requests() -> AsyncIterator[Any]:
+        try:
+            if first is not None:
+                yield first
+            async for value in values:
+                yield parse(value, request_type)
+        except (ValueError, json_format.ParseError):
+            pass  # as grpc-gateway: a request that does not decode ends the requests
+        finally:
+            body_done.set()
+
+    if both_ways:
+        responses = handler(requests(), context)
+    else:
+        body_done.set()
+        responses = handler(first if first is not None else request_type(), context)
+    pump = asyncio.create_task(_pump(responses, writer, extra))
+
+    async def until_gone() -> None:
+        # Once the body is read, the next thing from the client is its leaving.
+        await body_done.wait()
+        with contextlib.suppress(Exception):
+            while await reader.read(1 << 16):
+                pass
+        pump.cancel()
+
+    monitor = asyncio.create_task(until_gone())
+    try:
+        await asyncio.wait({pump})
+    finally:
+        for task in (monitor, pump):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _pump(responses: AsyncIterator[Any], writer: asyncio.StreamWriter, extra: bytes) -> None:
+    started = False
+
+    def start(status: int) -> None:
+        nonlocal started
+        started = True
+        writer.write(
+            f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+            "Content-Type: application/json\r\n".encode()
+            + extra
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+
+    try:
+        try:
+            async for resp in responses:
+                if not started:
+                    start(200)
+                writer.write(_chunk(b'{"result":' + to_json(resp) + b"}\n"))
+                await writer.drain()
+        finally:
+            aclose = getattr(responses, "aclose", None)
+            if aclose is not None:
+                await aclose()
+    except CallError as exc:
+        status, doc = stream_error(exc.code, exc.message)
+        if not started:
+            start(status)
+        writer.write(_chunk(doc + b"\n"))
+    if not started:
+        start(200)
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()

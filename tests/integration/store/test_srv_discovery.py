@@ -153,8 +153,13 @@ def _log_text(member: Proc) -> str:
 
 
 def _exit_status(member: Proc, timeout: float = 30) -> int:
+    """The member's exit status; one still running after ``timeout`` is killed."""
     assert member.proc is not None
-    return member.proc.wait(timeout)
+    try:
+        return member.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        member.kill()
+        raise AssertionError(f"{member.name} still running after {timeout} s") from None
 
 
 @pytest.mark.parametrize("binary", ["keel", "etcd"])

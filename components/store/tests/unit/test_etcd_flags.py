@@ -97,7 +97,7 @@ def test_every_etcd_flag_is_taken() -> None:
         ),
         (
             ["--name=m0", "--discovery-srv-name=east"],
-            "couldn't find local name \"m0\" in the initial cluster configuration",
+            'couldn\'t find local name "m0" in the initial cluster configuration',
         ),
         (["--discovery-fallback=retry"], "'retry' is not 'exit' or 'proxy'"),
     ],

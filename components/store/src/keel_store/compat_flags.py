@@ -5,8 +5,8 @@ of etcd 3.4 is taken; the ones in this module are checked (a value etcd would re
 is refused here too) and then either change nothing, because the thing they tune does
 not exist in keel-store (bbolt's batching and freelist), or are logged as ignored when
 set to something other than etcd's default, so the operator learns what did not
-happen. A few are refused outright: a mode keel-store does not have (``--proxy=on``,
-DNS discovery) must not come up as a member that silently ignores it.
+happen. One is refused outright: a mode keel-store does not have (``--proxy=on``) must not
+come up as a member that silently ignores it.
 
 The flags that keel-store implements are in ``keel_store.flags.FLAGS``.
 """
@@ -56,8 +56,6 @@ COMPAT_FLAGS: list[tuple[str, Any, str]] = [
     ("proxy-dial-timeout", 1000, "no effect without --proxy (ms)"),
     ("proxy-write-timeout", 5000, "no effect without --proxy (ms)"),
     ("proxy-read-timeout", 0, "no effect without --proxy (ms)"),
-    ("discovery-srv", "", "refused: bootstrap with --initial-cluster or --discovery"),
-    ("discovery-srv-name", "", "no effect without --discovery-srv"),
 ]
 """(name, etcd's default, what it does in keel-store), as ``flags.FLAGS``."""
 
@@ -105,11 +103,6 @@ def check(args: argparse.Namespace, duration: Any) -> list[str]:
         raise UnsupportedFlag(
             f"--proxy={proxy}: keel-store has no proxy mode (etcd's v2 proxy); run a member,"
             " or point clients at several members"
-        )
-    if _value(args, "discovery-srv"):
-        raise UnsupportedFlag(
-            f"--discovery-srv={_value(args, 'discovery-srv')}: DNS discovery is not"
-            " supported; list the members with --initial-cluster, or use --discovery"
         )
     warnings = []
     for name in _IGNORED_WHEN_SET:

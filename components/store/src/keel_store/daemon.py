@@ -24,8 +24,15 @@ import time
 from collections import deque
 
 from keel_core import systemd
-from keel_store import eventloop, snapshot_cli, v2discovery
-from keel_store.flags import DURATION_FLAGS, FLAGS, FlagError, go_duration, parse_args
+from keel_store import eventloop, snapshot_cli, srv_discovery, v2discovery
+from keel_store.flags import (
+    DURATION_FLAGS,
+    FLAGS,
+    FlagError,
+    go_duration,
+    parse_args,
+    url_list,
+)
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
@@ -175,6 +182,13 @@ async def serve(args: argparse.Namespace) -> int:
                 log.error("etcd would run as a proxy now; keel-store has no proxy mode")
             return 1
         config = node_config(args)
+    if args.discovery_srv and not _has_wal(config):
+        try:
+            args = await _discover_srv(args)
+        except srv_discovery.SrvDiscoveryError as exc:
+            log.error("discovery failed (error setting up initial cluster: %s)", exc)
+            return 1
+        config = node_config(args)
     client_ssl = client_tls(args)  # flag errors before the member starts
     options = connection_options(args)
     access = access_policy(args)
@@ -262,6 +276,20 @@ async def _discover(args: argparse.Namespace, config: NodeConfig) -> argparse.Na
     )
     log.info("discovered the initial cluster", extra={"initial-cluster": spec})
     return argparse.Namespace(**{**vars(args), "initial_cluster": spec, "discovery": ""})
+
+
+async def _discover_srv(args: argparse.Namespace) -> argparse.Namespace:
+    """--discovery-srv: the initial cluster from the domain's SRV records (in a thread:
+    the lookups block)."""
+    spec = await asyncio.to_thread(
+        srv_discovery.initial_cluster,
+        args.discovery_srv,
+        args.discovery_srv_name,
+        args.name,
+        url_list(args.initial_advertise_peer_urls),
+    )
+    log.info("discovered the initial cluster", extra={"initial-cluster": spec})
+    return argparse.Namespace(**{**vars(args), "initial_cluster": spec, "discovery_srv": ""})
 
 
 def log_handlers(outputs: str) -> list[logging.Handler]:

@@ -58,6 +58,17 @@ FLAGS: list[tuple[str, Any, str]] = [
     ),
     ("discovery-proxy", "", "HTTP proxy for the requests to the discovery service"),
     (
+        "discovery-srv",
+        "",
+        "DNS domain whose SRV records (_etcd-server-ssl._tcp, _etcd-server._tcp) list the"
+        " members to bootstrap a new cluster with, instead of --initial-cluster",
+    ),
+    (
+        "discovery-srv-name",
+        "",
+        "suffix of the SRV services asked with --discovery-srv (_etcd-server-NAME._tcp)",
+    ),
+    (
         "discovery-fallback",
         "proxy",
         "exit or proxy: what etcd does when the discovered cluster is full (keel-store"

@@ -4,6 +4,7 @@ the HTTP/2 connection options, the HTTP access policy)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         token_provider = tokens.parse(args.auth_token, float(args.auth_token_ttl))
     except tokens.TokenSpecError as exc:
         raise FlagError(str(exc)) from None
-    if args.discovery and args.initial_cluster:
+    if sum(map(bool, (args.discovery, args.initial_cluster, args.discovery_srv))) > 1:
         raise FlagError(
             "multiple discovery or bootstrap flags are set. Choose one of"
             ' "initial-cluster", "discovery" or "discovery-srv"'
@@ -40,6 +41,15 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
             f"--discovery-fallback: {args.discovery_fallback!r} is not 'exit' or 'proxy'"
         )
     peer_url = first_url(args.initial_advertise_peer_urls, "initial-advertise-peer-urls")
+    if args.discovery_srv_name and not (args.discovery_srv or args.initial_cluster):
+        # etcd drops its default --initial-cluster for --discovery-srv-name alone.
+        raise FlagError(
+            f"couldn't find local name {json.dumps(args.name)} in the initial cluster"
+            " configuration"
+            " (--discovery-srv-name without --discovery-srv or --initial-cluster)"
+        )
+    # With --discovery or --discovery-srv, the member alone until the real initial
+    # cluster is known (keel_store.daemon asks for it; a member with a WAL does not).
     spec = args.initial_cluster or f"{args.name}={peer_url}"
     try:
         cluster = Cluster(parse_initial_cluster(spec), args.initial_cluster_token)

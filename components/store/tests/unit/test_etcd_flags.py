@@ -87,7 +87,18 @@ def test_every_etcd_flag_is_taken() -> None:
             ["--discovery=https://discovery.etcd.io/x", "--initial-cluster=a=http://h:1"],
             'Choose one of "initial-cluster", "discovery" or "discovery-srv"',
         ),
-        (["--discovery-srv=example.com"], "--discovery-srv=example.com"),
+        (
+            ["--discovery-srv=example.com", "--initial-cluster=a=http://h:1"],
+            "multiple discovery or bootstrap flags are set",
+        ),
+        (
+            ["--discovery-srv=example.com", "--discovery=https://discovery.etcd.io/x"],
+            "multiple discovery or bootstrap flags are set",
+        ),
+        (
+            ["--name=m0", "--discovery-srv-name=east"],
+            'couldn\'t find local name "m0" in the initial cluster configuration',
+        ),
         (["--discovery-fallback=retry"], "'retry' is not 'exit' or 'proxy'"),
     ],
 )

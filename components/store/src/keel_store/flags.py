@@ -224,8 +224,8 @@ FLAGS: list[tuple[str, Any, str]] = [
     (
         "experimental-peer-skip-client-san-verification",
         False,
-        "accepted for compatibility: keel-store never checks a peer's client certificate SAN"
-        " against the peer's address (etcd does unless this is set)",
+        "do not check that a peer's client certificate has an IP SAN (or a DNS SAN resolving"
+        " to or from the IP) matching the address it connects from",
     ),
     ("auth-token", "simple", "simple, or jwt,pub-key=PEM,priv-key=PEM,sign-method=RS256,ttl=5m"),
     ("auth-token-ttl", 300, "seconds a simple auth token lives after its last use"),

@@ -1,6 +1,7 @@
 """The client and peer TLS flags (etcd 3.4's): certificate files or auto TLS, CRLs,
-allowed CN/hostname, cipher suites, turned into SSL contexts (:mod:`keel_store.server.tls`
-does the checks after each handshake)."""
+allowed CN/hostname, cipher suites, the peer client SAN check, turned into SSL contexts
+(:mod:`keel_store.server.tls` and :mod:`keel_store.server.san_check` do the checks after
+each handshake)."""
 
 from __future__ import annotations
 
@@ -179,6 +180,9 @@ def peer_tls(
         check_files(args, "peer_crl_file")
     server = tls.PolicyContext(ssl.PROTOCOL_TLS_SERVER)
     client = tls.PolicyContext(ssl.PROTOCOL_TLS_CLIENT)
+    # etcd checks the SANs of a certificate presented to its peer listener against the
+    # address it comes from (not those of the peers it dials, nor on the client port).
+    server.check_client_san = not args.experimental_peer_skip_client_san_verification
     for context in (server, client):
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         _load_chain(context, cert, key, ("peer-cert-file", "peer-key-file"))

@@ -184,7 +184,7 @@ def test_tls_flag_errors_name_the_flag_and_the_file(tmp_path: Path, pki: PKI) ->
     for flags, message in peer_cases:
         with pytest.raises(daemon.FlagError, match=message):
             daemon.peer_tls(daemon.parse_args(flags, {}))
-    # accepted, and a no-op (keel-store never checks a peer's client SAN)
+    # the flag takes no value (its effect: test_peer_san.py)
     args = daemon.parse_args(["--experimental-peer-skip-client-san-verification"], {})
     assert args.experimental_peer_skip_client_san_verification is True
 

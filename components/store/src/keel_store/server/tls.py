@@ -231,6 +231,10 @@ class PolicyContext(ssl.SSLContext):
     """An SSLContext carrying the :class:`CertPolicy` of its listener (or dialer)."""
 
     policy: CertPolicy | None = None
+    check_client_san: bool = False
+    """A peer listener's: check a client certificate's SANs against the address it
+    connects from (:mod:`keel_store.server.san_check`), as etcd does unless
+    ``--experimental-peer-skip-client-san-verification``."""
 
 
 def refused(transport: Any) -> bool:
@@ -247,23 +251,30 @@ def refused(transport: Any) -> bool:
     reason = policy.refusal(ssl_object.getpeercert(binary_form=True), authenticated=authenticated)
     if reason is None:
         return False
+    reject(transport, policy.side, reason)
+    return True
+
+
+def reject(transport: Any, side: str, reason: str) -> None:
+    """Log that a connection of ``side`` (client or peer) is refused for ``reason``
+    (etcd's "rejected connection", at most a line per :data:`LOG_EVERY` for the same
+    reason, with a count) and abort it."""
     now = time.monotonic()
-    last, count = _logged.get((policy.side, reason), (-LOG_EVERY, 0))
+    last, count = _logged.get((side, reason), (-LOG_EVERY, 0))
     if now - last >= LOG_EVERY:  # a refused peer redials every few ms: not a line each time
         log.warning(
             "rejected connection: %s",
             reason,
             extra={
-                "side": policy.side,
+                "side": side,
                 "remote": str(transport.get_extra_info("peername")),
                 "rejected_since_last_line": count,
             },
         )
-        _logged[(policy.side, reason)] = (now, 0)
+        _logged[(side, reason)] = (now, 0)
     else:
-        _logged[(policy.side, reason)] = (last, count + 1)
+        _logged[(side, reason)] = (last, count + 1)
     transport.abort()
-    return True
 
 
 LOG_EVERY = 5.0

@@ -35,7 +35,7 @@ from keel_store.raft import (
     Snapshot,
     SnapshotMeta,
 )
-from keel_store.server import tls
+from keel_store.server import san_check, tls
 
 log = logging.getLogger("keel_store.transport")
 
@@ -459,7 +459,9 @@ class _Inbound(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.owner._inbound_conns.add(self)
-        tls.refused(transport)  # a revoked or not allowed peer certificate: closed
+        if tls.refused(transport):  # a revoked or not allowed peer certificate: closed
+            return
+        san_check.screen(transport)  # its SANs against its address (etcd's checkSAN)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._inbound_conns.discard(self)

@@ -30,12 +30,10 @@ import json
 import logging
 import socket
 import urllib.parse
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import dns.exception
-import dns.rdatatype
-import dns.resolver
-from dns.rdtypes.IN.SRV import SRV
+if TYPE_CHECKING:
+    import dns.resolver
 
 log = logging.getLogger("keel_store.discovery")
 
@@ -73,6 +71,11 @@ class SystemResolver:
     library's host lookup for addresses."""
 
     def __init__(self) -> None:
+        # dnspython is imported here, not with the module: it costs ~190 ms of start-up
+        # that a member not using --discovery-srv should not pay.
+        import dns.resolver  # noqa: PLC0415
+
+        self._dns: dns.resolver.Resolver
         try:
             self._dns = dns.resolver.Resolver(configure=True)
         except dns.resolver.NoResolverConfiguration:
@@ -85,6 +88,11 @@ class SystemResolver:
         return _join(servers[0], self._dns.port)
 
     def lookup_srv(self, name: str) -> list[tuple[str, int]]:
+        import dns.exception  # noqa: PLC0415
+        import dns.rdatatype  # noqa: PLC0415
+        import dns.resolver  # noqa: PLC0415
+        from dns.rdtypes.IN.SRV import SRV  # noqa: PLC0415
+
         why = "no such host"
         try:
             answer = self._dns.resolve(name, dns.rdatatype.SRV, search=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
@@ -157,3 +159,10 @@ def test_the_flags_reach_the_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen == [("keel.test", "east", "me", ["http://127.0.0.1:2380"])]
     assert found.initial_cluster == "0=http://m0:1,me=http://127.0.0.1:2380"
     assert daemon.node_config(found).cluster.by_name("me").peer_urls == ["http://127.0.0.1:2380"]
+
+
+def test_the_daemon_does_not_import_dnspython_until_asked() -> None:
+    """dnspython's resolver costs ~190 ms to import: only --discovery-srv pays it."""
+    code = "import sys, keel_store.daemon; print(sorted(m for m in sys.modules if m == 'dns'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -397,3 +397,43 @@ def test_grpc_watch_outlives_the_clients_half_close(make_cluster: Any) -> None:
         (0, False, False, "", [b"1"]),
         (3, False, False, "", [b"1"]),
     ]
+
+
+def watchers(cluster: Any) -> float:
+    """``etcd_debugging_mvcc_watcher_total`` from the member's /metrics."""
+    host, port = host_port(cluster)
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    line = next(x for x in text.splitlines() if x.startswith("etcd_debugging_mvcc_watcher_total"))
+    return float(line.split()[-1])
+
+
+def wait_watchers(cluster: Any, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while watchers(cluster) != count:
+        assert time.monotonic() < deadline, f"watchers: {watchers(cluster)}, wanted {count}"
+        time.sleep(0.1)
+
+
+def test_watches_end_when_the_client_goes_away(keel1: Any) -> None:
+    """A gateway client that disconnects, mid-body or after it, and a gRPC client that
+    half-closed then cancels, leave no watcher behind."""
+    assert watchers(keel1) == 0
+    body = [{"create_request": {"key": b64("a")}}, {"create_request": {"key": b64("b")}}]
+    whole = HttpStream(keel1, "/v3/watch", body=body)
+    chunked = HttpStream(keel1, "/v3/watch")
+    chunked.send({"create_request": {"key": b64("c")}})
+    assert len(whole.read(2)) == 1 + len(chunked.read(1))
+    with grpc.insecure_channel(keel1.endpoints) as channel:
+        create = rpcpb.WatchRequest(create_request=rpcpb.WatchCreateRequest(key=b"d"))
+        stream = rpcgrpc.WatchStub(channel).Watch(iter([create]), timeout=20)
+        assert next(stream).created
+        wait_watchers(keel1, 4)
+        stream.cancel()
+        wait_watchers(keel1, 3)
+    whole.close()
+    wait_watchers(keel1, 1)
+    chunked.close()  # its body never ended
+    wait_watchers(keel1, 0)

@@ -27,20 +27,22 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from keel_store.mvcc import errors
 from keel_store.mvcc.errors import EtcdError
 from keel_store.pb import rpcpb
-from keel_store.server import metrics
+from keel_store.server import gateway_json, metrics
 from keel_store.server.auth_service import AuthService
 from keel_store.server.exposition import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from keel_store.server.gateway_mux import Answer, Call, Page, Target, resolve
 from keel_store.server.gateway_streams import (
-    HTTP_STATUS,
     BodyTooLarge,
     CallError,
+    error_doc,
+    http_status,
     read_body,
     serve_stream,
+    status_line,
     to_json,
 )
 from keel_store.server.grpc_metrics import GrpcStats
@@ -74,7 +76,8 @@ class _Context:
 
 CORS_METHODS = b"POST, GET, OPTIONS, PUT, DELETE"
 CORS_HEADERS = b"accept, content-type, authorization"
-REASONS = {200: "OK", 421: "Misdirected Request"}
+GRPC_METADATA = b"Grpc-Metadata-Content-Type: application/grpc\r\n"
+"""The header grpc-gateway copies from the gRPC answer's metadata onto a success."""
 
 
 def is_origin(text: str) -> bool:
@@ -144,9 +147,7 @@ def misdirected(host: str) -> bytes:
 
 
 def _error(exc: EtcdError) -> bytes:
-    return json.dumps(
-        {"error": exc.message, "message": exc.message, "code": int(exc.code)}
-    ).encode()
+    return error_doc(int(exc.code), exc.message)
 
 
 def _doc(doc: dict[str, Any]) -> bytes:
@@ -262,7 +263,14 @@ class Gateway:
                 while (h := await reader.readline()) not in (b"\r\n", b"\n", b""):
                     name, _, value = h.decode("latin-1").partition(":")
                     headers[name.strip().lower()] = value.strip()
-                stream = self._stream_route(method, path)
+                where = resolve(
+                    method,
+                    path,
+                    json_api=self.json_api,
+                    unary=self.routes,
+                    streams=self.streams,
+                )
+                stream = where if isinstance(where, Call) and where.stream else None
                 body = b""
                 if stream is None:
                     try:
@@ -292,18 +300,8 @@ class Gateway:
                     if method == "OPTIONS":
                         await self._send(writer, 200, b"", None, extra)
                         continue
-                if method == "GET" and path.partition("?")[0] == "/metrics":
-                    body = metrics.exposition(self.node, self.grpc_stats)
-                    await self._send(writer, 200, body, METRICS_CONTENT_TYPE, extra)
-                    continue
-                if not self.json_api and path.startswith(("/v3/", "/v3beta/")):
-                    # etcd without its gateway: Go's mux answers the path unknown.
-                    await self._send(
-                        writer, 404, b"404 page not found\n", "text/plain; charset=utf-8", extra
-                    )
-                    continue
                 if stream is not None:
-                    handler, request_type, both_ways = stream
+                    handler, request_type, both_ways = self.streams[stream.name]
                     await serve_stream(
                         handler,
                         request_type,
@@ -316,31 +314,13 @@ class Gateway:
                         limit=MAX_BODY,
                     )
                     return
-                status, payload = await self._handle(
-                    method, path, body, headers.get("authorization")
-                )
-                # etcd writes /health without a type (Go's sniffing calls it text);
-                # /version and the gateway's answers are JSON.
-                plain = method == "GET" and path == "/health"
-                kind = "text/plain; charset=utf-8" if plain else "application/json"
-                await self._send(writer, status, payload, kind, extra=extra)
+                await self._answer(writer, where, body, headers.get("authorization"), extra)
                 if headers.get("connection", "").lower() == "close":
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
             return
         finally:
             writer.close()
-
-    def _stream_route(
-        self, method: str, path: str
-    ) -> tuple[Callable[..., Any], type[Any], bool] | None:
-        """The streaming call ``POST path`` makes, if it makes one (and the JSON API is on)."""
-        if method != "POST" or not self.json_api:
-            return None
-        for prefix in ("/v3/", "/v3beta/"):
-            if path.startswith(prefix):
-                return self.streams.get(path[len(prefix) :].rstrip("/"))
-        return None
 
     async def _send(
         self,
@@ -353,49 +333,76 @@ class Gateway:
         """One answer; ``extra``: more header lines, each ending in CRLF."""
         typed = f"Content-Type: {content_type}\r\n" if content_type else ""
         writer.write(
-            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n{typed}".encode()
+            f"HTTP/1.1 {status_line(status)}\r\n{typed}".encode()
             + extra
             + f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
         await writer.drain()
 
-    async def _handle(
-        self, method: str, path: str, body: bytes, token: str | None = None
-    ) -> tuple[int, bytes]:
-        if method == "GET" and path == "/version":
-            return 200, json.dumps(
-                {"etcdserver": ETCD_VERSION, "etcdcluster": CLUSTER_VERSION},
-                separators=(",", ":"),
-            ).encode()
-        if method == "GET" and path == "/health":
-            try:
-                await self.node.read_barrier()
-            except EtcdError as exc:
-                self.node.stats.health_failures += 1
-                return 503, _doc({"health": "false", "reason": exc.message})
-            self.node.stats.health_success += 1
-            return 200, b'{"health":"true"}'
-        route = None
-        for prefix in ("/v3/", "/v3beta/"):
-            if path.startswith(prefix):
-                route = self.routes.get(path[len(prefix) :].rstrip("/"))
-        if method != "POST" or route is None:
-            return 404, json.dumps(
-                {"error": "Not Found", "message": "Not Found", "code": 5}
-            ).encode()
-        handler, request_type = route
+    async def _answer(
+        self,
+        writer: asyncio.StreamWriter,
+        where: Target,
+        body: bytes,
+        token: str | None,
+        extra: bytes,
+    ) -> None:
+        """Answer a request that is not a streaming call."""
+        if isinstance(where, Answer):
+            await self._send(
+                writer, where.status, where.body, where.content_type, extra + where.headers
+            )
+        elif isinstance(where, Page) and where.name == "metrics":
+            payload = metrics.exposition(self.node, self.grpc_stats)
+            await self._send(writer, 200, payload, METRICS_CONTENT_TYPE, extra)
+        elif isinstance(where, Page):
+            status, payload = await self._page(where.name)
+            # etcd writes /health without a type (Go's sniffing calls it text).
+            kind = "text/plain; charset=utf-8" if where.name == "health" else "application/json"
+            await self._send(writer, status, payload, kind, extra)
+        else:
+            await self._call(writer, where.name, body, token, extra)
+
+    async def _page(self, name: str) -> tuple[int, bytes]:
+        """``GET /version`` or ``GET /health``."""
+        if name == "version":
+            return 200, _doc({"etcdserver": ETCD_VERSION, "etcdcluster": CLUSTER_VERSION})
         try:
-            request = json_format.Parse(body or b"{}", request_type(), ignore_unknown_fields=True)
-        except json_format.ParseError as exc:
-            message = f"invalid JSON body: {exc}"
-            return 400, _doc({"error": message, "message": message, "code": 3})
+            await self.node.read_barrier()
+        except EtcdError as exc:
+            self.node.stats.health_failures += 1
+            return 503, _doc({"health": "false", "reason": exc.message})
+        self.node.stats.health_success += 1
+        return 200, b'{"health":"true"}'
+
+    async def _call(
+        self, writer: asyncio.StreamWriter, name: str, body: bytes, token: str | None, extra: bytes
+    ) -> None:
+        """A unary call, answered as grpc-gateway's ForwardResponseMessage / HTTPError."""
+        handler, request_type = self.routes[name]
+        try:
+            request = gateway_json.decode(body, request_type)
+        except gateway_json.BodyError as exc:
+            await self._send(writer, 400, error_doc(3, str(exc)), extra=extra)
+            return
         self.calls += 1
         try:
             response = await handler(request, _Context(token))
         except CallError as exc:
-            doc = {"error": exc.message, "message": exc.message, "code": exc.code.value[0]}
-            return HTTP_STATUS.get(exc.code, 500), _doc(doc)
+            # A status from the gRPC server: its trailer metadata comes along as well.
+            payload = error_doc(exc.code.value[0], exc.message)
+            writer.write(
+                f"HTTP/1.1 {status_line(http_status(exc.code))}\r\n"
+                "Content-Type: application/json\r\n".encode()
+                + extra
+                + b"Trailer: Grpc-Trailer-Content-Type\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + f"{len(payload):x}\r\n".encode()
+                + payload
+                + b"\r\n0\r\nGrpc-Trailer-Content-Type: application/grpc\r\n\r\n"
+            )
+            await writer.drain()
+            return
         finally:
             self.calls -= 1
-        return 200, to_json(response)
+        await self._send(writer, 200, to_json(response), extra=extra + GRPC_METADATA)

@@ -28,19 +28,47 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from keel_store.server.gateway_json import to_message
+
 HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 408,
+    grpc.StatusCode.UNKNOWN: 500,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNAVAILABLE: 503,
+    # What Debian's etcd 3.4.23 answers (grpc-gateway 1.9.5, vendored upstream, says 400).
+    grpc.StatusCode.FAILED_PRECONDITION: 412,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
     grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
 }
 """grpc-gateway's HTTP status for a gRPC code (anything else: 500)."""
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    """grpc-gateway's HTTPStatusFromCode."""
+    return HTTP_STATUS.get(code, 500)
+
+
+def status_line(status: int) -> str:
+    """``200 OK``: the status and Go's text for it."""
+    try:
+        return f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} status code {status}"
+
+
+def error_doc(code: int, message: str) -> bytes:
+    """grpc-gateway's error body (its errorBody, marshalled by jsonpb: compact, in order)."""
+    return _doc({"error": message, "message": message, "code": code})
 
 
 class BodyTooLarge(ValueError):
@@ -146,10 +174,8 @@ async def json_values(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator
 
 
 def parse(value: object, request_type: type[Any]) -> Any:
-    """One decoded JSON value as the call's request message."""
-    if not isinstance(value, dict):
-        raise json_format.ParseError(f"a request must be a JSON object, not {value!r:.40}")
-    return json_format.ParseDict(value, request_type(), ignore_unknown_fields=True)
+    """One decoded JSON value as the call's request message (as a unary call's body)."""
+    return to_message(value, request_type)
 
 
 # --- the streaming call ----------------------------------------------------------------------
@@ -157,7 +183,7 @@ def parse(value: object, request_type: type[Any]) -> Any:
 
 def stream_error(code: grpc.StatusCode, message: str) -> tuple[int, bytes]:
     """grpc-gateway's answer for a stream that failed: HTTP status and error object."""
-    status = HTTP_STATUS.get(code, 500)
+    status = http_status(code)
     doc = {
         "error": {
             "grpc_code": code.value[0],
@@ -192,14 +218,14 @@ async def serve_stream(
         value = await anext(values, None)
         if value is not None:
             first = parse(value, request_type)
-    except (ValueError, json_format.ParseError) as exc:
+    except ValueError as exc:
         # grpc-gateway: a stream's first request that does not decode is Unknown (500);
         # a server stream's request is decoded as a unary call's (400).
         code = 2 if both_ways else 3
         message = str(exc)
-        body = _doc({"error": message, "message": message, "code": code})
+        body = error_doc(code, message)
         writer.write(
-            f"HTTP/1.1 {500 if both_ways else 400} Error\r\n"
+            f"HTTP/1.1 {status_line(500 if both_ways else 400)}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n".encode()
             + extra
             + b"\r\n"
@@ -216,7 +242,7 @@ async def serve_stream(
                 yield first
             async for value in values:
                 yield parse(value, request_type)
-        except (ValueError, json_format.ParseError):
+        except ValueError:
             pass  # as grpc-gateway: a request that does not decode ends the requests
         finally:
             body_done.set()
@@ -253,8 +279,7 @@ async def _pump(responses: AsyncIterator[Any], writer: asyncio.StreamWriter, ext
         nonlocal started
         started = True
         writer.write(
-            f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
-            "Content-Type: application/json\r\n".encode()
+            f"HTTP/1.1 {status_line(status)}\r\nContent-Type: application/json\r\n".encode()
             + extra
             + b"Transfer-Encoding: chunked\r\n\r\n"
         )

@@ -95,11 +95,17 @@ def _txn_cost(req: rpcpb.TxnRequest) -> int:
 
 
 def auth_user(node: StoreNode, context: Any) -> str | None:
-    """The user a request runs as (from its ``token`` metadata); None if auth is off."""
+    """The user a request runs as (from its ``token`` metadata); None if auth is off.
+
+    With auth off, a token that is sent but not known is still refused (etcd 3.4).
+    """
     auth = node.sm.auth
-    if not auth.enabled:
-        return None
     token = next((v for k, v in context.invocation_metadata() or () if k == "token"), None)
+    if not auth.enabled:
+        # As etcd 3.4's AuthInfoFromCtx: a token it cannot resolve is refused even then.
+        if token is not None and node.tokens.info(token) is None:
+            raise errors.INVALID_AUTH_TOKEN
+        return None
     if token is None:
         raise auth_errors.USER_EMPTY
     found = node.tokens.info(token)

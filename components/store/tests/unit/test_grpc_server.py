@@ -338,6 +338,8 @@ async def raw_call(port: int, headers: bytes, body: bytes) -> tuple[dict[str, st
 
 
 def test_unary_round_trip_and_metadata() -> None:
+    seen: list[tuple[tuple[str, Any], ...]] = []
+
     async def scenario() -> None:
         async with serving() as (_, services, port), channel(port) as ch:
             kv = rpcgrpc.KVStub(ch)
@@ -370,7 +372,16 @@ def test_unary_round_trip_and_metadata() -> None:
             # with a deadline the handler sees the time left
             await kv.Range(rpcpb.RangeRequest(key=b"x"), timeout=30)
             assert services.kv.time_remaining is not None
+
             assert 20 < services.kv.time_remaining <= 31  # grpcio rounds its timeout up
+            # the same header block again (the decoder's cached list): the metadata is
+            # computed once; another token is its own
+            for token in ("abc", "abc", "other"):
+                await kv.Range(rpcpb.RangeRequest(key=b"x"), metadata=(("token", token),))
+                assert ("token", token) in services.kv.metadata
+                seen.append(services.kv.metadata)
+            assert seen[0] is seen[1]
+            assert seen[2] is not seen[1]
 
     run(scenario)
 

@@ -84,6 +84,7 @@ REQUEST_TOO_LARGE = _e(Code.INVALID_ARGUMENT, "etcdserver: request is too large"
 NO_LEADER = _e(Code.UNAVAILABLE, "etcdserver: no leader")
 LEADER_CHANGED = _e(Code.UNAVAILABLE, "etcdserver: leader changed")
 NOT_LEADER = _e(Code.FAILED_PRECONDITION, "etcdserver: not leader")
+BAD_LEADER_TRANSFEREE = _e(Code.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
 TIMEOUT = _e(Code.UNAVAILABLE, "etcdserver: request timed out")
 NOT_CAPABLE = _e(Code.UNAVAILABLE, "etcdserver: not capable")
 STOPPED = _e(Code.UNAVAILABLE, "etcdserver: server stopped")

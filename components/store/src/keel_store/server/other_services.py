@@ -124,7 +124,8 @@ class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
     def _with_members(self, resp: Any) -> Any:
         del resp.members[:]
         resp.members.extend(self.node.member_list())
-        self.headers.fill(resp.header)
+        # etcd's ClusterServer.header(): cluster, member and term, no revision.
+        self.headers.fill(resp.header, revision=0)
         return resp
 
     @guarded
@@ -217,16 +218,14 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
             resp = self.node.sm.alarm(request)
         else:
             resp = await self.node.propose(Kind.ALARM, request)
-        self.headers.fill(resp.header)
+        resp.ClearField("header")  # etcd 3.4's AlarmResponse carries none
         return resp
 
     @guarded
     async def Defragment(self, request: Any, context: Any) -> Any:
         """Nothing to defragment: the key space lives in memory, the log is rewritten."""
         require_root(self.node, context)
-        resp = rpcpb.DefragmentResponse()
-        self.headers.fill(resp.header)
-        return resp
+        return rpcpb.DefragmentResponse()  # no header, as etcd's
 
     @guarded
     async def Hash(self, request: Any, context: Any) -> Any:
@@ -267,9 +266,8 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
         node = self.node
         if not node.is_leader:
             raise errors.NOT_LEADER
-        if request.targetID not in node.sm.members:
-            raise errors.MEMBER_NOT_FOUND
+        target = node.sm.members.get(request.targetID)
+        if target is None or target.is_learner:
+            raise errors.BAD_LEADER_TRANSFEREE
         await node.transfer_leadership(request.targetID)
-        resp = rpcpb.MoveLeaderResponse()
-        self.headers.fill(resp.header)
-        return resp
+        return rpcpb.MoveLeaderResponse()  # no header, as etcd's

@@ -231,7 +231,7 @@ async def serve(args: argparse.Namespace) -> int:
     )
     await server.start()
     for url in filter(None, (u.strip() for u in args.listen_metrics_urls.split(","))):
-        gw = gateway.Gateway(node, kv, grpc_stats, json_api=args.enable_grpc_gateway, watch=watch)
+        gw = gateway.Gateway(node, kv, grpc_stats, metrics_only=True)
         await gw.listen(*host_port(url))
         gateways.append(gw)
     log.info("serving clients on %s as member %x", args.listen_client_urls, node.member_id)

@@ -59,6 +59,8 @@ from keel_store.server.watch_stream import WatchService
 
 log = logging.getLogger("keel_store.gateway")
 MAX_BODY = 4 << 20
+ALL_PAGES = ("health", "version", "metrics")
+METRICS_PAGES = ("health", "metrics")
 
 
 class _Context:
@@ -166,9 +168,13 @@ class Gateway:
         *,
         json_api: bool = True,
         watch: WatchService | None = None,
+        metrics_only: bool = False,
     ) -> None:
         self.node = node
-        self.json_api = json_api
+        self.json_api = json_api and not metrics_only
+        self.pages = METRICS_PAGES if metrics_only else ALL_PAGES
+        """The ``/`` pages served: a ``--listen-metrics-urls`` listener serves only
+        ``/metrics`` and ``/health`` (etcd's ``HandleMetricsHealth``), not the JSON API."""
         """``--enable-grpc-gateway``: serve ``/v3/...``; off, they are not found."""
         self.access = access
         """--cors and --host-whitelist; None (the metrics URLs): neither applies."""
@@ -269,6 +275,7 @@ class Gateway:
                     json_api=self.json_api,
                     unary=self.routes,
                     streams=self.streams,
+                    pages=self.pages,
                 )
                 stream = where if isinstance(where, Call) and where.stream else None
                 body = b""

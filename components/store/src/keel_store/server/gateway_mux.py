@@ -93,8 +93,11 @@ def resolve(
     json_api: bool,
     unary: Container[str],
     streams: Container[str],
+    pages: Container[str] = ("health", "version", "metrics"),
 ) -> Target:
-    """Where ``method target`` goes (``json_api``: ``--enable-grpc-gateway``)."""
+    """Where ``method target`` goes (``json_api``: ``--enable-grpc-gateway``; ``pages``:
+    the ``/`` handler's pages served, on ``--listen-metrics-urls`` only ``metrics`` and
+    ``health``, as etcd's ``HandleMetricsHealth``)."""
     raw, _, query = target.partition("?")
     path = urllib.parse.unquote(raw)
     if path.startswith("/v3beta/"):
@@ -113,9 +116,9 @@ def resolve(
         if not stream and name not in unary:
             return NOT_FOUND
         return Call(name, stream) if method == "POST" else METHOD_NOT_ALLOWED
-    if path == "/metrics":
+    if path == "/metrics" and "metrics" in pages:
         return Page("metrics")
-    if path in ("/health", "/version"):
+    if path in ("/health", "/version") and path[1:] in pages:
         if method != "GET":
             return Answer(405, b"Method Not Allowed\n", PLAIN, b"Allow: GET\r\n" + NOSNIFF)
         return Page(path[1:])

@@ -3,6 +3,7 @@ on the client port, as etcd serves them, and on --listen-metrics-urls."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 
@@ -104,9 +105,13 @@ def test_gateway_matches_etcd(make_cluster) -> None:
         assert ours == theirs, f"{method} {path} on the metrics URL"
 
 
-def _raw(port: int, method: str, path: str, body: object) -> tuple[int, str, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request(method, path, body=None if body is None else json.dumps(body))
+def _raw(
+    port: int, method: str, path: str, body: object, data: bytes | None = None
+) -> tuple[int, str, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    if data is None and body is not None:
+        data = json.dumps(body).encode()
+    conn.request(method, path, body=data)
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
@@ -123,3 +128,29 @@ def test_gateway_off_as_etcd(make_cluster) -> None:
         ours, theirs = (_raw(port, method, path, body) for port in ports)
         assert ours == theirs, f"{method} {path}"
     assert _raw(ports[0], *CALLS[2])[:2] == (404, "text/plain; charset=utf-8")
+
+
+def _put_body(size: int) -> bytes:
+    value = base64.b64encode(b"x" * size).decode()
+    return json.dumps({"key": "Zm9v", "value": value}).encode()
+
+
+def test_oversize_requests_as_etcd(make_cluster) -> None:
+    """Over --max-request-bytes: etcd's error; over gRPC's limit (+512 KiB): gRPC's
+    ResourceExhausted, 429, as etcd's gateway gets it from its own gRPC server."""
+    ports = [
+        int(make_cluster(1, binary=b).members[0].client_url.rsplit(":", 1)[1])
+        for b in ("keel", "etcd")
+    ]
+    for size in (1_600_000, 3_000_000):
+        body = _put_body(size)
+        ours, theirs = (_raw(p, "POST", "/v3/kv/put", None, body) for p in ports)
+        assert ours[0] == theirs[0], size
+        assert json.loads(ours[2]) == json.loads(theirs[2]), size
+    assert theirs[0] == 429
+    # A body larger than keel-store reads (3x the limit): the same status and code; the
+    # size in the message is the body's, not the decoded message's.
+    body = _put_body(7_000_000)
+    ours, theirs = (_raw(p, "POST", "/v3/kv/put", None, body) for p in ports)
+    assert (ours[0], json.loads(ours[2])["code"]) == (theirs[0], json.loads(theirs[2])["code"])
+    assert ours[0] == 429

@@ -219,7 +219,13 @@ async def serve(args: argparse.Namespace) -> int:
     limit = args.max_request_bytes + validate.GRPC_OVERHEAD_BYTES
     watch = watch_stream.WatchService(node, interval, limit)
     client_gateway = gateway.Gateway(
-        node, kv, grpc_stats, access, json_api=args.enable_grpc_gateway, watch=watch
+        node,
+        kv,
+        grpc_stats,
+        access,
+        json_api=args.enable_grpc_gateway,
+        watch=watch,
+        max_message=limit,
     )
     server = _server(
         node, kv, args, grpc_stats, client_gateway, watch=watch, context=client_ssl, options=options

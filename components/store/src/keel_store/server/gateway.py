@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from keel_store.mvcc import errors
+from keel_store.mvcc import validate
 from keel_store.mvcc.errors import EtcdError
 from keel_store.pb import rpcpb
 from keel_store.server import gateway_json, metrics
@@ -148,12 +148,18 @@ def misdirected(host: str) -> bytes:
     ).encode()
 
 
-def _error(exc: EtcdError) -> bytes:
-    return error_doc(int(exc.code), exc.message)
-
-
 def _doc(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+DISCARD_MAX = 64 << 20
+"""An oversize body is read and dropped up to this size; a larger one is not waited for."""
+
+
+async def _discard(reader: asyncio.StreamReader, size: int) -> None:
+    left = size if size <= DISCARD_MAX else 0
+    while left > 0:
+        left -= len(await reader.readexactly(min(left, 1 << 20)))
 
 
 class Gateway:
@@ -169,9 +175,15 @@ class Gateway:
         json_api: bool = True,
         watch: WatchService | None = None,
         metrics_only: bool = False,
+        max_message: int = validate.DEFAULT_MAX_REQUEST_BYTES + validate.GRPC_OVERHEAD_BYTES,
     ) -> None:
         self.node = node
         self.json_api = json_api and not metrics_only
+        self.max_message = max_message
+        """The gRPC server's limit on a request message: etcd's gateway forwards to it,
+        so a larger request gets gRPC's ResourceExhausted (429)."""
+        self.max_body = max(MAX_BODY, 3 * max_message)
+        """Bodies read at most (JSON and base64 make a message's body ~4/3 larger)."""
         self.pages = METRICS_PAGES if metrics_only else ALL_PAGES
         """The ``/`` pages served: a ``--listen-metrics-urls`` listener serves only
         ``/metrics`` and ``/health`` (etcd's ``HandleMetricsHealth``), not the JSON API."""
@@ -281,9 +293,13 @@ class Gateway:
                 body = b""
                 if stream is None:
                     try:
-                        body = await read_body(reader, headers, MAX_BODY)
-                    except BodyTooLarge:
-                        await self._send(writer, 413, _error(errors.REQUEST_TOO_LARGE))
+                        body = await read_body(reader, headers, self.max_body)
+                    except BodyTooLarge as exc:
+                        if "chunked" not in headers.get("transfer-encoding", "").lower():
+                            # Read what the client is sending before answering, so that
+                            # it sees the answer rather than a reset connection.
+                            await _discard(reader, exc.size)
+                        await self._send_status(writer, self.too_large(exc.size), b"")
                         return
                 extra = b""
                 if self.access is not None:
@@ -383,6 +399,28 @@ class Gateway:
         self.node.stats.health_success += 1
         return 200, b'{"health":"true"}'
 
+    @staticmethod
+    async def _send_status(writer: asyncio.StreamWriter, exc: CallError, extra: bytes) -> None:
+        """A gRPC status as grpc-gateway answers it: its trailer metadata comes along."""
+        payload = error_doc(exc.code.value[0], exc.message)
+        writer.write(
+            f"HTTP/1.1 {status_line(http_status(exc.code))}\r\n"
+            "Content-Type: application/json\r\n".encode()
+            + extra
+            + b"Trailer: Grpc-Trailer-Content-Type\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + f"{len(payload):x}\r\n".encode()
+            + payload
+            + b"\r\n0\r\nGrpc-Trailer-Content-Type: application/grpc\r\n\r\n"
+        )
+        await writer.drain()
+
+    def too_large(self, size: int) -> CallError:
+        """gRPC's refusal of a request message of ``size`` bytes over the limit."""
+        return CallError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"grpc: received message larger than max ({size} vs. {self.max_message})",
+        )
+
     async def _call(
         self, writer: asyncio.StreamWriter, name: str, body: bytes, token: str | None, extra: bytes
     ) -> None:
@@ -395,20 +433,12 @@ class Gateway:
             return
         self.calls += 1
         try:
+            size = request.ByteSize()
+            if size > self.max_message:
+                raise self.too_large(size)
             response = await handler(request, _Context(token))
         except CallError as exc:
-            # A status from the gRPC server: its trailer metadata comes along as well.
-            payload = error_doc(exc.code.value[0], exc.message)
-            writer.write(
-                f"HTTP/1.1 {status_line(http_status(exc.code))}\r\n"
-                "Content-Type: application/json\r\n".encode()
-                + extra
-                + b"Trailer: Grpc-Trailer-Content-Type\r\nTransfer-Encoding: chunked\r\n\r\n"
-                + f"{len(payload):x}\r\n".encode()
-                + payload
-                + b"\r\n0\r\nGrpc-Trailer-Content-Type: application/grpc\r\n\r\n"
-            )
-            await writer.drain()
+            await self._send_status(writer, exc, extra)
             return
         finally:
             self.calls -= 1

@@ -72,7 +72,13 @@ def error_doc(code: int, message: str) -> bytes:
 
 
 class BodyTooLarge(ValueError):
-    """A request body (or one request of a streaming body) over the gateway's limit."""
+    """A request body (or one request of a streaming body) over the gateway's limit:
+    ``size`` bytes (at least) against ``limit``."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} of {size} bytes is over {limit}")
+        self.size = size
+        self.limit = limit
 
 
 class CallError(Exception):
@@ -116,7 +122,7 @@ async def body_chunks(
                 raise asyncio.IncompleteReadError(size_line, None)
             size = int(size_line.split(b";", 1)[0].strip(), 16)
             if size > limit:
-                raise BodyTooLarge(f"a chunk of {size} bytes is over {limit}")
+                raise BodyTooLarge("a chunk", size, limit)
             if size == 0:
                 # Trailer lines, up to the empty line that ends the body.
                 while await reader.readline() not in (b"\r\n", b"\n", b""):
@@ -128,7 +134,7 @@ async def body_chunks(
     else:
         length = int(headers.get("content-length", "0"))
         if length > limit:
-            raise BodyTooLarge(f"a body of {length} bytes is over {limit}")
+            raise BodyTooLarge("a body", length, limit)
         if length:
             yield await reader.readexactly(length)
 
@@ -140,7 +146,7 @@ async def read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit
     async for data in body_chunks(reader, headers, limit):
         size += len(data)
         if size > limit:
-            raise BodyTooLarge(f"a body of over {limit} bytes")
+            raise BodyTooLarge("a body", size, limit)
         parts.append(data)
     return b"".join(parts)
 
@@ -162,7 +168,7 @@ async def json_values(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator
                 value, end = decoder.raw_decode(text)
             except json.JSONDecodeError:
                 if len(text) > limit:
-                    raise BodyTooLarge(f"a request of over {limit} bytes") from None
+                    raise BodyTooLarge("a request", len(text), limit) from None
                 break  # perhaps incomplete: wait for more of the body
             yield value
             text = text[end:]

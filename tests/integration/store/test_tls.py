@@ -97,6 +97,18 @@ def test_peer_auto_tls_cluster_forms_and_replicates(make_cluster) -> None:
         assert (m.data_dir / "fixtures" / "peer" / "key.pem").is_file()
 
 
+def _no_cluster_forms(cluster: Cluster, tls: TLSFiles) -> None:
+    """Start every member; each stays up, but none has a leader: no peer connection
+    is accepted."""
+    for m in cluster.members:
+        m.start()
+    time.sleep(4)  # several election timeouts
+    for m in cluster.members:
+        assert m.alive
+        r = etcdctl(m.endpoint, *tls.etcdctl_args(), "endpoint", "health", check=False)
+        assert r.returncode != 0, "no leader without peers"
+
+
 @pytest.mark.parametrize("binary", ["keel", "etcd"])
 def test_client_crl_refuses_a_revoked_certificate(make_cluster, tmp_path, binary) -> None:
     tls = TLSFiles(tmp_path / "pki")
@@ -137,13 +149,7 @@ def test_peer_cert_allowed_cn(make_cluster, tmp_path) -> None:
     (tmp_path / "refused").mkdir()
     refused = Cluster(tmp_path / "refused", 3, tls=tls, extra=["--peer-cert-allowed-cn=nobody"])
     try:
-        for m in refused.members:
-            m.start()
-        time.sleep(4)  # several election timeouts: no peer connection is accepted
-        for m in refused.members:
-            assert m.alive
-            r = etcdctl(m.endpoint, *tls.etcdctl_args(), "endpoint", "health", check=False)
-            assert r.returncode != 0, "no leader without peers"
+        _no_cluster_forms(refused, tls)
         assert "certificate CN is not 'nobody'" in refused.members[0].log_path.read_text()
     finally:
         refused.stop()
@@ -211,13 +217,8 @@ def test_peer_client_san_not_the_address_no_cluster_unless_skipped(tmp_path, bin
     tls = TLSFiles(tmp_path / "pki")
     refused = _on_127_0_0_2(tmp_path / "checked", binary, tls, [0, 1, 2], [])
     try:
+        _no_cluster_forms(refused, tls)
         for m in refused.members:
-            m.start()
-        time.sleep(4)  # several election timeouts: no peer connection is accepted
-        for m in refused.members:
-            assert m.alive
-            r = etcdctl(m.endpoint, *tls.etcdctl_args(), "endpoint", "health", check=False)
-            assert r.returncode != 0, "no leader without peers"
             assert SAN_ERROR in m.log_path.read_text(), m.name
     finally:
         refused.stop()

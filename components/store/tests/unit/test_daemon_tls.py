@@ -384,6 +384,27 @@ def test_client_port_refuses_revoked_and_not_allowed_certificates(
     assert not served(["--client-cert-allowed-hostname=alice.example"], mallory)
 
 
+def peer_contexts(
+    pki: PKI, cert: tuple[str, str], *extra: str
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A member's peer TLS contexts (server, client) for ``cert``, with client
+    certificates required, as ``--peer-*`` flags make them."""
+    args = daemon.parse_args(
+        [
+            f"--peer-cert-file={cert[0]}",
+            f"--peer-key-file={cert[1]}",
+            f"--peer-trusted-ca-file={pki.ca}",
+            "--peer-client-cert-auth",
+            *extra,
+        ],
+        {},
+    )
+    server, client = daemon.peer_tls(args)
+    assert server is not None
+    assert client is not None
+    return server, client
+
+
 @LOOPS
 def test_peer_transport_refuses_a_peer_without_the_allowed_cn_or_revoked(
     pki: PKI, new_loop: Callable[[], asyncio.AbstractEventLoop]
@@ -393,20 +414,7 @@ def test_peer_transport_refuses_a_peer_without_the_allowed_cn_or_revoked(
     crl = pki.crl([31])
 
     def contexts(cert: tuple[str, str], *extra: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-        args = daemon.parse_args(
-            [
-                f"--peer-cert-file={cert[0]}",
-                f"--peer-key-file={cert[1]}",
-                f"--peer-trusted-ca-file={pki.ca}",
-                "--peer-client-cert-auth",
-                *extra,
-            ],
-            {},
-        )
-        server, client = daemon.peer_tls(args)
-        assert server is not None
-        assert client is not None
-        return server, client
+        return peer_contexts(pki, cert, *extra)
 
     async def delivered(a_cert: tuple[str, str], b_extra: list[str]) -> bool:
         got: list[bytes] = []

@@ -24,7 +24,7 @@ from keel_core.testing import free_port
 from keel_store import daemon
 from keel_store.server import san_check, tls, transport
 
-from .test_daemon_tls import LOOPS, PKI, _client_args, _client_context, _served
+from .test_daemon_tls import LOOPS, PKI, _client_args, _client_context, _served, peer_contexts
 
 _NOW = datetime.datetime.now(datetime.UTC)
 
@@ -154,25 +154,6 @@ def test_dns_san_mismatch_gives_etcds_error_with_the_last_lookup_error() -> None
     assert str(_check(mixed, "10.0.0.6", fake)).startswith('tls: "10.0.0.6" does not match')
 
 
-def _peer_contexts(
-    pki: PKI, cert: tuple[str, str], *extra: str
-) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    args = daemon.parse_args(
-        [
-            f"--peer-cert-file={cert[0]}",
-            f"--peer-key-file={cert[1]}",
-            f"--peer-trusted-ca-file={pki.ca}",
-            "--peer-client-cert-auth",
-            *extra,
-        ],
-        {},
-    )
-    server, client = daemon.peer_tls(args)
-    assert server is not None
-    assert client is not None
-    return server, client
-
-
 async def _delivered(pki: PKI, a_cert: tuple[str, str], b_server: ssl.SSLContext) -> bool:
     """Whether member 1 (certificate ``a_cert``, dialling from 127.0.0.1) gets a frame
     to member 2, whose peer listener has ``b_server``."""
@@ -180,8 +161,8 @@ async def _delivered(pki: PKI, a_cert: tuple[str, str], b_server: ssl.SSLContext
     good = pki.issue("b", 99)
     a = transport.PeerTransport(1, "tok", lambda s, k, p: None)
     b = transport.PeerTransport(2, "tok", lambda s, k, p: got.append(p))
-    a.server_ssl, a.client_ssl = _peer_contexts(pki, a_cert)
-    b.server_ssl, b.client_ssl = b_server, _peer_contexts(pki, good)[1]
+    a.server_ssl, a.client_ssl = peer_contexts(pki, a_cert)
+    b.server_ssl, b.client_ssl = b_server, peer_contexts(pki, good)[1]
     url_a, url_b = f"https://127.0.0.1:{free_port()}", f"https://127.0.0.1:{free_port()}"
     await a.listen(url_a)
     await b.listen(url_b)
@@ -207,8 +188,8 @@ def test_peer_listener_refuses_a_certificate_not_for_the_address_unless_skipped(
 ) -> None:
     monkeypatch.setattr(tls, "_logged", {})  # no rate limit left from another test
     server_cert = pki.issue("b", 40)
-    checking = _peer_contexts(pki, server_cert)[0]
-    skipping = _peer_contexts(pki, server_cert, "--experimental-peer-skip-client-san-verification")[
+    checking = peer_contexts(pki, server_cert)[0]
+    skipping = peer_contexts(pki, server_cert, "--experimental-peer-skip-client-san-verification")[
         0
     ]
     assert checking.check_client_san  # type: ignore[attr-defined]

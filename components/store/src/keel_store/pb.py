@@ -13,6 +13,10 @@ try:
     from keel_store._generated.etcdserverpb import rpc_pb2 as rpcpb
     from keel_store._generated.etcdserverpb import rpc_pb2_grpc as _rpcgrpc
     from keel_store._generated.mvccpb import kv_pb2 as mvccpb
+    from keel_store._generated.v3electionpb import v3election_pb2 as electionpb
+    from keel_store._generated.v3electionpb import v3election_pb2_grpc as _electiongrpc
+    from keel_store._generated.v3lockpb import v3lock_pb2 as lockpb
+    from keel_store._generated.v3lockpb import v3lock_pb2_grpc as _lockgrpc
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "keel_store: the etcd protocol stubs are missing; reinstall keel-store "
@@ -21,5 +25,18 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 rpcgrpc: Any = _rpcgrpc
 """Servicers and stubs (untyped generated code, hence ``Any``)."""
+lockgrpc: Any = _lockgrpc
+"""etcd's v3lock service (``/v3lockpb.Lock/...``)."""
+electiongrpc: Any = _electiongrpc
+"""etcd's v3election service (``/v3electionpb.Election/...``)."""
 
-__all__ = ["authpb", "mvccpb", "rpcgrpc", "rpcpb"]
+__all__ = [
+    "authpb",
+    "electiongrpc",
+    "electionpb",
+    "lockgrpc",
+    "lockpb",
+    "mvccpb",
+    "rpcgrpc",
+    "rpcpb",
+]

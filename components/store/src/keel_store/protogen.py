@@ -1,10 +1,11 @@
 """Generate the etcd v3 gRPC stubs from etcd's own protos, as Debian ships them.
 
 Keel speaks etcd's wire protocol, so its messages must be etcd's: same packages
-(``etcdserverpb``, ``mvccpb``, ``authpb``), same field numbers, same method paths
-(``/etcdserverpb.KV/Range``). Rather than copy another client's generated modules we
-compile the originals from ``golang-etcd-server-dev`` (etcd 3.4.23) after stripping the
-``gogoproto`` and ``google.api`` options, which only affect Go code generation.
+(``etcdserverpb``, ``mvccpb``, ``authpb``, ``v3lockpb``, ``v3electionpb``), same field
+numbers, same method paths (``/etcdserverpb.KV/Range``, ``/v3lockpb.Lock/Lock``). Rather
+than copy another client's generated modules we compile the originals from
+``golang-etcd-server-dev`` (etcd 3.4.23) after stripping the ``gogoproto`` and
+``google.api`` options, which only affect Go code generation.
 
 This module is stdlib-only at import time so that the hatch build hook can load it by
 path; it needs ``grpcio-tools`` only when it actually compiles. Run it by hand with
@@ -28,6 +29,15 @@ PROTOS = {
     "etcd/mvcc/mvccpb/kv.proto": ("mvcc/mvccpb/kv.proto", "mvccpb"),
     "etcd/auth/authpb/auth.proto": ("auth/authpb/auth.proto", "authpb"),
     "etcd/etcdserver/etcdserverpb/rpc.proto": ("etcdserver/etcdserverpb/rpc.proto", "etcdserverpb"),
+    # etcd's Lock and Election services (v3lock, v3election), served on the client port.
+    "etcd/etcdserver/api/v3lock/v3lockpb/v3lock.proto": (
+        "etcdserver/api/v3lock/v3lockpb/v3lock.proto",
+        "v3lockpb",
+    ),
+    "etcd/etcdserver/api/v3election/v3electionpb/v3election.proto": (
+        "etcdserver/api/v3election/v3electionpb/v3election.proto",
+        "v3electionpb",
+    ),
 }
 
 _GOGO_IMPORT = re.compile(r'^import\s+"gogoproto/gogo\.proto";\s*$', re.M)

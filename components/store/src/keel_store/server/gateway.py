@@ -7,7 +7,11 @@ connection that does not open with the HTTP/2 preface to ``serve_connection``; a
 Bodies are the request messages in proto3 JSON, as with etcd: bytes in base64, 64-bit
 integers as strings, proto field names; errors come back as ``{"error", "message",
 "code"}``. ``/v3/watch`` streams newline-separated ``{"result": WatchResponse}``
-objects. ``/v3beta/`` is accepted as an alias of ``/v3/``.
+objects, ``/v3/election/observe`` the leaders as ``{"result": LeaderResponse}``.
+``/v3beta/`` is accepted as an alias of ``/v3/``. A call that can wait long
+(``/v3/lock/lock``, ``/v3/election/campaign``) is cancelled when its client goes away,
+as Go cancels a request's context when the connection closes, so it cleans up as a
+gRPC call does.
 
 On the client URLs, an :class:`AccessPolicy` applies etcd's ``--host-whitelist`` and
 ``--cors`` (etcd's ``accessController``, embed/serve.go): a plain-HTTP request whose
@@ -30,9 +34,10 @@ import grpc
 
 from keel_store.mvcc import validate
 from keel_store.mvcc.errors import EtcdError
-from keel_store.pb import rpcpb
+from keel_store.pb import electionpb, lockpb, rpcpb
 from keel_store.server import gateway_json, metrics
 from keel_store.server.auth_service import AuthService
+from keel_store.server.election_service import ElectionService
 from keel_store.server.exposition import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from keel_store.server.gateway_mux import Answer, Call, Page, Target, resolve
 from keel_store.server.gateway_streams import (
@@ -47,6 +52,7 @@ from keel_store.server.gateway_streams import (
 )
 from keel_store.server.grpc_metrics import GrpcStats
 from keel_store.server.kv_service import Headers, KVService
+from keel_store.server.lock_service import LockService
 from keel_store.server.node import StoreNode
 from keel_store.server.other_services import (
     CLUSTER_VERSION,
@@ -61,6 +67,8 @@ log = logging.getLogger("keel_store.gateway")
 MAX_BODY = 4 << 20
 ALL_PAGES = ("health", "version", "metrics")
 METRICS_PAGES = ("health", "metrics")
+BLOCKING = frozenset({"lock/lock", "election/campaign"})
+"""Unary routes that wait (for a lock, for leadership): cancelled if the client leaves."""
 
 
 class _Context:
@@ -195,7 +203,8 @@ class Gateway:
         lease, cluster, maint = LeaseService(node), ClusterService(node), MaintenanceService(node)
         au = AuthService(node)
         watch = watch if watch is not None else WatchService(node)
-        r = rpcpb
+        lock, election = LockService(node, kv), ElectionService(node, kv)
+        r, lk, el = rpcpb, lockpb, electionpb
         self.routes: dict[str, tuple[Callable[..., Any], type[Any]]] = {
             "kv/range": (kv.Range, r.RangeRequest),
             "kv/put": (kv.Put, r.PutRequest),
@@ -236,11 +245,18 @@ class Gateway:
             "auth/role/delete": (au.RoleDelete, r.AuthRoleDeleteRequest),
             "auth/role/grant": (au.RoleGrantPermission, r.AuthRoleGrantPermissionRequest),
             "auth/role/revoke": (au.RoleRevokePermission, r.AuthRoleRevokePermissionRequest),
+            "lock/lock": (lock.Lock, lk.LockRequest),
+            "lock/unlock": (lock.Unlock, lk.UnlockRequest),
+            "election/campaign": (election.Campaign, el.CampaignRequest),
+            "election/proclaim": (election.Proclaim, el.ProclaimRequest),
+            "election/leader": (election.Leader, el.LeaderRequest),
+            "election/resign": (election.Resign, el.ResignRequest),
         }
         self.streams: dict[str, tuple[Callable[..., Any], type[Any], bool]] = {
             "watch": (watch.Watch, r.WatchRequest, True),
             "lease/keepalive": (lease.LeaseKeepAlive, r.LeaseKeepAliveRequest, True),
             "maintenance/snapshot": (maint.Snapshot, r.SnapshotRequest, False),
+            "election/observe": (election.Observe, el.LeaderRequest, False),
         }
         """Streaming calls: (service method, request type, requests streamed too)."""
         self._server: asyncio.Server | None = None
@@ -337,7 +353,9 @@ class Gateway:
                         limit=MAX_BODY,
                     )
                     return
-                await self._answer(writer, where, body, headers.get("authorization"), extra)
+                await self._answer(
+                    writer, where, body, headers.get("authorization"), extra, reader=reader
+                )
                 if headers.get("connection", "").lower() == "close":
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
@@ -370,8 +388,11 @@ class Gateway:
         body: bytes,
         token: str | None,
         extra: bytes,
+        *,
+        reader: asyncio.StreamReader | None = None,
     ) -> None:
-        """Answer a request that is not a streaming call."""
+        """Answer a request that is not a streaming call (``reader``: the connection's,
+        watched for the client leaving during a :data:`BLOCKING` call)."""
         if isinstance(where, Answer):
             await self._send(
                 writer, where.status, where.body, where.content_type, extra + where.headers
@@ -385,7 +406,7 @@ class Gateway:
             kind = "text/plain; charset=utf-8" if where.name == "health" else "application/json"
             await self._send(writer, status, payload, kind, extra)
         else:
-            await self._call(writer, where.name, body, token, extra)
+            await self._call(writer, where.name, body, token, extra, reader=reader)
 
     async def _page(self, name: str) -> tuple[int, bytes]:
         """``GET /version`` or ``GET /health``."""
@@ -422,7 +443,14 @@ class Gateway:
         )
 
     async def _call(
-        self, writer: asyncio.StreamWriter, name: str, body: bytes, token: str | None, extra: bytes
+        self,
+        writer: asyncio.StreamWriter,
+        name: str,
+        body: bytes,
+        token: str | None,
+        extra: bytes,
+        *,
+        reader: asyncio.StreamReader | None = None,
     ) -> None:
         """A unary call, answered as grpc-gateway's ForwardResponseMessage / HTTPError."""
         handler, request_type = self.routes[name]
@@ -436,10 +464,45 @@ class Gateway:
             size = request.ByteSize()
             if size > self.max_message:
                 raise self.too_large(size)
-            response = await handler(request, _Context(token))
+            call = handler(request, _Context(token))
+            if name in BLOCKING and reader is not None:
+                response = await until_answered_or_gone(call, reader)
+            else:
+                response = await call
         except CallError as exc:
             await self._send_status(writer, exc, extra)
             return
         finally:
             self.calls -= 1
         await self._send(writer, 200, to_json(response), extra=extra + GRPC_METADATA)
+
+
+async def until_answered_or_gone(call: Any, reader: asyncio.StreamReader) -> Any:
+    """Await ``call`` unless the client closes the connection first: the call is then
+    cancelled (it cleans up) and ``ConnectionError`` raised. Bytes the client sends
+    meanwhile (a pipelined request) are put back for the connection's next read."""
+    task = asyncio.ensure_future(call)
+    gone = asyncio.ensure_future(reader.read(1 << 16))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if gone.done() and not gone.result() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise ConnectionError("the client went away")
+        return await task
+    finally:
+        if not gone.done():
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+        elif not gone.cancelled() and gone.result():
+            _unread(reader, gone.result())
+        if not task.done():  # this call itself was cancelled
+            task.cancel()
+
+
+def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
+    """Put ``data`` back at the front of ``reader``'s buffer (read while watching)."""
+    buffer: bytearray = getattr(reader, "_buffer")  # noqa: B009 - no public unread
+    buffer[0:0] = data

@@ -12,8 +12,7 @@ a Go ``http.ServeMux`` with two entries: ``/v3/`` (grpc-gateway's mux) and ``/``
 * ``/health`` and ``/version`` answer only GET (405 with ``Allow: GET``); any other
   path is Go's ``404 page not found``.
 
-The query string is not looked at. ``/v3/lock/*`` and ``/v3/election/*`` (etcd's v3lock
-and v3election services) are not served by keel-store: they are unknown paths here.
+The query string is not looked at.
 """
 
 from __future__ import annotations

@@ -181,6 +181,8 @@ class StateMachine:
     # --- writes ---------------------------------------------------------------------
 
     def _check_put(self, req: rpcpb.PutRequest) -> None:
+        """A put inside a txn, checked as etcd's ``checkRequestPut``: the key needed by
+        ``ignore_*`` first, then the lease."""
         if (req.ignore_value or req.ignore_lease) and self.kv.get(req.key) is None:
             raise errors.KEY_NOT_FOUND
         if req.lease and req.lease not in self.leases:
@@ -199,7 +201,12 @@ class StateMachine:
         return resp
 
     def put(self, req: rpcpb.PutRequest) -> rpcpb.PutResponse:
-        """KV.Put: one new revision; ``ignore_*`` need the key; a lease must exist."""
+        """KV.Put: one new revision; ``ignore_*`` need the key; a lease must exist.
+
+        A lone put checks the lease before the key, unlike a put in a txn (etcd's
+        ``applierV3backend.Put`` looks the lease up before it opens its write txn)."""
+        if req.lease and req.lease not in self.leases:
+            raise errors.LEASE_NOT_FOUND
         self._check_put(req)
         self.kv.begin()
         resp = self._put(req)

@@ -39,6 +39,7 @@ CLUSTER_VERSION = b"3.4.0"
 
 _REV = struct.Struct(">QcQ")
 _U64 = struct.Struct(">Q")
+_MASK64 = (1 << 64) - 1
 _INT64_LIMIT = 1 << 63
 _ENABLED, _DISABLED = b"\x01", b"\x00"
 
@@ -163,7 +164,8 @@ def to_buckets(sm: StateMachine) -> Bucket:
         meta.items[b"scheduledCompactRev"] = revision_key(sm.kv.compact_revision, 0)
     leases = root.bucket(b"lease")
     for lease in sm.leases.values():
-        leases.items[_U64.pack(lease.id)] = encode_lease(lease.id, lease.ttl)
+        # An int64 ID keys etcd's lease bucket as its uint64 (big-endian) bytes.
+        leases.items[_U64.pack(lease.id & _MASK64)] = encode_lease(lease.id, lease.ttl)
     members = root.bucket(b"members")
     root.bucket(b"members_removed")
     for m in sm.members.values():

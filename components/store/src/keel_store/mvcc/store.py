@@ -308,13 +308,16 @@ class StateMachine:
     # --- leases ---------------------------------------------------------------------
 
     def lease_grant(self, req: rpcpb.LeaseGrantRequest) -> rpcpb.LeaseGrantResponse:
-        """Lease.LeaseGrant with the ID and (minimum-raised) TTL the proposer chose."""
-        if req.ID <= 0:
+        """Lease.LeaseGrant with the ID and (minimum-raised) TTL the proposer chose.
+
+        Checked in etcd's ``lessor.Grant`` order: no ID (0), a TTL too large, then an
+        ID already granted. Any other ID is granted, negative ones too, as etcd does."""
+        if req.ID == 0:
             raise errors.LEASE_NOT_FOUND
-        if req.ID in self.leases:
-            raise errors.LEASE_EXISTS
         if req.TTL > MAX_LEASE_TTL:
             raise errors.LEASE_TTL_TOO_LARGE
+        if req.ID in self.leases:
+            raise errors.LEASE_EXISTS
         self.leases[req.ID] = Lease(req.ID, req.TTL)
         return rpcpb.LeaseGrantResponse(header=self._header(), ID=req.ID, TTL=req.TTL)
 

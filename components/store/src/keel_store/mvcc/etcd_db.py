@@ -159,7 +159,7 @@ def to_buckets(sm: StateMachine) -> Bucket:
         keys.items[row.key] = row.value
     meta = root.bucket(b"meta")
     meta.items[b"consistent_index"] = _U64.pack(sm.applied_index)
-    if sm.kv.compact_revision > 0:
+    if sm.kv.compact_revision >= 0:
         meta.items[b"finishedCompactRev"] = revision_key(sm.kv.compact_revision, 0)
         meta.items[b"scheduledCompactRev"] = revision_key(sm.kv.compact_revision, 0)
     leases = root.bucket(b"lease")
@@ -250,7 +250,7 @@ def from_database(db: Database) -> StateMachine:
     """
     sm = StateMachine()
     meta = _bucket(db, b"meta").items
-    finished = scheduled = 0
+    finished = scheduled = -1
     if b"finishedCompactRev" in meta:
         finished = _parse_rev(meta[b"finishedCompactRev"], "meta finishedCompactRev")[0]
     if b"scheduledCompactRev" in meta:

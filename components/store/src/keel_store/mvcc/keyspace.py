@@ -122,8 +122,10 @@ class KeySpace:
         that stay in ``_keys`` until a compaction (etcd's index walks both)."""
         self.revision = 1
         """The store revision: the revision of the last write (1 on an empty store)."""
-        self.compact_revision = 0
-        """Reads below this revision fail with ``COMPACTED``."""
+        self.compact_revision = -1
+        """Reads below this revision fail with ``COMPACTED``; -1 until the first
+        compaction, as etcd's ``compactMainRev``, so a compaction to revision 0 on a
+        store never compacted succeeds (and a second one fails), as with etcd."""
         self._log_revs: list[int] = []
         self._log_changes: list[Changes] = []
         self._pending: Changes | None = None

@@ -277,6 +277,8 @@ class StateMachine:
             elif which == "request_delete_range":
                 out.response_delete_range.CopyFrom(self._delete(op.request_delete_range))
             elif which == "request_txn":
+                # etcd's newTxnResp gives a nested response an empty header of its own.
+                out.response_txn.header.SetInParent()
                 used += self._run(op.request_txn, path[used:], out.response_txn)
         return used
 

@@ -316,6 +316,8 @@ class KeySpace:
         cut = bisect.bisect_left(self._log_revs, revision)
         del self._log_revs[:cut]
         del self._log_changes[:cut]
+        if self._log_revs and self._log_revs[0] == revision:
+            self._log_changes[0] = _as_compacted(self._log_changes[0])
 
     # --- snapshot support -----------------------------------------------------------
 
@@ -339,12 +341,32 @@ class KeySpace:
             for rev, kv, sub in zip(history.revs, history.kvs, history.subs, strict=True):
                 by_rev.setdefault(rev, []).append((sub, key, kv, prev))
                 prev = kv
-        self._log_revs = sorted(r for r in by_rev if r > self.compact_revision)
+        # The compact revision's own changes stay watchable (what compaction left of
+        # them: its puts, without their previous versions; see _as_compacted).
+        self._log_revs = sorted(r for r in by_rev if r >= self.compact_revision)
         self._log_changes = []
         for rev in self._log_revs:
             changes = Changes(rev)
             changes.items = [(k, kv, p) for _, k, kv, p in sorted(by_rev[rev], key=lambda c: c[:2])]
             self._log_changes.append(changes)
+
+
+def _as_compacted(changes: Changes) -> Changes:
+    """What a watch from the compact revision sees of that revision's changes.
+
+    etcd replays a watch from its backend, where compaction has removed the compact
+    revision's tombstones and every version before it (``keyIndex.compact``): so that
+    revision's deletes are not delivered, and its puts come without ``prev_kv`` (etcd
+    reads the previous version at ``revision - 1``, compacted). A key changed twice in
+    the revision keeps only its last change."""
+    out = Changes(changes.revision)
+    last = {key: i for i, (key, _, _) in enumerate(changes.items)}
+    out.items = [
+        (key, kv, None)
+        for i, (key, kv, _) in enumerate(changes.items)
+        if kv is not None and last[key] == i
+    ]
+    return out
 
 
 def _slice(

@@ -251,18 +251,32 @@ class StateMachine:
                 path.extend(self._path(op.request_txn))
         return path
 
-    def _check_ops(self, req: rpcpb.TxnRequest, path: list[bool]) -> int:
-        """Check every op of the chosen branches before anything is written."""
+    def _check_ops(self, req: rpcpb.TxnRequest, path: list[bool], kind: str) -> int:
+        """Check every op of ``kind`` (``request_put`` or ``request_range``) in the chosen
+        branches before anything is written (etcd's ``checkRequests``)."""
         used = 1
         for op in req.success if path[0] else req.failure:
             which = op.WhichOneof("request")
             if which == "request_txn":
-                used += self._check_ops(op.request_txn, path[used:])
+                used += self._check_ops(op.request_txn, path[used:], kind)
+            elif which != kind:
+                continue
             elif which == "request_put":
                 self._check_put(op.request_put)
-            elif which == "request_range" and op.request_range.revision > 0:
-                self.kv.check_revision(op.request_range.revision)
+            else:
+                self._check_range_revision(op.request_range.revision)
         return used
+
+    def _check_range_revision(self, revision: int) -> None:
+        """etcd's ``checkRequestRange``: 0 is the current revision; past the current one
+        is a future revision; below the compact revision (a negative one included, the
+        compact revision being -1 before any compaction) is compacted."""
+        if revision == 0:
+            return
+        if revision > self.kv.revision:
+            raise errors.FUTURE_REV
+        if revision < self.kv.compact_revision:
+            raise errors.COMPACTED
 
     def _run(self, req: rpcpb.TxnRequest, path: list[bool], resp: rpcpb.TxnResponse) -> int:
         used = 1
@@ -290,7 +304,10 @@ class StateMachine:
         """
         ops_before = self.ops.total
         path = self._path(req)
-        self._check_ops(req, path)
+        # As etcd's applierV3backend.Txn: every put of the chosen branches is checked
+        # first, then every range.
+        self._check_ops(req, path, "request_put")
+        self._check_ops(req, path, "request_range")
         resp = rpcpb.TxnResponse()
         self.kv.begin()
         self._run(req, path, resp)

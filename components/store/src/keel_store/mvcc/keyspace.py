@@ -193,12 +193,17 @@ class KeySpace:
         )
         if prev is None:
             self._live.add(key)
+        # The event's previous version is the key before this revision, as etcd's
+        # watch reads it (at mod_revision - 1); it differs from ``prev`` only when the
+        # txn deleted the key already (a ranged delete etcd lets through, see
+        # validate._deleted).
+        before = history.at(rev - 1) if history.revs and history.revs[-1] == rev else prev
         history.revs.append(rev)
         history.kvs.append(kv)
         changes = self._pending.items
         history.subs.append(len(changes))
         self.size += len(key) + len(value) + ENTRY_OVERHEAD
-        changes.append((key, kv, prev))
+        changes.append((key, kv, before))
         return kv, prev
 
     def delete(self, key: bytes, end: bytes) -> list[KeyValue]:
@@ -215,11 +220,13 @@ class KeySpace:
             history = keys[k]
             prev = history.kvs[-1]
             assert prev is not None, "a live key's latest version is a tombstone"
+            # The event's previous version: the key before this revision (see put).
+            before = history.at(rev - 1) if history.revs[-1] == rev else prev
             history.revs.append(rev)
             history.kvs.append(None)
             history.subs.append(len(changes))
             self.size += len(k) + ENTRY_OVERHEAD
-            changes.append((k, None, prev))
+            changes.append((k, None, before))
             deleted.append(prev)
         if deleted:
             del live[first:stop]
@@ -337,10 +344,15 @@ class KeySpace:
         self._live = SortedList(k for k, h in self._keys.items() if h.kvs[-1] is not None)
         by_rev: dict[int, list[tuple[int, bytes, KeyValue | None, KeyValue | None]]] = {}
         for key, history in self._keys.items():
+            # An event's previous version is the key before the event's revision.
             prev: KeyValue | None = None
+            last: KeyValue | None = None
+            last_rev = 0
             for rev, kv, sub in zip(history.revs, history.kvs, history.subs, strict=True):
+                if rev != last_rev:
+                    prev, last_rev = last, rev
                 by_rev.setdefault(rev, []).append((sub, key, kv, prev))
-                prev = kv
+                last = kv
         # The compact revision's own changes stay watchable (what compaction left of
         # them: its puts, without their previous versions; see _as_compacted).
         self._log_revs = sorted(r for r in by_rev if r >= self.compact_revision)

@@ -193,17 +193,14 @@ class KeySpace:
         )
         if prev is None:
             self._live.add(key)
-        # The event's previous version is the key before this revision, as etcd's
-        # watch reads it (at mod_revision - 1); it differs from ``prev`` only when the
-        # txn deleted the key already (a ranged delete etcd lets through, see
-        # validate._deleted).
-        before = history.at(rev - 1) if history.revs and history.revs[-1] == rev else prev
         history.revs.append(rev)
         history.kvs.append(kv)
         changes = self._pending.items
         history.subs.append(len(changes))
         self.size += len(key) + len(value) + ENTRY_OVERHEAD
-        changes.append((key, kv, before))
+        # A put that creates the key has no previous version for its event, even where
+        # the txn deleted the key just before (etcd's watch skips create events).
+        changes.append((key, kv, prev))
         return kv, prev
 
     def delete(self, key: bytes, end: bytes) -> list[KeyValue]:
@@ -220,7 +217,10 @@ class KeySpace:
             history = keys[k]
             prev = history.kvs[-1]
             assert prev is not None, "a live key's latest version is a tombstone"
-            # The event's previous version: the key before this revision (see put).
+            # The event's previous version is the key before this revision, as etcd's
+            # watch reads it (at mod_revision - 1); it differs from ``prev`` only when
+            # the txn put the key already (a ranged delete etcd lets through, see
+            # validate._deleted).
             before = history.at(rev - 1) if history.revs[-1] == rev else prev
             history.revs.append(rev)
             history.kvs.append(None)
@@ -351,7 +351,8 @@ class KeySpace:
             for rev, kv, sub in zip(history.revs, history.kvs, history.subs, strict=True):
                 if rev != last_rev:
                     prev, last_rev = last, rev
-                by_rev.setdefault(rev, []).append((sub, key, kv, prev))
+                created = kv is not None and kv.create_revision == rev
+                by_rev.setdefault(rev, []).append((sub, key, kv, None if created else prev))
                 last = kv
         # The compact revision's own changes stay watchable (what compaction left of
         # them: its puts, without their previous versions; see _as_compacted).

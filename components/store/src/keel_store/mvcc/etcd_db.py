@@ -39,6 +39,7 @@ CLUSTER_VERSION = b"3.4.0"
 
 _REV = struct.Struct(">QcQ")
 _U64 = struct.Struct(">Q")
+_MASK64 = (1 << 64) - 1
 _INT64_LIMIT = 1 << 63
 _ENABLED, _DISABLED = b"\x01", b"\x00"
 
@@ -158,12 +159,13 @@ def to_buckets(sm: StateMachine) -> Bucket:
         keys.items[row.key] = row.value
     meta = root.bucket(b"meta")
     meta.items[b"consistent_index"] = _U64.pack(sm.applied_index)
-    if sm.kv.compact_revision > 0:
+    if sm.kv.compact_revision >= 0:
         meta.items[b"finishedCompactRev"] = revision_key(sm.kv.compact_revision, 0)
         meta.items[b"scheduledCompactRev"] = revision_key(sm.kv.compact_revision, 0)
     leases = root.bucket(b"lease")
     for lease in sm.leases.values():
-        leases.items[_U64.pack(lease.id)] = encode_lease(lease.id, lease.ttl)
+        # An int64 ID keys etcd's lease bucket as its uint64 (big-endian) bytes.
+        leases.items[_U64.pack(lease.id & _MASK64)] = encode_lease(lease.id, lease.ttl)
     members = root.bucket(b"members")
     root.bucket(b"members_removed")
     for m in sm.members.values():
@@ -248,7 +250,7 @@ def from_database(db: Database) -> StateMachine:
     """
     sm = StateMachine()
     meta = _bucket(db, b"meta").items
-    finished = scheduled = 0
+    finished = scheduled = -1
     if b"finishedCompactRev" in meta:
         finished = _parse_rev(meta[b"finishedCompactRev"], "meta finishedCompactRev")[0]
     if b"scheduledCompactRev" in meta:

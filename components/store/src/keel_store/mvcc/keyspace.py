@@ -122,8 +122,10 @@ class KeySpace:
         that stay in ``_keys`` until a compaction (etcd's index walks both)."""
         self.revision = 1
         """The store revision: the revision of the last write (1 on an empty store)."""
-        self.compact_revision = 0
-        """Reads below this revision fail with ``COMPACTED``."""
+        self.compact_revision = -1
+        """Reads below this revision fail with ``COMPACTED``; -1 until the first
+        compaction, as etcd's ``compactMainRev``, so a compaction to revision 0 on a
+        store never compacted succeeds (and a second one fails), as with etcd."""
         self._log_revs: list[int] = []
         self._log_changes: list[Changes] = []
         self._pending: Changes | None = None
@@ -196,6 +198,8 @@ class KeySpace:
         changes = self._pending.items
         history.subs.append(len(changes))
         self.size += len(key) + len(value) + ENTRY_OVERHEAD
+        # A put that creates the key has no previous version for its event, even where
+        # the txn deleted the key just before (etcd's watch skips create events).
         changes.append((key, kv, prev))
         return kv, prev
 
@@ -213,11 +217,16 @@ class KeySpace:
             history = keys[k]
             prev = history.kvs[-1]
             assert prev is not None, "a live key's latest version is a tombstone"
+            # The event's previous version is the key before this revision, as etcd's
+            # watch reads it (at mod_revision - 1); it differs from ``prev`` only when
+            # the txn put the key already (a ranged delete etcd lets through, see
+            # validate._deleted).
+            before = history.at(rev - 1) if history.revs[-1] == rev else prev
             history.revs.append(rev)
             history.kvs.append(None)
             history.subs.append(len(changes))
             self.size += len(k) + ENTRY_OVERHEAD
-            changes.append((k, None, prev))
+            changes.append((k, None, before))
             deleted.append(prev)
         if deleted:
             del live[first:stop]
@@ -314,6 +323,8 @@ class KeySpace:
         cut = bisect.bisect_left(self._log_revs, revision)
         del self._log_revs[:cut]
         del self._log_changes[:cut]
+        if self._log_revs and self._log_revs[0] == revision:
+            self._log_changes[0] = _as_compacted(self._log_changes[0])
 
     # --- snapshot support -----------------------------------------------------------
 
@@ -333,16 +344,42 @@ class KeySpace:
         self._live = SortedList(k for k, h in self._keys.items() if h.kvs[-1] is not None)
         by_rev: dict[int, list[tuple[int, bytes, KeyValue | None, KeyValue | None]]] = {}
         for key, history in self._keys.items():
+            # An event's previous version is the key before the event's revision.
             prev: KeyValue | None = None
+            last: KeyValue | None = None
+            last_rev = 0
             for rev, kv, sub in zip(history.revs, history.kvs, history.subs, strict=True):
-                by_rev.setdefault(rev, []).append((sub, key, kv, prev))
-                prev = kv
-        self._log_revs = sorted(r for r in by_rev if r > self.compact_revision)
+                if rev != last_rev:
+                    prev, last_rev = last, rev
+                created = kv is not None and kv.create_revision == rev
+                by_rev.setdefault(rev, []).append((sub, key, kv, None if created else prev))
+                last = kv
+        # The compact revision's own changes stay watchable (what compaction left of
+        # them: its puts, without their previous versions; see _as_compacted).
+        self._log_revs = sorted(r for r in by_rev if r >= self.compact_revision)
         self._log_changes = []
         for rev in self._log_revs:
             changes = Changes(rev)
             changes.items = [(k, kv, p) for _, k, kv, p in sorted(by_rev[rev], key=lambda c: c[:2])]
             self._log_changes.append(changes)
+
+
+def _as_compacted(changes: Changes) -> Changes:
+    """What a watch from the compact revision sees of that revision's changes.
+
+    etcd replays a watch from its backend, where compaction has removed the compact
+    revision's tombstones and every version before it (``keyIndex.compact``): so that
+    revision's deletes are not delivered, and its puts come without ``prev_kv`` (etcd
+    reads the previous version at ``revision - 1``, compacted). A key changed twice in
+    the revision keeps only its last change."""
+    out = Changes(changes.revision)
+    last = {key: i for i, (key, _, _) in enumerate(changes.items)}
+    out.items = [
+        (key, kv, None)
+        for i, (key, kv, _) in enumerate(changes.items)
+        if kv is not None and last[key] == i
+    ]
+    return out
 
 
 def _slice(

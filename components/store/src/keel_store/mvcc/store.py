@@ -181,6 +181,8 @@ class StateMachine:
     # --- writes ---------------------------------------------------------------------
 
     def _check_put(self, req: rpcpb.PutRequest) -> None:
+        """A put inside a txn, checked as etcd's ``checkRequestPut``: the key needed by
+        ``ignore_*`` first, then the lease."""
         if (req.ignore_value or req.ignore_lease) and self.kv.get(req.key) is None:
             raise errors.KEY_NOT_FOUND
         if req.lease and req.lease not in self.leases:
@@ -199,7 +201,12 @@ class StateMachine:
         return resp
 
     def put(self, req: rpcpb.PutRequest) -> rpcpb.PutResponse:
-        """KV.Put: one new revision; ``ignore_*`` need the key; a lease must exist."""
+        """KV.Put: one new revision; ``ignore_*`` need the key; a lease must exist.
+
+        A lone put checks the lease before the key, unlike a put in a txn (etcd's
+        ``applierV3backend.Put`` looks the lease up before it opens its write txn)."""
+        if req.lease and req.lease not in self.leases:
+            raise errors.LEASE_NOT_FOUND
         self._check_put(req)
         self.kv.begin()
         resp = self._put(req)
@@ -244,18 +251,32 @@ class StateMachine:
                 path.extend(self._path(op.request_txn))
         return path
 
-    def _check_ops(self, req: rpcpb.TxnRequest, path: list[bool]) -> int:
-        """Check every op of the chosen branches before anything is written."""
+    def _check_ops(self, req: rpcpb.TxnRequest, path: list[bool], kind: str) -> int:
+        """Check every op of ``kind`` (``request_put`` or ``request_range``) in the chosen
+        branches before anything is written (etcd's ``checkRequests``)."""
         used = 1
         for op in req.success if path[0] else req.failure:
             which = op.WhichOneof("request")
             if which == "request_txn":
-                used += self._check_ops(op.request_txn, path[used:])
+                used += self._check_ops(op.request_txn, path[used:], kind)
+            elif which != kind:
+                continue
             elif which == "request_put":
                 self._check_put(op.request_put)
-            elif which == "request_range" and op.request_range.revision > 0:
-                self.kv.check_revision(op.request_range.revision)
+            else:
+                self._check_range_revision(op.request_range.revision)
         return used
+
+    def _check_range_revision(self, revision: int) -> None:
+        """etcd's ``checkRequestRange``: 0 is the current revision; past the current one
+        is a future revision; below the compact revision (a negative one included, the
+        compact revision being -1 before any compaction) is compacted."""
+        if revision == 0:
+            return
+        if revision > self.kv.revision:
+            raise errors.FUTURE_REV
+        if revision < self.kv.compact_revision:
+            raise errors.COMPACTED
 
     def _run(self, req: rpcpb.TxnRequest, path: list[bool], resp: rpcpb.TxnResponse) -> int:
         used = 1
@@ -270,6 +291,8 @@ class StateMachine:
             elif which == "request_delete_range":
                 out.response_delete_range.CopyFrom(self._delete(op.request_delete_range))
             elif which == "request_txn":
+                # etcd's newTxnResp gives a nested response an empty header of its own.
+                out.response_txn.header.SetInParent()
                 used += self._run(op.request_txn, path[used:], out.response_txn)
         return used
 
@@ -281,7 +304,10 @@ class StateMachine:
         """
         ops_before = self.ops.total
         path = self._path(req)
-        self._check_ops(req, path)
+        # As etcd's applierV3backend.Txn: every put of the chosen branches is checked
+        # first, then every range.
+        self._check_ops(req, path, "request_put")
+        self._check_ops(req, path, "request_range")
         resp = rpcpb.TxnResponse()
         self.kv.begin()
         self._run(req, path, resp)
@@ -301,13 +327,16 @@ class StateMachine:
     # --- leases ---------------------------------------------------------------------
 
     def lease_grant(self, req: rpcpb.LeaseGrantRequest) -> rpcpb.LeaseGrantResponse:
-        """Lease.LeaseGrant with the ID and (minimum-raised) TTL the proposer chose."""
-        if req.ID <= 0:
+        """Lease.LeaseGrant with the ID and (minimum-raised) TTL the proposer chose.
+
+        Checked in etcd's ``lessor.Grant`` order: no ID (0), a TTL too large, then an
+        ID already granted. Any other ID is granted, negative ones too, as etcd does."""
+        if req.ID == 0:
             raise errors.LEASE_NOT_FOUND
-        if req.ID in self.leases:
-            raise errors.LEASE_EXISTS
         if req.TTL > MAX_LEASE_TTL:
             raise errors.LEASE_TTL_TOO_LARGE
+        if req.ID in self.leases:
+            raise errors.LEASE_EXISTS
         self.leases[req.ID] = Lease(req.ID, req.TTL)
         return rpcpb.LeaseGrantResponse(header=self._header(), ID=req.ID, TTL=req.TTL)
 

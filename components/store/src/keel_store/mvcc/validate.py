@@ -39,68 +39,97 @@ def check_delete_range(req: rpcpb.DeleteRangeRequest) -> None:
         raise errors.EMPTY_KEY
 
 
-def _in(key: bytes, start: bytes, end: bytes) -> bool:
-    if not end:
-        return key == start
-    if end == b"\0":
-        return key >= start
-    return start <= key < end
+Interval = tuple[bytes, bytes]
+"""A deleted key interval as etcd's ``checkIntervals`` sees it: ``[begin, end)`` with
+``end`` taken literally (see :func:`_deleted`)."""
 
 
-def _intervals(ops: list[rpcpb.RequestOp]) -> tuple[list[tuple[bytes, bytes]], set[bytes]]:
-    """Deleted intervals and put keys of one branch; raise on a key written twice."""
-    dels: list[tuple[bytes, bytes]] = []
+def _deleted(req: rpcpb.DeleteRangeRequest) -> Interval:
+    """The interval etcd's ``checkIntervals`` builds for a delete: ``[key, range_end)``,
+    or the point ``[key, key + "\\0")`` without a range end. A range end of ``"\\0"`` is
+    taken literally there (``adt.NewStringAffineInterval``), so "every key from ``key``
+    on" overlaps nothing in this check (an etcd 3.4 quirk kept for compatibility)."""
+    if req.range_end:
+        return req.key, req.range_end
+    return req.key, req.key + b"\0"
+
+
+def _hits(dels: list[Interval], key: bytes) -> bool:
+    """Whether the point ``key`` overlaps one of ``dels`` (an interval whose end is not
+    after its begin overlaps nothing)."""
+    return any(begin <= key < end for begin, end in dels)
+
+
+def _intervals(ops: list[rpcpb.RequestOp]) -> tuple[set[bytes], list[Interval]]:
+    """Put keys and deleted intervals of one branch, checked as etcd 3.4's
+    ``checkIntervals`` (``v3rpc/key.go``) step for step; raise on a key written twice.
+
+    This level's deletes are collected first; then each nested txn's puts (then
+    branch, else branch) are checked against the puts collected so far (a key in both
+    branches of one txn is fine) and the deletes collected so far, whereupon that txn's
+    deletes join them; last, this level's puts are checked against all of those.
+    """
+    dels = [_deleted(op.request_delete_range) for op in ops if op.HasField("request_delete_range")]
     puts: set[bytes] = set()
-    nested: list[tuple[list[tuple[bytes, bytes]], set[bytes]]] = []
     for op in ops:
-        which = op.WhichOneof("request")
-        if which == "request_delete_range":
-            dels.append((op.request_delete_range.key, op.request_delete_range.range_end))
-        elif which == "request_put":
-            key = op.request_put.key
-            if key in puts:
+        if not op.HasField("request_txn"):
+            continue
+        puts_then, dels_then = _intervals(list(op.request_txn.success))
+        puts_else, dels_else = _intervals(list(op.request_txn.failure))
+        for key in puts_then:
+            if key in puts or _hits(dels, key):
                 raise errors.DUPLICATE_KEY
             puts.add(key)
-        elif which == "request_txn":
-            sub = op.request_txn
-            for branch in (list(sub.success), list(sub.failure)):
-                nested.append(_intervals(branch))
-    for sub_dels, sub_puts in nested:
-        if puts & sub_puts:
-            raise errors.DUPLICATE_KEY
-        for key in sub_puts:
-            if any(_in(key, s, e) for s, e in dels):
+        for key in puts_else:
+            if (key in puts and key not in puts_then) or _hits(dels, key):
                 raise errors.DUPLICATE_KEY
-        for key in puts:
-            if any(_in(key, s, e) for s, e in sub_dels):
-                raise errors.DUPLICATE_KEY
-    for key in puts:
-        if any(_in(key, s, e) for s, e in dels):
-            raise errors.DUPLICATE_KEY
-    for sub_dels, sub_puts in nested:
-        dels.extend(sub_dels)
-        puts |= sub_puts
-    return dels, puts
-
-
-def _check_ops(ops: list[rpcpb.RequestOp], max_ops: int) -> None:
+            puts.add(key)
+        dels.extend(dels_then)
+        dels.extend(dels_else)
     for op in ops:
-        which = op.WhichOneof("request")
-        if which == "request_range":
-            check_range(op.request_range)
-        elif which == "request_put":
-            check_put(op.request_put)
-        elif which == "request_delete_range":
-            check_delete_range(op.request_delete_range)
-        elif which == "request_txn":
-            check_txn(op.request_txn, max_ops)
+        if not op.HasField("request_put"):
+            continue
+        key = op.request_put.key
+        if key in puts or _hits(dels, key):
+            raise errors.DUPLICATE_KEY
+        puts.add(key)
+    return puts, dels
+
+
+def _check_op(op: rpcpb.RequestOp, max_ops: int) -> None:
+    """etcd's ``checkRequestOp``: an op without a request is ``key not found``."""
+    which = op.WhichOneof("request")
+    if which == "request_range":
+        check_range(op.request_range)
+    elif which == "request_put":
+        check_put(op.request_put)
+    elif which == "request_delete_range":
+        check_delete_range(op.request_delete_range)
+    elif which == "request_txn":
+        _check_txn(op.request_txn, max_ops)
+    else:
+        raise errors.KEY_NOT_FOUND
+
+
+def _check_txn(req: rpcpb.TxnRequest, max_ops: int) -> None:
+    """etcd's ``checkTxnRequest``: the longest of the three lists within ``max_ops``,
+    compares with keys, then every op, a nested txn allowed what its parent's longest
+    list left (``maxTxnOps - opc``)."""
+    longest = max(len(req.compare), len(req.success), len(req.failure))
+    if longest > max_ops:
+        raise errors.TOO_MANY_OPS
+    for cmp in req.compare:
+        if not cmp.key:
+            raise errors.EMPTY_KEY
+    for op in req.success:
+        _check_op(op, max_ops - longest)
+    for op in req.failure:
+        _check_op(op, max_ops - longest)
 
 
 def check_txn(req: rpcpb.TxnRequest, max_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
-    """KV.Txn: at most ``max_ops`` per list, valid ops, no key written twice per branch."""
-    if len(req.compare) > max_ops or len(req.success) > max_ops or len(req.failure) > max_ops:
-        raise errors.TOO_MANY_OPS
-    _check_ops(list(req.success), max_ops)
-    _check_ops(list(req.failure), max_ops)
+    """KV.Txn, as etcd's ``kvServer.Txn``: ``checkTxnRequest`` (sizes, keys, ops, nested
+    txns), then ``checkIntervals`` on each branch (no key written twice)."""
+    _check_txn(req, max_ops)
     _intervals(list(req.success))
     _intervals(list(req.failure))

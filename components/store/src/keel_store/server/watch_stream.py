@@ -134,12 +134,11 @@ class WatchStream:
         self._respond(watch_id=wid, created=True)
         compacted = self.node.hub.watch(watcher, cr.start_revision)
         if compacted:
-            self._respond(
-                watch_id=wid,
-                canceled=True,
-                compact_revision=compacted,
-                cancel_reason=errors.COMPACTED.message,
-            )
+            # As etcd's sendLoop answers mvcc's compacted WatchResponse: a header for
+            # revision 0 (wresp.Revision is unset), no cancel reason.
+            resp = rpcpb.WatchResponse(watch_id=wid, canceled=True, compact_revision=compacted)
+            self.headers.fill(resp.header, 0)
+            self._queue.put_nowait(resp)
         else:
             self.watchers[wid] = watcher
 

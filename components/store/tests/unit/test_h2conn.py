@@ -1,4 +1,5 @@
-"""The HTTP/2 connection's send path on its own: frames cut from queued messages."""
+"""The HTTP/2 connection's send path on its own: frames cut from queued messages, and
+answers of one loop step written together."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from typing import Any
 
 from keel_store.server import h2wire as w
+from keel_store.server.grpc_server import ServicerContext
 from keel_store.server.h2conn import Connection, Stream
 
 
@@ -69,3 +71,33 @@ def test_a_large_queued_message_is_cut_into_frames_in_linear_time() -> None:
     large = min(_send(32 << 20)[0] for _ in range(3))
     # 8x the bytes: linear ~8x (measured 12x, caches), quadratic ~64x (measured 190x).
     assert large < 32 * small, f"4 MiB: {small * 1e3:.2f} ms, 32 MiB: {large * 1e3:.2f} ms"
+
+
+def test_answers_made_in_one_loop_step_leave_in_one_write() -> None:
+    """Three calls answered (``ServicerContext.reply``) by the same step (an apply
+    that completes several requests of one connection) go out in a single write at
+    the end of the step, as grpc-go's writer batches what is queued; the next step's
+    answer in a write of its own (at once: no other call is left open on the
+    connection)."""
+
+    async def scenario() -> list[bytes]:
+        conn = Connection(dispatcher=None, max_message=1 << 30)  # type: ignore[arg-type]
+        transport = _Transport()
+        conn.transport = transport  # type: ignore[assignment]
+        streams = [Stream(conn, i, []) for i in (1, 3, 5, 7)]
+        for stream in streams:  # requests received whole, still open on our side
+            stream.remote_closed = True
+            conn.streams[stream.id] = stream
+        for stream in streams[:3]:
+            ServicerContext(stream, bytes).reply(b"answer")
+        assert transport.chunks == []  # nothing written inside the step
+        await asyncio.sleep(0)
+        ServicerContext(streams[3], bytes).reply(b"later")
+        await asyncio.sleep(0)
+        return transport.chunks
+
+    chunks = asyncio.run(scenario())
+    assert len(chunks) == 2
+    first = [s for t, s, _ in _frames(chunks[0]) if t == w.DATA]
+    assert first == [1, 3, 5]
+    assert [s for t, s, _ in _frames(chunks[1]) if t == w.DATA] == [7]

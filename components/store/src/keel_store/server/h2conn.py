@@ -410,11 +410,6 @@ class Connection(asyncio.Protocol):
         if not self.in_receive and self.flush_handle is None:
             self.flush_handle = self.loop.call_soon(self._flush)
 
-    def flush_now(self) -> None:
-        """Write what is queued now, unless a read is being handled (its end writes)."""
-        if not self.in_receive:
-            self._flush()
-
     def _flush(self) -> None:
         """Write what is queued now (a scheduled flush, if any, has nothing left to do)."""
         if self.flush_handle is not None:

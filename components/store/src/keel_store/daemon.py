@@ -35,13 +35,14 @@ from keel_store.flags import (
 )
 from keel_store.mvcc import validate
 from keel_store.mvcc.commands import Kind
-from keel_store.pb import electiongrpc, lockgrpc, rpcgrpc, rpcpb
+from keel_store.pb import electiongrpc, healthgrpc, lockgrpc, rpcgrpc, rpcpb
 from keel_store.server import (
     auth_service,
     corruption,
     election_service,
     gateway,
     h2conn,
+    health_service,
     kv_service,
     lock_service,
     other_services,
@@ -133,6 +134,7 @@ def _server(
     rpcgrpc.add_AuthServicer_to_server(auth_service.AuthService(node), counted)
     lockgrpc.add_LockServicer_to_server(lock_service.LockService(node, kv), counted)
     electiongrpc.add_ElectionServicer_to_server(election_service.ElectionService(node, kv), counted)
+    healthgrpc.add_HealthServicer_to_server(health_service.HealthService(), counted)
     for url in filter(None, (u.strip() for u in args.listen_client_urls.split(","))):
         host, port = host_port(url)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -12,6 +12,8 @@ try:
     from keel_store._generated.authpb import auth_pb2 as authpb
     from keel_store._generated.etcdserverpb import rpc_pb2 as rpcpb
     from keel_store._generated.etcdserverpb import rpc_pb2_grpc as _rpcgrpc
+    from keel_store._generated.healthpb import health_pb2 as healthpb
+    from keel_store._generated.healthpb import health_pb2_grpc as _healthgrpc
     from keel_store._generated.mvccpb import kv_pb2 as mvccpb
     from keel_store._generated.v3electionpb import v3election_pb2 as electionpb
     from keel_store._generated.v3electionpb import v3election_pb2_grpc as _electiongrpc
@@ -29,11 +31,15 @@ lockgrpc: Any = _lockgrpc
 """etcd's v3lock service (``/v3lockpb.Lock/...``)."""
 electiongrpc: Any = _electiongrpc
 """etcd's v3election service (``/v3electionpb.Election/...``)."""
+healthgrpc: Any = _healthgrpc
+"""gRPC's health service (``/grpc.health.v1.Health/...``), as etcd serves it."""
 
 __all__ = [
     "authpb",
     "electiongrpc",
     "electionpb",
+    "healthgrpc",
+    "healthpb",
     "lockgrpc",
     "lockpb",
     "mvccpb",

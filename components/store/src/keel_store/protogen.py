@@ -38,6 +38,13 @@ PROTOS = {
         "etcdserver/api/v3election/v3electionpb/v3election.proto",
         "v3electionpb",
     ),
+    # gRPC's health service, which etcd registers on the client port (grpc-go's copy,
+    # shipped by golang-google-grpc-dev, a dependency of golang-etcd-server-dev).
+    "grpc/health/v1/health.proto": (
+        "../../google.golang.org/grpc/debian/missing-sources/grpc/grpc-proto/master/"
+        "grpc/health/v1/health.proto",
+        "healthpb",
+    ),
 }
 
 _GOGO_IMPORT = re.compile(r'^import\s+"gogoproto/gogo\.proto";\s*$', re.M)

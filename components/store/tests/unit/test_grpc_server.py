@@ -32,9 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from keel_core.testing import free_port
-from keel_store.pb import mvccpb, rpcgrpc, rpcpb
+from keel_store.pb import healthgrpc, healthpb, mvccpb, rpcgrpc, rpcpb
 from keel_store.server.grpc_server import GrpcServer, server_ssl_context
 from keel_store.server.h2conn import DEFAULT_OPTIONS, Options
+from keel_store.server.health_service import NOT_SERVING, SERVING, HealthService
 
 LOCAL = "127.0.0.1"
 BIG_RESPONSE = 8 << 20
@@ -1478,5 +1479,31 @@ def test_a_connection_answering_pings_stays_open() -> None:
             client.open_watch(1)
             assert (await client.until(H_DATA)) is not None
             client.close()
+
+    run(scenario)
+
+
+def test_health_watch_hears_each_change() -> None:
+    """``Watch`` sends the status, then every change of it, until cancelled."""
+    async def scenario() -> None:
+        health = HealthService()
+        server = GrpcServer(max_receive_message_length=1 << 20)
+        healthgrpc.add_HealthServicer_to_server(health, server)
+        port = free_port()
+        assert server.add_insecure_port(f"{LOCAL}:{port}") == port
+        await server.start()
+        try:
+            async with channel(port) as ch:
+                stream = healthgrpc.HealthStub(ch).Watch(healthpb.HealthCheckRequest())
+                got = [(await stream.read()).status]
+                health.set_status("", NOT_SERVING)
+                got.append((await stream.read()).status)
+                health.set_status("", NOT_SERVING)  # no change: nothing sent
+                health.set_status("", SERVING)
+                got.append((await stream.read()).status)
+                stream.cancel()
+                assert got == [SERVING, NOT_SERVING, SERVING]
+        finally:
+            await server.stop(None)
 
     run(scenario)

@@ -154,3 +154,20 @@ def test_oversize_requests_as_etcd(make_cluster) -> None:
     ours, theirs = (_raw(p, "POST", "/v3/kv/put", None, body) for p in ports)
     assert (ours[0], json.loads(ours[2])["code"]) == (theirs[0], json.loads(theirs[2])["code"])
     assert ours[0] == 429
+
+
+def test_json_python_refuses_to_parse_is_answered(make_cluster) -> None:
+    """An integer of 5,000 digits (over Python's 4,300-digit limit): 400 code 3 from
+    both. Nesting 5,000 deep (in a field etcd ignores): etcd takes the put, keel-store
+    answers 400 (Python's json is recursive). Both used to drop the connection."""
+    ports = [
+        int(make_cluster(1, binary=b).members[0].client_url.rsplit(":", 1)[1])
+        for b in ("keel", "etcd")
+    ]
+    data = b'{"key": "Zm9v", "lease": ' + b"9" * 5000 + b"}"
+    ours, theirs = (_raw(p, "POST", "/v3/kv/put", None, data) for p in ports)
+    assert (ours[0], json.loads(ours[2])["code"]) == (theirs[0], json.loads(theirs[2])["code"])
+    assert ours[0] == 400
+    deep = b'{"key": "Zm9v", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    ours = _raw(ports[0], "POST", "/v3/kv/put", None, deep)
+    assert (ours[0], json.loads(ours[2])["code"]) == (400, 3)

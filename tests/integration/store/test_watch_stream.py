@@ -437,3 +437,32 @@ def test_watches_end_when_the_client_goes_away(keel1: Any) -> None:
     wait_watchers(keel1, 1)
     chunked.close()  # its body never ended
     wait_watchers(keel1, 0)
+
+
+def compacted_at_creation(cluster: Any) -> list[Any]:
+    """A watch from a compacted revision with a chosen ID: its ID stays taken, and a
+    cancel of it is answered (etcd keeps the ID on the stream)."""
+    for value in ("1", "2", "3"):
+        etcdctl(cluster.endpoints, "put", "k", value)
+    etcdctl(cluster.endpoints, "compaction", "3")
+    create = {"create_request": {"key": b64("k"), "start_revision": "1", "watch_id": 7}}
+    body: list[object] = [create, create, {"cancel_request": {"watch_id": 7}}]
+    s = HttpStream(cluster, "/v3/watch", body=body)
+    try:
+        return clean(s.read(4))
+    finally:
+        s.close()
+
+
+def test_a_watch_compacted_at_creation_keeps_its_id(make_cluster: Any) -> None:
+    """etcd tells the watch it was compacted from its store's sync loop (every 100 ms),
+    so here the cancel comes first and etcd sends no compacted answer; keel-store sends
+    it at once. The rest is the same: the second create is a duplicate, the cancel is
+    answered (both were not before)."""
+    answers = {name: compacted_at_creation(make_cluster(1, binary=name)) for name in SERVERS}
+    ours = [r for r in answers["keel"] if "compact_revision" not in r["result"]]
+    assert ours == answers["etcd"]
+    got = [r["result"] for r in answers["keel"]]
+    assert got[1]["compact_revision"] == "3"
+    assert got[2]["cancel_reason"] == "mvcc: duplicate watch ID provided on the WatchStream"
+    assert got[3] == {"header": {"revision": "4"}, "watch_id": "7", "canceled": True}

@@ -103,7 +103,7 @@ async def auto_compact(node: StoreNode, mode: str, retention: float) -> None:
             samples.append((now, kv.revision))
             while samples and now - samples[0][0] >= retention:
                 target = samples.popleft()[1]
-        if target > kv.compact_revision:
+        if target > max(kv.compact_revision, 0):  # as etcd's compactors, never to 0
             with contextlib.suppress(Exception):
                 await node.propose(Kind.COMPACT, rpcpb.CompactionRequest(revision=target))
 

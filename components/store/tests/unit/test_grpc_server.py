@@ -1485,6 +1485,7 @@ def test_a_connection_answering_pings_stays_open() -> None:
 
 def test_health_watch_hears_each_change() -> None:
     """``Watch`` sends the status, then every change of it, until cancelled."""
+
     async def scenario() -> None:
         health = HealthService()
         server = GrpcServer(max_receive_message_length=1 << 20)

@@ -478,28 +478,48 @@ class Gateway:
 
 
 async def until_answered_or_gone(call: Any, reader: asyncio.StreamReader) -> Any:
-    """Await ``call`` unless the client closes the connection first: the call is then
-    cancelled (it cleans up) and ``ConnectionError`` raised. Bytes the client sends
-    meanwhile (a pipelined request) are put back for the connection's next read."""
+    """Await ``call`` unless the client closes (or resets) the connection first: the
+    call is then cancelled (it cleans up) and ``ConnectionError`` raised. Bytes the
+    client sends meanwhile (a pipelined request) are kept, the connection still
+    watched, and put back for the connection's next read."""
     task = asyncio.ensure_future(call)
-    gone = asyncio.ensure_future(reader.read(1 << 16))
+    kept = bytearray()
     try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if gone.done() and not gone.result() and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            raise ConnectionError("the client went away")
-        return await task
+        while True:
+            gone = asyncio.ensure_future(reader.read(1 << 16))
+            try:
+                await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not gone.done():
+                    gone.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await gone
+            data = b""
+            if not gone.cancelled():
+                try:
+                    data = gone.result()
+                except (ConnectionError, OSError):
+                    data = b""
+                if data:
+                    kept += data
+            if task.done():
+                return task.result()
+            if not data or len(kept) > MAX_KEPT:
+                # Gone (EOF or reset); or a client pipelining without end, whose call
+                # is given up rather than its bytes kept.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                raise ConnectionError("the client went away")
     finally:
-        if not gone.done():
-            gone.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
-        elif not gone.cancelled() and gone.result():
-            _unread(reader, gone.result())
+        if kept:
+            _unread(reader, bytes(kept))
         if not task.done():  # this call itself was cancelled
             task.cancel()
+
+
+MAX_KEPT = 1 << 20
+"""Bytes a client may pipeline behind a waiting Lock or Campaign."""
 
 
 def _unread(reader: asyncio.StreamReader, data: bytes) -> None:

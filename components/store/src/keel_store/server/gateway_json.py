@@ -81,7 +81,9 @@ def first_value(body: bytes) -> object:
         return None
     try:
         value, _ = json.JSONDecoder(parse_float=_Number).raw_decode(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
+        # JSONDecodeError, and what the json module raises past its own checks: an
+        # integer of over 4,300 digits (ValueError), nesting too deep (RecursionError).
         raise BodyError(str(exc)) from None
     return value
 
@@ -214,10 +216,10 @@ def _prune(value: object, message: descriptor.Descriptor) -> object:
 def to_message(value: object, request_type: type[Any]) -> Any:
     """A decoded JSON value as a request message, or BodyError."""
     message = request_type()
-    doc = _prune(value, message.DESCRIPTOR)
     try:
+        doc = _prune(value, message.DESCRIPTOR)
         return json_format.ParseDict(doc, message)
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, ValueError, RecursionError) as exc:
         raise BodyError(str(exc)) from None
 
 

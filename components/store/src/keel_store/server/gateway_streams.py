@@ -22,6 +22,7 @@ import codecs
 import contextlib
 import http
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -151,32 +152,131 @@ async def read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit
     return b"".join(parts)
 
 
+_IN_CONTAINER = re.compile(r'["{}\[\]]')
+_IN_STRING = re.compile(r'["\\]')
+_SCALAR_END = re.compile(r'[\s{}\[\]",:]')
+_NOT_SPACE = re.compile(r"\S")
+YIELD_EVERY = 64
+"""Values decoded between two turns given back to the event loop."""
+
+
+class _Splitter:
+    """Finds where each top-level JSON value of a growing text ends, looking at every
+    character once (a value sent a byte at a time costs what its bytes cost, not their
+    square): brackets outside strings, quotes and escapes inside them."""
+
+    def __init__(self) -> None:
+        self.start = -1  # where the value being scanned starts (-1: between values)
+        self.pos = 0  # the next character to look at
+        self.depth = 0
+        self.in_string = False
+        self.escape = False
+
+    def next_end(self, text: str, final: bool) -> int | None:
+        """The end of the next complete value in ``text`` (from :attr:`start`), or None
+        if more text is needed (at the end of the body, ``final``: what is left)."""
+        pos = self.pos
+        if self.start < 0:
+            found = _NOT_SPACE.search(text, pos)
+            if found is None:
+                self.pos = len(text)
+                return None
+            pos = self.start = found.start()
+            char = text[pos]
+            if char in "{[":
+                self.depth, pos = 1, pos + 1
+            elif char == '"':
+                self.in_string, pos = True, pos + 1
+            else:
+                self.depth = -1  # a scalar: it ends at a delimiter
+        while True:
+            if self.depth < 0:
+                found = _SCALAR_END.search(text, pos + 1 if pos == self.start else pos)
+                if found is None:
+                    self.pos = len(text)
+                    return len(text) if final else None
+                return self._done(found.start())
+            if self.in_string:
+                if self.escape:
+                    if pos >= len(text):
+                        break
+                    self.escape, pos = False, pos + 1
+                found = _IN_STRING.search(text, pos)
+                if found is None:
+                    break
+                pos = found.end()
+                if found.group() == "\\":
+                    self.escape = True
+                    continue
+                self.in_string = False
+                if self.depth == 0:
+                    return self._done(pos)
+                continue
+            found = _IN_CONTAINER.search(text, pos)
+            if found is None:
+                break
+            pos = found.end()
+            char = found.group()
+            if char == '"':
+                self.in_string = True
+            elif char in "{[":
+                self.depth += 1
+            else:
+                self.depth -= 1
+                if self.depth == 0:
+                    return self._done(pos)
+        self.pos = len(text)
+        return len(text) if final else None
+
+    def _done(self, end: int) -> int:
+        self.start, self.pos, self.depth = -1, end, 0
+        return end
+
+    def rebase(self, offset: int) -> None:
+        """The text lost its first ``offset`` characters."""
+        self.pos -= offset
+        if self.start >= 0:
+            self.start -= offset
+
+
 async def json_values(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[object]:
     """The JSON values of a streaming body, each as soon as it is complete.
 
-    Raises ``ValueError`` (``json.JSONDecodeError``) for text that is not JSON, once no
-    more data can complete it, and :class:`BodyTooLarge` for an incomplete value over
-    ``limit`` bytes.
+    Raises ``ValueError`` (``json.JSONDecodeError``) for a value that is not JSON as
+    soon as its end is seen (brackets that do not match end it), and
+    :class:`BodyTooLarge` for a value over ``limit`` characters. Every
+    :data:`YIELD_EVERY` values the event loop gets a turn.
     """
     decoder = json.JSONDecoder()
     utf8 = codecs.getincrementaldecoder("utf-8")()
+    splitter = _Splitter()
     text = ""
-    async for data in chunks:
-        text += utf8.decode(data)
-        while text := text.lstrip():
-            try:
-                value, end = decoder.raw_decode(text)
-            except json.JSONDecodeError:
-                if len(text) > limit:
-                    raise BodyTooLarge("a request", len(text), limit) from None
-                break  # perhaps incomplete: wait for more of the body
-            yield value
-            text = text[end:]
-    text = (text + utf8.decode(b"", final=True)).strip()
-    while text:
-        value, end = decoder.raw_decode(text)  # raises for what is left and not JSON
-        yield value
-        text = text[end:].lstrip()
+    count = 0
+    final = False
+    iterator = chunks.__aiter__()
+    while not final:
+        try:
+            text += utf8.decode(await anext(iterator))
+        except StopAsyncIteration:
+            text += utf8.decode(b"", final=True)
+            final = True
+        used = 0
+        while (end := splitter.next_end(text, final)) is not None:
+            segment = text[used:end]
+            used = end
+            if segment.strip():
+                value, _ = decoder.raw_decode(segment, len(segment) - len(segment.lstrip()))
+                yield value
+                count += 1
+                if count % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            if end >= len(text):
+                break
+        if used:
+            text = text[used:]
+            splitter.rebase(used)
+        if len(text) > limit:
+            raise BodyTooLarge("a request", len(text), limit)
 
 
 def parse(value: object, request_type: type[Any]) -> Any:

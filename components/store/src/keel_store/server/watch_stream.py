@@ -35,6 +35,10 @@ from keel_store.server.watch_fragments import fragments
 INVALID_WATCH_ID = -1
 """etcd's ``clientv3.InvalidWatchID``: what a refused create and a progress answer carry."""
 
+MAX_QUEUED = 64
+"""Answers waiting for the client before its requests stop being read (etcd: 16).
+Events are not held back: a watcher's events join the queue as they are applied."""
+
 RANGE_EMPTY = "mvcc: watcher range is empty"
 DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 
@@ -82,6 +86,7 @@ class WatchStream:
         self.watchers: dict[int, Watcher] = {}
         self._next_id = 0
         self._queue: asyncio.Queue[rpcpb.WatchResponse | None] = asyncio.Queue()
+        self._drained = asyncio.Event()
 
     # --- requests --------------------------------------------------------------------------
 
@@ -132,6 +137,9 @@ class WatchStream:
             fragment=cr.fragment,
         )
         self._respond(watch_id=wid, created=True)
+        # Kept even when compacted at once, as etcd's watch stream keeps the ID: it stays
+        # taken, and a cancel of it is answered.
+        self.watchers[wid] = watcher
         compacted = self.node.hub.watch(watcher, cr.start_revision)
         if compacted:
             # As etcd's sendLoop answers mvcc's compacted WatchResponse: a header for
@@ -139,8 +147,6 @@ class WatchStream:
             resp = rpcpb.WatchResponse(watch_id=wid, canceled=True, compact_revision=compacted)
             self.headers.fill(resp.header, 0)
             self._queue.put_nowait(resp)
-        else:
-            self.watchers[wid] = watcher
 
     def _refuse(self, reason: str) -> None:
         self._respond(watch_id=INVALID_WATCH_ID, created=True, canceled=True, cancel_reason=reason)
@@ -172,13 +178,27 @@ class WatchStream:
                     self._respond(watch_id=w.id)
 
     async def _read(self, requests: AsyncIterator[rpcpb.WatchRequest]) -> None:
+        count = 0
         try:
             async for req in requests:
                 self.handle(req)
+                count += 1
+                if self._queue.qsize() >= MAX_QUEUED:
+                    await self._room()
+                elif count % MAX_QUEUED == 0:
+                    await asyncio.sleep(0)  # a burst of requests does not hold the loop
         except Exception:
             # The client's side failed (not merely closed): the stream ends, as etcd's
             # ends when its receive loop returns an error.
             self._queue.put_nowait(None)
+
+    async def _room(self) -> None:
+        """Wait until the client has taken enough answers: a client that sends
+        requests without reading the answers stops being read (gRPC's flow control then
+        stops it), as etcd's receive loop blocks on its full control channel."""
+        while self._queue.qsize() >= MAX_QUEUED:
+            self._drained.clear()
+            await self._drained.wait()
 
     async def run(
         self, requests: AsyncIterator[rpcpb.WatchRequest]
@@ -192,6 +212,8 @@ class WatchStream:
                 resp = await self._queue.get()
                 if resp is None:
                     return
+                if self._queue.qsize() < MAX_QUEUED:
+                    self._drained.set()
                 yield resp
         finally:
             for task in (reader, notifier):

@@ -114,6 +114,16 @@ def _member(ns: Netns, tmp: Path, binary: str, name: str, peer: str, *extra: str
     return Proc(name, ns.wrap(argv), client, tmp / binary / name, tmp / f"{binary}-{name}.log")
 
 
+def _start_named(netns: Netns, members: list[Proc]) -> None:
+    """Start the members, wait until each is healthy and they know each other as
+    m0, m1, m2 (the names the records gave them)."""
+    for m in members:
+        m.start()
+    for m in members:
+        _wait_healthy(netns, m)
+    assert _names(netns, members[0].endpoint, ["m0", "m1", "m2"]) == ["m0", "m1", "m2"]
+
+
 def _wait_healthy(ns: Netns, member: Proc, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -191,11 +201,7 @@ def test_three_members_bootstrap_from_srv_records(
         *[(f"m{i}", "A", "127.0.0.1") for i in range(3)],
     )  # fmt: skip
     try:
-        for m in members:
-            m.start()
-        for m in members:
-            _wait_healthy(netns, m)
-        assert _names(netns, members[0].endpoint, ["m0", "m1", "m2"]) == ["m0", "m1", "m2"]
+        _start_named(netns, members)
         listed = netns.etcdctl(f"--endpoints={members[1].endpoint}", "member", "list").stdout
         for i, port in enumerate(ports):  # peer URLs as the records name them
             assert f"https://m{i}.{DOMAIN}:{port}" in listed
@@ -228,11 +234,7 @@ def test_plain_http_records_bootstrap_keel_store_but_not_etcd_3_4(
         for i, p in enumerate(ports)
     ]
     try:
-        for m in members:
-            m.start()
-        for m in members:
-            _wait_healthy(netns, m)
-        assert _names(netns, members[0].endpoint, ["m0", "m1", "m2"]) == ["m0", "m1", "m2"]
+        _start_named(netns, members)
         netns.etcdctl(f"--endpoints={members[0].endpoint}", "put", "k", "plain")
         got = netns.etcdctl(f"--endpoints={members[2].endpoint}", "get", "k", "--print-value-only")
         assert got.stdout.strip() == "plain"

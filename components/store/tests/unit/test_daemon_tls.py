@@ -405,6 +405,32 @@ def peer_contexts(
     return server, client
 
 
+async def delivered(
+    a: tuple[ssl.SSLContext, ssl.SSLContext], b: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> bool:
+    """Whether member 1 (peer contexts ``a``: server, client; dialling from 127.0.0.1)
+    gets a frame to member 2 (contexts ``b``) within 1.5 s."""
+    got: list[bytes] = []
+    one = transport.PeerTransport(1, "tok", lambda s, k, p: None)
+    two = transport.PeerTransport(2, "tok", lambda s, k, p: got.append(p))
+    one.server_ssl, one.client_ssl = a
+    two.server_ssl, two.client_ssl = b
+    url_a, url_b = f"https://127.0.0.1:{free_port()}", f"https://127.0.0.1:{free_port()}"
+    await one.listen(url_a)
+    await two.listen(url_b)
+    one.set_peers({1: url_a, 2: url_b})
+    try:
+        for _ in range(30):
+            one.send(2, transport.RAFT, b"hello")
+            await asyncio.sleep(0.05)
+            if got:
+                return True
+        return False
+    finally:
+        await one.close()
+        await two.close()
+
+
 @LOOPS
 def test_peer_transport_refuses_a_peer_without_the_allowed_cn_or_revoked(
     pki: PKI, new_loop: Callable[[], asyncio.AbstractEventLoop]
@@ -413,33 +439,10 @@ def test_peer_transport_refuses_a_peer_without_the_allowed_cn_or_revoked(
     intruder = pki.issue("intruder", 31)
     crl = pki.crl([31])
 
-    def contexts(cert: tuple[str, str], *extra: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-        return peer_contexts(pki, cert, *extra)
-
-    async def delivered(a_cert: tuple[str, str], b_extra: list[str]) -> bool:
-        got: list[bytes] = []
-        a = transport.PeerTransport(1, "tok", lambda s, k, p: None)
-        b = transport.PeerTransport(2, "tok", lambda s, k, p: got.append(p))
-        a.server_ssl, a.client_ssl = contexts(a_cert)
-        b.server_ssl, b.client_ssl = contexts(good, *b_extra)
-        url_a, url_b = f"https://127.0.0.1:{free_port()}", f"https://127.0.0.1:{free_port()}"
-        await a.listen(url_a)
-        await b.listen(url_b)
-        a.set_peers({1: url_a, 2: url_b})
-        try:
-            for _ in range(30):
-                a.send(2, transport.RAFT, b"hello")
-                await asyncio.sleep(0.05)
-                if got:
-                    return True
-            return False
-        finally:
-            await a.close()
-            await b.close()
-
     def run(cert: tuple[str, str], *b_extra: str) -> bool:
         with asyncio.Runner(loop_factory=new_loop) as runner:
-            return runner.run(delivered(cert, list(b_extra)))
+            b = peer_contexts(pki, good, *b_extra)
+            return runner.run(delivered(peer_contexts(pki, cert), b))
 
     assert run(good, "--peer-cert-allowed-cn=etcd-peer")
     assert not run(intruder, "--peer-cert-allowed-cn=etcd-peer")

@@ -20,11 +20,18 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from keel_core.testing import free_port
 from keel_store import daemon
-from keel_store.server import san_check, tls, transport
+from keel_store.server import san_check, tls
 
-from .test_daemon_tls import LOOPS, PKI, _client_args, _client_context, _served, peer_contexts
+from .test_daemon_tls import (
+    LOOPS,
+    PKI,
+    _client_args,
+    _client_context,
+    _served,
+    delivered,
+    peer_contexts,
+)
 
 _NOW = datetime.datetime.now(datetime.UTC)
 
@@ -154,31 +161,6 @@ def test_dns_san_mismatch_gives_etcds_error_with_the_last_lookup_error() -> None
     assert str(_check(mixed, "10.0.0.6", fake)).startswith('tls: "10.0.0.6" does not match')
 
 
-async def _delivered(pki: PKI, a_cert: tuple[str, str], b_server: ssl.SSLContext) -> bool:
-    """Whether member 1 (certificate ``a_cert``, dialling from 127.0.0.1) gets a frame
-    to member 2, whose peer listener has ``b_server``."""
-    got: list[bytes] = []
-    good = pki.issue("b", 99)
-    a = transport.PeerTransport(1, "tok", lambda s, k, p: None)
-    b = transport.PeerTransport(2, "tok", lambda s, k, p: got.append(p))
-    a.server_ssl, a.client_ssl = peer_contexts(pki, a_cert)
-    b.server_ssl, b.client_ssl = b_server, peer_contexts(pki, good)[1]
-    url_a, url_b = f"https://127.0.0.1:{free_port()}", f"https://127.0.0.1:{free_port()}"
-    await a.listen(url_a)
-    await b.listen(url_b)
-    a.set_peers({1: url_a, 2: url_b})
-    try:
-        for _ in range(30):
-            a.send(2, transport.RAFT, b"hello")
-            await asyncio.sleep(0.05)
-            if got:
-                return True
-        return False
-    finally:
-        await a.close()
-        await b.close()
-
-
 @LOOPS
 def test_peer_listener_refuses_a_certificate_not_for_the_address_unless_skipped(
     pki: PKI,
@@ -199,9 +181,13 @@ def test_peer_listener_refuses_a_certificate_not_for_the_address_unless_skipped(
     by_name = pki.issue("a", 43, ["localhost"])  # decided by a lookup (/etc/hosts)
     no_match = pki.issue("a", 44, ["peer.example"])
 
+    b_client = peer_contexts(pki, server_cert)[1]
+
     def run(cert: tuple[str, str], server: ssl.SSLContext) -> bool:
+        """Whether a member with ``cert`` (dialling from 127.0.0.1) gets a frame to one
+        whose peer listener has ``server``."""
         with asyncio.Runner(loop_factory=new_loop) as runner:
-            return runner.run(_delivered(pki, cert, server))
+            return runner.run(delivered(peer_contexts(pki, cert), (server, b_client)))
 
     with caplog.at_level("WARNING", logger="keel_store.tls"):
         assert not run(elsewhere, checking)

@@ -133,6 +133,13 @@ class Client:
         self.lease = lease
         self.context = _InnerContext(context)
 
+    async def own_key(self, name: bytes, lease: int) -> tuple[int, bytes, bytes]:
+        """The session lease (:meth:`session`), the prefix ``name/`` and this session's
+        key under it, as a Mutex and an Election start."""
+        lease = await self.session(lease)
+        prefix = name + b"/"
+        return lease, prefix, session_key(prefix, lease)
+
     async def session(self, lease: int) -> int:
         """``concurrency.NewSession(WithLease(lease))``: the lease, or a new one of
         :data:`SESSION_TTL` seconds when the request named none (etcd then orphans it:
@@ -202,6 +209,19 @@ async def cleanup(action: Callable[[], Any]) -> None:
     passed), as etcd does with its client's own context: its failure is not reported."""
     with contextlib.suppress(InnerError, EtcdError):
         await action()
+
+
+class CallerClients:
+    """What the Lock and Election services share: the member, its KV and lease
+    services, and for each call an in-process :class:`Client` running as its caller."""
+
+    def __init__(self, node: StoreNode, kv: KVService) -> None:
+        self.node = node
+        self.kv = kv
+        self.lease = LeaseService(node)
+
+    def _client(self, context: Any) -> Client:
+        return Client(self.node, self.kv, self.lease, context)
 
 
 def served(

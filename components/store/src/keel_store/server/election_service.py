@@ -27,6 +27,7 @@ from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.keyspace import prefix_end
 from keel_store.pb import electiongrpc, electionpb, mvccpb, rpcpb
 from keel_store.server.concurrency import (
+    CallerClients,
     Client,
     InnerError,
     check_leader,
@@ -34,11 +35,7 @@ from keel_store.server.concurrency import (
     fail,
     first_create,
     served,
-    session_key,
 )
-from keel_store.server.kv_service import KVService
-from keel_store.server.node import StoreNode
-from keel_store.server.other_services import LeaseService
 
 NOT_LEADER = "election: not leader"
 """clientv3/concurrency ``ErrElectionNotLeader``."""
@@ -58,16 +55,8 @@ def _created(key: bytes, revision: int) -> rpcpb.Compare:
     )
 
 
-class ElectionService(electiongrpc.ElectionServicer):  # type: ignore[misc]
+class ElectionService(CallerClients, electiongrpc.ElectionServicer):  # type: ignore[misc]
     """Campaign, Proclaim, Leader, Observe, Resign, on the caller's KV and lease calls."""
-
-    def __init__(self, node: StoreNode, kv: KVService) -> None:
-        self.node = node
-        self.kv = kv
-        self.lease = LeaseService(node)
-
-    def _client(self, context: Any) -> Client:
-        return Client(self.node, self.kv, self.lease, context)
 
     @staticmethod
     async def _proclaim(
@@ -87,9 +76,7 @@ class ElectionService(electiongrpc.ElectionServicer):  # type: ignore[misc]
     async def Campaign(self, request: Any, context: Any) -> Any:
         """Become the leader of ``name`` (wait for it), with ``value``."""
         client = self._client(context)
-        lease = await client.session(request.lease)
-        prefix = request.name + b"/"
-        key = session_key(prefix, lease)
+        lease, prefix, key = await client.own_key(request.name, request.lease)
         txn = rpcpb.TxnRequest(
             compare=[_created(key, 0)],
             success=[_put(key, request.value, lease)],

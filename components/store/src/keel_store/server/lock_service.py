@@ -18,36 +18,22 @@ from typing import Any
 from keel_store.mvcc.errors import EtcdError
 from keel_store.pb import lockgrpc, lockpb, rpcpb
 from keel_store.server.concurrency import (
-    Client,
+    CallerClients,
     InnerError,
     cleanup,
     first_create,
     served,
-    session_key,
 )
-from keel_store.server.kv_service import KVService
-from keel_store.server.node import StoreNode
-from keel_store.server.other_services import LeaseService
 
 
-class LockService(lockgrpc.LockServicer):  # type: ignore[misc]
+class LockService(CallerClients, lockgrpc.LockServicer):  # type: ignore[misc]
     """Lock and Unlock, on top of the KV and lease calls of the caller."""
-
-    def __init__(self, node: StoreNode, kv: KVService) -> None:
-        self.node = node
-        self.kv = kv
-        self.lease = LeaseService(node)
-
-    def _client(self, context: Any) -> Client:
-        return Client(self.node, self.kv, self.lease, context)
 
     @served
     async def Lock(self, request: Any, context: Any) -> Any:
         """clientv3/concurrency ``Mutex.Lock`` with the request's lease."""
         client = self._client(context)
-        lease = await client.session(request.lease)
-        prefix = request.name + b"/"
-        key = session_key(prefix, lease)
+        lease, prefix, key = await client.own_key(request.name, request.lease)
         owner = rpcpb.RequestOp(request_range=first_create(prefix))
         mine = rpcpb.Compare(
             key=key, target=rpcpb.Compare.CREATE, result=rpcpb.Compare.EQUAL, create_revision=0

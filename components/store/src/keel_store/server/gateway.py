@@ -43,6 +43,7 @@ from keel_store.server.gateway_mux import Answer, Call, Page, Target, resolve
 from keel_store.server.gateway_streams import (
     BodyTooLarge,
     CallError,
+    chunk,
     error_doc,
     http_status,
     read_body,
@@ -429,9 +430,8 @@ class Gateway:
             "Content-Type: application/json\r\n".encode()
             + extra
             + b"Trailer: Grpc-Trailer-Content-Type\r\nTransfer-Encoding: chunked\r\n\r\n"
-            + f"{len(payload):x}\r\n".encode()
-            + payload
-            + b"\r\n0\r\nGrpc-Trailer-Content-Type: application/grpc\r\n\r\n"
+            + chunk(payload)
+            + b"0\r\nGrpc-Trailer-Content-Type: application/grpc\r\n\r\n"
         )
         await writer.drain()
 

@@ -57,6 +57,11 @@ class _Number(float):
         return number
 
 
+DECODER = json.JSONDecoder(parse_float=_Number)
+"""The gateway's JSON decoder, for unary bodies and stream requests alike: numbers with a
+fraction or exponent keep their text, for Go's messages."""
+
+
 def _go_kind(value: object) -> str:
     """encoding/json's name for a JSON value's kind."""
     if isinstance(value, bool):
@@ -80,7 +85,7 @@ def first_value(body: bytes) -> object:
     if not text:
         return None
     try:
-        value, _ = json.JSONDecoder(parse_float=_Number).raw_decode(text)
+        value, _ = DECODER.raw_decode(text)
     except (ValueError, RecursionError) as exc:
         # JSONDecodeError, and what the json module raises past its own checks: an
         # integer of over 4,300 digits (ValueError), nesting too deep (RecursionError).

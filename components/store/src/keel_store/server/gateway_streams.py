@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from keel_store.server import gateway_json
 from keel_store.server.gateway_json import to_message
 
 HTTP_STATUS = {
@@ -101,7 +102,7 @@ def _doc(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _chunk(data: bytes) -> bytes:
+def chunk(data: bytes) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
 
 
@@ -247,7 +248,6 @@ async def json_values(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator
     :class:`BodyTooLarge` for a value over ``limit`` characters. Every
     :data:`YIELD_EVERY` values the event loop gets a turn.
     """
-    decoder = json.JSONDecoder()
     utf8 = codecs.getincrementaldecoder("utf-8")()
     splitter = _Splitter()
     text = ""
@@ -265,7 +265,9 @@ async def json_values(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator
             segment = text[used:end]
             used = end
             if segment.strip():
-                value, _ = decoder.raw_decode(segment, len(segment) - len(segment.lstrip()))
+                value, _ = gateway_json.DECODER.raw_decode(
+                    segment, len(segment) - len(segment.lstrip())
+                )
                 yield value
                 count += 1
                 if count % YIELD_EVERY == 0:
@@ -395,7 +397,7 @@ async def _pump(responses: AsyncIterator[Any], writer: asyncio.StreamWriter, ext
             async for resp in responses:
                 if not started:
                     start(200)
-                writer.write(_chunk(b'{"result":' + to_json(resp) + b"}\n"))
+                writer.write(chunk(b'{"result":' + to_json(resp) + b"}\n"))
                 await writer.drain()
         finally:
             aclose = getattr(responses, "aclose", None)
@@ -405,7 +407,7 @@ async def _pump(responses: AsyncIterator[Any], writer: asyncio.StreamWriter, ext
         status, doc = stream_error(exc.code, exc.message)
         if not started:
             start(status)
-        writer.write(_chunk(doc + b"\n"))
+        writer.write(chunk(doc + b"\n"))
     if not started:
         start(200)
     writer.write(b"0\r\n\r\n")

@@ -46,6 +46,7 @@ from keel_store.server.gateway_streams import (
     chunk,
     error_doc,
     http_status,
+    json_doc,
     read_body,
     serve_stream,
     status_line,
@@ -155,10 +156,6 @@ def misdirected(host: str) -> bytes:
         'This requirement has been added to help prevent "DNS Rebinding" attacks'
         " (CVE-2018-5702).\n\n"
     ).encode()
-
-
-def _doc(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 DISCARD_MAX = 64 << 20
@@ -412,12 +409,12 @@ class Gateway:
     async def _page(self, name: str) -> tuple[int, bytes]:
         """``GET /version`` or ``GET /health``."""
         if name == "version":
-            return 200, _doc({"etcdserver": ETCD_VERSION, "etcdcluster": CLUSTER_VERSION})
+            return 200, json_doc({"etcdserver": ETCD_VERSION, "etcdcluster": CLUSTER_VERSION})
         try:
             await self.node.read_barrier()
         except EtcdError as exc:
             self.node.stats.health_failures += 1
-            return 503, _doc({"health": "false", "reason": exc.message})
+            return 503, json_doc({"health": "false", "reason": exc.message})
         self.node.stats.health_success += 1
         return 200, b'{"health":"true"}'
 

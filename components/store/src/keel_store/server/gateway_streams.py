@@ -70,7 +70,7 @@ def status_line(status: int) -> str:
 
 def error_doc(code: int, message: str) -> bytes:
     """grpc-gateway's error body (its errorBody, marshalled by jsonpb: compact, in order)."""
-    return _doc({"error": message, "message": message, "code": code})
+    return json_doc({"error": message, "message": message, "code": code})
 
 
 class BodyTooLarge(ValueError):
@@ -94,11 +94,11 @@ class CallError(Exception):
 
 def to_json(message: Any) -> bytes:
     """A response in proto3 JSON with the proto field names, compact."""
-    doc = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return json_doc(json_format.MessageToDict(message, preserving_proto_field_name=True))
 
 
-def _doc(doc: dict[str, Any]) -> bytes:
+def json_doc(doc: dict[str, Any]) -> bytes:
+    """A JSON document as the gateway writes one: compact, keys in order."""
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -300,7 +300,7 @@ def stream_error(code: grpc.StatusCode, message: str) -> tuple[int, bytes]:
             "http_status": http.HTTPStatus(status).phrase,
         }
     }
-    return status, _doc(doc)
+    return status, json_doc(doc)
 
 
 async def serve_stream(

@@ -1,7 +1,9 @@
 """What a client can make a member do through a stream: the gateway's body decoder
 (values found in linear time, errors at once, the loop given turns), a watch stream
-that stops reading a client that does not read its answers, a waiting Lock/Campaign
-given up when its connection is reset, and auto-compaction that never compacts to 0."""
+that stops reading a client that does not read its answers and holds no more than
+128 batches of events for it (its watchers are slow meanwhile), an Observe that does
+the same, a waiting Lock/Campaign given up when its connection is reset, and
+auto-compaction that never compacts to 0."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ from typing import Any
 import pytest
 
 from keel_store import daemon
+from keel_store.mvcc.store import StateMachine
+from keel_store.mvcc.watch import MAX_QUEUED_EVENTS, WatchHub
 from keel_store.pb import rpcpb
+from keel_store.server.concurrency import EventQueue
 from keel_store.server.gateway import until_answered_or_gone
 from keel_store.server.gateway_streams import BodyTooLarge, json_values
 from keel_store.server.watch_stream import MAX_QUEUED, WatchStream
@@ -170,6 +175,76 @@ def test_a_client_that_does_not_read_is_not_read_either() -> None:
         return before
 
     assert asyncio.run(scenario()) <= MAX_QUEUED + 2
+
+
+def _node_with_store() -> Any:
+    """``_fake_node`` around a real state machine and watch hub."""
+    node = _fake_node()
+    node.sm = StateMachine()
+    node.hub = WatchHub(node.sm.kv)
+    node.sm.listeners.append(node.hub.notify)
+    return node
+
+
+class _Context:
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+def test_a_watch_client_that_does_not_read_costs_128_batches_not_the_history() -> None:
+    """10,000 revisions written while the client reads nothing: the stream holds
+    MAX_QUEUED_EVENTS responses and the watcher is slow (before: all 10,000 queued);
+    once the client reads, every event arrives once, in order, and it is live again."""
+    node = _node_with_store()
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        async def requests() -> AsyncIterator[Any]:
+            create = rpcpb.WatchCreateRequest(key=b"k/", range_end=b"k0")
+            yield rpcpb.WatchRequest(create_request=create)
+            await asyncio.Event().wait()  # the client keeps the stream open
+
+        stream = WatchStream(node, _Context(), progress_interval=600, fragment_bytes=1 << 20)
+        answers = stream.run(requests())
+        assert (await answers.__anext__()).created
+        for i in range(10_000):
+            node.sm.put(rpcpb.PutRequest(key=b"k/%d" % (i % 7), value=b"v"))
+        queued, slow = stream._queue.qsize(), node.hub.slow
+        revisions: list[int] = []
+        while len(revisions) < 10_000:
+            resp = await asyncio.wait_for(answers.__anext__(), 5)
+            revisions += [e.kv.mod_revision for e in resp.events]
+        node.sm.put(rpcpb.PutRequest(key=b"k/live", value=b"v"))
+        resp = await asyncio.wait_for(answers.__anext__(), 5)
+        revisions += [e.kv.mod_revision for e in resp.events]
+        assert node.hub.slow == 0
+        await answers.aclose()
+        return queued, slow, revisions
+
+    queued, slow, revisions = asyncio.run(scenario())
+    assert queued <= MAX_QUEUED_EVENTS
+    assert slow == 1
+    assert revisions == list(range(2, 10_003))
+    assert len(node.hub) == 0, "the watcher is gone with its stream"
+
+
+def test_an_observe_that_is_not_read_holds_128_batches() -> None:
+    node = _node_with_store()
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        with EventQueue(node, b"e/", b"e0", 0) as events:
+            for _ in range(1_000):
+                node.sm.put(rpcpb.PutRequest(key=b"e/1", value=b"v"))
+            queued, slow = events.queue.qsize(), node.hub.slow
+            revisions: list[int] = []
+            while len(revisions) < 1_000:
+                _, batch = await asyncio.wait_for(events.next(), 5)
+                revisions += [e.kv.mod_revision for e in batch]
+        return queued, slow, revisions
+
+    queued, slow, revisions = asyncio.run(scenario())
+    assert (queued, slow) == (MAX_QUEUED_EVENTS, 1)
+    assert revisions == list(range(2, 1_002))
+    assert (node.hub.slow, len(node.hub)) == (0, 0)
 
 
 class _ResetReader:

@@ -179,6 +179,15 @@ def test_process_metrics_are_plausible() -> None:
     assert fams["process_cpu_seconds"].type == "counter"
 
 
+class _Hub:
+    """Two watchers, one of them slow."""
+
+    slow = 1
+
+    def __len__(self) -> int:
+        return 2
+
+
 def _fake_node(leader: int, me: int) -> Any:
     sm = StateMachine()
     sm.members[me] = MemberRecord(me, "m0", [])
@@ -199,7 +208,7 @@ def _fake_node(leader: int, me: int) -> Any:
         config=SimpleNamespace(quota_bytes=1 << 30),
         disk_bytes=lambda: 4096,
         transport=SimpleNamespace(sent_bytes={0xAB: 10}, received_bytes={0xAB: 20}),
-        hub=[object(), object()],
+        hub=_Hub(),
     )
 
 
@@ -222,6 +231,7 @@ def test_exposition_from_a_member(leader: int, is_leader: int) -> None:
     assert v["etcd_mvcc_put"] == 1
     assert v["etcd_debugging_mvcc_keys_total"] == 1
     assert v["etcd_debugging_mvcc_watcher_total"] == 2
+    assert v["etcd_debugging_mvcc_slow_watcher_total"] == 1
     assert v["etcd_mvcc_db_total_size_in_bytes"] == 4096
     assert fams["etcd_server_id"].samples[0].labels == {"server_id": "1f"}
     assert fams["etcd_network_peer_sent_bytes"].samples[0].labels == {"To": "ab"}

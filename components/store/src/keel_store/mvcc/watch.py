@@ -18,6 +18,13 @@ REPLAY_BATCH_REVISIONS = 1000
 """etcd's ``watchBatchMaxRevs``: a catching-up watch gets at most this many revisions
 per response (one revision's events are never split, except by ``fragment``)."""
 
+MAX_QUEUED_EVENTS = 128
+"""Batches a watch's consumer holds unread before its sink refuses more (etcd's
+``chanBufLen``): the watcher is then slow (:class:`WatchHub`) until the consumer has
+read its queue down below :data:`RESUME_BELOW`."""
+
+RESUME_BELOW = MAX_QUEUED_EVENTS // 2
+
 
 @dataclass(eq=False, slots=True)
 class Watcher:
@@ -26,8 +33,11 @@ class Watcher:
     id: int
     key: bytes
     end: bytes
-    sink: Callable[[Watcher, list[Event]], None]
-    """Receives batches of matching events (in revision order)."""
+    sink: Callable[[Watcher, list[Event]], bool | None]
+    """Receives batches of matching events (in revision order). Returns False when its
+    consumer is full and did not take the batch: the watcher is then *slow* (etcd's
+    victim) and gets nothing more until :meth:`WatchHub.resume`, which replays from the
+    refused batch on."""
     next_revision: int = 0
     """The lowest revision not delivered yet."""
     prev_kv: bool = False
@@ -35,6 +45,9 @@ class Watcher:
     no_delete: bool = False
     progress_notify: bool = False
     fragment: bool = False
+    compacted: Callable[[Watcher, int], None] | None = None
+    """Told the compact revision when history this watcher still needed was compacted
+    away under it (by a snapshot installed from the leader); the watcher is dropped."""
     tags: dict[str, object] = field(default_factory=dict)
 
     def matches(self, key: bytes) -> bool:
@@ -119,20 +132,52 @@ class Built:
 
 
 class WatchHub:
-    """All watches on one member, fed by the state machine's listener."""
+    """All watches on one member, fed by the state machine's listener.
+
+    A watcher whose consumer stops taking events (a client that does not read) is set
+    aside as *slow*, as etcd sets aside a victim watcher whose 128-response channel is
+    full: its events are not built and queued any more, and it keeps only the revision
+    it stopped at. Its consumer calls :meth:`resume` once it has room again; the
+    missed revisions are then replayed from the change log, and the watcher goes live
+    once it has caught up. What a slow client costs is its consumer's queue, not the
+    history written since it stopped reading.
+    """
 
     def __init__(self, kv: KeySpace) -> None:
         self._kv = kv
         self._ids = itertools.count(1)
         self._exact: dict[bytes, set[Watcher]] = {}
         self._ranges: set[Watcher] = set()
+        self._slow: set[Watcher] = set()
 
     def rebind(self, kv: KeySpace) -> None:
-        """Follow a new key space (after a snapshot was installed); watches stay."""
+        """Follow a new key space (after a snapshot was installed); watches stay.
+
+        The snapshot may carry revisions the watchers were never notified of (a
+        follower that fell behind): each live watcher catches up from the new key
+        space's log where it stopped, as etcd moves its watchers to unsynced on
+        restore, or, when that history is compacted in the snapshot, is cancelled
+        through its ``compacted`` callback.
+        """
         self._kv = kv
+        live = [*self._ranges, *(w for same in self._exact.values() for w in same)]
+        for w in live:
+            if w.next_revision > kv.revision:
+                continue  # nothing missed (or a future start revision)
+            self.cancel(w)
+            self._slow.add(w)
+            compacted = self.resume(w)
+            if compacted and w.compacted is not None:
+                w.compacted(w, compacted)
 
     def __len__(self) -> int:
-        return len(self._ranges) + sum(len(s) for s in self._exact.values())
+        return len(self._ranges) + sum(len(s) for s in self._exact.values()) + len(self._slow)
+
+    @property
+    def slow(self) -> int:
+        """How many watchers are set aside until their consumers have room
+        (etcd's ``etcd_debugging_mvcc_slow_watcher_total``)."""
+        return len(self._slow)
 
     def new_id(self) -> int:
         """A member-unique watch ID (for streams that do not choose their own)."""
@@ -142,38 +187,71 @@ class WatchHub:
         """Register ``watcher`` from ``start_revision`` (0: the next revision).
 
         Past revisions are replayed in batches of up to 1000 revisions, as etcd sends a
-        catching-up watcher. Returns 0 when registered (history replayed already), or
-        the compact revision when ``start_revision`` is compacted; the watcher is then
-        not registered and the caller cancels it with that revision, as etcd does.
+        catching-up watcher (until the sink refuses one: the watcher is then slow).
+        Returns 0 when registered, or the compact revision when ``start_revision`` is
+        compacted; the watcher is then not registered and the caller cancels it with
+        that revision, as etcd does.
         """
         if 0 < start_revision < self._kv.compact_revision:
             return self._kv.compact_revision
         current = self._kv.revision
-        start = current + 1 if start_revision <= 0 else start_revision
-        watcher.next_revision = start
-        if start <= current:
-            replay: list[Event] = []
-            revisions = 0
-            for changes in self._kv.changes_since(start):
-                selected = watcher.select(changes)
-                if not selected:
-                    continue
-                if revisions == REPLAY_BATCH_REVISIONS:
-                    watcher.sink(watcher, replay)
-                    replay, revisions = [], 0
-                replay.extend(selected)
-                revisions += 1
-            watcher.next_revision = current + 1
-            if replay:
-                watcher.sink(watcher, replay)
+        watcher.next_revision = current + 1 if start_revision <= 0 else start_revision
+        if watcher.next_revision <= current and not self._replay(watcher):
+            self._slow.add(watcher)
+            return 0
+        self._add(watcher)
+        return 0
+
+    def resume(self, watcher: Watcher) -> int:
+        """Replay to a slow ``watcher`` what it missed, as far as its sink takes it; it
+        goes live again once it has caught up. Returns 0, or the compact revision when
+        what it missed was compacted meanwhile: the watcher is then dropped, and the
+        caller cancels it with that revision (etcd's compacted unsynced watcher)."""
+        if watcher not in self._slow:
+            return 0
+        if watcher.next_revision < self._kv.compact_revision:
+            self._slow.discard(watcher)
+            return self._kv.compact_revision
+        if self._replay(watcher):
+            self._slow.discard(watcher)
+            self._add(watcher)
+        return 0
+
+    def _replay(self, watcher: Watcher) -> bool:
+        """Send ``watcher`` the logged revisions from its ``next_revision`` on, in
+        batches of :data:`REPLAY_BATCH_REVISIONS`. False when the sink refused a batch:
+        ``next_revision`` is then that batch's first revision."""
+        current = self._kv.revision
+        replay: list[Event] = []
+        revisions = first = 0
+        for changes in self._kv.changes_since(watcher.next_revision):
+            selected = watcher.select(changes)
+            if not selected:
+                continue
+            if revisions == REPLAY_BATCH_REVISIONS:
+                if watcher.sink(watcher, replay) is False:
+                    watcher.next_revision = first
+                    return False
+                replay, revisions = [], 0
+            if not replay:
+                first = changes.revision
+            replay.extend(selected)
+            revisions += 1
+        if replay and watcher.sink(watcher, replay) is False:
+            watcher.next_revision = first
+            return False
+        watcher.next_revision = current + 1
+        return True
+
+    def _add(self, watcher: Watcher) -> None:
         if watcher.end:
             self._ranges.add(watcher)
         else:
             self._exact.setdefault(watcher.key, set()).add(watcher)
-        return 0
 
     def cancel(self, watcher: Watcher) -> None:
         """Stop delivering to ``watcher`` (idempotent)."""
+        self._slow.discard(watcher)
         self._ranges.discard(watcher)
         same = self._exact.get(watcher.key)
         if same is not None:
@@ -202,8 +280,10 @@ class WatchHub:
                 continue  # a future start revision not reached yet
             w.next_revision = revision + 1
             selected = w.select(changes, built, busy)
-            if selected:
-                w.sink(w, selected)
+            if selected and w.sink(w, selected) is False:
+                w.next_revision = revision
+                self.cancel(w)
+                self._slow.add(w)
             if busy is not None:
                 busy()
         if busy is not None:

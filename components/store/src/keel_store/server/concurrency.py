@@ -25,7 +25,7 @@ import grpc
 from keel_store.mvcc import errors
 from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.keyspace import Event, prefix_end
-from keel_store.mvcc.watch import Watcher
+from keel_store.mvcc.watch import MAX_QUEUED_EVENTS, RESUME_BELOW, Watcher
 from keel_store.pb import mvccpb, rpcpb
 from keel_store.server.kv_service import Headers, KVService, wants_leader
 from keel_store.server.node import StoreNode
@@ -101,9 +101,16 @@ class EventQueue:
     def __init__(self, node: StoreNode, key: bytes, end: bytes, start_revision: int) -> None:
         self.node = node
         self.headers = Headers(node)
-        self.queue: asyncio.Queue[tuple[rpcpb.ResponseHeader, list[Event]]] = asyncio.Queue()
-        self.watcher = Watcher(node.hub.new_id(), key, end, self._sink)
+        self.queue: asyncio.Queue[tuple[rpcpb.ResponseHeader, list[Event]] | None] = asyncio.Queue()
+        self.watcher = Watcher(
+            node.hub.new_id(),
+            key,
+            end,
+            self._sink,
+            compacted=lambda *_: self.queue.put_nowait(None),
+        )
         self.start_revision = start_revision
+        self.slow = False
 
     def __enter__(self) -> EventQueue:
         if self.node.hub.watch(self.watcher, self.start_revision):
@@ -113,14 +120,27 @@ class EventQueue:
     def __exit__(self, *_: object) -> None:
         self.node.hub.cancel(self.watcher)
 
-    def _sink(self, _: Watcher, events: list[Event]) -> None:
+    def _sink(self, _: Watcher, events: list[Event]) -> bool:
+        if self.queue.qsize() >= MAX_QUEUED_EVENTS:
+            self.slow = True
+            return False
         header = rpcpb.ResponseHeader()
         self.headers.fill(header)
         self.queue.put_nowait((header, list(events)))
+        return True
 
     async def next(self) -> tuple[rpcpb.ResponseHeader, list[Event]]:
-        """The next batch of events (in revision order) and its header."""
-        return await self.queue.get()
+        """The next batch of events (in revision order) and its header. A watch whose
+        batches waited unread was slow meanwhile (its events were not queued): it
+        catches up from the store's history here."""
+        if self.slow and self.queue.qsize() < RESUME_BELOW:
+            self.slow = False
+            if self.node.hub.resume(self.watcher):
+                raise InnerError(errors.COMPACTED.message)
+        batch = await self.queue.get()
+        if batch is None:  # compacted under it (a snapshot installed)
+            raise InnerError(errors.COMPACTED.message)
+        return batch
 
 
 class Client:

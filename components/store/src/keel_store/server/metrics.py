@@ -126,6 +126,11 @@ def mvcc_families(node: StoreNode) -> list[Family]:
         _gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", kv.key_count),
         _gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers.", len(node.hub)),
         _gauge(
+            "etcd_debugging_mvcc_slow_watcher_total",
+            "Total number of unsynced slow watchers.",
+            node.hub.slow,
+        ),
+        _gauge(
             "etcd_debugging_mvcc_current_revision", "The current revision of store.", kv.revision
         ),
         _gauge(

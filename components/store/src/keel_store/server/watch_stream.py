@@ -26,7 +26,7 @@ from typing import Any
 from keel_store.mvcc import errors, validate
 from keel_store.mvcc.errors import Code, EtcdError
 from keel_store.mvcc.keyspace import Event
-from keel_store.mvcc.watch import Watcher, add_events
+from keel_store.mvcc.watch import MAX_QUEUED_EVENTS, RESUME_BELOW, Watcher, add_events
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.kv_service import Headers, abort, require, wants_leader
 from keel_store.server.node import StoreNode
@@ -36,8 +36,7 @@ INVALID_WATCH_ID = -1
 """etcd's ``clientv3.InvalidWatchID``: what a refused create and a progress answer carry."""
 
 MAX_QUEUED = 64
-"""Answers waiting for the client before its requests stop being read (etcd: 16).
-Events are not held back: a watcher's events join the queue as they are applied."""
+"""Answers waiting for the client before its requests stop being read (etcd: 16)."""
 
 RANGE_EMPTY = "mvcc: watcher range is empty"
 DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
@@ -84,6 +83,8 @@ class WatchStream:
         self.progress_interval = progress_interval
         self.fragment_bytes = fragment_bytes
         self.watchers: dict[int, Watcher] = {}
+        self._slow: dict[int, Watcher] = {}
+        """Watchers whose events the full queue refused, to resume when it has room."""
         self._next_id = 0
         self._queue: asyncio.Queue[rpcpb.WatchResponse | None] = asyncio.Queue()
         self._drained = asyncio.Event()
@@ -98,6 +99,7 @@ class WatchStream:
         elif which == "cancel_request":
             wid = req.cancel_request.watch_id
             found = self.watchers.pop(wid, None)
+            self._slow.pop(wid, None)
             if found is not None:
                 self.node.hub.cancel(found)
                 self._respond(watch_id=wid, canceled=True)
@@ -135,16 +137,22 @@ class WatchStream:
             no_delete=rpcpb.WatchCreateRequest.NODELETE in filters,
             progress_notify=cr.progress_notify,
             fragment=cr.fragment,
+            compacted=self._compacted,
         )
         self._respond(watch_id=wid, created=True)
         # Kept even when compacted at once, as etcd's watch stream keeps the ID: it stays
         # taken, and a cancel of it is answered.
         self.watchers[wid] = watcher
-        compacted = self.node.hub.watch(watcher, cr.start_revision)
-        if compacted:
-            # As etcd's sendLoop answers mvcc's compacted WatchResponse: a header for
-            # revision 0 (wresp.Revision is unset), no cancel reason.
-            resp = rpcpb.WatchResponse(watch_id=wid, canceled=True, compact_revision=compacted)
+        self._compacted(watcher, self.node.hub.watch(watcher, cr.start_revision))
+
+    def _compacted(self, watcher: Watcher, revision: int) -> None:
+        """Cancel ``watcher`` for history compacted at ``revision`` (if not 0): as etcd's
+        sendLoop answers mvcc's compacted WatchResponse, a header for revision 0
+        (wresp.Revision is unset), no cancel reason."""
+        if revision:
+            resp = rpcpb.WatchResponse(
+                watch_id=watcher.id, canceled=True, compact_revision=revision
+            )
             self.headers.fill(resp.header, 0)
             self._queue.put_nowait(resp)
 
@@ -158,7 +166,10 @@ class WatchStream:
         self.headers.fill(resp.header)
         self._queue.put_nowait(resp)
 
-    def _sink(self, watcher: Watcher, events: list[Event]) -> None:
+    def _sink(self, watcher: Watcher, events: list[Event]) -> bool:
+        if self._queue.qsize() >= MAX_QUEUED_EVENTS:
+            self._slow[watcher.id] = watcher
+            return False
         resp = rpcpb.WatchResponse(watch_id=watcher.id)
         self.headers.fill(resp.header)
         add_events(resp.events, events, self.node.sm.kv.busy)
@@ -167,6 +178,13 @@ class WatchStream:
                 self._queue.put_nowait(part)
         else:
             self._queue.put_nowait(resp)
+        return True
+
+    def _resume(self) -> None:
+        """Give the slow watchers what they missed, as far as the queue takes it."""
+        slow, self._slow = self._slow, {}
+        for watcher in slow.values():
+            self._compacted(watcher, self.node.hub.resume(watcher))
 
     async def _progress(self) -> None:
         # Watches created with progress_notify hear the current revision regularly, so
@@ -209,6 +227,8 @@ class WatchStream:
         notifier = asyncio.create_task(self._progress())
         try:
             while True:
+                if self._slow and self._queue.qsize() < RESUME_BELOW:
+                    self._resume()
                 resp = await self._queue.get()
                 if resp is None:
                     return
@@ -223,6 +243,7 @@ class WatchStream:
             for w in self.watchers.values():
                 self.node.hub.cancel(w)
             self.watchers.clear()
+            self._slow.clear()
 
 
 class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]

@@ -167,8 +167,10 @@ class Watch(rpcgrpc.WatchServicer):  # type: ignore[misc]
         self.cancelled = asyncio.Event()
         self.go = asyncio.Event()  # a call whose first request key is "hold" waits for it
         self.go.set()
+        self.contexts: list[Any] = []
 
     async def Watch(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        self.contexts.append(context)
         await self.go.wait()
         try:
             n = 0
@@ -651,6 +653,28 @@ def test_client_cancel_of_a_bidi_call_cancels_the_handler() -> None:
             assert await call.code() == grpc.StatusCode.CANCELLED
             kv = rpcgrpc.KVStub(ch)
             assert (await kv.Range(rpcpb.RangeRequest(limit=4))).count == 4
+
+    run(scenario)
+
+
+def test_cancel_with_ends_the_call_with_that_status_and_cancels_the_handler() -> None:
+    """etcd's ``cancellableContext.Cancel(ErrGRPCNoLeader)``: a stream cut off from
+    outside ends with the status given, and its handler is cancelled."""
+
+    async def scenario() -> None:
+        async with serving() as (_, services, port), channel(port) as ch:
+            call = rpcgrpc.WatchStub(ch).Watch()
+            await call.write(rpcpb.WatchRequest(create_request=rpcpb.WatchCreateRequest(key=b"a")))
+            assert (await call.read()).cancel_reason == "a"
+            services.watch.contexts[0].cancel_with(
+                grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader"
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await call.read()
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert failed.value.details() == "etcdserver: no leader"
+            assert await is_set_within(services.watch.cancelled)
+            services.watch.contexts[0].cancel_with(grpc.StatusCode.INTERNAL, "again")  # no-op
 
     run(scenario)
 

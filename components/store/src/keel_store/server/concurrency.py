@@ -27,7 +27,7 @@ from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.keyspace import Event, prefix_end
 from keel_store.mvcc.watch import MAX_QUEUED_EVENTS, RESUME_BELOW, Watcher
 from keel_store.pb import mvccpb, rpcpb
-from keel_store.server.kv_service import Headers, KVService, wants_leader
+from keel_store.server.kv_service import Headers, KVService
 from keel_store.server.node import StoreNode
 from keel_store.server.other_services import LeaseService
 
@@ -72,10 +72,12 @@ async def fail(context: Any, exc: InnerError | EtcdError) -> None:
     await context.abort(code, exc.message)
 
 
-def check_leader(node: StoreNode, context: Any) -> None:
+async def check_leader(node: StoreNode, context: Any) -> None:
     """etcd's interceptor: ``hasleader`` metadata and no leader is "etcdserver: no leader"."""
-    if node.leader_id == 0 and wants_leader(context):
-        raise InnerError(errors.NO_LEADER.message, grpc.StatusCode.UNAVAILABLE)
+    try:
+        await node.leader_gate.check(context)
+    except EtcdError as exc:
+        raise InnerError(exc.message, grpc.StatusCode.UNAVAILABLE) from exc
 
 
 def first_create(prefix: bytes) -> rpcpb.RangeRequest:
@@ -252,7 +254,7 @@ def served(
 
     async def wrapper(self: Any, request: Any, context: Any) -> T:
         try:
-            check_leader(self.node, context)
+            await check_leader(self.node, context)
             return await method(self, request, context)
         except (InnerError, EtcdError) as exc:
             await fail(context, exc)

@@ -134,13 +134,14 @@ class ElectionService(CallerClients, electiongrpc.ElectionServicer):  # type: ig
     async def Observe(self, request: Any, context: Any) -> AsyncIterator[Any]:
         """The leader now and each change after: new values, new leaders, in order."""
         try:
-            check_leader(self.node, context)
+            await check_leader(self.node, context)
         except InnerError as exc:
             await fail(context, exc)
         client = self._client(context)
         try:
-            async for resp in self._observe(client, request.name + b"/"):
-                yield resp
+            with self.node.leader_gate.registered(context):
+                async for resp in self._observe(client, request.name + b"/"):
+                    yield resp
         except (InnerError, EtcdError):
             return  # etcd's Observe closes its channel: the stream ends, status OK
 

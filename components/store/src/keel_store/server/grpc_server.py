@@ -62,7 +62,7 @@ _RESERVED = frozenset(
 class ServicerContext:
     """The part of ``grpc.aio.ServicerContext`` a keel-store service can use."""
 
-    __slots__ = ("_code", "_details", "_metadata", "_serialize", "_stream")
+    __slots__ = ("_cancelled_with", "_code", "_details", "_metadata", "_serialize", "_stream")
 
     def __init__(self, stream: Stream, serialize: Callable[[Any], bytes] | None = None) -> None:
         self._stream = stream
@@ -70,6 +70,7 @@ class ServicerContext:
         self._code: int | None = None
         self._details = ""
         self._metadata: tuple[tuple[str, Any], ...] | None = None
+        self._cancelled_with: tuple[int, str] | None = None
 
     def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
         """The request's custom metadata as (key, value); ``-bin`` values as bytes."""
@@ -100,6 +101,16 @@ class ServicerContext:
             return
         stream.send(self._serialize(response))
         stream.finish(0)
+
+    def cancel_with(self, code: grpc.StatusCode, details: str) -> None:
+        """Cancel the call's handler from outside it and end the call with ``code`` and
+        ``details`` (etcd's ``cancellableContext.Cancel(err)``: a stream cut off for
+        want of a leader). Not part of grpcio's API."""
+        task = self._stream.task
+        if task is None or task.done() or self.done():
+            return
+        self._cancelled_with = (_code_int(code), details)
+        task.cancel()
 
     def set_code(self, code: grpc.StatusCode) -> None:
         """The status to end with once the handler returns."""
@@ -446,7 +457,9 @@ class GrpcServer:
         except AbortError as exc:
             stream.finish(exc.code, exc.details)
         except asyncio.CancelledError:
-            if stream.expired:
+            if context._cancelled_with is not None:
+                stream.finish(*context._cancelled_with)
+            elif stream.expired:
                 stream.finish(w.DEADLINE_EXCEEDED, "context deadline exceeded")
             elif not stream.reset:
                 stream.finish(w.CANCELLED, "context canceled")

@@ -32,8 +32,8 @@ def guarded(
 
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
         try:
-            if self.node.leader_id == 0 and wants_leader(context):
-                raise errors.NO_LEADER
+            if self.node.leader_id == 0:
+                await self.node.leader_gate.check(context)
             return await method(self, request, context)
         except EtcdError as exc:
             await abort(context, exc)
@@ -42,11 +42,6 @@ def guarded(
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
     return wrapper
-
-
-def wants_leader(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
-    """Whether the call carries etcd's ``hasleader`` metadata (clientv3 ``WithRequireLeader``)."""
-    return any(k == "hasleader" and v == "true" for k, v in context.invocation_metadata() or ())
 
 
 class Headers:

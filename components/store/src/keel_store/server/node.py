@@ -55,6 +55,7 @@ from keel_store.server.calls import (
     CALL_TTL,
 )
 from keel_store.server.config import NodeConfig
+from keel_store.server.leader_gate import LeaderGate
 from keel_store.server.membership import MembershipMixin, force_new_cluster
 from keel_store.server.outbox import Outbox
 from keel_store.server.reads import ReadIndexMixin
@@ -136,6 +137,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._next_id = self._rng.getrandbits(40)
         self.last_snapshot_index = 0
         self.leader_changed = asyncio.Event()
+        self.leader_gate = LeaderGate(lambda: self.raft.leader, config.election_ms / 1000)
+        """etcd's ``hasleader`` checks for calls made with clientv3's ``WithRequireLeader``."""
         self.tokens: TokenProvider = config.token_provider or SimpleTokens()
         """Issues auth tokens and maps them back to users (``--auth-token``)."""
         self.attributes: dict[int, tuple[str, list[str]]] = {}
@@ -237,6 +240,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             asyncio.create_task(self._run()),
             asyncio.create_task(self._ticker()),
             asyncio.create_task(self._advance_election_ticks()),
+            asyncio.create_task(self.leader_gate.monitor()),
         ]
         self._wake.set()
 
@@ -599,6 +603,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             if soft.leader != 0:
                 self.stats.leader_changes += 1
             self._known_leader = soft.leader
+            self.leader_gate.leader_seen(soft.leader)
             if self._known_leader != 0 and (self._parked or self._reads):
                 self._submit(self._unpark)
         self.leader_changed.set()

@@ -71,16 +71,22 @@ class LeaseService(rpcgrpc.LeaseServicer):  # type: ignore[misc]
     async def LeaseKeepAlive(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        """One response per request; TTL 0 means the lease is gone (etcd's convention)."""
-        async for req in request_iterator:
-            try:
-                ttl = await self.node.keep_alive(req.ID)
-            except EtcdError as exc:
-                await abort(context, exc)
-                return
-            resp = rpcpb.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
-            self.headers.fill(resp.header)
-            yield resp
+        """One response per request; TTL 0 means the lease is gone (etcd's convention).
+        With ``hasleader`` (every clientv3 keep-alive) it needs a leader, as etcd's."""
+        try:
+            await self.node.leader_gate.check(context)
+        except EtcdError as exc:
+            await abort(context, exc)
+        with self.node.leader_gate.registered(context):
+            async for req in request_iterator:
+                try:
+                    ttl = await self.node.keep_alive(req.ID)
+                except EtcdError as exc:
+                    await abort(context, exc)
+                    return
+                resp = rpcpb.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
+                self.headers.fill(resp.header)
+                yield resp
 
     @guarded
     async def LeaseTimeToLive(self, request: Any, context: Any) -> Any:

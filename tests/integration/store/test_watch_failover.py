@@ -157,3 +157,35 @@ def test_etcdctl_watch_on_a_member_left_without_leader_is_cancelled(make_cluster
         watch.kill()
         watch.wait(10)
     assert "watch was canceled (etcdserver: no leader)" in err
+
+
+@pytest.mark.parametrize("binary", ["keel", "etcd"])
+def test_etcdctl_lease_keep_alive_outlives_each_member(make_cluster, binary) -> None:
+    """`etcdctl lease keep-alive` over three endpoints keeps a 3 s lease (and its key)
+    alive while each member in turn is killed -9 and restarted."""
+    cluster = make_cluster(3, binary=binary)
+    endpoints = ",".join(m.endpoint for m in cluster.members)
+    lease = etcdctl(endpoints, "lease", "grant", "3").stdout.split()[1]
+    etcdctl(endpoints, "put", "held", "1", f"--lease={lease}")
+    keeper = subprocess.Popen(
+        [ETCDCTL, f"--endpoints={endpoints}", "lease", "keep-alive", lease],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
+    try:
+        for member in cluster.members:
+            time.sleep(1.0)
+            member.kill(signal.SIGKILL)
+            time.sleep(1.0)
+            member.start()
+            cluster.wait_ready(member)
+        time.sleep(4.0)  # longer than the TTL: only the keep-alives hold it
+        alive = keeper.poll() is None
+    finally:
+        keeper.kill()
+        _, err = keeper.communicate(timeout=10)
+    assert alive, f"etcdctl lease keep-alive ended: {err}"
+    got = etcdctl(endpoints, "get", "held", "--print-value-only").stdout
+    assert got == "1\n", "the lease expired: its key is gone"

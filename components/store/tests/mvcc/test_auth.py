@@ -69,3 +69,13 @@ def test_auth_survives_snapshots() -> None:
     assert back.auth.allowed("alice", b"/app/x", b"", write=True)
     assert back.auth.users["alice"].password_hash == b"hash"
     assert back.auth.role_get("app").perm[0].key == b"/app/"
+
+
+def test_root_role_is_not_found_until_added() -> None:
+    """etcd 3.4 answers ``role name not found`` for ``root`` until a role of that name
+    exists, though the root user may hold it."""
+    store = setup_store()
+    store.apply(rpcpb.AuthUserGrantRoleRequest(user="root", role="root"))
+    with pytest.raises(auth.EtcdError) as exc:
+        store.role_get("root")
+    assert exc.value == auth.ROLE_NOT_FOUND

@@ -218,8 +218,8 @@ class AuthStore:
         return rpcpb.AuthUserGetResponse(roles=sorted(user.roles))
 
     def role_get(self, name: str) -> rpcpb.AuthRoleGetResponse:
-        if name == ROOT and name not in self.roles:
-            return rpcpb.AuthRoleGetResponse()
+        """The role's permissions; ``root`` too is not found until a role of that name
+        is added (etcd 3.4: granting the root role needs no such role)."""
         perms = self.roles.get(name)
         if perms is None:
             raise ROLE_NOT_FOUND

@@ -476,6 +476,34 @@ def three_member_answers(cluster: Cluster) -> list[tuple[str, int, str, str]]:
     run("member update unknown", eps, *update, "1234", "--peer-urls=http://127.0.0.1:8")
     run("member update taken URL", eps, *update, subst.hex["TARGET"], f"--peer-urls=http://{peer}")
     run("member list", eps, "member", "list", "-w", "table")
+    # Failures: the new leader moving leadership to a member that is down (both wait
+    # for the client's deadline), then a member without a leader: endpoint status
+    # says so, and a put that never reaches a leader ends at the request timeout.
+    other.kill()
+    short = ["--command-timeout=8s"]  # longer than the 7 s request timeout
+    run("move-leader to a dead member", target.endpoint, *short, "move-leader", subst.hex["OTHER"])
+    # At the client's deadline the server's "leader transfer took too long" and the
+    # client's own deadline race (on etcd as well; when the server's answer wins, the
+    # client retries once more): the first answer and the end, told the same way.
+    label, code, stdout, stderr = out.pop()
+    for theirs, ours in (
+        ("Unavailable desc = etcdserver: request timed out, leader transfer took too long",
+         "DeadlineExceeded desc = context deadline exceeded"),
+        ("etcdserver: request timed out, leader transfer took too long",
+         "context deadline exceeded"),
+    ):  # fmt: skip
+        stderr = stderr.replace(theirs, ours)
+    lines = stderr.splitlines()
+    out.append((label, code, stdout, "\n".join(lines[:1] + lines[-1:])))
+    leader.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        r = etcdctl(target.endpoint, "endpoint", "status", "-w", "json", check=False)
+        if r.returncode == 0 and not json.loads(r.stdout)[0]["Status"].get("leader"):
+            break
+        time.sleep(0.2)
+    run("endpoint status without a leader", target.endpoint, "endpoint", "status", "-w", "json")
+    run("put without a leader", target.endpoint, "put", "k", "v")
     return out
 
 
@@ -483,14 +511,16 @@ def test_three_members_move_leader_member_update_cluster_endpoints(make_cluster)
     """On three members: endpoint status/health/hashkv and defrag with --cluster,
     member list in each format, member add --learner and member update, and
     move-leader (to a learner, to an unknown ID, from a follower; then from the
-    leader to a follower, which endpoint status shows as the leader after): as etcd."""
+    leader to a follower, which endpoint status shows as the leader after; to a
+    member that is down); with two members down, endpoint status (its "no leader"
+    error) and a put: as etcd."""
     answers = {}
     for kind in ("keel", "etcd"):
         cluster = make_cluster(3, binary=kind)
         answers[kind] = three_member_answers(cluster)
         cluster.stop()
     for mine, ref in zip(answers["keel"], answers["etcd"], strict=True):
-        assert mine == ref, mine[0]
+        assert mine == ref, f"{mine[0]}:\nkeel-store: {mine[1:]}\netcd: {ref[1:]}"
 
 
 def _popen(*args: str, stdin: bool = False) -> subprocess.Popen[str]:

@@ -69,3 +69,37 @@ def test_auth_survives_snapshots() -> None:
     assert back.auth.allowed("alice", b"/app/x", b"", write=True)
     assert back.auth.users["alice"].password_hash == b"hash"
     assert back.auth.role_get("app").perm[0].key == b"/app/"
+
+
+def test_revision_and_enabled_row_move_as_etcds() -> None:
+    """etcd 3.4's auth revision: 1 in a new store, bumped by changes only (not by a
+    refused request, nor one that changes nothing, nor by enabling); the
+    ``authEnabled`` row exists once auth was enabled or disabled."""
+    store = AuthStore()
+    assert (store.revision, store.flag_stored) == (1, False)
+    store = setup_store()  # user add x2, role add, grant permission, grant role
+    assert store.revision == 6
+    with pytest.raises(auth.EtcdError):
+        store.apply(rpcpb.AuthUserAddRequest(name="alice", password="x"))
+    store.apply(rpcpb.AuthUserGrantRoleRequest(user="alice", role="app"))  # held already
+    store.apply(rpcpb.AuthDisableRequest())  # already off
+    assert (store.revision, store.flag_stored) == (6, False)
+    store.apply(rpcpb.AuthUserGrantRoleRequest(user="root", role="root"))
+    store.apply(rpcpb.AuthEnableRequest())
+    store.apply(rpcpb.AuthEnableRequest())
+    assert (store.revision, store.flag_stored, store.enabled) == (7, True, True)
+    store.apply(rpcpb.AuthDisableRequest())
+    assert (store.revision, store.enabled) == (8, False)
+    back = AuthStore.from_json(store.to_json())
+    assert (back.revision, back.flag_stored) == (8, True)
+    assert AuthStore.from_json({}).revision == 1
+
+
+def test_root_role_is_not_found_until_added() -> None:
+    """etcd 3.4 answers ``role name not found`` for ``root`` until a role of that name
+    exists, though the root user may hold it."""
+    store = setup_store()
+    store.apply(rpcpb.AuthUserGrantRoleRequest(user="root", role="root"))
+    with pytest.raises(auth.EtcdError) as exc:
+        store.role_get("root")
+    assert exc.value == auth.ROLE_NOT_FOUND

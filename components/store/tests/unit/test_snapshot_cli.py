@@ -39,7 +39,8 @@ def test_status_simple_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[st
     _snapshot(tmp_path / "s.db")
     assert daemon.main(["snapshot", "status", str(tmp_path / "s.db")]) == 0
     simple = capsys.readouterr().out.strip().split(", ")
-    assert simple[1:3] == ["21", str(20 + 4)]  # + consistent_index, clusterVersion, auth 2
+    # + consistent_index, clusterVersion, authRevision (no authEnabled: never toggled)
+    assert simple[1:3] == ["21", str(20 + 3)]
     assert daemon.main(["snapshot", "status", str(tmp_path / "s.db"), "-w", "json"]) == 0
     assert '"revision":21' in capsys.readouterr().out
 

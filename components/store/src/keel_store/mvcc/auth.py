@@ -80,9 +80,15 @@ class AuthStore:
         self.enabled = False
         self.users: dict[str, User] = {}
         self.roles: dict[str, list[Perm]] = {}
-        self.revision = 0
-        """Bumped on every change: tokens minted before a change stay valid (etcd
-        re-checks permissions per request, so no token revocation is needed here)."""
+        self.revision = 1
+        """etcd's auth revision: 1 in a new store (etcd's ``NewAuthStore`` commits it),
+        bumped by every change that succeeds and changes something, but not by
+        enabling (etcd's ``AuthEnable`` does not commit it). A JWT carries the
+        revision it was issued at and is refused once it is older."""
+        self.flag_stored = False
+        """Whether etcd would hold an ``auth/authEnabled`` row: written by the first
+        enable or disable that does something, absent in a store that never had one."""
+        self._bump = True
 
     # --- queries --------------------------------------------------------------------------
 
@@ -104,22 +110,36 @@ class AuthStore:
     # --- commands (applied through the log) ---------------------------------------------
 
     def apply(self, req: object) -> object:
-        """Apply one auth request message; returns its response (without header)."""
-        self.revision += 1
+        """Apply one auth request message; returns its response (without header).
+
+        The revision moves as etcd's: not on a refused request, nor on one that
+        changes nothing (enabling again, disabling again, granting a held role).
+        """
+        self._bump = True
         name = type(req).__name__
-        return getattr(self, "_" + name)(req)
+        resp = getattr(self, "_" + name)(req)
+        if self._bump:
+            self.revision += 1
+        return resp
 
     def _AuthEnableRequest(self, req: rpcpb.AuthEnableRequest) -> object:
+        self._bump = False
+        if self.enabled:
+            return rpcpb.AuthEnableResponse()
         root = self.users.get(ROOT)
         if root is None:
             raise ROOT_USER_MISSING
         if ROOT not in root.roles:
             raise ROOT_ROLE_MISSING
-        self.enabled = True
+        self.enabled = self.flag_stored = True
         return rpcpb.AuthEnableResponse()
 
     def _AuthDisableRequest(self, req: rpcpb.AuthDisableRequest) -> object:
+        if not self.enabled:
+            self._bump = False
+            return rpcpb.AuthDisableResponse()
         self.enabled = False
+        self.flag_stored = True
         return rpcpb.AuthDisableResponse()
 
     def _AuthUserAddRequest(self, req: rpcpb.AuthUserAddRequest) -> object:
@@ -152,6 +172,8 @@ class AuthStore:
             raise USER_NOT_FOUND
         if req.role != ROOT and req.role not in self.roles:
             raise ROLE_NOT_FOUND
+        if req.role in user.roles:
+            self._bump = False
         user.roles.add(req.role)
         return rpcpb.AuthUserGrantRoleResponse()
 
@@ -218,8 +240,8 @@ class AuthStore:
         return rpcpb.AuthUserGetResponse(roles=sorted(user.roles))
 
     def role_get(self, name: str) -> rpcpb.AuthRoleGetResponse:
-        if name == ROOT and name not in self.roles:
-            return rpcpb.AuthRoleGetResponse()
+        """The role's permissions; ``root`` too is not found until a role of that name
+        is added (etcd 3.4: granting the root role needs no such role)."""
         perms = self.roles.get(name)
         if perms is None:
             raise ROLE_NOT_FOUND
@@ -233,6 +255,7 @@ class AuthStore:
     def to_json(self) -> dict[str, object]:
         return {
             "enabled": self.enabled,
+            "flag_stored": self.flag_stored,
             "revision": self.revision,
             "users": [
                 [u.name, u.password_hash.decode(), sorted(u.roles), u.no_password]
@@ -248,7 +271,8 @@ class AuthStore:
     def from_json(cls, doc: dict[str, object]) -> AuthStore:
         store = cls()
         store.enabled = bool(doc.get("enabled"))
-        store.revision = int(doc.get("revision", 0))  # type: ignore[call-overload]
+        store.flag_stored = bool(doc.get("flag_stored", store.enabled))
+        store.revision = int(doc.get("revision", 1))  # type: ignore[call-overload]
         for name, pw, roles, no_pw in doc.get("users", []):  # type: ignore[attr-defined]
             store.users[name] = User(name, pw.encode(), set(roles), no_pw)
         for name, perms in doc.get("roles", {}).items():  # type: ignore[attr-defined]

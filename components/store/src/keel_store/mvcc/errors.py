@@ -86,6 +86,12 @@ LEADER_CHANGED = _e(Code.UNAVAILABLE, "etcdserver: leader changed")
 NOT_LEADER = _e(Code.FAILED_PRECONDITION, "etcdserver: not leader")
 BAD_LEADER_TRANSFEREE = _e(Code.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
 TIMEOUT = _e(Code.UNAVAILABLE, "etcdserver: request timed out")
+PROPOSE_DEADLINE = _e(Code.UNKNOWN, "context deadline exceeded")
+"""A proposal that never reached a leader: etcd's raft Propose blocks while there is
+none and returns the request context's error, which gRPC sends as Unknown."""
+TIMEOUT_LEADER_TRANSFER = _e(
+    Code.UNAVAILABLE, "etcdserver: request timed out, leader transfer took too long"
+)
 NOT_CAPABLE = _e(Code.UNAVAILABLE, "etcdserver: not capable")
 STOPPED = _e(Code.UNAVAILABLE, "etcdserver: server stopped")
 AUTH_NOT_ENABLED = _e(Code.FAILED_PRECONDITION, "etcdserver: authentication is not enabled")

@@ -6,13 +6,15 @@ The buckets and keys are etcd's (``mvcc/kvstore.go``, ``lease/lessor.go``,
 ======================  ==============================================================
 ``key``                 ``main u64 BE, '_', sub u64 BE`` (+ ``'t'`` for a deletion) ->
                         marshalled ``mvccpb.KeyValue`` (a deletion: only its key)
-``meta``                ``consistent_index`` (u64 BE), ``finishedCompactRev`` and
-                        ``scheduledCompactRev`` (a revision key, sub 0)
+``meta``                ``consistent_index`` (u64 BE; once the key space had a write),
+                        ``finishedCompactRev`` and ``scheduledCompactRev`` (a revision
+                        key, sub 0)
 ``lease``               lease ID (i64 BE) -> ``leasepb.Lease{ID, TTL, RemainingTTL}``
 ``members``             member ID in hex -> JSON ``{"id", "peerURLs", "name", ...}``
 ``members_removed``     member ID in hex -> ``removed``
 ``cluster``             ``clusterVersion`` -> ``3.4.0``
-``auth``                ``authEnabled`` (one byte), ``authRevision`` (u64 BE)
+``auth``                ``authEnabled`` (one byte, once enabled or disabled),
+                        ``authRevision`` (u64 BE)
 ``authUsers``           name -> ``authpb.User``; ``authRoles``: name -> ``authpb.Role``
 ``alarm``               marshalled ``AlarmMember`` -> empty
 ======================  ==============================================================
@@ -158,7 +160,10 @@ def to_buckets(sm: StateMachine) -> Bucket:
     for row in key_bucket(sm, sm.kv.revision):
         keys.items[row.key] = row.value
     meta = root.bucket(b"meta")
-    meta.items[b"consistent_index"] = _U64.pack(sm.applied_index)
+    if sm.kv.revision > 1:
+        # etcd 3.4 saves its consistent index with a key-space write (storeTxnWrite.End),
+        # so a store that never had one has an empty meta bucket.
+        meta.items[b"consistent_index"] = _U64.pack(sm.applied_index)
     if sm.kv.compact_revision >= 0:
         meta.items[b"finishedCompactRev"] = revision_key(sm.kv.compact_revision, 0)
         meta.items[b"scheduledCompactRev"] = revision_key(sm.kv.compact_revision, 0)
@@ -177,7 +182,8 @@ def to_buckets(sm: StateMachine) -> Bucket:
         members.items[format(m.id, "x").encode()] = json.dumps(doc, separators=(",", ":")).encode()
     root.bucket(b"cluster").items[b"clusterVersion"] = CLUSTER_VERSION
     auth = root.bucket(b"auth")
-    auth.items[b"authEnabled"] = _ENABLED if sm.auth.enabled else _DISABLED
+    if sm.auth.flag_stored:  # etcd writes it at the first enable or disable
+        auth.items[b"authEnabled"] = _ENABLED if sm.auth.enabled else _DISABLED
     auth.items[b"authRevision"] = _U64.pack(sm.auth.revision)
     users = root.bucket(b"authUsers")
     for user in sm.auth.users.values():
@@ -286,8 +292,11 @@ def _load_auth(db: Database) -> AuthStore:
     store = AuthStore()
     auth = _bucket(db, b"auth").items
     store.enabled = auth.get(b"authEnabled") == _ENABLED
+    store.flag_stored = b"authEnabled" in auth
+    store.revision = 0
     if len(rev := auth.get(b"authRevision", b"")) == 8:
         (store.revision,) = _U64.unpack(rev)
+    store.revision = max(store.revision, 1)  # etcd's NewAuthStore commits 1 over 0
     try:
         for raw in _bucket(db, b"authUsers").items.values():
             user = authpb.User()

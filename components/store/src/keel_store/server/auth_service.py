@@ -12,6 +12,7 @@ needs the root role once authentication is enabled.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import bcrypt
@@ -40,10 +41,14 @@ class AuthService(rpcgrpc.AuthServicer):  # type: ignore[misc]
         self.headers.fill(resp.header)
         return resp
 
-    async def _read(self, resp: Any, context: Any, *, self_ok: bool = False) -> Any:
+    async def _read(self, answer: Callable[[], Any], context: Any, *, self_ok: bool = False) -> Any:
+        """``answer()`` after the permission check and the read barrier, as etcd: a
+        user that may not read gets ``permission denied`` whether or not the user or
+        role asked for exists, and the answer is taken at the linearized point."""
         if not self_ok:
             require_root(self.node, context)
         await self.node.read_barrier()
+        resp = answer()
         self.headers.fill(resp.header)
         return resp
 
@@ -125,12 +130,15 @@ class AuthService(rpcgrpc.AuthServicer):  # type: ignore[misc]
     async def UserGet(self, request: Any, context: Any) -> Any:
         """A user may read itself; anything else needs root (as etcd)."""
         own = auth_user(self.node, context) == request.name
-        return await self._read(self.node.sm.auth.user_get(request.name), context, self_ok=own)
+        return await self._read(
+            lambda: self.node.sm.auth.user_get(request.name), context, self_ok=own
+        )
 
     @guarded
     async def UserList(self, request: Any, context: Any) -> Any:
-        users = sorted(self.node.sm.auth.users)
-        return await self._read(rpcpb.AuthUserListResponse(users=users), context)
+        return await self._read(
+            lambda: rpcpb.AuthUserListResponse(users=sorted(self.node.sm.auth.users)), context
+        )
 
     @guarded
     async def RoleGet(self, request: Any, context: Any) -> Any:
@@ -138,9 +146,12 @@ class AuthService(rpcgrpc.AuthServicer):  # type: ignore[misc]
         user = auth_user(self.node, context)
         holder = self.node.sm.auth.users.get(user or "")
         own = holder is not None and request.role in holder.roles
-        return await self._read(self.node.sm.auth.role_get(request.role), context, self_ok=own)
+        return await self._read(
+            lambda: self.node.sm.auth.role_get(request.role), context, self_ok=own
+        )
 
     @guarded
     async def RoleList(self, request: Any, context: Any) -> Any:
-        roles = sorted(self.node.sm.auth.roles)
-        return await self._read(rpcpb.AuthRoleListResponse(roles=roles), context)
+        return await self._read(
+            lambda: rpcpb.AuthRoleListResponse(roles=sorted(self.node.sm.auth.roles)), context
+        )

@@ -82,6 +82,10 @@ class _Context:
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("token", self.token),) if self.token else ()
 
+    def time_remaining(self) -> float | None:
+        """No deadline: an HTTP request carries none (grpc-gateway sets none either)."""
+        return None
+
     async def abort(self, code: grpc.StatusCode, message: str) -> None:
         raise CallError(code, message)
 

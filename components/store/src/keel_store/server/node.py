@@ -75,7 +75,13 @@ log = logging.getLogger("keel_store.node")
 _EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 """Leader messages that may leave before the leader's own fsync."""
 
-_PROPOSAL_FAILURES = (errors.TIMEOUT, errors.LEADER_CHANGED, errors.NO_LEADER, errors.STOPPED)
+_PROPOSAL_FAILURES = (
+    errors.TIMEOUT,
+    errors.PROPOSE_DEADLINE,
+    errors.LEADER_CHANGED,
+    errors.NO_LEADER,
+    errors.STOPPED,
+)
 """Proposals that end so count as failed (etcd's ``proposals_failed_total``)."""
 
 _COMPACT_STEP = 5000
@@ -824,7 +830,11 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         # Not asyncio.wait_for: its extra future costs the handler one more loop turn
         # after the apply resolves ``fut`` (measured ~10 us per put). No timer for a
         # proposal answered at once.
-        timer = None if fut.done() else loop.call_later(self.config.request_timeout, _time_out, fut)
+        timer = (
+            None
+            if fut.done()
+            else loop.call_later(self.config.request_timeout, self._time_out, fut)
+        )
         try:
             return await fut
         except EtcdError as exc:
@@ -855,6 +865,15 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             self._parked.append((data, fut))
             return
         self.transport.send(leader, transport.CALL, _CALL.pack(0, CALL_PROPOSE) + data)
+
+    def _time_out(self, fut: asyncio.Future[Any]) -> None:
+        """A proposal's time is up: ``request timed out`` once it reached a leader; one
+        still parked (no leader all along) fails as etcd's, whose raft Propose blocks
+        without a leader until the request's context ends."""
+        if fut.done():
+            return
+        parked = any(f is fut for _, f in self._parked)
+        fut.set_exception(errors.PROPOSE_DEADLINE if parked else errors.TIMEOUT)
 
     def _unpark(self) -> None:
         parked, self._parked = self._parked, []
@@ -964,14 +983,16 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         reply = await self._leader_call(CALL_LEARNER_READY, struct.pack(">Q", member_id))
         return reply == b"\x01"
 
-    async def transfer_leadership(self, target: int) -> None:
-        """Hand leadership to ``target`` and wait until it leads (or time out)."""
+    async def transfer_leadership(self, target: int, timeout: float | None = None) -> None:
+        """Hand leadership to ``target`` and wait until it leads, for ``timeout`` seconds
+        (the client's deadline, as etcd waits; default the request timeout)."""
         self._submit(lambda: self.raft.transfer_leadership(target))
-        deadline = asyncio.get_running_loop().time() + self.config.request_timeout
+        wait = self.config.request_timeout if timeout is None else timeout
+        deadline = asyncio.get_running_loop().time() + wait
         while self.raft.leader != target:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                raise errors.TIMEOUT
+                raise errors.TIMEOUT_LEADER_TRANSFER
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.leader_changed.wait(), remaining)
 
@@ -1048,11 +1069,6 @@ more than it saves."""
 
 _HASH_REPLY = struct.Struct(">Iqq")
 """CALL_HASHKV's answer after a status byte: hash, current revision, compact revision."""
-
-
-def _time_out(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(errors.TIMEOUT)
 
 
 def _lease_revoke(lease_id: int) -> PbMessage:

@@ -204,6 +204,8 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
             raftTerm=node.term,
             raftAppliedIndex=node.applied_index,
         )
+        if not node.leader_id:  # as etcd's Status: then the alarms
+            resp.errors.append(errors.NO_LEADER.message)
         for member, kind in sorted(node.sm.alarms):
             resp.errors.append(f"memberID:{member} alarm:{rpcpb.AlarmType.Name(kind)}")
         self.headers.fill(resp.header)
@@ -275,5 +277,7 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
         target = node.sm.members.get(request.targetID)
         if target is None or target.is_learner:
             raise errors.BAD_LEADER_TRANSFEREE
-        await node.transfer_leadership(request.targetID)
+        # As etcd's: wait until the target leads or the client's deadline passes (the
+        # server then ends the call "context deadline exceeded", as etcd's client sees).
+        await node.transfer_leadership(request.targetID, context.time_remaining())
         return rpcpb.MoveLeaderResponse()  # no header, as etcd's

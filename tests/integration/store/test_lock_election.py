@@ -72,7 +72,13 @@ class Names:
 
 
 def error(exc: grpc.RpcError) -> tuple[str, str]:
-    return (exc.code().name, exc.details())  # type: ignore[attr-defined]
+    code = exc.code().name  # type: ignore[attr-defined]
+    if code == "DEADLINE_EXCEEDED":
+        # The client's own timer ("Deadline Exceeded") or the server's status sent at
+        # the same moment ("context deadline exceeded", grpc-go's and keel-store's):
+        # which arrives first is a race on a loaded machine, for either server.
+        return (code, "deadline exceeded")
+    return (code, exc.details())  # type: ignore[attr-defined]
 
 
 class Grpc:
@@ -160,7 +166,7 @@ def test_grpc_lock_contention_matches_etcd(make_cluster: Any) -> None:
     assert got[4][1]["key"] == "job/B", got
     assert got[5] == ("D waits", True), got
     assert got[6][1]["key"] == "job/D", got
-    assert got[7] == ("DEADLINE_EXCEEDED", "Deadline Exceeded"), got
+    assert got[7] == ("DEADLINE_EXCEEDED", "deadline exceeded"), got
     assert got[8] == ("keys", ["job/D"]), got
     assert got[9] == ("UNKNOWN", "etcdserver: requested lease not found")
     assert got[10] == ("UNKNOWN", "etcdserver: key is not provided")

@@ -491,6 +491,12 @@ def three_member_answers(cluster: Cluster) -> list[tuple[str, int, str, str]]:
          "DeadlineExceeded desc = context deadline exceeded"),
         ("etcdserver: request timed out, leader transfer took too long",
          "context deadline exceeded"),
+        # The server's own answer at the deadline (etcd: its handler's ctx.Err(),
+        # Unknown) against the client's timer, on either server:
+        ("code = Unknown desc = context deadline exceeded",
+         "code = DeadlineExceeded desc = context deadline exceeded"),
+        ("Error: rpc error: code = DeadlineExceeded desc = context deadline exceeded",
+         "Error: context deadline exceeded"),
     ):  # fmt: skip
         stderr = stderr.replace(theirs, ours)
     lines = stderr.splitlines()

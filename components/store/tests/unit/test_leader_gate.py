@@ -28,6 +28,13 @@ class Context:
     def cancel_with(self, code: grpc.StatusCode, details: str) -> None:
         self.cancelled.append((code, details))
 
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
+class Aborted(Exception):
+    """What the context's ``abort`` raised."""
+
 
 def gate(election_s: float = 0.2) -> tuple[LeaderGate, list[int]]:
     leader = [1]
@@ -89,8 +96,8 @@ def test_open_streams_are_cancelled_after_three_timeouts_without_a_leader() -> N
         g, leader = gate(election_s=0.02)
         monitor = asyncio.create_task(g.monitor())
         open_one, plain, gone = Context(), Context(has_leader=False), Context()
-        with g.registered(open_one), g.registered(plain):
-            with g.registered(gone):
+        async with g.stream(open_one), g.stream(plain):
+            async with g.stream(gone):
                 pass
             await asyncio.sleep(0.2)
             assert open_one.cancelled == [], "cancelled while the member has a leader"
@@ -107,3 +114,21 @@ def test_open_streams_are_cancelled_after_three_timeouts_without_a_leader() -> N
     assert open_one.cancelled == [(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")]
     assert timeouts >= NO_LEADER_TIMEOUTS - 1
     assert (plain.cancelled, gone.cancelled) == ([], [])
+
+
+def test_a_stream_without_a_leader_is_aborted_and_not_registered() -> None:
+    async def scenario() -> tuple[Aborted, bool]:
+        g, leader = gate(election_s=30)
+        leader[0] = 0
+        refused = Context()
+        entered = False
+        with pytest.raises(Aborted) as aborted:
+            async with g.stream(refused):
+                entered = True
+        async with g.stream(Context(has_leader=False)):  # without the metadata: served
+            pass
+        return aborted.value, entered or bool(g.streams)
+
+    aborted, entered = asyncio.run(scenario())
+    assert aborted.args == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+    assert not entered

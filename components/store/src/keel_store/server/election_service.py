@@ -30,9 +30,7 @@ from keel_store.server.concurrency import (
     CallerClients,
     Client,
     InnerError,
-    check_leader,
     cleanup,
-    fail,
     first_create,
     served,
 )
@@ -133,17 +131,13 @@ class ElectionService(CallerClients, electiongrpc.ElectionServicer):  # type: ig
 
     async def Observe(self, request: Any, context: Any) -> AsyncIterator[Any]:
         """The leader now and each change after: new values, new leaders, in order."""
-        try:
-            await check_leader(self.node, context)
-        except InnerError as exc:
-            await fail(context, exc)
-        client = self._client(context)
-        try:
-            with self.node.leader_gate.registered(context):
+        async with self.node.leader_gate.stream(context):
+            client = self._client(context)
+            try:
                 async for resp in self._observe(client, request.name + b"/"):
                     yield resp
-        except (InnerError, EtcdError):
-            return  # etcd's Observe closes its channel: the stream ends, status OK
+            except (InnerError, EtcdError):
+                return  # etcd's Observe closes its channel: the stream ends, status OK
 
     async def _observe(self, client: Client, prefix: bytes) -> AsyncIterator[Any]:
         """clientv3/concurrency ``Election.observe``."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -82,11 +82,23 @@ class LeaderGate:
         if not self._leader() and wants_leader(context) and not await self.has_leader():
             raise errors.NO_LEADER
 
+    @contextlib.asynccontextmanager
+    async def stream(self, context: Any) -> AsyncIterator[None]:
+        """Around the body of a streaming call (Watch, LeaseKeepAlive, Observe): a
+        ``hasleader`` call without a leader is refused (:meth:`check`, the call aborted
+        with ``Unavailable "etcdserver: no leader"``); one that passes and whose context
+        can be cancelled (``cancel_with``) is cancelled by :meth:`monitor` when the
+        member later stays without a leader."""
+        try:
+            await self.check(context)
+        except errors.EtcdError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+            raise  # abort raises; a context whose abort returns still ends here
+        with self._registered(context):
+            yield
+
     @contextlib.contextmanager
-    def registered(self, context: Any) -> Iterator[None]:
-        """Around the body of a streaming call that passed :meth:`check`: a
-        ``hasleader`` call whose context can be cancelled (``cancel_with``) is cancelled
-        by :meth:`monitor` when the member stays without a leader."""
+    def _registered(self, context: Any) -> Iterator[None]:
         registered = wants_leader(context) and hasattr(context, "cancel_with")
         if registered:
             self.streams.add(context)

@@ -73,11 +73,7 @@ class LeaseService(rpcgrpc.LeaseServicer):  # type: ignore[misc]
     ) -> AsyncIterator[Any]:
         """One response per request; TTL 0 means the lease is gone (etcd's convention).
         With ``hasleader`` (every clientv3 keep-alive) it needs a leader, as etcd's."""
-        try:
-            await self.node.leader_gate.check(context)
-        except EtcdError as exc:
-            await abort(context, exc)
-        with self.node.leader_gate.registered(context):
+        async with self.node.leader_gate.stream(context):
             async for req in request_iterator:
                 try:
                     ttl = await self.node.keep_alive(req.ID)

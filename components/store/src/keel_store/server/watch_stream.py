@@ -28,7 +28,7 @@ from keel_store.mvcc.errors import Code, EtcdError
 from keel_store.mvcc.keyspace import Event
 from keel_store.mvcc.watch import MAX_QUEUED_EVENTS, RESUME_BELOW, Watcher, add_events
 from keel_store.pb import rpcgrpc, rpcpb
-from keel_store.server.kv_service import Headers, abort, require
+from keel_store.server.kv_service import Headers, require
 from keel_store.server.node import StoreNode
 from keel_store.server.watch_fragments import fragments
 
@@ -272,10 +272,6 @@ class WatchService(rpcgrpc.WatchServicer):  # type: ignore[misc]
         )
 
     async def Watch(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-        try:
-            await self.node.leader_gate.check(context)
-        except EtcdError as exc:
-            await abort(context, exc)
-        with self.node.leader_gate.registered(context):
+        async with self.node.leader_gate.stream(context):
             async for resp in self.stream(context).run(request_iterator):
                 yield resp

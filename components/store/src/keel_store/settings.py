@@ -105,7 +105,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         cluster=cluster,
         heartbeat_ms=args.heartbeat_interval,
         election_ms=args.election_timeout,
-        snapshot_count=args.snapshot_count,
+        snapshot_count=args.snapshot_count or 100_000,  # etcd: 0 is the default
         quota_bytes=args.quota_backend_bytes or (2 << 30),
         fsync=not args.unsafe_no_fsync,
         background_snapshots=True,

@@ -44,7 +44,7 @@ from keel_store.raft import (
     SnapshotMeta,
     SoftState,
 )
-from keel_store.server import transport
+from keel_store.server import snapshot_schedule, transport
 from keel_store.server.calls import (
     _CALL,
     CALL_HASHKV,
@@ -696,8 +696,11 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
 
     def _maybe_snapshot(self) -> None:
         applied = self.sm.applied_index
-        if applied - self.last_snapshot_index < self.config.snapshot_count and not (
-            self._snapshot_now
+        count = self.config.snapshot_count
+        offset = snapshot_schedule.phase(self.member_id, self.raft.conf.voters, count)
+        if not (
+            snapshot_schedule.due(applied, self.last_snapshot_index, count, offset)
+            or self._snapshot_now
         ):
             return
         if not self.config.background_snapshots:

@@ -41,6 +41,14 @@ def gate(election_s: float = 0.2) -> tuple[LeaderGate, list[int]]:
     return LeaderGate(lambda: leader[0], election_s), leader
 
 
+def lost(election_s: float) -> tuple[LeaderGate, list[int]]:
+    """A gate whose member has just lost its leader."""
+    g, leader = gate(election_s)
+    leader[0] = 0
+    g.leader_seen(0)
+    return g, leader
+
+
 def test_a_member_that_never_had_a_leader_refuses_at_once() -> None:
     async def scenario() -> None:
         g, leader = gate(election_s=30)
@@ -55,9 +63,7 @@ def test_a_member_that_never_had_a_leader_refuses_at_once() -> None:
 
 def test_a_call_soon_after_the_leader_is_lost_waits_for_the_next() -> None:
     async def scenario() -> float:
-        g, leader = gate(election_s=5)
-        leader[0] = 0
-        g.leader_seen(0)
+        g, leader = lost(election_s=5)
         loop = asyncio.get_running_loop()
         started = loop.time()
 
@@ -76,9 +82,7 @@ def test_a_call_soon_after_the_leader_is_lost_waits_for_the_next() -> None:
 
 def test_no_leader_after_the_grace_is_refused() -> None:
     async def scenario() -> float:
-        g, leader = gate(election_s=0.1)
-        leader[0] = 0
-        g.leader_seen(0)
+        g, _ = lost(election_s=0.1)
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(EtcdError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from keel_store.mvcc import watch
 from keel_store.mvcc.keyspace import BUSY_EVERY, Changes, Event
 from keel_store.mvcc.store import StateMachine
-from keel_store.mvcc.watch import Watcher, WatchHub, add_events
+from keel_store.mvcc.watch import Watcher, WatchHub
 from keel_store.pb import rpcpb
 
 
@@ -70,29 +70,6 @@ def test_watch_delivery_of_a_long_revision_calls_busy_between_and_within_watcher
         assert [e.kv.key for e in events] == [b"k/%06d" % i for i in range(keys)]
         assert all(e.type == Event.DELETE for e in events)
         assert all(e.HasField("prev_kv") == (wid == 2) for e in events)
-
-
-def test_a_long_revision_is_copied_into_a_watch_response_in_slices() -> None:
-    """``add_events``: the sinks copy a long revision's events into their response a
-    slice at a time, calling busy between slices (0.29 s in one piece for 400k)."""
-    keys = 3 * BUSY_EVERY + 1
-    sm = _loaded(keys)
-    hub = WatchHub(sm.kv)
-    sm.listeners.append(hub.notify)
-    resp = rpcpb.WatchResponse()
-    calls: list[int] = []
-
-    def sink(_w: Watcher, events: list[Event]) -> None:
-        add_events(resp.events, events, lambda: calls.append(len(resp.events)))
-
-    hub.watch(Watcher(1, b"k/", b"k0", sink), 0)
-    sm.delete_range(rpcpb.DeleteRangeRequest(key=b"k/", range_end=b"k0"))
-    assert calls == [BUSY_EVERY, 2 * BUSY_EVERY, 3 * BUSY_EVERY]
-    assert [e.kv.key for e in resp.events] == [b"k/%06d" % i for i in range(keys)]
-    short = rpcpb.WatchResponse()
-    add_events(short.events, list(resp.events[:BUSY_EVERY]), lambda: calls.append(-1))
-    assert len(short.events) == BUSY_EVERY
-    assert calls[-1] != -1  # no busy for a short revision
 
 
 def test_the_events_built_for_a_long_revision_are_freed_in_slices(monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ local to a member (not replicated): they only see what this member has applied.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, MutableSequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from keel_store.mvcc.keyspace import BUSY_EVERY, Changes, Event, KeySpace, paced
@@ -83,22 +83,6 @@ class Watcher:
         return out
 
 
-def add_events(
-    target: MutableSequence[Event], events: list[Event], busy: Callable[[], None] | None
-) -> None:
-    """``target.extend(events)`` (a response's repeated ``events``), calling ``busy``
-    between every :data:`~keel_store.mvcc.keyspace.BUSY_EVERY` events: copying one
-    revision's 400k events into a watch response took 0.29 s in one piece, inside the
-    apply, where a leader's heartbeats come only from ``busy``."""
-    if busy is None or len(events) <= BUSY_EVERY:
-        target.extend(events)
-        return
-    for start in range(0, len(events), BUSY_EVERY):
-        if start:
-            busy()
-        target.extend(events[start : start + BUSY_EVERY])
-
-
 class Built:
     """The watch events of one revision built so far, with and without ``prev_kv``."""
 
@@ -149,6 +133,23 @@ class WatchHub:
         self._exact: dict[bytes, set[Watcher]] = {}
         self._ranges: set[Watcher] = set()
         self._slow: set[Watcher] = set()
+        self._held: list[Changes] | None = None
+
+    def hold(self) -> None:
+        """Keep the revisions notified from now on until :meth:`release` (idempotent).
+
+        A member holds them while it applies one entry, so that the entry's request is
+        answered before its watchers' responses are built: with 50 watchers of the
+        written keys, building theirs first put ~0.3 ms before every answer.
+        """
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        """Deliver the held revisions, in order, and stop holding."""
+        held, self._held = self._held, None
+        for changes in held or ():
+            self._deliver(changes)
 
     def rebind(self, kv: KeySpace) -> None:
         """Follow a new key space (after a snapshot was installed); watches stay.
@@ -260,7 +261,14 @@ class WatchHub:
                 del self._exact[watcher.key]
 
     def notify(self, changes: Changes) -> None:
-        """State-machine listener: deliver one applied revision's events."""
+        """State-machine listener: deliver one applied revision's events (or keep
+        them, while held)."""
+        if self._held is not None:
+            self._held.append(changes)
+            return
+        self._deliver(changes)
+
+    def _deliver(self, changes: Changes) -> None:
         touched: dict[Watcher, None] = {}
         if self._exact:
             for key, _, _ in changes.items:

@@ -657,6 +657,17 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             self._wake.set()
 
     def _apply(self, index: int, data: bytes) -> None:
+        # The entry's watchers hear of it once its request is answered, as etcd's
+        # apply only hands events to the watch streams, whose goroutines build and
+        # send the responses. The revision is still the current one then: headers and
+        # ordering are as if delivered inside the apply.
+        self.hub.hold()
+        try:
+            self._apply_entry(index, data)
+        finally:
+            self.hub.release()
+
+    def _apply_entry(self, index: int, data: bytes) -> None:
         try:
             request_id, result = commands.apply(self.sm, index, data)
         except ValueError as exc:  # a corrupt command: skip it on every member alike

@@ -180,6 +180,7 @@ def normalize(text: str, subst: Subst) -> str:
     # Which endpoint the client's balancer picked; IDs printed %16x (space padded).
     text = re.sub(r'"target":"endpoint://client-[^"]*"', '"target":"T"', text)
     text = re.sub(r"Member +", "Member ", text)
+    text = re.sub(r" cluster +", " cluster ", text)  # "added to cluster %16x"
     for field in ("raft_term", "raftTerm", "raftIndex", "raftAppliedIndex", "dbSize"):
         text = re.sub(rf'"{field}":\d+', f'"{field}":N', text)
     # Sizes differ by design; keel-store's in-use figure is 0 (so left out) when empty.

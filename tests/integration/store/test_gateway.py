@@ -94,6 +94,7 @@ def test_gateway_matches_etcd(make_cluster) -> None:
         ("GET", "/health", None),
         ("POST", "/health", None),
         ("GET", "/version", None),
+        ("GET", "/debug/vars", None),
         ("POST", "/v3/kv/range", {"key": "Zm9v"}),
         ("POST", "/v3/watch", {"create_request": {"key": "Zm9v"}}),
         ("POST", "/v3/maintenance/snapshot", {}),

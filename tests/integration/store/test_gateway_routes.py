@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from keel_store.client import Client
+
+from .conftest import Cluster
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(240)]
 
@@ -295,6 +301,9 @@ PATHS = [
     ("GET", "/version/", None),
     ("GET", "/nope", None),
     ("GET", "/v2/keys", None),
+    ("POST", "/debug/vars", ""),
+    ("GET", "/debug/vars/", None),
+    ("GET", "/debug", None),
 ]
 """Unknown routes and paths Go's mux cleans. ``/v3/maintenance/hashkv`` is not a route
 of etcd 3.4 (its HashKV is registered on ``/v3/maintenance/hash``, after Hash, so
@@ -315,6 +324,78 @@ def test_every_route_as_etcd(make_cluster) -> None:
         cases += [("GET", f"/v3/{name}", None, {}), ("POST", f"/v3/{name}/", "{}", {})]
     diffs = compare(keel, etcd, cases)
     assert not diffs, f"{len(diffs)} of {len(cases)} answers differ:\n" + "\n".join(diffs)
+
+
+def debug_vars(member: Any) -> tuple[str, list[str], dict[str, Any]]:
+    port = int(member.client_url.rsplit(":", 1)[1])
+    status, headers, body = parse(request(port, "GET", "/debug/vars", None, {}))
+    # Go's server sends a body past its 2 KiB buffer chunked (etcd's, with memstats).
+    headers = [h for h in headers if h.lower() != "transfer-encoding: chunked"]
+    return status, headers, json.loads(body)  # one document on several lines
+
+
+def test_debug_vars_as_etcd(make_cluster) -> None:
+    """``GET /debug/vars``, three members each: the same status, headers and variables
+    as etcd (but Go's ``memstats``), and ``raft.status`` as etcd's raft writes it: the
+    leader's view of every member's progress, a follower's without any."""
+    shapes = {}
+    for binary in ("keel", "etcd"):
+        cluster = make_cluster(3, binary=binary)
+        with Client([m.endpoint for m in cluster.members], timeout=5) as client:
+            revision = client.put("k", "v")
+        leader = cluster.leader()
+        ids = {st["Endpoint"]: st["Status"]["header"]["member_id"] for st in cluster.status()}
+        pages = {}
+        for m in cluster.members:
+            status, headers, body = debug_vars(m)
+            raft = body["raft.status"]
+            assert raft["id"] == f"{ids[m.endpoint]:x}"
+            assert raft["lead"] == f"{ids[leader.endpoint]:x}"
+            assert raft["leadtransferee"] == "0"
+            assert raft["applied"] <= raft["commit"]
+            assert raft["term"] >= 1
+            assert raft["vote"] in {f"{i:x}" for i in [0, *ids.values()]}
+            if m is leader:
+                assert raft["raftState"] == "StateLeader"
+                assert set(raft["progress"]) == {f"{i:x}" for i in ids.values()}
+                for pr in raft["progress"].values():
+                    assert pr["state"] == "StateReplicate"
+                    assert revision <= pr["match"] < pr["next"]
+            else:
+                assert (raft["raftState"], raft["progress"]) == ("StateFollower", {})
+            assert isinstance(body["cmdline"], list)
+            assert body["cmdline"]
+            assert body["file_descriptor_limit"] > 0
+            pages[m is leader] = (status, headers, sorted(body), sorted(raft))
+        shapes[binary] = pages
+    etcd = {
+        k: (st, h, [n for n in names if n != "memstats"], r)
+        for k, (st, h, names, r) in shapes["etcd"].items()
+    }
+    assert "memstats" in shapes["etcd"][True][2]
+    assert shapes["keel"] == etcd
+
+
+def test_open_files_limit_raised_as_etcd(tmp_path: Path) -> None:
+    """Started with a soft limit on open files below the hard one (systemd's default
+    is 1,024), etcd (Go's runtime) raises it to the hard limit, and so does keel-store
+    (before 2026-12-07 it kept 1,024); ``/debug/vars`` reports the limit."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard <= 1024:
+        pytest.skip(f"the hard limit on open files is {hard}: nothing to raise")
+    for binary in ("keel", "etcd"):
+        cluster = Cluster(tmp_path, 1, binary)
+        member = cluster.members[0]
+        member.argv = ["prlimit", f"--nofile=1024:{hard}", "--", *member.argv]  # execs
+        try:
+            cluster.start()
+            assert member.proc is not None
+            limits = Path(f"/proc/{member.proc.pid}/limits").read_text().splitlines()
+            line = next(x for x in limits if x.startswith("Max open files"))
+            assert line.split()[3:5] == [str(hard), str(hard)], f"{binary}: {line}"
+            assert debug_vars(member)[2]["file_descriptor_limit"] == hard, binary
+        finally:
+            cluster.stop()
 
 
 def test_hashkv_route(make_cluster) -> None:

@@ -35,7 +35,7 @@ import grpc
 from keel_store.mvcc import validate
 from keel_store.mvcc.errors import EtcdError
 from keel_store.pb import electionpb, lockpb, rpcpb
-from keel_store.server import gateway_json, metrics
+from keel_store.server import debug_vars, gateway_json, metrics
 from keel_store.server.auth_service import AuthService
 from keel_store.server.election_service import ElectionService
 from keel_store.server.exposition import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -67,7 +67,7 @@ from keel_store.server.watch_stream import WatchService
 
 log = logging.getLogger("keel_store.gateway")
 MAX_BODY = 4 << 20
-ALL_PAGES = ("health", "version", "metrics")
+ALL_PAGES = ("health", "version", "metrics", "vars")
 METRICS_PAGES = ("health", "metrics")
 BLOCKING = frozenset({"lock/lock", "election/campaign"})
 """Unary routes that wait (for a lock, for leadership): cancelled if the client leaves."""
@@ -402,6 +402,9 @@ class Gateway:
         elif isinstance(where, Page) and where.name == "metrics":
             payload = metrics.exposition(self.node, self.grpc_stats)
             await self._send(writer, 200, payload, METRICS_CONTENT_TYPE, extra)
+        elif isinstance(where, Page) and where.name == "vars":
+            payload = debug_vars.page(self.node.raft)
+            await self._send(writer, 200, payload, "application/json; charset=utf-8", extra)
         elif isinstance(where, Page):
             status, payload = await self._page(where.name)
             # etcd writes /health without a type (Go's sniffing calls it text).

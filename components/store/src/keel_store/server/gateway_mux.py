@@ -2,15 +2,15 @@
 
 etcd 3.4 (embed/serve.go) rewrites ``/v3beta/`` to ``/v3/``, then hands the request to
 a Go ``http.ServeMux`` with two entries: ``/v3/`` (grpc-gateway's mux) and ``/`` (its
-``/health``, ``/version``, ``/metrics``). :func:`resolve` follows both:
+``/health``, ``/version``, ``/metrics``, ``/debug/vars``). :func:`resolve` follows both:
 
 * Go's ``ServeMux`` answers 301 to a path that is not clean (``//``, ``/./``, ``/../``)
   and to ``/v3`` (a subtree registered as ``/v3/``), keeping the query.
 * grpc-gateway matches the decoded path exactly (no trailing slash, no ``:verb``); a
   path it knows with another method than POST is 405 ``Method Not Allowed``, one it
   does not know 404 ``Not Found``, both as Go's ``http.Error`` (plain text).
-* ``/health`` and ``/version`` answer only GET (405 with ``Allow: GET``); any other
-  path is Go's ``404 page not found``.
+* ``/health``, ``/version`` and ``/debug/vars`` answer only GET (405 with ``Allow:
+  GET``); any other path is Go's ``404 page not found``.
 
 The query string is not looked at.
 """
@@ -47,12 +47,16 @@ class Call:
 
 @dataclasses.dataclass(frozen=True)
 class Page:
-    """One of the ``/`` handler's pages: ``health``, ``version`` or ``metrics``."""
+    """One of the ``/`` handler's pages: ``health``, ``version``, ``metrics`` or ``vars``
+    (``/debug/vars``)."""
 
     name: str
 
 
 Target = Answer | Call | Page
+
+PAGES = {"/health": "health", "/version": "version", "/metrics": "metrics", "/debug/vars": "vars"}
+"""The ``/`` handler's paths and their pages."""
 
 NOT_FOUND = Answer(404, b"Not Found\n")
 """grpc-gateway's answer for a path it does not know."""
@@ -92,7 +96,7 @@ def resolve(
     json_api: bool,
     unary: Container[str],
     streams: Container[str],
-    pages: Container[str] = ("health", "version", "metrics"),
+    pages: Container[str] = ("health", "version", "metrics", "vars"),
 ) -> Target:
     """Where ``method target`` goes (``json_api``: ``--enable-grpc-gateway``; ``pages``:
     the ``/`` handler's pages served, on ``--listen-metrics-urls`` only ``metrics`` and
@@ -117,8 +121,9 @@ def resolve(
         return Call(name, stream) if method == "POST" else METHOD_NOT_ALLOWED
     if path == "/metrics" and "metrics" in pages:
         return Page("metrics")
-    if path in ("/health", "/version") and path[1:] in pages:
+    page = PAGES.get(path)
+    if page is not None and page in pages:
         if method != "GET":
             return Answer(405, b"Method Not Allowed\n", PLAIN, b"Allow: GET\r\n" + NOSNIFF)
-        return Page(path[1:])
+        return Page(page)
     return PAGE_NOT_FOUND

@@ -67,11 +67,11 @@ def go_json(value: object) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def page(raft: RaftNode, argv: list[str] | None = None) -> bytes:
+def page(raft: RaftNode) -> bytes:
     """The whole page, as Go's ``serveVars`` writes it."""
     fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     entries = {
-        "cmdline": go_json(sys.argv if argv is None else argv),
+        "cmdline": go_json(sys.argv),
         "file_descriptor_limit": str(fd_limit),
         "raft.status": raft_status(raft),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,31 @@ def node_configs(tmp_path: Path, n: int, *flags: str) -> list[NodeConfig]:
         )
         for name, url in peers.items()
     ]
+
+
+class LoopTurns:
+    """Counts the event loop's turns inside an ``async with`` block: a task that adds
+    one and yields, every turn (a loop held by one long step counts one turn)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.count += 1
+            await asyncio.sleep(0)
+
+    async def __aenter__(self) -> LoopTurns:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(0)  # the counter's first step
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:

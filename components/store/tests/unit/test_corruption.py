@@ -15,7 +15,7 @@ from keel_store.pb import rpcpb
 from keel_store.server import corruption
 from keel_store.server.node import HASH_INLINE_KEYS, StoreNode
 
-from .conftest import node_configs, start_members, until
+from .conftest import LoopTurns, node_configs, start_members, until
 
 
 def damage(node: StoreNode, key: bytes) -> None:
@@ -139,19 +139,10 @@ def test_a_large_key_space_is_hashed_in_a_child_while_the_loop_runs(tmp_path: Pa
         try:
             for i in range(HASH_INLINE_KEYS + 5000):  # straight into the state machine
                 node.sm.put(rpcpb.PutRequest(key=b"h/%08d" % i, value=b"v" * 40))
-            turns = 0
-
-            async def count() -> None:
-                nonlocal turns
-                while True:
-                    turns += 1
-                    await asyncio.sleep(0)
-
-            counter = asyncio.get_running_loop().create_task(count())
-            value, revision, compact = await node.hash_kv_async()
-            counter.cancel()
+            async with LoopTurns() as turns:
+                value, revision, compact = await node.hash_kv_async()
             assert (value, revision, compact) == node.hash_kv()
-            assert turns > 10  # on the loop it would have been one turn
+            assert turns.count > 10  # on the loop it would have been one turn
             with pytest.raises(type(errors.FUTURE_REV)):
                 await node.hash_kv_async(revision + 1)
         finally:

@@ -26,6 +26,8 @@ from keel_store.server.gateway import until_answered_or_gone
 from keel_store.server.gateway_streams import BodyTooLarge, json_values
 from keel_store.server.watch_stream import MAX_QUEUED, WatchStream
 
+from .conftest import LoopTurns
+
 
 async def _chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
     for part in parts:
@@ -109,21 +111,9 @@ def test_many_values_give_the_loop_turns() -> None:
     """200k tiny requests in one body used to hold the loop until all were decoded."""
 
     async def scenario() -> int:
-        ticks = 0
-        done = False
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        await asyncio.sleep(0)
-        assert len(await _values([b"{}" * 200_000])) == 200_000
-        done = True
-        await task
-        return ticks
+        async with LoopTurns() as turns:
+            assert len(await _values([b"{}" * 200_000])) == 200_000
+        return turns.count
 
     assert asyncio.run(scenario()) > 1000
 

@@ -18,7 +18,7 @@ from keel_store.pb import rpcpb
 from keel_store.server.node import StoreNode
 from keel_store.server.watch_stream import WatchStream
 
-from .conftest import node_configs, until
+from .conftest import LoopTurns, node_configs, until
 
 
 def test_a_write_is_answered_before_its_watchers_hear_of_it(tmp_path: Path) -> None:
@@ -130,23 +130,13 @@ def test_a_long_revision_is_copied_into_its_response_with_the_loop_turning() -> 
         answers = await _open(node, rpcpb.WatchCreateRequest(key=b"k/", range_end=b"k0"))
         node.sm.delete_range(rpcpb.DeleteRangeRequest(key=b"k/", range_end=b"k0"))
         node.sm.put(rpcpb.PutRequest(key=b"k/short", value=b"v"))
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        await asyncio.sleep(0)  # the ticker's first step
-        before = ticks
-        long = await answers.__anext__()
-        during_long = ticks - before
-        before = ticks
-        short = await answers.__anext__()
-        during_short = ticks - before
-        task.cancel()
+        async with LoopTurns() as turns:
+            before = turns.count
+            long = await answers.__anext__()
+            during_long = turns.count - before
+            before = turns.count
+            short = await answers.__anext__()
+            during_short = turns.count - before
         await answers.aclose()
         assert [e.kv.key for e in short.events] == [b"k/short"]
         return during_long, during_short, [e.kv.key for e in long.events]

@@ -184,7 +184,6 @@ KNOWN_AUTH_ON = {
     "lease/timetolive": "etcd 3.4 answers without a token; keel-store asks for one",
     "kv/lease/timetolive": "etcd 3.4 answers without a token; keel-store asks for one",
     "cluster/member/add": "etcd checks the peer URLs before the token",
-    "maintenance/status": "keel-store leaves out dbSizeInUse when auth is on",
     "maintenance/hash": "etcd answers 500, code 2 'auth: user name is empty'",
     # etcd 3.5's maintenance rules and errors (docs/store.md, Auth), 3.4 checked less:
     "maintenance/alarm": "a user is needed to list alarms; etcd 3.4 answers anyone",

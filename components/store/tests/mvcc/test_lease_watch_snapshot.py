@@ -9,7 +9,7 @@ from keel_store.mvcc.keyspace import DELETE, PUT, Event, prefix_end
 from keel_store.mvcc.lessor import Lessor
 from keel_store.mvcc.store import StateMachine
 from keel_store.mvcc.watch import Watcher, WatchHub
-from keel_store.pb import rpcpb
+from keel_store.pb import authpb, rpcpb
 
 
 def grant(sm: StateMachine, lease_id: int, ttl: int = 10) -> None:
@@ -223,3 +223,30 @@ def test_nospace_alarm_caps_writes_but_not_deletes() -> None:
     commands.apply(sm, 6, commands.encode(commands.Kind.ALARM, 6, disarm))
     assert not sm.no_space
     assert commands.apply(sm, 7, put)[1].header.revision == 4
+
+
+def test_in_use_counts_the_records_beside_the_keys() -> None:
+    """etcd's dbSizeInUse is never 0 (its bbolt pages hold members, meta, auth):
+    keel-store's counts the member, lease, user and role records besides the versions
+    (before 2026-12-07 only the versions: 0 on an empty store, so left out of Status)."""
+    sm = StateMachine()
+    assert sm.in_use_bytes() == 0  # nothing at all, not even a member
+    sm.member_add(rpcpb.Member(ID=7, name="m0", peerURLs=["http://127.0.0.1:2380"]))
+    member = sm.in_use_bytes()
+    assert member > len("m0http://127.0.0.1:2380")
+    sm.lease_grant(rpcpb.LeaseGrantRequest(ID=1, TTL=60))
+    lease = sm.in_use_bytes()
+    assert lease > member
+    sm.auth.apply(rpcpb.AuthUserAddRequest(name="alice", password="pw"))
+    sm.auth.apply(rpcpb.AuthRoleAddRequest(name="r"))
+    sm.auth.apply(
+        rpcpb.AuthRoleGrantPermissionRequest(
+            name="r", perm=authpb.Permission(permType=authpb.Permission.READ, key=b"a/")
+        )
+    )
+    auth = sm.in_use_bytes()
+    assert auth > lease
+    sm.put(rpcpb.PutRequest(key=b"k", value=b"v" * 100))
+    assert sm.in_use_bytes() - auth == sm.kv.size >= 101
+    sm.lease_revoke(rpcpb.LeaseRevokeRequest(ID=1))
+    assert sm.in_use_bytes() == auth - (lease - member) + sm.kv.size

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from keel_store.mvcc import errors
 from keel_store.mvcc.auth import AuthStore
-from keel_store.mvcc.keyspace import Changes, KeySpace, KeyValue
+from keel_store.mvcc.keyspace import ENTRY_OVERHEAD, Changes, KeySpace, KeyValue
 from keel_store.pb import rpcpb
 
 MAX_LEASE_TTL = 9_000_000_000
@@ -31,6 +31,10 @@ class Lease:
     id: int
     ttl: int
     keys: set[bytes] = field(default_factory=set)
+
+
+LEASE_RECORD_BYTES = 24
+"""A lease's record beside the keys: its 8-byte ID and its TTLs (etcd's ``leasepb.Lease``)."""
 
 
 @dataclass(slots=True)
@@ -94,6 +98,23 @@ class StateMachine:
             for listener in self.listeners:
                 listener(changes)
         return changes
+
+    def in_use_bytes(self) -> int:
+        """What etcd's ``dbSizeInUse`` measures (its bbolt pages in use), in
+        keel-store's terms: the bytes of every version held (the quota's measure) plus
+        the records beside the keys (members, leases, users, roles), each with the
+        per-entry overhead. Never 0 on a running member, whose own record counts, as
+        etcd's never is (its members and meta buckets)."""
+        size = self.kv.size + len(self.leases) * (ENTRY_OVERHEAD + LEASE_RECORD_BYTES)
+        for m in self.members.values():
+            size += ENTRY_OVERHEAD + len(m.name) + sum(len(url) for url in m.peer_urls)
+        for user in self.auth.users.values():
+            size += ENTRY_OVERHEAD + len(user.name) + len(user.password_hash)
+            size += sum(len(role) for role in user.roles)
+        for role, perms in self.auth.roles.items():
+            size += ENTRY_OVERHEAD + len(role)
+            size += sum(len(p.key) + len(p.range_end) + 1 for p in perms)
+        return size
 
     def _header(self, revision: int | None = None) -> rpcpb.ResponseHeader:
         return rpcpb.ResponseHeader(revision=self.kv.revision if revision is None else revision)

@@ -121,7 +121,7 @@ def mvcc_families(node: StoreNode) -> list[Family]:
         _gauge(
             "etcd_mvcc_db_total_size_in_use_in_bytes",
             "Total size of the underlying database logically in use in bytes.",
-            kv.size,
+            node.sm.in_use_bytes(),
         ),
         _gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", kv.key_count),
         _gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers.", len(node.hub)),

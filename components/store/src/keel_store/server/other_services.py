@@ -194,7 +194,7 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
         resp = rpcpb.StatusResponse(
             version=ETCD_VERSION,
             dbSize=node.disk_bytes(),
-            dbSizeInUse=node.sm.kv.size,
+            dbSizeInUse=node.sm.in_use_bytes(),
             leader=node.leader_id,
             raftIndex=node.commit_index,
             raftTerm=node.term,

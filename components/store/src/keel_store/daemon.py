@@ -324,16 +324,15 @@ def log_handlers(outputs: str) -> list[logging.Handler]:
     return handlers
 
 
-def raise_open_files_limit() -> int:
+def raise_open_files_limit() -> None:
     """Raise the soft limit on open files to the hard one, as Go's runtime does for
     etcd when it starts (Go 1.19+): under systemd's default soft limit of 1,024, a
     member would refuse connections past about a thousand clients (etcdctl check perf
-    xl opens 1,000). Returns the soft limit now (etcd's ``file_descriptor_limit``)."""
+    xl opens 1,000). ``/debug/vars`` reports the limit (``file_descriptor_limit``)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):  # a hard limit the kernel refuses
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

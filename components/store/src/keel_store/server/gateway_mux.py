@@ -55,8 +55,9 @@ class Page:
 
 Target = Answer | Call | Page
 
-PAGES = {"/health": "health", "/version": "version", "/metrics": "metrics", "/debug/vars": "vars"}
-"""The ``/`` handler's paths and their pages."""
+GET_PAGES = {"/health": "health", "/version": "version", "/debug/vars": "vars"}
+"""The ``/`` handler's pages that answer only GET, by path (``/metrics`` takes any
+method, as Prometheus's handler)."""
 
 NOT_FOUND = Answer(404, b"Not Found\n")
 """grpc-gateway's answer for a path it does not know."""
@@ -121,7 +122,7 @@ def resolve(
         return Call(name, stream) if method == "POST" else METHOD_NOT_ALLOWED
     if path == "/metrics" and "metrics" in pages:
         return Page("metrics")
-    page = PAGES.get(path)
+    page = GET_PAGES.get(path)
     if page is not None and page in pages:
         if method != "GET":
             return Answer(405, b"Method Not Allowed\n", PLAIN, b"Allow: GET\r\n" + NOSNIFF)

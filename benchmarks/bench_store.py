@@ -7,14 +7,17 @@ the write-unavailability window after a SIGKILL of the leader. It prints each fi
 and the keel/etcd ratio. Timings on a shared machine are noisy; nothing is asserted.
 
 ``etcdctl check perf --load=s`` (etcd's own Go client, 60 s per server and cluster
-size) runs too, so a full run takes about 6 minutes.
+size) runs too, and last ``etcdctl snapshot save`` of 100k more keys (below), so a full
+run takes about 7 minutes.
 
 Options: ``--quick`` (smaller counts, no check perf), ``--nodes=1,3``,
 ``--check-perf=s,m,l`` (the loads to run; 60 s each per server), ``--no-check-perf``,
 ``--only=failover`` (just the leader kill, 3 members, no check perf) with
 ``--rounds=N`` (N kills per server, the victim restarted in between; prints each window
 and the median, min and max); ``--only=puts`` (sequential and 64-concurrent puts only);
-``--only=watch`` (the watch fan-out only);
+``--only=watch`` (the watch fan-out only); ``--only=snapshot`` (``etcdctl snapshot
+save`` of 100k keys, or ``--preload=N``, with sequential puts meanwhile: their latency
+while the server takes the snapshot);
 ``--preload=N`` (N keys written with 100-put txns before the sequential puts, which then
 see a key space of that size); ``--puts=N`` (sequential puts; default 2000, 500 with
 ``--quick``); ``--baseline=DIR`` (also run keel-store from another checkout, e.g. the
@@ -261,6 +264,57 @@ async def watch_fanout(ep: str, watchers: int, puts: int) -> dict[str, float]:
     return {"events/s": received / elapsed}
 
 
+SNAPSHOT_KEYS = 100_000
+"""Keys written before ``etcdctl snapshot save`` (``--only=snapshot``; ``--preload=N``)."""
+
+
+async def snapshot_save(ep: str, tmp: Path) -> dict[str, float]:
+    """``etcdctl snapshot save`` of the key space, timed, with sequential puts to the
+    same member meanwhile: how long the server stops answering writes while it takes a
+    snapshot for a client (a backup job on a running cluster)."""
+    out = tmp / "client-snapshot.db"
+    async with grpc.aio.insecure_channel(ep) as ch:
+        kv = rpcgrpc.KVStub(ch)
+        await kv.Put(rpcpb.PutRequest(key=b"snap/warm", value=VALUE))
+        lat: list[float] = []
+        stop = asyncio.Event()
+
+        async def probe() -> None:
+            i = 0
+            while not stop.is_set():
+                t = time.perf_counter()
+                await kv.Put(rpcpb.PutRequest(key=b"snap/%d" % (i % 100), value=VALUE))
+                lat.append(time.perf_counter() - t)
+                i += 1
+
+        prober = asyncio.create_task(probe())
+        start = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            ETCDCTL,
+            f"--endpoints={ep}",
+            "snapshot",
+            "save",
+            str(out),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        elapsed = time.perf_counter() - start
+        stop.set()
+        await prober
+    if proc.returncode != 0:
+        print(f"etcdctl snapshot save failed: {err.decode()[-400:]}", file=sys.stderr)
+        return {"save s": float("nan")}
+    lat.sort()
+    return {
+        "save s": elapsed,
+        "MB": out.stat().st_size / 1e6,
+        "puts meanwhile /s": len(lat) / elapsed,
+        "put p99 ms": lat[int(len(lat) * 0.99)] * 1000,
+        "put max ms": lat[-1] * 1000,
+    }
+
+
 def wait_healthy(server: Server, i: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while (
@@ -370,6 +424,13 @@ async def measure(
             if only == "failover":
                 return {"leader kill": await failovers(server, rounds)} if n > 1 else {}
             ep = server.endpoints[leader_index(server)]
+            if only == "snapshot":
+                await preload(ep, keys or SNAPSHOT_KEYS)
+                return {
+                    f"snapshot save, {keys or SNAPSHOT_KEYS} keys": await snapshot_save(
+                        ep, Path(tmp)
+                    )
+                }
             if keys:
                 await preload(ep, keys)
             seq = f"sequential put, {keys} keys" if keys else "sequential put"
@@ -395,6 +456,10 @@ async def measure(
                 out[f"etcdctl check perf {load}"] = check_perf(",".join(server.endpoints), load)
             if n > 1:
                 out["leader kill"] = await failovers(server, rounds)
+            if not quick:
+                ep = server.endpoints[leader_index(server)]
+                await preload(ep, SNAPSHOT_KEYS)
+                out[f"snapshot save, {SNAPSHOT_KEYS} keys"] = await snapshot_save(ep, Path(tmp))
             return out
         finally:
             server.stop()
@@ -420,8 +485,8 @@ def main(argv: list[str]) -> int:
     for a in argv:
         if a.startswith("--only="):
             only = a.split("=", 1)[1]
-            if only not in ("failover", "puts", "watch"):
-                print(f"--only: 'failover', 'puts' or 'watch', not {only!r}")
+            if only not in ("failover", "puts", "watch", "snapshot"):
+                print(f"--only: 'failover', 'puts', 'watch' or 'snapshot', not {only!r}")
                 return 2
             if only == "failover":
                 nodes = [3]

@@ -323,11 +323,21 @@ def test_gateway_snapshot_stream(server: Any) -> None:
     finally:
         s.close()
     assert s.status == 200
-    blob = b"".join(base64.b64decode(p["result"]["blob"]) for p in parts)
+    blobs = [base64.b64decode(p["result"]["blob"]) for p in parts]
+    blob = b"".join(blobs)
     assert parts[-1]["result"].get("remaining_bytes") is None  # 0 on the last
     assert hashlib.sha256(blob[:-32]).digest() == blob[-32:]
     assert b"k" in blob[:-32]
     assert len(blob) > 4096
+    # etcd's messages: no header; parts of 32 KiB with the bytes still to come, then
+    # the SHA-256 in a message of its own.
+    assert all(set(p["result"]) <= {"blob", "remaining_bytes"} for p in parts)
+    assert len(blobs[-1]) == 32
+    assert all(len(b) <= 32 * 1024 for b in blobs)
+    left = len(blob) - 32
+    for part, data in zip(parts[:-1], blobs[:-1], strict=True):
+        left -= len(data)
+        assert int(part["result"].get("remaining_bytes", 0)) == left
 
 
 def bad_bodies(cluster: Any) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
@@ -17,12 +18,19 @@ import pytest
 import keel_store.server.node as node_module
 from keel_store.mvcc import snapshot
 from keel_store.mvcc.commands import Kind
+from keel_store.mvcc.etcd_db import etcd_database
 from keel_store.mvcc.store import StateMachine
 from keel_store.pb import rpcpb
 from keel_store.raft.storage import MemoryStorage, SnapshotTemporarilyUnavailableError
 from keel_store.raft.types import Snapshot
 from keel_store.server.node import StoreNode
-from keel_store.server.snapshotter import FileLoader, SnapshotChildError, save_in_child
+from keel_store.server.other_services import MaintenanceService
+from keel_store.server.snapshotter import (
+    FileLoader,
+    SnapshotChildError,
+    save_in_child,
+    stream_from_child,
+)
 
 from .conftest import node_configs, until
 
@@ -454,3 +462,127 @@ def test_the_child_dies_with_a_member_killed_by_sigkill(tmp_path):
             os.kill(child, signal.SIGKILL)
             pytest.fail(f"snapshot child {child} outlived its killed parent")
         time.sleep(0.05)
+
+
+def test_a_streamed_child_sends_the_state_at_the_fork_in_pieces() -> None:
+    """``stream_from_child``: the size first, then the bytes as they are read; what the
+    parent changes after the fork is not in them."""
+    sm = _state(3000)
+    expected = etcd_database(sm)
+
+    async def scenario() -> tuple[int, list[bytes]]:
+        opening = asyncio.create_task(stream_from_child(sm, etcd_database))
+        await asyncio.sleep(0)  # forked: the task waits on the pipe
+        for i in range(500):
+            sm.put(rpcpb.PutRequest(key=b"later%d" % i, value=b"x"))
+        stream = await opening
+        got: list[bytes] = []
+        try:
+            while (done := sum(map(len, got))) < stream.size:
+                got.append(await stream.read(min(32 * 1024, stream.size - done)))
+            await stream.finish()
+        finally:
+            stream.close()
+        return stream.size, got
+
+    size, got = asyncio.run(scenario())
+    assert size == len(expected)
+    assert b"".join(got) == expected
+    assert len(got) == -(-size // (32 * 1024))
+    assert etcd_database(sm) != expected
+
+
+def test_a_streamed_child_that_fails_or_is_killed_is_an_error() -> None:
+    def crash(sm: StateMachine) -> bytes:
+        os._exit(3)
+
+    def huge(sm: StateMachine) -> bytes:
+        return b"x" * (8 << 20)  # more than the pipe and the reader hold
+
+    async def scenario() -> None:
+        with pytest.raises(SnapshotChildError, match="exited with status 3"):
+            await stream_from_child(_state(1), crash)
+        stream = await stream_from_child(_state(1), huge)
+        assert await stream.read(5) == b"xxxxx"
+        os.kill(stream.pid, signal.SIGKILL)  # stopped half-way
+
+        async def read_all() -> None:
+            while True:
+                await stream.read(1 << 16)
+
+        with pytest.raises(SnapshotChildError, match="killed by signal 9"):
+            await read_all()
+        stream.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_given_up_kills_and_reaps_its_child() -> None:
+    def huge(sm: StateMachine) -> bytes:
+        return b"x" * (8 << 20)
+
+    async def scenario() -> int:
+        stream = await stream_from_child(_state(1), huge)
+        await stream.read(10)
+        stream.close()  # the client went away: the child waits on a full pipe
+        await until(lambda: not Path(f"/proc/{stream.pid}").exists(), 10)
+        return stream.pid
+
+    pid = asyncio.run(scenario())
+    with pytest.raises(ChildProcessError):  # reaped already
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_member_streams_its_etcd_snapshot_without_holding_its_loop(tmp_path: Path) -> None:
+    """``Maintenance.Snapshot`` on a forking member: the loop goes on turning while the
+    child lays out 40k keys (taking the rows on the loop held it for all of that), and
+    the client gets etcd's messages: the database in 32 KiB parts with the bytes still
+    to come, then its SHA-256 alone, no header."""
+    config = node_configs(tmp_path, 1, "--unsafe-no-fsync")[0]
+    assert config.background_snapshots
+
+    class Context:
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+    async def scenario() -> None:
+        node = StoreNode(config)
+        await node.start()
+        try:
+            for i in range(0, 40_000, 100):
+                ops = [
+                    rpcpb.RequestOp(
+                        request_put=rpcpb.PutRequest(key=b"k%06d" % j, value=b"v" * 100)
+                    )
+                    for j in range(i, i + 100)
+                ]
+                await node.propose(Kind.TXN, rpcpb.TxnRequest(success=ops))
+            started = time.perf_counter()
+            expected = etcd_database(node.sm)
+            inline = time.perf_counter() - started  # what the loop was held for before
+            stalls: list[float] = []
+
+            async def watch_the_loop() -> None:
+                while True:
+                    before = time.perf_counter()
+                    await asyncio.sleep(0)
+                    stalls.append(time.perf_counter() - before)
+
+            watcher = asyncio.create_task(watch_the_loop())
+            await asyncio.sleep(0)
+            replies = [r async for r in MaintenanceService(node).Snapshot(None, Context())]
+            await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"after", value=b"v"))
+            watcher.cancel()
+        finally:
+            await node.stop()
+        blob = b"".join(r.blob for r in replies[:-1])
+        assert blob == expected
+        assert replies[-1].blob == hashlib.sha256(blob).digest()
+        assert replies[-1].remaining_bytes == 0
+        assert [r.remaining_bytes for r in replies[:-1]] == [
+            len(blob) - min(len(blob), (i + 1) * 32 * 1024) for i in range(len(replies) - 1)
+        ]
+        assert not any(r.HasField("header") for r in replies)
+        assert max(stalls) < inline / 2, (max(stalls), inline)
+
+    asyncio.run(scenario())

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from keel_store.bbolt import Bucket, Database
+from keel_store.bbolt import Bucket, Database, write_db
 from keel_store.mvcc.auth import AuthStore, Perm, User
 from keel_store.mvcc.keyspace import KeyHistory, KeyValue
 from keel_store.mvcc.store import Lease, StateMachine
@@ -151,6 +151,11 @@ def decode_lease(data: bytes) -> tuple[int, int, int]:
 
 
 # --- state machine -> buckets ----------------------------------------------------------
+
+
+def etcd_database(sm: StateMachine) -> bytes:
+    """``sm`` as etcd 3.4's bbolt file (what ``etcdctl snapshot save`` receives)."""
+    return write_db(to_buckets(sm))
 
 
 def to_buckets(sm: StateMachine) -> Bucket:

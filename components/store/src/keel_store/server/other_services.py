@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
+
+import grpc
 
 from keel_store.bbolt import write_db
 from keel_store.mvcc import errors
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
-from keel_store.mvcc.etcd_db import to_buckets
+from keel_store.mvcc.etcd_db import etcd_database, to_buckets
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.kv_service import (
     Headers,
@@ -25,12 +28,21 @@ from keel_store.server.kv_service import (
 )
 from keel_store.server.members import member_id
 from keel_store.server.node import StoreNode
+from keel_store.server.snapshotter import (
+    BytesStream,
+    ChildStream,
+    SnapshotChildError,
+    stream_from_child,
+)
 from keel_store.server.transport import host_port
 
 ETCD_VERSION = "3.4.23"
 """The etcd version we answer with: the API level we implement (what etcdctl checks)."""
 CLUSTER_VERSION = "3.4.0"
 SNAPSHOT_CHUNK = 32 * 1024
+"""etcd's ``snapshotSendBufferSize``."""
+
+log = logging.getLogger("keel_store.maintenance")
 
 
 def _check_token(node: StoreNode, context: Any) -> None:
@@ -174,13 +186,6 @@ class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
         return self._with_members(await self.node.propose(Kind.MEMBER_PROMOTE, request))
 
 
-def snapshot_stream(data: bytes) -> bytes:
-    """Pad to 512 bytes and append a SHA-256, as etcdctl's ``snapshot save`` expects
-    (a bbolt file is whole 4 KiB pages: no padding)."""
-    padded = data + b"\0" * (-len(data) % 512)
-    return padded + hashlib.sha256(padded).digest()
-
-
 class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
     """Maintenance: Status, Alarm, Defragment, Hash, HashKV, Snapshot, MoveLeader."""
 
@@ -253,16 +258,31 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
         except EtcdError as exc:
             await abort(context, exc)
             return
-        # The rows are taken on the loop (one point in time); pages are laid out aside.
-        root = to_buckets(self.node.sm)
-        blob = snapshot_stream(await asyncio.to_thread(write_db, root))
-        for start in range(0, len(blob), SNAPSHOT_CHUNK):
-            chunk = blob[start : start + SNAPSHOT_CHUNK]
-            resp = rpcpb.SnapshotResponse(
-                remaining_bytes=len(blob) - start - len(chunk), blob=chunk
-            )
-            self.headers.fill(resp.header)
-            yield resp
+        node = self.node
+        stream: ChildStream | BytesStream
+        if node.config.background_snapshots:
+            # Rows and pages in a forked child, from the state as it is now: the
+            # loop goes on serving (it took ~0.34 s per 50k keys on the loop).
+            stream = await stream_from_child(node.sm, etcd_database)
+        else:
+            stream = BytesStream(await asyncio.to_thread(write_db, to_buckets(node.sm)))
+        digest = hashlib.sha256()
+        try:
+            sent = 0
+            while sent < stream.size:
+                chunk = await stream.read(min(SNAPSHOT_CHUNK, stream.size - sent))
+                sent += len(chunk)
+                digest.update(chunk)
+                # As etcd 3.4's: no header; the SHA-256 in a last message of its own.
+                yield rpcpb.SnapshotResponse(remaining_bytes=stream.size - sent, blob=chunk)
+            await stream.finish()
+        except SnapshotChildError as exc:
+            log.error("snapshot for a client failed: %s", exc)
+            await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+            return
+        finally:
+            stream.close()
+        yield rpcpb.SnapshotResponse(remaining_bytes=0, blob=digest.digest())
 
     @guarded
     async def MoveLeader(self, request: Any, context: Any) -> Any:

@@ -26,6 +26,7 @@ import functools
 import gc
 import os
 import signal
+import struct
 from collections.abc import Callable
 
 from keel_store.mvcc import snapshot
@@ -47,6 +48,14 @@ class SnapshotChildError(Exception):
     """The forked child did not produce a snapshot."""
 
 
+def _settle_child() -> None:
+    """In a forked child: leave the parent's signal handling and the collector alone."""
+    signal.set_wakeup_fd(-1)  # the parent's loop owns that socket
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    gc.disable()  # a collection would touch (and copy) every page
+
+
 def _child(
     sm: StateMachine,
     fd: int,
@@ -57,10 +66,7 @@ def _child(
     hash), ``keep`` (write the file), send, then leave without any cleanup."""
     code = 1
     try:
-        signal.set_wakeup_fd(-1)  # the parent's loop owns that socket
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        gc.disable()  # a collection would touch (and copy) every page
+        _settle_child()
         data = compute(sm)
         if keep is not None:
             keep(data)  # the file is the snapshot: the parent reads it if ever needed
@@ -122,15 +128,161 @@ def save_in_child(
     memory again. Call it from the event loop's thread between two changes of ``sm``.
     """
     loop = asyncio.get_running_loop()
+    r, pid = _fork(lambda w: save(sm, w, keep))
+    return ChildSnapshot(loop.run_in_executor(None, _collect, r, pid), pid)
+
+
+def _fork(run: Callable[[int], None]) -> tuple[int, int]:
+    """Fork a child that runs ``run(w)`` (``w`` the write end of a pipe; ``run`` must
+    leave through ``os._exit``); returns the read end and the child's pid."""
     r, w = os.pipe()
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child leaves through os._exit)
         os.close(r)
         _die_with_parent(parent)
-        save(sm, w, keep)
+        run(w)
     os.close(w)
-    return ChildSnapshot(loop.run_in_executor(None, _collect, r, pid), pid)
+    return r, pid
+
+
+_SIZE = struct.Struct(">Q")
+
+
+def _stream_child(sm: StateMachine, fd: int, compute: Callable[[StateMachine], bytes]) -> None:
+    """In the forked child: ``compute`` over ``sm``, then send the result's length and
+    the result itself, waiting on the pipe as the parent reads it; then leave."""
+    code = 1
+    try:
+        _settle_child()
+        data = compute(sm)
+        view = memoryview(_SIZE.pack(len(data)))
+        while view:
+            view = view[os.write(fd, view) :]
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        code = 0
+    finally:
+        os._exit(code)
+
+
+class ChildStream:
+    """The bytes a forked child computes, read on the loop as they come (the parent
+    never holds them whole: the pipe holds 64 KiB and the reader pauses at 128 KiB,
+    so the child waits for the reader). Open it with :func:`stream_from_child`.
+
+    ``size`` is the length the child announced; :meth:`read` returns the next bytes;
+    :meth:`finish`, after the last byte, checks that the child exited cleanly;
+    :meth:`close` gives up on the child (kills it if it still runs) and is harmless
+    after :meth:`finish`.
+    """
+
+    def __init__(
+        self, pid: int, reader: asyncio.StreamReader, transport: asyncio.ReadTransport
+    ) -> None:
+        self.pid = pid
+        self.size = 0
+        self._reader = reader
+        self._transport = transport
+        self._reaped = False
+
+    async def _start(self) -> None:
+        (self.size,) = _SIZE.unpack(await self._read_exactly(_SIZE.size))
+
+    async def read(self, n: int) -> bytes:
+        """The next ``n`` bytes (fewer only at the end of ``size``); raises
+        :class:`SnapshotChildError` if the child stopped before them."""
+        return await self._read_exactly(n)
+
+    async def _read_exactly(self, n: int) -> bytes:
+        try:
+            return await self._reader.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            status = await self._reap()
+            raise SnapshotChildError(
+                f"snapshot child {self.pid} stopped ({_describe(status)}) "
+                f"{n - len(exc.partial)} bytes short"
+            ) from None
+
+    async def finish(self) -> None:
+        """Wait for the child to exit; raises :class:`SnapshotChildError` unless it
+        sent nothing more and exited with 0."""
+        extra = await self._reader.read(1)
+        status = await self._reap()
+        if extra or os.waitstatus_to_exitcode(status) != 0:
+            raise SnapshotChildError(f"snapshot child {self.pid} {_describe(status)}")
+
+    async def _reap(self) -> int:
+        self._transport.close()
+        _, status = await asyncio.to_thread(os.waitpid, self.pid, 0)
+        self._reaped = True
+        return status
+
+    def close(self) -> None:
+        """Stop the child and stop reading (it is reaped in a thread)."""
+        self._transport.close()
+        if self._reaped:
+            return
+        self._reaped = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        asyncio.get_running_loop().run_in_executor(None, os.waitpid, self.pid, 0)
+
+
+class BytesStream:
+    """:class:`ChildStream`'s interface over bytes already made (a member that does not
+    fork: ``background_snapshots`` off, as in the in-process tests)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.size = len(data)
+        self._view = memoryview(data)
+
+    async def read(self, n: int) -> bytes:
+        """The next ``n`` bytes (fewer at the end)."""
+        chunk, self._view = self._view[:n], self._view[n:]
+        return bytes(chunk)
+
+    async def finish(self) -> None:
+        """Nothing can have failed."""
+
+    def close(self) -> None:
+        """Drop the bytes."""
+        self._view = memoryview(b"")
+
+
+def _describe(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+
+
+async def stream_from_child(
+    sm: StateMachine, compute: Callable[[StateMachine], bytes]
+) -> ChildStream:
+    """Fork a child that runs ``compute`` over ``sm`` as it is now and sends the result
+    (``Maintenance.Snapshot``: etcd's database of 200k keys costs ~1.4 s of rows and
+    pages that the loop does not wait for); returns once its size is known. Call it
+    from the event loop's thread between two changes of ``sm``."""
+    loop = asyncio.get_running_loop()
+    r, pid = _fork(lambda w: _stream_child(sm, w, compute))
+    reader = asyncio.StreamReader(limit=1 << 16)
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", buffering=0)
+        )
+    except BaseException:
+        os.close(r)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.to_thread(os.waitpid, pid, 0)
+        raise
+    stream = ChildStream(pid, reader, transport)
+    try:
+        await stream._start()
+    except BaseException:
+        stream.close()
+        raise
+    return stream
 
 
 class FileLoader:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 import keel_store.server.node as node_module
@@ -23,6 +24,7 @@ from keel_store.mvcc.store import StateMachine
 from keel_store.pb import rpcpb
 from keel_store.raft.storage import MemoryStorage, SnapshotTemporarilyUnavailableError
 from keel_store.raft.types import Snapshot
+from keel_store.server import other_services
 from keel_store.server.node import StoreNode
 from keel_store.server.other_services import MaintenanceService
 from keel_store.server.snapshotter import (
@@ -586,3 +588,43 @@ def test_a_member_streams_its_etcd_snapshot_without_holding_its_loop(tmp_path: P
         assert max(stalls) < inline / 2, (max(stalls), inline)
 
     asyncio.run(scenario())
+
+
+def test_a_client_snapshot_whose_child_fails_ends_the_call_with_its_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd sends a failed snapshot's error as code Unknown; the member goes on."""
+
+    def crash(sm: StateMachine) -> bytes:
+        os._exit(3)
+
+    monkeypatch.setattr(other_services, "etcd_database", crash)
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            raise Aborted(code, details)
+
+    async def scenario() -> tuple[Any, ...]:
+        node = StoreNode(node_configs(tmp_path, 1, "--unsafe-no-fsync")[0])
+        await node.start()
+        try:
+            await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"k", value=b"v"))
+            with pytest.raises(Aborted) as failed:
+                _ = [
+                    r
+                    async for r in other_services.MaintenanceService(node).Snapshot(None, Context())
+                ]
+            await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"k", value=b"again"))
+            return failed.value.args
+        finally:
+            await node.stop()
+
+    code, details = asyncio.run(scenario())
+    assert code == grpc.StatusCode.UNKNOWN
+    assert "exited with status 3" in details

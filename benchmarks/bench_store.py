@@ -17,7 +17,8 @@ Options: ``--quick`` (smaller counts, no check perf), ``--nodes=1,3``,
 and the median, min and max); ``--only=puts`` (sequential and 64-concurrent puts only);
 ``--only=watch`` (the watch fan-out only); ``--only=snapshot`` (``etcdctl snapshot
 save`` of 100k keys, or ``--preload=N``, with sequential puts meanwhile: their latency
-while the server takes the snapshot);
+while the server takes the snapshot); ``--only=compact`` (two compactions of 200k keys,
+or ``--preload=N``, with puts meanwhile: the first, then one after 2,000 puts);
 ``--preload=N`` (N keys written with 100-put txns before the sequential puts, which then
 see a key space of that size); ``--puts=N`` (sequential puts; default 2000, 500 with
 ``--quick``); ``--baseline=DIR`` (also run keel-store from another checkout, e.g. the
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -266,16 +268,16 @@ async def watch_fanout(ep: str, watchers: int, puts: int) -> dict[str, float]:
 
 SNAPSHOT_KEYS = 100_000
 """Keys written before ``etcdctl snapshot save`` (``--only=snapshot``; ``--preload=N``)."""
+COMPACT_KEYS = 200_000
+"""Keys written before the compactions of ``--only=compact`` (``--preload=N``)."""
 
 
-async def snapshot_save(ep: str, tmp: Path) -> dict[str, float]:
-    """``etcdctl snapshot save`` of the key space, timed, with sequential puts to the
-    same member meanwhile: how long the server stops answering writes while it takes a
-    snapshot for a client (a backup job on a running cluster)."""
-    out = tmp / "client-snapshot.db"
+async def probed(ep: str, action: Callable[[], Awaitable[None]]) -> dict[str, float]:
+    """``action``, timed, with sequential puts to the member ``ep`` meanwhile: how long
+    the member stops answering writes while it does what ``action`` asks."""
     async with grpc.aio.insecure_channel(ep) as ch:
         kv = rpcgrpc.KVStub(ch)
-        await kv.Put(rpcpb.PutRequest(key=b"snap/warm", value=VALUE))
+        await kv.Put(rpcpb.PutRequest(key=b"probe/warm", value=VALUE))
         lat: list[float] = []
         stop = asyncio.Event()
 
@@ -283,12 +285,32 @@ async def snapshot_save(ep: str, tmp: Path) -> dict[str, float]:
             i = 0
             while not stop.is_set():
                 t = time.perf_counter()
-                await kv.Put(rpcpb.PutRequest(key=b"snap/%d" % (i % 100), value=VALUE))
+                await kv.Put(rpcpb.PutRequest(key=b"probe/%d" % (i % 100), value=VALUE))
                 lat.append(time.perf_counter() - t)
                 i += 1
 
         prober = asyncio.create_task(probe())
         start = time.perf_counter()
+        try:
+            await action()
+        finally:
+            elapsed = time.perf_counter() - start
+            stop.set()
+            await prober
+    lat.sort()
+    return {
+        "s": elapsed,
+        "puts meanwhile /s": len(lat) / elapsed,
+        "put p99 ms": lat[int(len(lat) * 0.99)] * 1000,
+        "put max ms": lat[-1] * 1000,
+    }
+
+
+async def snapshot_save(ep: str, tmp: Path) -> dict[str, float]:
+    """``etcdctl snapshot save`` of the key space (a backup job on a running cluster)."""
+    out = tmp / "client-snapshot.db"
+
+    async def save() -> None:
         proc = await asyncio.create_subprocess_exec(
             ETCDCTL,
             f"--endpoints={ep}",
@@ -299,20 +321,34 @@ async def snapshot_save(ep: str, tmp: Path) -> dict[str, float]:
             stderr=asyncio.subprocess.PIPE,
         )
         _, err = await proc.communicate()
-        elapsed = time.perf_counter() - start
-        stop.set()
-        await prober
-    if proc.returncode != 0:
-        print(f"etcdctl snapshot save failed: {err.decode()[-400:]}", file=sys.stderr)
+        if proc.returncode != 0:
+            raise RuntimeError(f"etcdctl snapshot save failed: {err.decode()[-400:]}")
+
+    try:
+        got = await probed(ep, save)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
         return {"save s": float("nan")}
-    lat.sort()
-    return {
-        "save s": elapsed,
-        "MB": out.stat().st_size / 1e6,
-        "puts meanwhile /s": len(lat) / elapsed,
-        "put p99 ms": lat[int(len(lat) * 0.99)] * 1000,
-        "put max ms": lat[-1] * 1000,
-    }
+    return {"save s": got.pop("s"), "MB": out.stat().st_size / 1e6, **got}
+
+
+async def compactions(ep: str) -> dict[str, dict[str, float]]:
+    """Two compactions of the preloaded key space, each with puts meanwhile: the first
+    of every version written so far, then one after 2,000 puts to existing keys (the
+    steady state of a periodic auto-compaction). etcd answers a compaction once it is
+    scheduled and removes the versions in the background; keel-store once applied."""
+    async with grpc.aio.insecure_channel(ep) as ch:
+        kv = rpcgrpc.KVStub(ch)
+
+        async def compact() -> None:
+            head = await kv.Range(rpcpb.RangeRequest(key=b"probe/warm"))
+            await kv.Compact(rpcpb.CompactionRequest(revision=head.header.revision))
+
+        first = await probed(ep, compact)
+        for i in range(2000):
+            await kv.Put(rpcpb.PutRequest(key=b"pre/%08d" % (i * 50), value=VALUE))
+        again = await probed(ep, compact)
+    return {"compact, first": first, "compact after 2000 puts": again}
 
 
 def wait_healthy(server: Server, i: int, timeout: float = 60) -> None:
@@ -424,6 +460,9 @@ async def measure(
             if only == "failover":
                 return {"leader kill": await failovers(server, rounds)} if n > 1 else {}
             ep = server.endpoints[leader_index(server)]
+            if only == "compact":
+                await preload(ep, keys or COMPACT_KEYS)
+                return await compactions(ep)
             if only == "snapshot":
                 await preload(ep, keys or SNAPSHOT_KEYS)
                 return {
@@ -485,8 +524,8 @@ def main(argv: list[str]) -> int:
     for a in argv:
         if a.startswith("--only="):
             only = a.split("=", 1)[1]
-            if only not in ("failover", "puts", "watch", "snapshot"):
-                print(f"--only: 'failover', 'puts', 'watch' or 'snapshot', not {only!r}")
+            if only not in ("failover", "puts", "watch", "snapshot", "compact"):
+                print(f"--only: failover, puts, watch, snapshot or compact, not {only!r}")
                 return 2
             if only == "failover":
                 nodes = [3]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sortedcontainers import SortedDict, SortedList
+from sortedcontainers import SortedDict, SortedKeysView, SortedList
 
 from keel_store.mvcc import errors
 from keel_store.pb import mvccpb
@@ -132,9 +132,10 @@ class KeySpace:
         self.size = 0
         """Approximate bytes held: every version since compaction (the quota's measure)."""
         self.busy: Callable[[], None] | None = None
-        """Called every :data:`BUSY_EVERY` keys of a ranged delete, and every as many
-        events of one revision's watch delivery (``mvcc.watch``): a member applying a
-        long entry may keep its peers informed meanwhile (a leader, its heartbeats)."""
+        """Called every :data:`BUSY_EVERY` keys of a ranged delete or a compaction, and
+        every as many events of one revision's watch delivery (``mvcc.watch``): a member
+        applying a long entry may keep its peers informed meanwhile (a leader, its
+        heartbeats)."""
 
     # --- write transactions -------------------------------------------------------
 
@@ -303,9 +304,34 @@ class KeySpace:
             raise errors.COMPACTED
         if revision > self.revision:
             raise errors.FUTURE_REV
+        # Only a key updated or deleted since the last compaction has anything to drop:
+        # that one left each key at most one version up to its revision, never a
+        # tombstone, and a key created since holds one version unless it changed again.
+        # The change log holds every change since (restore_events rebuilds it from a
+        # snapshot), so the work follows the updates, not the size of the key space.
+        log_revs = self._log_revs
+        logged = self._log_changes[
+            bisect.bisect_right(log_revs, self.compact_revision) : bisect.bisect_right(
+                log_revs, revision
+            )
+        ]
+        # Where the log holds more than twice as many changes as there are keys (few
+        # keys written many times), walking every key costs less than reading the log.
+        keys = self._keys
+        touched: list[bytes] | SortedKeysView[bytes] = keys.keys()
+        if sum(len(changes.items) for changes in logged) <= 2 * len(keys):
+            touched = list(
+                dict.fromkeys(
+                    key
+                    for changes in paced(logged, self.busy)
+                    for key, kv, _ in changes.items
+                    if kv is None or kv.version > 1
+                )
+            )
         self.compact_revision = revision
         emptied = []
-        for key, history in self._keys.items():
+        for key in paced(touched, self.busy):
+            history = keys[key]
             i = bisect.bisect_right(history.revs, revision) - 1
             if i < 0:
                 continue
@@ -319,7 +345,7 @@ class KeySpace:
             if not history.revs:
                 emptied.append(key)
         for key in emptied:
-            del self._keys[key]
+            del keys[key]
         cut = bisect.bisect_left(self._log_revs, revision)
         del self._log_revs[:cut]
         del self._log_changes[:cut]

@@ -88,6 +88,32 @@ def test_limit_count_more_sort() -> None:
     assert resp.kvs[0].mod_revision == 5
 
 
+@pytest.mark.parametrize("by_key", [True, False], ids=["key-order", "sorted"])
+def test_keys_only_keeps_every_field_but_the_value_and_the_store_intact(by_key: bool) -> None:
+    """As etcd's ``Value = nil``: key, revisions, version and lease stay; the stored
+    versions keep their values (the response holds copies)."""
+    sm = StateMachine()
+    sm.lease_grant(rpcpb.LeaseGrantRequest(ID=7, TTL=60))
+    put(sm, b"k1", b"one")
+    sm.put(rpcpb.PutRequest(key=b"k2", value=b"two", lease=7))
+    put(sm, b"k1", b"uno")
+    whole = {"key": b"k", "range_end": prefix_end(b"k")}
+    order = {} if by_key else {"sort_target": R.MOD}
+    full = sm.range(R(**whole, **order))
+    bare = sm.range(R(**whole, **order, keys_only=True))
+    assert len(bare.kvs) == 2
+    for kv, expected in zip(bare.kvs, full.kvs, strict=True):
+        assert kv.value == b""
+        assert kv.key == expected.key
+        assert (kv.create_revision, kv.mod_revision) == (
+            expected.create_revision,
+            expected.mod_revision,
+        )
+        assert (kv.version, kv.lease) == (expected.version, expected.lease)
+    assert {kv.key: kv.lease for kv in bare.kvs} == {b"k1": 0, b"k2": 7}
+    assert [kv.value for kv in sm.range(R(**whole)).kvs] == [b"uno", b"two"]
+
+
 def test_revision_filters() -> None:
     sm = StateMachine()
     for k in (b"a", b"b", b"c"):

@@ -19,6 +19,8 @@ and the median, min and max); ``--only=puts`` (sequential and 64-concurrent puts
 save`` of 100k keys, or ``--preload=N``, with sequential puts meanwhile: their latency
 while the server takes the snapshot); ``--only=compact`` (two compactions of 200k keys,
 or ``--preload=N``, with puts meanwhile: the first, then one after 2,000 puts);
+``--only=restart`` (200k keys, or ``--preload=N``, then a member killed -9 and restarted,
+a follower with 3 members: the time until it serves the last revision again);
 ``--preload=N`` (N keys written with 100-put txns before the sequential puts, which then
 see a key space of that size); ``--puts=N`` (sequential puts; default 2000, 500 with
 ``--quick``); ``--baseline=DIR`` (also run keel-store from another checkout, e.g. the
@@ -351,6 +353,36 @@ async def compactions(ep: str) -> dict[str, dict[str, float]]:
     return {"compact, first": first, "compact after 2000 puts": again}
 
 
+RESTART_KEYS = 200_000
+"""Keys written before the restarts of ``--only=restart`` (``--preload=N``)."""
+
+
+async def restart(server: Server, victim: int) -> dict[str, float]:
+    """Kill -9 member ``victim`` (with 3 members a follower), restart it, and time until
+    it serves the last revision written before the kill (a serializable read on it):
+    its recovery from its snapshot and WAL, and with 3 members its catching up."""
+    leader = server.endpoints[leader_index(server)]
+    async with grpc.aio.insecure_channel(leader) as ch:
+        head = await rpcgrpc.KVStub(ch).Put(rpcpb.PutRequest(key=b"restart/x", value=VALUE))
+    wanted = head.header.revision
+    server.kill_member(victim)
+    start = time.perf_counter()
+    server.start_member(victim)
+    async with grpc.aio.insecure_channel(server.endpoints[victim]) as ch:
+        kv = rpcgrpc.KVStub(ch)
+        while True:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                got = await kv.Range(
+                    rpcpb.RangeRequest(key=b"restart/x", serializable=True), timeout=1.0
+                )
+                if got.header.revision >= wanted:
+                    break
+            if time.perf_counter() - start > 120:
+                raise RuntimeError(f"{server.kind} member {victim} did not come back")
+            await asyncio.sleep(0.02)
+    return {"serving again s": time.perf_counter() - start}
+
+
 def wait_healthy(server: Server, i: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while (
@@ -460,6 +492,10 @@ async def measure(
             if only == "failover":
                 return {"leader kill": await failovers(server, rounds)} if n > 1 else {}
             ep = server.endpoints[leader_index(server)]
+            if only == "restart":
+                await preload(ep, keys or RESTART_KEYS)
+                victim = (leader_index(server) + 1) % n
+                return {f"restart, {keys or RESTART_KEYS} keys": await restart(server, victim)}
             if only == "compact":
                 await preload(ep, keys or COMPACT_KEYS)
                 return await compactions(ep)
@@ -524,8 +560,8 @@ def main(argv: list[str]) -> int:
     for a in argv:
         if a.startswith("--only="):
             only = a.split("=", 1)[1]
-            if only not in ("failover", "puts", "watch", "snapshot", "compact"):
-                print(f"--only: failover, puts, watch, snapshot or compact, not {only!r}")
+            if only not in ("failover", "puts", "watch", "snapshot", "compact", "restart"):
+                print(f"--only: failover, puts, watch, snapshot, compact or restart, not {only!r}")
                 return 2
             if only == "failover":
                 nodes = [3]

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 
 from keel_store.bbolt import Bucket, Database, write_db
 from keel_store.mvcc.auth import AuthStore, Perm, User
-from keel_store.mvcc.keyspace import KeyHistory, KeyValue
+from keel_store.mvcc.keyspace import KeyHistory, KeyValue, collector_paused
 from keel_store.mvcc.store import Lease, StateMachine
 from keel_store.pb import authpb, rpcpb
 
@@ -247,8 +247,7 @@ def _load_keys(sm: StateMachine, db: Database) -> int:
         history.kvs.append(None if tombstone else kv)
         history.subs.append(sub)
         last = max(last, main)
-    for key in sorted(histories):
-        sm.kv.restore_history(key, histories[key])
+    sm.kv.restore_histories([(key, histories[key]) for key in sorted(histories)])
     return last
 
 
@@ -259,6 +258,11 @@ def from_database(db: Database) -> StateMachine:
     describe, as ``etcdctl snapshot restore`` does); a compaction etcd had scheduled
     but not finished is finished here.
     """
+    with collector_paused():
+        return _from_database(db)
+
+
+def _from_database(db: Database) -> StateMachine:
     sm = StateMachine()
     meta = _bucket(db, b"meta").items
     finished = scheduled = -1

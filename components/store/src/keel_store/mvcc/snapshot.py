@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from keel_store.mvcc.auth import AuthStore
 from keel_store.mvcc.etcd_db import key_bucket
-from keel_store.mvcc.keyspace import KeyHistory, KeyValue
+from keel_store.mvcc.keyspace import KeyHistory, KeyValue, collector_paused
 from keel_store.mvcc.store import Lease, MemberRecord, StateMachine
 
 MAGIC = b"KEELSNAP2\n"
@@ -61,6 +61,11 @@ def save(sm: StateMachine) -> bytes:
 
 def restore(data: bytes) -> StateMachine:
     """Rebuild a state machine from :func:`save`'s bytes; ValueError if malformed."""
+    with collector_paused():
+        return _restore(data)
+
+
+def _restore(data: bytes) -> StateMachine:
     if data.startswith(MAGIC):
         entry, with_sub = _ENTRY, True
     elif data.startswith(MAGIC_V1):
@@ -81,36 +86,46 @@ def restore(data: bytes) -> StateMachine:
     for lease_id, ttl in head["leases"]:
         sm.leases[lease_id] = Lease(lease_id, ttl)
     pos = newline + 1
+    end = len(data)
+    histories: list[tuple[bytes, KeyHistory]] = []
+    leases = sm.leases
+    parse = KeyValue.FromString
+    u32 = _U32.unpack_from
+    unpack, size = entry.unpack_from, entry.size
     try:
-        while pos < len(data):
-            (klen,) = _U32.unpack_from(view, pos)
-            key = bytes(view[pos + 4 : pos + 4 + klen])
+        while pos < end:
+            (klen,) = u32(view, pos)
+            key = data[pos + 4 : pos + 4 + klen]
+            if len(key) != klen:
+                raise ValueError("key runs past the end")
             pos += 4 + klen
-            (count,) = _U32.unpack_from(view, pos)
+            (count,) = u32(view, pos)
             pos += 4
-            history = KeyHistory()
+            revs: list[int] = []
+            kvs: list[KeyValue | None] = []
+            subs: list[int] = []
             for _ in range(count):
                 if with_sub:
-                    rev, sub, length = entry.unpack_from(view, pos)
+                    rev, sub, length = unpack(view, pos)
                 else:
-                    (rev, length), sub = entry.unpack_from(view, pos), 0
-                pos += entry.size
+                    (rev, length), sub = unpack(view, pos), 0
+                pos += size
                 kv: KeyValue | None = None
                 if length >= 0:
-                    if pos + length > len(data):
+                    if pos + length > end:
                         raise ValueError("entry runs past the end")
-                    kv = KeyValue()
-                    kv.ParseFromString(bytes(view[pos : pos + length]))
+                    kv = parse(data[pos : pos + length])
                     pos += length
-                history.revs.append(rev)
-                history.kvs.append(kv)
-                history.subs.append(sub)
-            sm.kv.restore_history(key, history)
-            latest = history.latest()
-            if latest is not None and latest.lease in sm.leases:
-                sm.leases[latest.lease].keys.add(key)
+                revs.append(rev)
+                kvs.append(kv)
+                subs.append(sub)
+            histories.append((key, KeyHistory(revs, kvs, subs)))
+            latest = kvs[-1] if kvs else None
+            if latest is not None and latest.lease in leases:
+                leases[latest.lease].keys.add(key)
     except (struct.error, ValueError, DecodeError) as exc:
         raise ValueError(f"truncated or corrupt snapshot at byte {pos}: {exc}") from exc
+    sm.kv.restore_histories(histories)
     sm.kv.restore_events()
     return sm
 

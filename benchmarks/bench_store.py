@@ -21,6 +21,8 @@ while the server takes the snapshot); ``--only=compact`` (two compactions of 200
 or ``--preload=N``, with puts meanwhile: the first, then one after 2,000 puts);
 ``--only=restart`` (200k keys, or ``--preload=N``, then a member killed -9 and restarted,
 a follower with 3 members: the time until it serves the last revision again);
+``--only=range`` (a range of all of 100k keys, or ``--preload=N``, with values and keys
+only, with puts meanwhile);
 ``--preload=N`` (N keys written with 100-put txns before the sequential puts, which then
 see a key space of that size); ``--puts=N`` (sequential puts; default 2000, 500 with
 ``--quick``); ``--baseline=DIR`` (also run keel-store from another checkout, e.g. the
@@ -334,6 +336,28 @@ async def snapshot_save(ep: str, tmp: Path) -> dict[str, float]:
     return {"save s": got.pop("s"), "MB": out.stat().st_size / 1e6, **got}
 
 
+async def big_ranges(ep: str) -> dict[str, dict[str, float]]:
+    """A linearizable range of every preloaded key (values and keys only), from another
+    connection, with sequential puts to the same member meanwhile."""
+    out = {}
+    unlimited = [("grpc.max_receive_message_length", -1)]  # as etcdctl's client
+    async with grpc.aio.insecure_channel(ep, options=unlimited) as ch:
+        kv = rpcgrpc.KVStub(ch)
+        for name, keys_only in (("range of every key", False), ("keys-only range", True)):
+            count = 0
+
+            async def read(keys_only: bool = keys_only) -> None:
+                nonlocal count
+                got = await kv.Range(
+                    rpcpb.RangeRequest(key=b"pre/", range_end=b"pre0", keys_only=keys_only)
+                )
+                count = len(got.kvs)
+
+            out[name] = await probed(ep, read)
+            out[name]["keys"] = count
+    return out
+
+
 async def compactions(ep: str) -> dict[str, dict[str, float]]:
     """Two compactions of the preloaded key space, each with puts meanwhile: the first
     of every version written so far, then one after 2,000 puts to existing keys (the
@@ -496,6 +520,9 @@ async def measure(
                 await preload(ep, keys or RESTART_KEYS)
                 victim = (leader_index(server) + 1) % n
                 return {f"restart, {keys or RESTART_KEYS} keys": await restart(server, victim)}
+            if only == "range":
+                await preload(ep, keys or SNAPSHOT_KEYS)
+                return await big_ranges(ep)
             if only == "compact":
                 await preload(ep, keys or COMPACT_KEYS)
                 return await compactions(ep)
@@ -560,8 +587,11 @@ def main(argv: list[str]) -> int:
     for a in argv:
         if a.startswith("--only="):
             only = a.split("=", 1)[1]
-            if only not in ("failover", "puts", "watch", "snapshot", "compact", "restart"):
-                print(f"--only: failover, puts, watch, snapshot, compact or restart, not {only!r}")
+            if only not in ("failover", "puts", "watch", "snapshot", "compact", "restart", "range"):
+                print(
+                    "--only: failover, puts, watch, snapshot, compact, restart or range, "
+                    f"not {only!r}"
+                )
                 return 2
             if only == "failover":
                 nodes = [3]

@@ -141,6 +141,17 @@ class StateMachine:
 
         ``in_write``: called inside a write transaction, whose earlier writes it sees.
         """
+        resp, kvs = self.range_parts(req, in_write=in_write)
+        fill_kvs(resp, kvs, req.keys_only)
+        return resp
+
+    def range_parts(
+        self, req: rpcpb.RangeRequest, *, in_write: bool = False
+    ) -> tuple[rpcpb.RangeResponse, list[KeyValue]]:
+        """:meth:`range` without the versions copied into the response: the response
+        (header, count, more) and the versions it returns, for the caller to copy
+        (:func:`fill_kvs`). The versions stay as they are: a stored version is never
+        changed, so the caller may copy them later, a part at a time."""
         self.ops.ranges += 1
         # The header carries the store's current revision, whatever revision is read
         # (inside a write txn: the txn's revision once it has changed something).
@@ -168,7 +179,7 @@ class StateMachine:
         if req.min_create_revision:
             kvs = [kv for kv in kvs if kv.create_revision >= req.min_create_revision]
         if req.count_only:
-            return resp
+            return resp, []
         order = req.sort_order
         if req.sort_target != rpcpb.RangeRequest.KEY and order == rpcpb.RangeRequest.NONE:
             order = rpcpb.RangeRequest.ASCEND
@@ -178,17 +189,16 @@ class StateMachine:
         if req.limit > 0 and len(kvs) > req.limit:
             kvs = kvs[: req.limit]
             resp.more = True
-        _fill(resp, kvs, req.keys_only)
-        return resp
+        return resp, kvs
 
     def _range_by_key(
         self, req: rpcpb.RangeRequest, key: bytes, end: bytes, rev: int, current: int
-    ) -> rpcpb.RangeResponse:
+    ) -> tuple[rpcpb.RangeResponse, list[KeyValue]]:
         """A range in key order without revision filters: counted, and only the keys it
         returns read (at the latest revision: without walking deleted keys)."""
         if req.count_only:
             count = self.kv.count(key, end, rev)
-            return rpcpb.RangeResponse(header=self._header(current), count=count)
+            return rpcpb.RangeResponse(header=self._header(current), count=count), []
         limit = req.limit if req.limit > 0 else 0
         descend = req.sort_order == rpcpb.RangeRequest.DESCEND
         count, kvs = self.kv.window(key, end, rev, limit, reverse=descend)
@@ -196,8 +206,7 @@ class StateMachine:
         if descend:
             kvs.reverse()
         resp.more = bool(limit) and count > limit
-        _fill(resp, kvs, req.keys_only)
-        return resp
+        return resp, kvs
 
     # --- writes ---------------------------------------------------------------------
 
@@ -507,11 +516,13 @@ _SORT_KEYS: dict[int, Callable[[KeyValue], bytes | int]] = {
 }
 
 
-def _fill(resp: rpcpb.RangeResponse, kvs: list[KeyValue], keys_only: bool) -> None:
+def fill_kvs(resp: rpcpb.RangeResponse, kvs: list[KeyValue], keys_only: bool) -> None:
     """Copy ``kvs`` into ``resp``; with ``keys_only``, the copies lose their values (as
-    etcd sets ``Value = nil``). Clearing the copies costs ~60 ns a key; building a
-    value-less message for each in Python cost 2.7 us (100k keys: 0.49 -> 0.23 s)."""
+    etcd sets ``Value = nil``). Copying and clearing beats building a value-less message
+    per key in Python: 100k keys, heap frozen as in the daemon, 0.12-0.19 s vs
+    0.20-0.34 s."""
+    first = len(resp.kvs)
     resp.kvs.extend(kvs)
     if keys_only:
-        for kv in resp.kvs:
+        for kv in resp.kvs[first:]:  # only the copies added here (it may be called again)
             kv.ClearField("value")

@@ -3,6 +3,7 @@ services share with it: response headers, permission checks, etcd's error status
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,8 @@ from keel_store.mvcc import auth as auth_errors
 from keel_store.mvcc import errors, validate
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
-from keel_store.mvcc.keyspace import ENTRY_OVERHEAD
+from keel_store.mvcc.keyspace import ENTRY_OVERHEAD, KeyValue
+from keel_store.mvcc.store import fill_kvs
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.node import StoreNode
 
@@ -42,6 +44,21 @@ def guarded(
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
     return wrapper
+
+
+RANGE_SLICE = 4096
+"""Versions copied into a range's response between two turns of the loop (~6 ms)."""
+
+
+async def fill_paced(resp: Any, kvs: list[KeyValue], keys_only: bool) -> None:
+    """Copy the versions a range returns into its response a slice at a time, the loop
+    free in between: a range of 100k keys held it for 0.15 s (1.5 us a key), which
+    other clients and, on a leader, the heartbeats waited out. The versions were read
+    at one point in time and are never changed, so the answer is the same."""
+    for start in range(0, len(kvs), RANGE_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        fill_kvs(resp, kvs[start : start + RANGE_SLICE], keys_only)
 
 
 class Headers:
@@ -211,7 +228,8 @@ class KVService(rpcgrpc.KVServicer):  # type: ignore[misc]
         require(self.node, context, request.key, request.range_end, write=False)
         if not request.serializable:
             await self.node.read_barrier()
-        resp = self.node.sm.range(request)
+        resp, kvs = self.node.sm.range_parts(request)
+        await fill_paced(resp, kvs, request.keys_only)
         self.headers.fill(resp.header, resp.header.revision)
         return resp
 

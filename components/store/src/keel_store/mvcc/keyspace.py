@@ -149,6 +149,9 @@ class KeySpace:
         store never compacted succeeds (and a second one fails), as with etcd."""
         self._log_revs: list[int] = []
         self._log_changes: list[Changes] = []
+        self._log_whole = True
+        """Whether the log holds every change since the last compaction: not between
+        restoring histories and rebuilding the log from them (restore_events)."""
         self._pending: Changes | None = None
         self.size = 0
         """Approximate bytes held: every version since compaction (the quota's measure)."""
@@ -329,7 +332,9 @@ class KeySpace:
         # that one left each key at most one version up to its revision, never a
         # tombstone, and a key created since holds one version unless it changed again.
         # The change log holds every change since (restore_events rebuilds it from a
-        # snapshot), so the work follows the updates, not the size of the key space.
+        # snapshot), so the work follows the updates, not the size of the key space;
+        # before it is rebuilt (etcd's database finishing a scheduled compaction on
+        # load), the keys are walked.
         log_revs = self._log_revs
         logged = self._log_changes[
             bisect.bisect_right(log_revs, self.compact_revision) : bisect.bisect_right(
@@ -340,7 +345,7 @@ class KeySpace:
         # keys written many times), walking every key costs less than reading the log.
         keys = self._keys
         touched: list[bytes] | SortedKeysView[bytes] = keys.keys()
-        if sum(len(changes.items) for changes in logged) <= 2 * len(keys):
+        if self._log_whole and sum(len(changes.items) for changes in logged) <= 2 * len(keys):
             touched = list(
                 dict.fromkeys(
                     key
@@ -392,6 +397,7 @@ class KeySpace:
             for kv in history.kvs:
                 size += klen + (len(kv.value) if kv is not None else 0)
         self.size += size
+        self._log_whole = False  # until restore_events
         if self._keys:
             self._keys.update(histories)
         else:
@@ -429,6 +435,7 @@ class KeySpace:
             batch.sort(key=_SUB_KEY)
             changes.items = [(k, kv, p) for _, k, kv, p in batch]
             self._log_changes.append(changes)
+        self._log_whole = True
 
 
 _SUB_KEY = operator.itemgetter(0, 1)

@@ -63,7 +63,8 @@ def _child(
     compute: Callable[[StateMachine], bytes] = snapshot.save,
 ) -> None:
     """In the forked child: serialize (or ``compute`` something else over ``sm``, a
-    hash), ``keep`` (write the file), send, then leave without any cleanup."""
+    hash), then ``keep`` the bytes (write the file, or send them framed) or send them
+    as they are, then leave without any cleanup."""
     code = 1
     try:
         _settle_child()
@@ -71,12 +72,16 @@ def _child(
         if keep is not None:
             keep(data)  # the file is the snapshot: the parent reads it if ever needed
         else:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
         code = 0
     finally:
         os._exit(code)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _collect(fd: int, pid: int) -> bytes:
@@ -152,19 +157,12 @@ _SIZE = struct.Struct(">Q")
 def _stream_child(sm: StateMachine, fd: int, compute: Callable[[StateMachine], bytes]) -> None:
     """In the forked child: ``compute`` over ``sm``, then send the result's length and
     the result itself, waiting on the pipe as the parent reads it; then leave."""
-    code = 1
-    try:
-        _settle_child()
-        data = compute(sm)
-        view = memoryview(_SIZE.pack(len(data)))
-        while view:
-            view = view[os.write(fd, view) :]
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        code = 0
-    finally:
-        os._exit(code)
+
+    def send(data: bytes) -> None:
+        _write_all(fd, _SIZE.pack(len(data)))
+        _write_all(fd, data)
+
+    _child(sm, fd, send, compute)
 
 
 class ChildStream:

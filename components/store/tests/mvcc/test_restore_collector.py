@@ -1,5 +1,6 @@
 """Restoring a key space (a keel-store snapshot, etcd's database) runs with the cyclic
-collector paused, and leaves it as it found it, also when the input is refused."""
+collector paused, and leaves it as it found it, also when the input is refused; a
+snapshot restores from any bytes-like input."""
 
 from __future__ import annotations
 
@@ -66,3 +67,14 @@ def test_a_refused_snapshot_leaves_the_collector_as_it_was(collector_on: object)
         assert not gc.isenabled()  # not switched on by the restore
     finally:
         gc.enable()
+
+
+def test_a_snapshot_restores_from_any_bytes_like_input() -> None:
+    """The keys are slices of the input: from a bytearray or a memoryview they must
+    still be bytes (a bytearray key cannot be hashed)."""
+    sm = _state()
+    data = snapshot.save(sm)
+    for given in (data, bytearray(data), memoryview(data)):
+        restored = snapshot.restore(given)  # type: ignore[arg-type]
+        assert {type(k) for k, _ in restored.kv.histories()} == {bytes}
+        assert snapshot.save(restored) == data

@@ -66,6 +66,8 @@ def restore(data: bytes) -> StateMachine:
 
 
 def _restore(data: bytes) -> StateMachine:
+    if not isinstance(data, bytes):  # the keys are slices of it: they must be bytes
+        data = bytes(data)
     if data.startswith(MAGIC):
         entry, with_sub = _ENTRY, True
     elif data.startswith(MAGIC_V1):

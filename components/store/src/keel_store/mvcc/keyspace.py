@@ -384,10 +384,6 @@ class KeySpace:
         """Every key with its history, in key order (for snapshots and hashing)."""
         yield from self._keys.items()
 
-    def restore_history(self, key: bytes, history: KeyHistory) -> None:
-        """Put back one key's history while restoring a snapshot."""
-        self.restore_histories([(key, history)])
-
     def restore_histories(self, histories: list[tuple[bytes, KeyHistory]]) -> None:
         """Put back many keys' histories at once while restoring a snapshot (the sorted
         index is built in one sort, not a key at a time: 200k keys, 0.65 -> 0.05 s)."""

@@ -186,14 +186,11 @@ class ChildStream:
         self._reaped = False
 
     async def _start(self) -> None:
-        (self.size,) = _SIZE.unpack(await self._read_exactly(_SIZE.size))
+        (self.size,) = _SIZE.unpack(await self.read(_SIZE.size))
 
     async def read(self, n: int) -> bytes:
-        """The next ``n`` bytes (fewer only at the end of ``size``); raises
-        :class:`SnapshotChildError` if the child stopped before them."""
-        return await self._read_exactly(n)
-
-    async def _read_exactly(self, n: int) -> bytes:
+        """The next ``n`` bytes; raises :class:`SnapshotChildError` if the child
+        stopped before them."""
         try:
             return await self._reader.readexactly(n)
         except asyncio.IncompleteReadError as exc:

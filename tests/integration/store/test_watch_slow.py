@@ -99,6 +99,27 @@ def test_a_client_that_stops_reading_makes_a_slow_watcher(make_cluster, binary) 
     print(f"{binary}: RSS grew {grown} MiB while {PUTS} x {len(VALUE)} B went unread")
 
 
+def _without_etcd_15271_replay(revisions: list[int]) -> list[int]:
+    """etcd 3.4's revisions with its known replay taken out, checked to be that replay.
+
+    etcd 3.4 does not move a synced watcher's start revision along as it delivers, so
+    a follower that installs a snapshot sends such a watcher everything again from the
+    revision it was created at (etcd issue #15271, fixed in 3.5 by #15492; Debian ships
+    3.4.23). It happened once in CI on 2026-12-07 (events 2..165 sent a second time).
+    The replay must be one step back to an earlier revision followed by the revisions
+    in order: then the list up to the step back is what is kept. keel-store's run is
+    compared without this."""
+    for i in range(1, len(revisions)):
+        if revisions[i] <= revisions[i - 1]:
+            head, replay = revisions[:i], revisions[i:]
+            start = replay[0]
+            assert replay[: len(head) - head.index(start)] == head[head.index(start) :], (
+                "etcd went back to a revision and did not replay in order"
+            )
+            return head + replay[len(head) - head.index(start) :]
+    return revisions
+
+
 @pytest.mark.parametrize("binary", ["keel", "etcd"])
 def test_a_follower_that_installs_a_snapshot_keeps_its_watchers_whole(make_cluster, binary) -> None:
     # etcd keeps 5,000 entries behind each snapshot for slow followers; 7,000 writes
@@ -154,7 +175,10 @@ def test_a_follower_that_installs_a_snapshot_keeps_its_watchers_whole(make_clust
             done.set()
             stream.cancel()
             reader.join(10)
-    assert revisions == list(range(first, last + 1))
+    expected = list(range(first, last + 1))
+    if binary == "etcd":
+        revisions = _without_etcd_15271_replay(revisions)
+    assert revisions == expected
     log = follower.log_path.read_text()
     installed = "installed the leader's snapshot" if binary == "keel" else "applied snapshot"
     assert installed in log, "the follower caught up from the log, not from a snapshot"

@@ -218,17 +218,21 @@ class StateMachine:
         if req.lease and req.lease not in self.leases:
             raise errors.LEASE_NOT_FOUND
 
-    def _put(self, req: rpcpb.PutRequest) -> rpcpb.PutResponse:
+    def _put(self, req: rpcpb.PutRequest, resp: rpcpb.PutResponse) -> None:
+        """A checked put into ``resp`` (a txn's own op response: no copy)."""
         self.ops.puts += 1
-        prev = self.kv.get(req.key)
-        value = prev.value if req.ignore_value and prev is not None else req.value
-        lease = prev.lease if req.ignore_lease and prev is not None else req.lease
+        value, lease = req.value, req.lease
+        if req.ignore_value or req.ignore_lease:
+            prev = self.kv.get(req.key)
+            if prev is not None:
+                value = prev.value if req.ignore_value else value
+                lease = prev.lease if req.ignore_lease else lease
         kv, prev = self.kv.put(req.key, value, lease)
-        self._attach(kv, prev)
-        resp = rpcpb.PutResponse(header=self._header(self.kv.write_revision))
+        if lease or (prev is not None and prev.lease):
+            self._attach(kv, prev)
+        resp.header.revision = self.kv.write_revision
         if req.prev_kv and prev is not None:
             resp.prev_kv.CopyFrom(prev)
-        return resp
 
     def put(self, req: rpcpb.PutRequest) -> rpcpb.PutResponse:
         """KV.Put: one new revision; ``ignore_*`` need the key; a lease must exist.
@@ -239,7 +243,8 @@ class StateMachine:
             raise errors.LEASE_NOT_FOUND
         self._check_put(req)
         self.kv.begin()
-        resp = self._put(req)
+        resp = rpcpb.PutResponse()
+        self._put(req, resp)
         self._commit()
         return resp
 
@@ -317,7 +322,7 @@ class StateMachine:
             if which == "request_range":
                 out.response_range.CopyFrom(self.range(op.request_range, in_write=True))
             elif which == "request_put":
-                out.response_put.CopyFrom(self._put(op.request_put))
+                self._put(op.request_put, out.response_put)
             elif which == "request_delete_range":
                 out.response_delete_range.CopyFrom(self._delete(op.request_delete_range))
             elif which == "request_txn":

@@ -102,6 +102,13 @@ FLAGS: list[tuple[str, Any, str]] = [
         " cluster with this member's data (disaster recovery; ignored for a new member)",
     ),
     ("snapshot-count", 100_000, "committed transactions between snapshots"),
+    (
+        "experimental-snapshot-bytes",
+        32 << 20,
+        "keel-store's own: also snapshot once the entries applied since the last snapshot"
+        " reach this many bytes, or the key space's size if larger, which bounds a"
+        " restart's replay (0: by --snapshot-count only, as etcd)",
+    ),
     ("quota-backend-bytes", 0, "raise an alarm when the backend exceeds this (0: 2 GiB)"),
     ("auto-compaction-mode", "periodic", "periodic or revision"),
     ("auto-compaction-retention", "0", "hours (periodic, or a Go duration) / revisions kept"),

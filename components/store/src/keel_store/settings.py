@@ -86,6 +86,11 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     warn_apply = go_duration(
         args.experimental_warning_apply_duration, "experimental-warning-apply-duration"
     )
+    if args.experimental_snapshot_bytes < 0:
+        raise FlagError(
+            f"--experimental-snapshot-bytes={args.experimental_snapshot_bytes}: must be 0"
+            " (by --snapshot-count only) or more"
+        )
     if args.max_snapshots < 1:
         raise FlagError(
             f"--max-snapshots={args.max_snapshots}: keel-store keeps at least one snapshot"
@@ -106,6 +111,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         heartbeat_ms=args.heartbeat_interval,
         election_ms=args.election_timeout,
         snapshot_count=args.snapshot_count or 100_000,  # etcd: 0 is the default
+        snapshot_bytes=args.experimental_snapshot_bytes,
         quota_bytes=args.quota_backend_bytes or (2 << 30),
         fsync=not args.unsafe_no_fsync,
         background_snapshots=True,

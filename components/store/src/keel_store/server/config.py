@@ -38,6 +38,10 @@ class NodeConfig:
     heartbeat_ms: int = 100
     election_ms: int = 1000
     snapshot_count: int = 100_000
+    snapshot_bytes: int = 0
+    """``--experimental-snapshot-bytes``: also snapshot once the entries applied since
+    the last snapshot reach this many bytes, or the key space's size then if larger
+    (``server.snapshot_schedule``; 0: by count only, as etcd)."""
     request_timeout: float = 7.0
     quota_bytes: int = 2 << 30
     fsync: bool = True
@@ -54,6 +58,7 @@ class NodeConfig:
     token_provider: Any = None
     """``--auth-token``: a :class:`~keel_store.server.tokens.TokenProvider` (None: simple)."""
     bcrypt_cost: int = 10
+    """``--bcrypt-cost``: the work factor of password hashes (4-31, etcd's default 10)."""
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     """``--max-request-bytes``: a larger proposal is refused ("request is too large")."""
     lease_checkpoint_interval: float = 0.0
@@ -61,7 +66,6 @@ class NodeConfig:
     ``--experimental-enable-lease-checkpoint`` checkpoints every 300 s)."""
     warn_apply_seconds: float = 0.1
     """``--experimental-warning-apply-duration``: log an entry whose apply took longer."""
-    """``--bcrypt-cost``: the work factor of password hashes (4-31, etcd's default 10)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

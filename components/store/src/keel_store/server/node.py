@@ -142,6 +142,11 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._tasks: list[asyncio.Task[None]] = []
         self._next_id = self._rng.getrandbits(40)
         self.last_snapshot_index = 0
+        self._applied_bytes = 0
+        """Bytes of entries this process applied (``--experimental-snapshot-bytes``)."""
+        self._snapshot_mark = (0, 0, True)
+        """At the last snapshot: ``_applied_bytes``, the key space's size, and whether
+        it was the start (``snapshot_schedule.bytes_due``; the first gets a phase)."""
         self.leader_changed = asyncio.Event()
         self.leader_gate = LeaderGate(lambda: self.raft.leader, config.election_ms / 1000)
         """etcd's ``hasleader`` checks for calls made with clientv3's ``WithRequireLeader``."""
@@ -219,6 +224,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.storage.append(entries)
         self.storage.set_hard_state(hard_state)
         self.last_snapshot_index = snap.meta.index
+        self._snapshot_mark = (0, self.sm.kv.size, True)
         election_ticks = max(2, self.config.election_ms // self.config.heartbeat_ms)
         self.raft = RaftNode(
             RaftConfig(
@@ -505,6 +511,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             self._refresh_peers()
             self.disk.save_snapshot(rd.snapshot)
             self.last_snapshot_index = rd.snapshot.meta.index
+            self._snapshot_mark = (self._applied_bytes, self.sm.kv.size, False)
             log.info(
                 "installed the leader's snapshot at index %d (%d bytes) in %.2f s",
                 rd.snapshot.meta.index,
@@ -560,6 +567,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         clock, warn = time.perf_counter, self.config.warn_apply_seconds
         for entry in rd.committed_entries:
             started = clock()
+            self._applied_bytes += len(entry.data)
             self._apply(entry.index, entry.data if entry.type == 0 else b"")
             took = clock() - started
             if took > warn:
@@ -708,15 +716,22 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     def _maybe_snapshot(self) -> None:
         applied = self.sm.applied_index
         count = self.config.snapshot_count
-        offset = snapshot_schedule.phase(self.member_id, self.raft.conf.voters, count)
+        voters = self.raft.conf.voters
+        offset = snapshot_schedule.phase(self.member_id, voters, count)
+        limit = self.config.snapshot_bytes
+        at_bytes, base, first = self._snapshot_mark
+        early = snapshot_schedule.phase(self.member_id, voters, limit) if first else 0
         if not (
             snapshot_schedule.due(applied, self.last_snapshot_index, count, offset)
+            or snapshot_schedule.bytes_due(self._applied_bytes - at_bytes, base, limit, early)
             or self._snapshot_now
         ):
             return
+        mark = (self._applied_bytes, self.sm.kv.size, False)
         if not self.config.background_snapshots:
             started = time.perf_counter()
             self._record_snapshot(applied, self.raft.conf, snapshot.save(self.sm), started)
+            self._snapshot_mark = mark
             return
         if self._snapshot_child is not None:
             return  # one at a time; the next Ready asks again once it is recorded
@@ -744,6 +759,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                 # (unless a newer snapshot came from the leader meanwhile)
                 if applied > self.storage.snapshot_meta.index:
                     self._record_written_snapshot(meta, started)
+                    self._snapshot_mark = mark
                 elif replacing and applied == self.storage.snapshot_meta.index:
                     # Nothing applied since the unreadable one: the same snapshot,
                     # written again under its name (the loader reads the new file).

@@ -40,3 +40,11 @@ def due(applied: int, last: int, count: int, offset: int) -> bool:
     if applied - last >= count:
         return True
     return count > 0 and applied >= last + count - (last + offset) % count
+
+
+def bytes_due(since: int, base: int, limit: int, offset: int = 0) -> bool:
+    """Whether a member that applied ``since`` bytes of entries since its last snapshot,
+    whose key space was ``base`` bytes at that snapshot, takes one now under
+    ``--experimental-snapshot-bytes=limit`` (0: never), ``offset`` bytes early
+    (:func:`phase` of ``limit``, for its first one)."""
+    return limit > 0 and since >= max(limit, base) - offset

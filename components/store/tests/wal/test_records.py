@@ -42,6 +42,27 @@ def test_zero_fill_ends_the_data_cleanly():
     assert (len(found.records), found.end, found.problem) == (1, len(data) - 4096, None)
 
 
+@pytest.mark.parametrize("where", [0, 1, 4095, 4096, 4097, 10_000, 12_287])
+def test_the_first_nonzero_byte_is_found_wherever_it_is(monkeypatch, where):
+    # Scanned 4 KiB at a time here (1 MiB in use): before, at and after each boundary.
+    monkeypatch.setattr(rec, "_ZERO_SCAN", 4096)
+    data = bytearray(12_288)
+    data[where] = 7
+    data[where + 1 :] = b"\x01" * (len(data) - where - 1)  # what follows does not count
+    assert rec._first_nonzero(bytes(data), 0) == where
+    assert rec._first_nonzero(bytes(data), min(where, 3)) == where
+    assert rec._first_nonzero(bytes(12_288), 5) is None
+    assert rec._first_nonzero(bytes(data), len(data)) is None
+
+
+def test_bytes_after_the_zero_fill_are_reported_past_the_first_scan_chunk(monkeypatch):
+    monkeypatch.setattr(rec, "_ZERO_SCAN", 4096)
+    data = rec.encode_entry(Entry(1, 1)) + bytes(9000) + b"\x05" + bytes(100)
+    found = rec.scan(data)
+    assert len(found.records) == 1
+    assert found.problem == "zero length followed by non-zero bytes"
+
+
 def test_every_flipped_byte_of_a_record_is_caught():
     one = rec.encode_entry(Entry(1, 1, data=b"payload"))
     body_end = rec.HEADER.size + 1 + rec._ENTRY.size + len(b"payload")

@@ -142,6 +142,11 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._tasks: list[asyncio.Task[None]] = []
         self._next_id = self._rng.getrandbits(40)
         self.last_snapshot_index = 0
+        self.replayed = asyncio.Event()
+        """Set once the entries committed before a start are applied again (at once
+        on a fresh member), or the member stopped first: until then the member
+        replays its WAL, which the daemon lets run without the cyclic collector."""
+        self._replay_to = 0
         self._applied_bytes = 0
         """Bytes of entries this process applied (``--experimental-snapshot-bytes``)."""
         self._snapshot_mark = (0, 0, True)
@@ -223,6 +228,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._install_state(snap)
         self.storage.append(entries)
         self.storage.set_hard_state(hard_state)
+        self._replay_to = hard_state.commit
+        self._note_replayed()
         self.last_snapshot_index = snap.meta.index
         self._snapshot_mark = (0, self.sm.kv.size, True)
         election_ticks = max(2, self.config.election_ms // self.config.heartbeat_ms)
@@ -259,6 +266,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     async def stop(self) -> None:
         """Stop the loops and the transport; fail everything still waiting."""
         self.stopped = True
+        self.replayed.set()  # nothing more is replayed: no one waits for it
         if self._snapshot_child is not None:
             self._snapshot_child.kill()
         tasks = [*self._tasks, *self._hash_tasks]  # a hash child is killed on cancel
@@ -470,6 +478,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         save. ``on_failure`` tells the daemon, which stops the member."""
         log.critical("the member stops: %s: %s", type(exc).__name__, exc, exc_info=exc)
         self.failure = exc
+        self.replayed.set()
         self._wake.set()  # the loop task, if it is waiting, ends
         if self.on_failure is not None:
             self.on_failure(exc)
@@ -573,11 +582,16 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             if took > warn:
                 self._slow_apply(entry.index, entry.data, took)
         self.raft.advance(rd)
+        self._note_replayed()
         for rs in rd.read_states:
             self._read_ready(rs)
         self._maybe_snapshot()
         if self._compact_to >= self.storage.first_index():
             self._compact_some()
+
+    def _note_replayed(self) -> None:
+        if not self.replayed.is_set() and self.sm.applied_index >= self._replay_to:
+            self.replayed.set()
 
     def _slow_apply(self, index: int, data: bytes, took: float) -> None:
         """etcd's "apply request took too long" (``--experimental-warning-apply-duration``)."""

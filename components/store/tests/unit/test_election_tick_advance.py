@@ -5,20 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable
 from types import SimpleNamespace
 
-from keel_store.raft import ConfState, MemoryStorage, RaftConfig, RaftNode, Snapshot, SnapshotMeta
+from keel_store.raft import (
+    ConfState,
+    MemoryStorage,
+    RaftConfig,
+    RaftNode,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
 from keel_store.server.node import StoreNode
 
 TICKS = 10
 
 
-def advanced(voters: tuple[int, ...], connected: set[int], flag: bool) -> int:
-    """Election ticks a member 1 with ``voters`` has after the advance (within 0.3 s)."""
+def advanced(voters: tuple[int, ...], connected: set[int], flag: bool, seed: int = 0) -> int | str:
+    """Election ticks a member 1 with ``voters`` has after the advance (within 0.3 s),
+    or ``"leader"`` if it campaigned and won."""
     storage = MemoryStorage()
     storage.apply_snapshot(Snapshot(SnapshotMeta(index=1, term=1, conf=ConfState(voters=voters))))
-    raft = RaftNode(RaftConfig(id=1, election_ticks=TICKS, applied=1), storage)
+    rng = random.Random(seed)
+    raft = RaftNode(RaftConfig(id=1, election_ticks=TICKS, applied=1, rng=rng), storage)
     actions: list[Callable[[], None]] = []
     member = SimpleNamespace(
         raft=raft,
@@ -36,12 +47,13 @@ def advanced(voters: tuple[int, ...], connected: set[int], flag: bool) -> int:
         asyncio.run(run())
     for action in actions:
         action()
-    return raft.election_elapsed
+    return "leader" if raft.role is Role.LEADER else raft.election_elapsed
 
 
-def test_the_only_voter_advances_whatever_the_flag() -> None:
-    assert advanced((1,), set(), flag=True) == TICKS - 1
-    assert advanced((1,), set(), flag=False) == TICKS - 1
+def test_the_only_voter_campaigns_at_once_whatever_the_flag() -> None:
+    for flag in (True, False):
+        for seed in range(20):  # whatever its randomized election timeout
+            assert advanced((1,), set(), flag=flag, seed=seed) == "leader"
 
 
 def test_a_member_of_three_advances_once_a_quorum_is_connected() -> None:

@@ -351,8 +351,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         """etcd's ``adjustTicks``: the first campaign after a start need not wait a whole
         election timeout (1 to 2 of them, randomized) when nobody else can lead.
 
-        The only voter fast-forwards its election clock at once (``election ticks - 1``,
-        whatever the flag, as etcd). With ``--initial-election-tick-advance`` (the
+        The only voter campaigns at once, whatever the flag: its clock is run forward
+        until it does (etcd skips ``election ticks - 1`` of a randomized timeout of 1
+        to 2 election timeouts, so its lone member still waits up to one: 0.1-1 s
+        here, for no vote to gather). With ``--initial-election-tick-advance`` (the
         default), a member of a larger cluster fast-forwards ``election ticks - 2``
         once enough peers are connected for a vote to pass (etcd waits up to 5 s the
         same way, for two connected peers): a leader that is up sends its heartbeat
@@ -366,7 +368,9 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         while time.monotonic() < deadline:
             voters = self.raft.conf.voters
             if voters == (self.member_id,) and self.raft.log.applied >= self.raft.log.committed:
-                self._submit(lambda: self._fast_forward(ticks - 1))
+                # 2 x ticks: past the longest randomized timeout; the clock stops
+                # at the campaign (the member is no longer a follower then).
+                self._submit(lambda: self._fast_forward(2 * ticks))
                 return
             if self.config.initial_election_tick_advance and self.member_id in voters:
                 active = sum(

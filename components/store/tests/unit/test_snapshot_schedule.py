@@ -192,6 +192,10 @@ def test_a_member_written_in_large_entries_snapshots_by_bytes_and_replays_less(
                     revision = node.sm.kv.revision
                     await node.propose(Kind.COMPACT, rpcpb.CompactionRequest(revision=revision))
             assert node.sm.kv.size < limit
+            # A snapshot due while another one's child runs is taken at the next
+            # Ready after that one is recorded: one more entry makes that Ready.
+            await until(lambda: node._snapshot_child is None)
+            await node.propose(Kind.PUT, rpcpb.PutRequest(key=b"last", value=b"v"))
             await until(lambda: node._snapshot_child is None)
             taken_at = node.last_snapshot_index
             end = node.sm.applied_index

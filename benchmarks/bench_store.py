@@ -392,7 +392,14 @@ async def restart(server: Server, victim: int) -> dict[str, float]:
     server.kill_member(victim)
     start = time.perf_counter()
     server.start_member(victim)
-    async with grpc.aio.insecure_channel(server.endpoints[victim]) as ch:
+    # Connection attempts 20 ms apart: with gRPC's default backoff (1 s, growing) the
+    # client found a member that listened 1.74 s after its start only at 2.62 s.
+    retry = [
+        ("grpc.initial_reconnect_backoff_ms", 20),
+        ("grpc.min_reconnect_backoff_ms", 20),
+        ("grpc.max_reconnect_backoff_ms", 20),
+    ]
+    async with grpc.aio.insecure_channel(server.endpoints[victim], options=retry) as ch:
         kv = rpcgrpc.KVStub(ch)
         while True:
             with contextlib.suppress(grpc.aio.AioRpcError):

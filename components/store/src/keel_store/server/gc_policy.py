@@ -11,8 +11,8 @@ put's time goes").
 
 ``gc.freeze()`` moves every tracked object into a permanent generation that collections
 skip. The daemon (not library users: this is process-wide state) freezes once the node
-has started (snapshot restored, WAL entries loaded; those entries are applied just
-after, and caught by a later refreeze), before it serves clients, and again after any
+has recovered (snapshot restored and the WAL's committed entries applied again, both
+with the collector off), before it serves clients, and again after any
 full collection that leaves at least :data:`REFREEZE_OBJECTS` objects in the oldest
 generation, so a full collection scans roughly what was created since the previous
 freeze, at most ~1.25x that many objects. At that moment the survivors have just been
@@ -55,9 +55,14 @@ class GcPolicy:
         """Freezes done (the startup one included)."""
         self.installed = False
 
-    def install(self) -> None:
-        """Collect and freeze everything now (after recovery), then watch full collections."""
-        gc.collect()
+    def install(self, *, collect: bool = True) -> None:
+        """Collect and freeze everything now (after recovery), then watch full collections.
+
+        ``collect=False`` freezes without collecting first: for a heap whose new objects
+        were made with the collector off and hold no garbage cycles (the daemon's
+        recovery), where a full collection would scan them all to find nothing."""
+        if collect:
+            gc.collect()
         self.freeze()
         gc.callbacks.append(self._on_gc)
         self.installed = True

@@ -149,6 +149,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._replay_to = 0
         self._applied_bytes = 0
         """Bytes of entries this process applied (``--experimental-snapshot-bytes``)."""
+        self._snapshot_why = ""
+        """Why the snapshot being taken is taken (logged once it is saved)."""
         self._snapshot_mark = (0, 0, True)
         """At the last snapshot: ``_applied_bytes``, the key space's size, and whether
         it was the start (``snapshot_schedule.bytes_due``; the first gets a phase)."""
@@ -315,15 +317,20 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         return self.sm.applied_index
 
     def disk_bytes(self) -> int:
-        """Bytes of this member's WAL and snapshot files (``endpoint status`` DB size)."""
+        """Bytes of this member's snapshot files and WAL records (``endpoint status`` DB
+        size). The last WAL segment counts up to its last record: the rest is zero fill
+        preallocated to 64 MiB (etcd's figure is its bbolt file, and an empty member's
+        is 20 kB; counting the fill made keel-store's 64 MiB)."""
         total = 0
         dirs = [self.config.data_dir / "member"]
         if self.config.wal_dir is not None:
             dirs.append(self.config.wal_dir)
+        tail, used = self.disk.wal.tail
         for path in (p for d in dirs for p in d.rglob("*")):
             with contextlib.suppress(OSError):
                 if path.is_file():
-                    total += path.stat().st_size
+                    size = path.stat().st_size
+                    total += min(size, used) if str(path) == tail else size
         return total
 
     @property
@@ -739,15 +746,19 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         limit = self.config.snapshot_bytes
         at_bytes, base, first = self._snapshot_mark
         early = snapshot_schedule.phase(self.member_id, voters, limit) if first else 0
-        if not (
-            snapshot_schedule.due(applied, self.last_snapshot_index, count, offset)
-            or snapshot_schedule.bytes_due(self._applied_bytes - at_bytes, base, limit, early)
-            or self._snapshot_now
-        ):
+        since = self._applied_bytes - at_bytes
+        if snapshot_schedule.due(applied, self.last_snapshot_index, count, offset):
+            why = f"{applied - self.last_snapshot_index} entries since the last one"
+        elif snapshot_schedule.bytes_due(since, base, limit, early):
+            why = f"{since} bytes of entries since the last one"
+        elif self._snapshot_now:
+            why = "the last one cannot be read"
+        else:
             return
         mark = (self._applied_bytes, self.sm.kv.size, False)
         if not self.config.background_snapshots:
             started = time.perf_counter()
+            self._snapshot_why = why
             self._record_snapshot(applied, self.raft.conf, snapshot.save(self.sm), started)
             self._snapshot_mark = mark
             return
@@ -756,6 +767,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         if time.monotonic() < self._snapshot_retry_at:
             return  # the last child failed (a full disk?): not a fork per Ready
         started = time.perf_counter()
+        self._snapshot_why = why
         conf = self.raft.conf
         meta = SnapshotMeta(index=applied, term=self.storage.term(applied), conf=conf)
         snapshots = self.disk.snapshots
@@ -828,7 +840,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._submit(self._maybe_snapshot)
 
     def _snapshot_recorded(self, applied: int, started: float) -> None:
-        self.stats.snapshot_save.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.stats.snapshot_save.observe(took)
+        # etcd logs "saved snapshot" at info too.
+        log.info("saved snapshot at index %d (%s) in %.2f s", applied, self._snapshot_why, took)
         # Keep some log behind the snapshot (etcd: 5000 entries) so slightly lagging
         # followers catch up from the log rather than a snapshot.
         retain = min(5000, self.config.snapshot_count)

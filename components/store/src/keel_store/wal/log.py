@@ -167,6 +167,12 @@ class WriteAheadLog:
         """Names of the segment files, oldest first."""
         return [s.name for s in self._segments]
 
+    @property
+    def tail(self) -> tuple[str, int]:
+        """The last segment's path and where its records end (appended ones included):
+        what follows is zero fill, preallocated or not yet written."""
+        return self._path(self._segments[-1]), self._offset + self._queued
+
     def append(self, entries: Sequence[Entry] = (), hard_state: HardState | None = None) -> None:
         """Queue ``entries`` (which replace any entries from their first index on) and
         ``hard_state``. Nothing is durable until :meth:`sync` returns."""

@@ -27,6 +27,22 @@ def _collector_left_unfrozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+def solo_daemon_flags(tmp_path: Path, *extra: str) -> tuple[str, list[str]]:
+    """``keel-store`` flags of a one-member cluster ``solo`` on loopback (data under
+    ``tmp_path``): its client address and the flags."""
+    client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    return client, [
+        "--name=solo",
+        f"--data-dir={tmp_path / 'solo'}",
+        f"--listen-client-urls=http://{client}",
+        f"--advertise-client-urls=http://{client}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-cluster=solo={peer}",
+        *extra,
+    ]
+
+
 def node_configs(tmp_path: Path, n: int, *flags: str) -> list[NodeConfig]:
     """Settings of an ``n``-member cluster on loopback, data under ``tmp_path``."""
     peers = {f"n{i}": f"http://127.0.0.1:{free_port()}" for i in range(n)}

@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 import pytest
 
-from keel_core.testing import free_port
 from keel_store import daemon
 from keel_store.mvcc import errors
 from keel_store.mvcc.commands import Kind
@@ -23,7 +22,7 @@ from keel_store.server.config import NodeConfig
 from keel_store.server.node import StoreNode
 from keel_store.wal import WALError
 
-from .conftest import node_configs, start_members, until
+from .conftest import node_configs, solo_daemon_flags, start_members, until
 
 
 def _put(node: StoreNode, key: bytes) -> Coroutine[Any, Any, Any]:
@@ -305,19 +304,8 @@ def test_the_daemon_exits_with_status_1_once_its_member_stopped(
             created.append(self)
 
     monkeypatch.setattr(daemon, "StoreNode", Recorded)
-    client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-    args = daemon.parse_args(
-        [
-            "--name=solo",
-            f"--data-dir={tmp_path / 'solo'}",
-            f"--listen-client-urls=http://{client}",
-            f"--advertise-client-urls=http://{client}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-cluster=solo={peer}",
-        ],
-        {},
-    )
+    client, flags = solo_daemon_flags(tmp_path)
+    args = daemon.parse_args(flags, {})
 
     async def scenario() -> int:
         serving = asyncio.ensure_future(daemon.serve(args))

@@ -11,14 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from keel_core.testing import free_port
 from keel_store import daemon
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.config import NodeConfig
 from keel_store.server.node import StoreNode
 
-from .conftest import node_configs, until
+from .conftest import node_configs, solo_daemon_flags, until
 
 ENTRIES = 60
 
@@ -62,17 +61,7 @@ def test_replayed_is_set_once_the_entries_committed_before_the_start_are_applied
 def test_the_daemon_replays_without_the_collector_and_turns_it_back_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-    flags = [
-        "--name=solo",
-        f"--data-dir={tmp_path / 'solo'}",
-        f"--listen-client-urls=http://{client}",
-        f"--advertise-client-urls=http://{client}",
-        f"--initial-advertise-peer-urls={peer}",
-        f"--listen-peer-urls={peer}",
-        "--initial-cluster=solo=" + peer,
-        "--snapshot-count=100000",
-    ]
+    client, flags = solo_daemon_flags(tmp_path, "--snapshot-count=100000")
     args = daemon.parse_args(flags, {})
     asyncio.run(_write(daemon.node_config(args)))
     created: list[StoreNode] = []

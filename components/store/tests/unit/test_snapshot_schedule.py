@@ -9,6 +9,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
+
+from keel_store import daemon
+from keel_store.flags import FlagError
 from keel_store.mvcc.commands import Kind
 from keel_store.pb import rpcpb
 from keel_store.server import snapshot_schedule
@@ -217,3 +221,14 @@ def test_a_member_written_in_large_entries_snapshots_by_bytes_and_replays_less(
     none_at, replayed_all, end = asyncio.run(run("--experimental-snapshot-bytes=0", tmp_path / "b"))
     assert none_at == 0
     assert replayed_all >= 200 * 8 * 1024
+
+
+def test_the_flag_takes_bytes_from_the_command_line_and_the_environment() -> None:
+    assert daemon.node_config(daemon.parse_args([], {})).snapshot_bytes == 32 << 20
+    env = {"ETCD_EXPERIMENTAL_SNAPSHOT_BYTES": "1048576"}
+    assert daemon.node_config(daemon.parse_args([], env)).snapshot_bytes == 1 << 20
+    off = daemon.parse_args(["--experimental-snapshot-bytes=0"], {})
+    assert daemon.node_config(off).snapshot_bytes == 0
+    negative = daemon.parse_args(["--experimental-snapshot-bytes=-1"], {})
+    with pytest.raises(FlagError, match="--experimental-snapshot-bytes=-1: must be 0"):
+        daemon.node_config(negative)

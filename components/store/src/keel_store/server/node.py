@@ -149,8 +149,6 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._replay_to = 0
         self._applied_bytes = 0
         """Bytes of entries this process applied (``--experimental-snapshot-bytes``)."""
-        self._snapshot_why = ""
-        """Why the snapshot being taken is taken (logged once it is saved)."""
         self._snapshot_mark = (0, 0, True)
         """At the last snapshot: ``_applied_bytes``, the key space's size, and whether
         it was the start (``snapshot_schedule.bytes_due``; the first gets a phase)."""
@@ -358,17 +356,16 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         """etcd's ``adjustTicks``: the first campaign after a start need not wait a whole
         election timeout (1 to 2 of them, randomized) when nobody else can lead.
 
-        The only voter campaigns at once, whatever the flag: its clock is run forward
-        until it does (etcd skips ``election ticks - 1`` of a randomized timeout of 1
-        to 2 election timeouts, so its lone member still waits up to one: 0.1-1 s
-        here, for no vote to gather). With ``--initial-election-tick-advance`` (the
-        default), a member of a larger cluster fast-forwards ``election ticks - 2``
-        once enough peers are connected for a vote to pass (etcd waits up to 5 s the
-        same way, for two connected peers): a leader that is up sends its heartbeat
-        within the two ticks left, and a live leader loses nothing to a refused
-        pre-vote. With
-        ``--initial-election-tick-advance=false`` it waits the full timeout. The
-        configuration is read on every check: the recovered log may change it.
+        The only voter campaigns at once, whatever the flag (etcd skips ``election
+        ticks - 1`` of a randomized timeout of 1 to 2 election timeouts, so its lone
+        member still waits up to one: 0.1-1 s here, for no vote to gather). With
+        ``--initial-election-tick-advance`` (the default), a member of a larger cluster
+        fast-forwards ``election ticks - 2`` once enough peers are connected for a vote
+        to pass (etcd waits up to 5 s the same way, for two connected peers): a leader
+        that is up sends its heartbeat within the two ticks left, and a live leader
+        loses nothing to a refused pre-vote. With ``--initial-election-tick-advance=false``
+        it waits the full timeout. The configuration is read on every check: the
+        recovered log may change it.
         """
         deadline = time.monotonic() + 5.0
         ticks = self.raft.config.election_ticks
@@ -747,27 +744,28 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         at_bytes, base, first = self._snapshot_mark
         early = snapshot_schedule.phase(self.member_id, voters, limit) if first else 0
         since = self._applied_bytes - at_bytes
-        if snapshot_schedule.due(applied, self.last_snapshot_index, count, offset):
+        by_count = snapshot_schedule.due(applied, self.last_snapshot_index, count, offset)
+        by_bytes = not by_count and snapshot_schedule.bytes_due(since, base, limit, early)
+        if not (by_count or by_bytes or self._snapshot_now):
+            return
+        if self.config.background_snapshots:
+            if self._snapshot_child is not None:
+                return  # one at a time; the next Ready asks again once it is recorded
+            if time.monotonic() < self._snapshot_retry_at:
+                return  # the last child failed (a full disk?): not a fork per Ready
+        # Logged once the snapshot is saved, with the mark the next one counts from.
+        if by_count:
             why = f"{applied - self.last_snapshot_index} entries since the last one"
-        elif snapshot_schedule.bytes_due(since, base, limit, early):
+        elif by_bytes:
             why = f"{since} bytes of entries since the last one"
-        elif self._snapshot_now:
-            why = "the last one cannot be read"
         else:
-            return
+            why = "the last one cannot be read"
         mark = (self._applied_bytes, self.sm.kv.size, False)
-        if not self.config.background_snapshots:
-            started = time.perf_counter()
-            self._snapshot_why = why
-            self._record_snapshot(applied, self.raft.conf, snapshot.save(self.sm), started)
-            self._snapshot_mark = mark
-            return
-        if self._snapshot_child is not None:
-            return  # one at a time; the next Ready asks again once it is recorded
-        if time.monotonic() < self._snapshot_retry_at:
-            return  # the last child failed (a full disk?): not a fork per Ready
         started = time.perf_counter()
-        self._snapshot_why = why
+        if not self.config.background_snapshots:
+            data = snapshot.save(self.sm)
+            self._record_snapshot(applied, self.raft.conf, data, started, mark=mark, why=why)
+            return
         conf = self.raft.conf
         meta = SnapshotMeta(index=applied, term=self.storage.term(applied), conf=conf)
         snapshots = self.disk.snapshots
@@ -788,8 +786,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                 child.result()  # SnapshotChildError if the child failed
                 # (unless a newer snapshot came from the leader meanwhile)
                 if applied > self.storage.snapshot_meta.index:
-                    self._record_written_snapshot(meta, started)
-                    self._snapshot_mark = mark
+                    self._record_written_snapshot(meta, started, mark=mark, why=why)
                 elif replacing and applied == self.storage.snapshot_meta.index:
                     # Nothing applied since the unreadable one: the same snapshot,
                     # written again under its name (the loader reads the new file).
@@ -801,12 +798,23 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
 
         child.add_done_callback(lambda _: self._submit(record))
 
-    def _record_snapshot(self, applied: int, conf: ConfState, data: bytes, started: float) -> None:
+    def _record_snapshot(
+        self,
+        applied: int,
+        conf: ConfState,
+        data: bytes,
+        started: float,
+        *,
+        mark: tuple[int, int, bool],
+        why: str,
+    ) -> None:
         snap = self.storage.create_snapshot(applied, conf, data)
         self.disk.save_snapshot(snap)
-        self._snapshot_recorded(applied, started)
+        self._snapshot_recorded(applied, started, mark=mark, why=why)
 
-    def _record_written_snapshot(self, meta: SnapshotMeta, started: float) -> None:
+    def _record_written_snapshot(
+        self, meta: SnapshotMeta, started: float, *, mark: tuple[int, int, bool], why: str
+    ) -> None:
         # A child wrote the file and kept the bytes (snapshotter.save_in_child): the
         # leader reads them back only to send a follower that fell behind the log, as
         # etcd sends its backend file. Named and recorded first: if that fails, the
@@ -818,7 +826,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             on_failure=lambda exc: self._snapshot_unreadable(meta, exc),
         )
         self.storage.create_snapshot(meta.index, meta.conf, b"", load=load)
-        self._snapshot_recorded(meta.index, started)
+        self._snapshot_recorded(meta.index, started, mark=mark, why=why)
 
     def _snapshot_unreadable(self, meta: SnapshotMeta, exc: Exception) -> None:
         """The snapshot file a follower needs could not be read (damaged on disk, or
@@ -839,11 +847,15 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self._snapshot_retry_at = 0.0
         self._submit(self._maybe_snapshot)
 
-    def _snapshot_recorded(self, applied: int, started: float) -> None:
+    def _snapshot_recorded(
+        self, applied: int, started: float, *, mark: tuple[int, int, bool], why: str
+    ) -> None:
+        """A snapshot at ``applied`` is saved: ``mark`` is ``_snapshot_mark`` as of it,
+        ``why`` is logged (etcd logs "saved snapshot" at info too)."""
         took = time.perf_counter() - started
         self.stats.snapshot_save.observe(took)
-        # etcd logs "saved snapshot" at info too.
-        log.info("saved snapshot at index %d (%s) in %.2f s", applied, self._snapshot_why, took)
+        self._snapshot_mark = mark
+        log.info("saved snapshot at index %d (%s) in %.2f s", applied, why, took)
         # Keep some log behind the snapshot (etcd: 5000 entries) so slightly lagging
         # followers catch up from the log rather than a snapshot.
         retain = min(5000, self.config.snapshot_count)

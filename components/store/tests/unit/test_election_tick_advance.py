@@ -39,6 +39,7 @@ def advanced(voters: tuple[int, ...], connected: set[int], flag: bool, seed: int
         _submit=actions.append,
     )
     member._fast_forward = lambda n: StoreNode._fast_forward(member, n)  # type: ignore[arg-type]
+    member._campaign_alone = lambda: StoreNode._campaign_alone(member)  # type: ignore[arg-type]
 
     async def run() -> None:
         await asyncio.wait_for(StoreNode._advance_election_ticks(member), 0.3)  # type: ignore[arg-type]

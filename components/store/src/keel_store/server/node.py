@@ -372,9 +372,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         while time.monotonic() < deadline:
             voters = self.raft.conf.voters
             if voters == (self.member_id,) and self.raft.log.applied >= self.raft.log.committed:
-                # 2 x ticks: past the longest randomized timeout; the clock stops
-                # at the campaign (the member is no longer a follower then).
-                self._submit(lambda: self._fast_forward(2 * ticks))
+                self._submit(self._campaign_alone)
                 return
             if self.config.initial_election_tick_advance and self.member_id in voters:
                 active = sum(
@@ -386,6 +384,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                     self._submit(lambda: self._fast_forward(ticks - 2))
                     return
             await asyncio.sleep(0.05)
+
+    def _campaign_alone(self) -> None:
+        if self.raft.role is Role.FOLLOWER and not self.raft.leader:
+            self.raft.campaign()
 
     def _fast_forward(self, ticks: int) -> None:
         for _ in range(ticks):

@@ -112,11 +112,12 @@ def _without_etcd_15271_replay(revisions: list[int]) -> list[int]:
     for i in range(1, len(revisions)):
         if revisions[i] <= revisions[i - 1]:
             head, replay = revisions[:i], revisions[i:]
-            start = replay[0]
-            assert replay[: len(head) - head.index(start)] == head[head.index(start) :], (
+            assert replay[0] in head, f"etcd went back to {replay[0]}, which it never sent"
+            repeated = head[head.index(replay[0]) :]
+            assert replay[: len(repeated)] == repeated, (
                 "etcd went back to a revision and did not replay in order"
             )
-            return head + replay[len(head) - head.index(start) :]
+            return head + replay[len(repeated) :]
     return revisions
 
 

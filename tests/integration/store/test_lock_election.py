@@ -170,7 +170,13 @@ def test_grpc_lock_contention_matches_etcd(make_cluster: Any) -> None:
     assert got[8] == ("keys", ["job/D"]), got
     assert got[9] == ("UNKNOWN", "etcdserver: requested lease not found")
     assert got[10] == ("UNKNOWN", "etcdserver: key is not provided")
-    assert answers["keel"] == answers["etcd"]
+    etcd = answers["etcd"]
+    if etcd[7] == ("UNKNOWN", "context deadline exceeded"):
+        # etcd 3.4's v3lock returns its context's error as is, which grpc-go sends as
+        # UNKNOWN; on a loaded machine that status can beat the client's own timer (seen
+        # once in CI, 2026-12-07). keel-store's answer above is checked as before.
+        etcd[7] = ("DEADLINE_EXCEEDED", "deadline exceeded")
+    assert answers["keel"] == etcd
 
 
 # --- Election over gRPC -----------------------------------------------------------------------

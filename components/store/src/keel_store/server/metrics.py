@@ -51,6 +51,12 @@ def server_families(node: StoreNode) -> list[Family]:
             "The number of leader changes seen.",
             node.stats.leader_changes,
         ),
+        _counter(
+            "etcd_server_heartbeat_send_failures_total",
+            "The total number of leader heartbeat send failures (likely overloaded from slow"
+            " disk).",
+            node.stats.heartbeat_send_failures,
+        ),
         # etcd sets these two gauges to the commit and applied index.
         _gauge(
             "etcd_server_proposals_committed_total",

@@ -55,6 +55,7 @@ from keel_store.server.calls import (
     CALL_TTL,
 )
 from keel_store.server.config import NodeConfig
+from keel_store.server.heartbeat_watch import HeartbeatWatch
 from keel_store.server.leader_gate import LeaderGate
 from keel_store.server.membership import MembershipMixin, force_new_cluster
 from keel_store.server.outbox import Outbox
@@ -74,6 +75,8 @@ log = logging.getLogger("keel_store.node")
 
 _EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 """Leader messages that may leave before the leader's own fsync."""
+
+_CAMPAIGNING = frozenset({Role.PRE_CANDIDATE, Role.CANDIDATE})
 
 _PROPOSAL_FAILURES = (
     errors.TIMEOUT,
@@ -108,6 +111,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.hub = WatchHub(self.sm.kv)
         self.sm.kv.busy = self._keep_peers
         self._next_keepalive = 0.0
+        self._heartbeat_watch = HeartbeatWatch(config.heartbeat_ms / 1000)
         self.sm.listeners.append(self.hub.notify)
         self.lessor = Lessor(config.lease_checkpoint_interval)
         self.raft: RaftNode
@@ -161,6 +165,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         """Member ID -> (name, client URLs) as each member announced itself."""
         self._known_leader = 0
         self._was_leader = False
+        self._role = Role.FOLLOWER
         self.alone: Callable[[], bool] = lambda: False
         """Whether the request being proposed is the only one in progress (the client
         server sets this); a lone proposal is handled at once, not on the next turn."""
@@ -546,7 +551,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             early = [m for m in rd.messages if m.type in _EARLY]
             self._later = [m for m in rd.messages if m.type not in _EARLY]
             for m in early:
-                self.outbox.send(m)
+                self._send(m)
         # Like etcd's MustSync: a moved commit index alone needs no fsync (it is
         # recomputed after a crash); new entries, a new term or a vote do.
         prev = self.storage.hard_state
@@ -572,7 +577,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         """The second half of a Ready, once it is durable: the other messages, applying
         what committed, advancing Raft."""
         for m in self._later:
-            self.outbox.send(m)
+            self._send(m)
         self._later = []
         if self.outbox.holding and any(
             commands.may_take_long(e.data) for e in rd.committed_entries if e.type == 0
@@ -622,7 +627,12 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
 
     def _new_soft_state(self, soft: SoftState) -> None:
         leader_now = soft.role is Role.LEADER
+        if soft.role in _CAMPAIGNING and soft.role is not self._role:
+            # etcd's "is starting a new election": which member went first, and when.
+            log.info("term %d: this member campaigns, as %s", self.raft.term, soft.role.value)
+        self._role = soft.role
         if leader_now and not self._was_leader:
+            self._heartbeat_watch.reset()
             self.lessor.promote(time.monotonic())
             self._revoking.clear()
         self._was_leader = leader_now
@@ -661,7 +671,29 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             return
         self._next_keepalive = now + self.config.heartbeat_ms / 1000
         for m in self.raft.heartbeats() or self.raft.alive_notices():
-            self.outbox.send(m)
+            self._send(m)
+
+    def _send(self, m: Message) -> None:
+        if m.type is MessageType.HEARTBEAT:
+            late = self._heartbeat_watch.observe(m.to, time.monotonic())
+            if late > 0.0:
+                self._late_heartbeat(m.to, late)
+        self.outbox.send(m)
+
+    def _late_heartbeat(self, to: int, late: float) -> None:
+        """etcd's warning for a heartbeat that left more than two intervals after the
+        previous one to the same follower (see :mod:`keel_store.server.heartbeat_watch`)."""
+        self.stats.heartbeat_send_failures += 1
+        log.warning(
+            "leader failed to send out heartbeat on time; took too long, leader is"
+            " overloaded likely from slow disk",
+            extra={
+                "to": f"{to:x}",
+                "heartbeat-interval": f"{self.config.heartbeat_ms:.0f}ms",
+                "expected-duration": f"{2 * self.config.heartbeat_ms:.0f}ms",
+                "exceeded-duration": f"{late * 1000:.1f}ms",
+            },
+        )
 
     def _timed_sync(self) -> float:
         started = time.perf_counter()

@@ -55,6 +55,7 @@ class ServerStats:
     __slots__ = (
         "health_failures",
         "health_success",
+        "heartbeat_send_failures",
         "leader_changes",
         "leases_expired",
         "leases_granted",
@@ -67,6 +68,7 @@ class ServerStats:
 
     def __init__(self) -> None:
         self.leader_changes = 0
+        self.heartbeat_send_failures = 0
         self.health_success = 0
         self.health_failures = 0
         self.proposals_failed = 0

@@ -285,7 +285,8 @@ class Cluster:
                 *(extra or []),
             ]
             if binary == "keel":
-                argv = [sys.executable, "-m", "keel_store.daemon", *flags]
+                # Info: leader changes and snapshots are in the log if the test fails.
+                argv = [sys.executable, "-m", "keel_store.daemon", "--log-level=info", *flags]
                 if not fsync:
                     argv.append("--unsafe-no-fsync")
             else:
@@ -350,9 +351,33 @@ class Cluster:
             proxy.close()
 
 
+LOG_TAIL_LINES = 40
+"""Lines of each member's log printed when a test that made a cluster fails."""
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keep each phase's report on the item, for fixtures to see whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def print_log_tails(members: list[Proc]) -> None:
+    """The end of each member's log, to the test's captured output."""
+    for m in members:
+        try:
+            lines = m.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            continue
+        print(f"--- {m.log_path.name}, last {LOG_TAIL_LINES} of {len(lines)} lines")
+        print("\n".join(line[:400] for line in lines[-LOG_TAIL_LINES:]))
+
+
 @pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[object]:
-    """``make_cluster(n, binary="keel"|"etcd")``: started clusters, killed at teardown."""
+def make_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
+    """``make_cluster(n, binary="keel"|"etcd")``: started clusters, killed at teardown;
+    when the test failed, the end of each member's log is printed."""
     made: list[Cluster] = []
 
     def make(n: int = 1, binary: str = "keel", **kw: object) -> Cluster:
@@ -363,6 +388,10 @@ def make_cluster(tmp_path: Path) -> Iterator[object]:
     yield make
     for cluster in made:
         cluster.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for cluster in made:
+            print_log_tails(cluster.members)
 
 
 @pytest.fixture

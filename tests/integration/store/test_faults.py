@@ -84,7 +84,7 @@ def worker(
 
 
 def test_kills_and_partitions_keep_history_linearizable(make_cluster) -> None:
-    cluster = make_cluster(3, proxied=True, extra=["--log-level=info"])
+    cluster = make_cluster(3, proxied=True)
     endpoints = [m.endpoint for m in cluster.members]
     lock = threading.Lock()
     recorder = Recorder(time.monotonic)

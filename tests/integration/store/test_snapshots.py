@@ -82,7 +82,7 @@ def test_a_damaged_snapshot_file_on_the_leader_is_replaced_not_fatal(make_cluste
     sends that (it used to stop). ``unit/test_snapshotter.py`` covers the case with no
     write since (the same snapshot written again under its name)."""
     later_writes = 5
-    cluster = make_cluster(3, extra=["--snapshot-count=20", "--log-level=info"])
+    cluster = make_cluster(3, extra=["--snapshot-count=20"])
     leader = cluster.leader()
     follower = next(m for m in cluster.members if m is not leader)
     follower.kill()

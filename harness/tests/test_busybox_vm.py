@@ -10,15 +10,16 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from keel_harness import accel, busybox, reaper, ssh
+from keel_harness import accel, busybox, qemu, reaper, ssh
 from keel_harness.cluster import Cluster
 from keel_harness.console import find_trouble
-from keel_harness.errors import GateFailure, QemuError
+from keel_harness.errors import GateFailure, GuestStalled, QemuError
 from keel_harness.kernel import Kernel
 from keel_harness.machine import Machine, MachineConfig
 
@@ -111,6 +112,56 @@ def test_waiting_for_ssh_stops_at_a_kernel_panic(debian_kernel, busybox_initrd, 
     with pytest.raises(GateFailure, match="kernel panic"):
         m.wait_for_ssh(timeout=300)
     assert time.monotonic() - start < 120
+
+
+@pytest.mark.smoke
+def test_a_stalled_first_boot_starts_again_and_a_second_stall_is_a_harness_error(
+    debian_kernel, busybox_initrd, tmp_path, machines
+):
+    """vCPUs held still by QMP ``stop`` while the console is quiet (as a TCG livelock
+    holds them): the first boot is started again, a stall of the second raises. Before
+    each stop the guest spins, quiet, through a whole round of samples: a busy guest is
+    no stall."""
+    key = ssh.generate_key(tmp_path / "key")
+    m = Machine(
+        config(
+            debian_kernel,
+            busybox_initrd,
+            key=key,
+            kernel_args=busybox.kernel_args(then="spin"),
+            stall_quiet_seconds=3.0,
+        ),
+        tmp_path / "bb",
+    )
+    machines.append(m)
+    seen: list[tuple[float, int]] = []  # (start time of the boot stopped, stalls before)
+    errors: list[BaseException] = []
+
+    def stopper() -> None:
+        try:
+            while len(seen) < 2 and m.is_running:
+                if "KEEL-DONE" in m.console.text() and m.started_at not in [s for s, _ in seen]:
+                    started = m.started_at
+                    time.sleep(3.0 + 5 * 2.0 + 3.0)  # quiet, then 5 samples: no stall yet
+                    if m.started_at != started:
+                        raise AssertionError("a spinning guest was taken for a stalled one")
+                    seen.append((started, len(m.stalled_boots)))
+                    qemu.Qmp(m.state_dir / "qmp.sock").execute("stop")
+                time.sleep(0.2)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=stopper, daemon=True)
+    m.start()
+    thread.start()
+    with pytest.raises(GuestStalled, match="same instruction, not halted") as info:
+        m.wait_for_ssh(timeout=300)
+    thread.join(timeout=30)
+    assert not errors, errors
+    assert [stalls for _, stalls in seen] == [0, 1]
+    assert len(m.stalled_boots) == 1
+    assert "vCPU 0 at 0x" in m.stalled_boots[0]
+    assert "bb:" in str(info.value)
 
 
 def test_qemu_that_dies_is_a_harness_error_with_its_reason(

@@ -30,6 +30,24 @@ def test_dir(root: Path, nodeid: str) -> Path:
     return root / safe
 
 
+RECONNECT_SECONDS = 60.0
+"""How long collecting waits for SSH to come back on a machine that had it this boot."""
+
+
+def _unreachable(machine: Machine) -> str:
+    """Why the guest's files cannot be read now ("" if they can): a boot that never
+    answered SSH is not waited for again (that wait is the boot timeout, 600 s, per
+    file: it once held a failed CI run for half an hour), and a lost session gets
+    :data:`RECONNECT_SECONDS` to come back."""
+    if machine.boot_seconds is None:
+        return "SSH never answered in this boot"
+    try:
+        machine.wait_for_ssh(timeout=RECONNECT_SECONDS)
+    except Exception as exc:
+        return str(exc)
+    return ""
+
+
 def collect(machines: Iterable[Machine], destination: Path) -> list[Path]:
     """Save each machine's artifacts under ``destination/<machine>/``; returns the folders."""
     saved = []
@@ -41,11 +59,16 @@ def collect(machines: Iterable[Machine], destination: Path) -> list[Path]:
             if source.exists():
                 shutil.copyfile(source, folder / name)
         if machine.is_running and machine.config.key is not None:
+            why = _unreachable(machine)
             for name, command in GUEST_FILES:
+                if why:
+                    (folder / name).write_text(f"(not collected: {why})\n")
+                    continue
                 try:
                     status, out = machine.execute(command, timeout=120)
                     (folder / name).write_text(out if status == 0 else f"(exit {status})\n{out}")
                 except Exception as exc:  # a fault here must not hide the test's own failure
+                    why = str(exc)
                     (folder / name).write_text(f"(not collected: {exc})\n")
         saved.append(folder)
     return saved

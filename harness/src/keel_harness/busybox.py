@@ -3,7 +3,8 @@
 It proves the QEMU layer without an image: start, console capture, the fw_cfg config
 (the guest prints it and takes its private address from it), the private segment (it
 pings the peers named on its kernel command line), power-off and crash. What it does at
-the end is chosen by ``keel.then=`` (``poweroff``, ``sleep``, ``panic``).
+the end is chosen by ``keel.then=`` (``poweroff``, ``sleep``, ``panic``, ``spin``: a
+busy loop).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ echo "KEEL-DONE $(hostname)"
 case "$(arg then)" in
   poweroff) poweroff -f ;;
   panic) echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger ;;
+  spin) while true; do :; done ;;
   *) while true; do sleep 1; done ;;
 esac
 """

@@ -33,6 +33,10 @@ class SshError(HarnessError):
     """The machine's SSH server could not be reached or refused the harness's key."""
 
 
+class GuestStalled(HarnessError):
+    """The guest's vCPUs stopped making progress while it booted (see :mod:`keel_harness.stall`)."""
+
+
 class RetryTimeout(HarnessError, TimeoutError):
     """A ``wait_*`` gave up: the condition did not hold within its timeout."""
 

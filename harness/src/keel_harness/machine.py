@@ -22,9 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from keel_core.testing import free_port, process_cpu_seconds
-from keel_harness import netwatch, provision, qemu, reaper, ssh
+from keel_harness import netwatch, provision, qemu, reaper, ssh, stall
 from keel_harness.console import ConsoleLog, find_trouble
-from keel_harness.errors import CommandFailed, GateFailure, HarnessError, QemuError, SshError
+from keel_harness.errors import (
+    CommandFailed,
+    GateFailure,
+    GuestStalled,
+    HarnessError,
+    QemuError,
+    SshError,
+)
 from keel_harness.retry import retry
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,9 @@ class MachineConfig:
     private: PrivateLink | None = None
     extra_qemu: Sequence[str] = ()
     boot_timeout: float = 600.0
+    stall_quiet_seconds: float = stall.QUIET_SECONDS
+    """Console silence during a boot after which the vCPUs are sampled for a stall
+    (:mod:`keel_harness.stall`); 0 turns the check off."""
     user: str = "core"
     index: int = 0
     """The machine's number in its run: makes its MACs unique."""
@@ -87,6 +97,11 @@ class Machine:
         """Guest port -> host port on 127.0.0.1, for ``config.forwards`` (set by start)."""
         self.boot_seconds: float | None = None
         """Seconds from the last start until SSH answered (None until then)."""
+        self.stalled_boots: list[str] = []
+        """Why each stalled first boot was given up and started again (see
+        :mod:`keel_harness.stall`); empty normally."""
+        self._ever_up = False
+        """SSH answered once: later boots run on a disk the test has changed."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._session: ssh.Session | None = None
         self._started_at = 0.0
@@ -228,8 +243,40 @@ class Machine:
 
         Raises :class:`QemuError` if QEMU dies meanwhile, :class:`SshError` on timeout, and
         :class:`GateFailure` at once if the console shows a panic or an emergency shell (the
-        image's fault, not the harness's).
+        image's fault, not the harness's). A first boot whose vCPUs stall
+        (:mod:`keel_harness.stall`) is started again once from a fresh disk, logged and
+        kept in :attr:`stalled_boots`; a second stall raises :class:`GuestStalled`.
         """
+        try:
+            return self._wait_for_ssh(timeout)
+        except GuestStalled as exc:
+            if self._ever_up:
+                raise
+            log.warning("%s: %s; booting it again from a fresh disk", self.name, exc)
+            self.stalled_boots.append(str(exc))
+            self._boot_afresh()
+            return self._wait_for_ssh(timeout)
+
+    def _boot_afresh(self) -> None:
+        """Power off (QEMU quits), drop the disk overlay and UEFI variables, start again."""
+        self.crash()
+        (self.state_dir / "disk.qcow2").unlink(missing_ok=True)
+        (self.state_dir / "OVMF_VARS.fd").unlink(missing_ok=True)
+        self.start()
+
+    def _vcpus(self) -> tuple[stall.CpuState, ...]:
+        monitor = qemu.Qmp(self.state_dir / "qmp.sock", timeout=5)
+        return stall.parse_registers(
+            monitor.execute("human-monitor-command", **{"command-line": "info registers -a"})
+        )
+
+    def _console_bytes(self) -> int:
+        try:
+            return self.console.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _wait_for_ssh(self, timeout: float | None) -> float:
         if self.config.key is None:
             raise HarnessError(f"{self.name} was started without an SSH key")
         if self._session is not None and self._session.connected:
@@ -239,12 +286,16 @@ class Machine:
         # BannerProbe): this wait is what the boot time figures measure.
         watch = netwatch.AddressWatch(self._user_dump, self._user_mac, self._dump_mark)
         probe = ssh.BannerProbe(self.ssh_port, address_known=watch)
+        quiet = self.config.stall_quiet_seconds
+        stalled = stall.StallWatch(self._vcpus, self._console_bytes, quiet=quiet or float("inf"))
 
         def ready(last: bool) -> bool:
             fatal = [t for t in find_trouble(self.console.text()) if t.startswith(FATAL_TROUBLE)]
             if fatal:
                 raise GateFailure(self.name, [f"console: {t}" for t in fatal])
             self._check_alive("QEMU exited while booting")
+            if stalled.poll():
+                raise GuestStalled(f"{self.name}: {stalled.describe()}")
             if not probe.poll(0.25):
                 return False
             answered = probe.take()
@@ -265,7 +316,7 @@ class Machine:
         try:
             retry(ready, timeout=timeout, what=f"SSH on {self.name}", interval=0.0)
         except HarnessError as exc:
-            if isinstance(exc, QemuError):
+            if isinstance(exc, QemuError | GuestStalled):
                 raise
             raise SshError(
                 f"{self.name}: no SSH on 127.0.0.1:{self.ssh_port} after {timeout:.0f} s "
@@ -274,6 +325,7 @@ class Machine:
         finally:
             probe.close()
         self.boot_seconds = time.monotonic() - self._started_at
+        self._ever_up = True
         log.info("%s: SSH up after %.1f s", self.name, self.boot_seconds)
         return self.boot_seconds
 

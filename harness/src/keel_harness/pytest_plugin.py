@@ -146,12 +146,19 @@ def module_machine_factory(
     yield from _machines(request, keel_run, tmp_path_factory.mktemp("module-machines"))
 
 
+def _record_boot(request: pytest.FixtureRequest, machine: Machine, seconds: float) -> None:
+    """The boot time, and any stalled boot given up on the way, in the test's report."""
+    request.node.user_properties.append((f"boot_to_ssh_{machine.name}", round(seconds, 1)))
+    for why in machine.stalled_boots:
+        request.node.user_properties.append((f"stalled_boot_{machine.name}", why))
+
+
 def boot_and_gate(machine: Machine, request: pytest.FixtureRequest | None = None) -> Machine:
     """Start ``machine``, wait for SSH, run the gate; record the boot time."""
     machine.start()
     seconds = machine.wait_for_ssh()
     if request is not None:
-        request.node.user_properties.append((f"boot_to_ssh_{machine.name}", round(seconds, 1)))
+        _record_boot(request, machine, seconds)
     run_gate(machine)
     return machine
 
@@ -191,8 +198,7 @@ def cluster(
             _track(request, m)
         built.start()
         for m in built:
-            seconds = m.wait_for_ssh()
-            request.node.user_properties.append((f"boot_to_ssh_{m.name}", round(seconds, 1)))
+            _record_boot(request, m, m.wait_for_ssh())
         if gate:
             for m in built:
                 run_gate(m)
@@ -250,3 +256,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("keel artifacts")
         for folder in folders:
             terminalreporter.write_line(f"machine logs: {folder}")
+    stalls = [
+        (report.nodeid, value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if report.when == "setup" and name.startswith("stalled_boot_")
+    ]
+    if stalls:
+        terminalreporter.section("keel: stalled boots, started again")
+        for nodeid, why in stalls:
+            terminalreporter.write_line(f"{nodeid}: {why}")

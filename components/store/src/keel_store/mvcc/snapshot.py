@@ -97,12 +97,28 @@ def _restore(data: bytes) -> StateMachine:
     try:
         while pos < end:
             (klen,) = u32(view, pos)
-            key = data[pos + 4 : pos + 4 + klen]
+            kend = pos + 4 + klen
+            key = data[pos + 4 : kend]
             if len(key) != klen:
                 raise ValueError("key runs past the end")
-            pos += 4 + klen
-            (count,) = u32(view, pos)
-            pos += 4
+            (count,) = u32(view, kend)
+            pos = kend + 4
+            if count == 1 and with_sub:
+                # Most keys: one version. Without the general loop's lists and
+                # appends (200k keys of one version each: 0.63 -> 0.57 s).
+                rev, sub, length = unpack(view, pos)
+                pos += size
+                if length >= 0:
+                    if pos + length > end:
+                        raise ValueError("entry runs past the end")
+                    one = parse(data[pos : pos + length])
+                    pos += length
+                    if one.lease and one.lease in leases:
+                        leases[one.lease].keys.add(key)
+                    histories.append((key, KeyHistory([rev], [one], [sub])))
+                else:
+                    histories.append((key, KeyHistory([rev], [None], [sub])))
+                continue
             revs: list[int] = []
             kvs: list[KeyValue | None] = []
             subs: list[int] = []

@@ -53,9 +53,10 @@ def _load(sm: StateMachine, keys: int) -> None:
 
 @pytest.mark.parametrize("seed", range(8))
 def test_compaction_leaves_what_a_walk_over_every_key_leaves(seed: int) -> None:
-    """Random puts, ranged deletes, txns and compactions, with snapshot restores (which
-    rebuild the change log) in between: after each compaction the histories, the
-    size and the key count are what a walk over every key gives."""
+    """Random puts, ranged deletes, txns and compactions, with snapshot restores (after
+    which the change log lacks what came before, until a watcher asks) in between:
+    after each compaction the histories, the size and the key count are what a walk
+    over every key gives."""
     rng = random.Random(seed)
     sm = StateMachine()
     compactions = 0
@@ -111,7 +112,7 @@ def test_a_long_compaction_calls_busy_also_after_a_restore() -> None:
     _load(sm, keys)
     sm.compact(rpcpb.CompactionRequest(revision=sm.kv.revision))
     sm.delete_range(rpcpb.DeleteRangeRequest(key=b"k/", range_end=b"k0"))
-    restored = snapshot.restore(snapshot.save(sm))  # its change log rebuilt
+    restored = snapshot.restore(snapshot.save(sm))  # its keys walked: nothing logged
     for copy in (sm, restored):
         calls: list[None] = []
         copy.kv.busy = lambda calls=calls: calls.append(None)

@@ -33,6 +33,13 @@ def config(kernel: Kernel, initrd: Path, name: str = "bb", **kw) -> MachineConfi
     )
 
 
+def keyed(kernel: Kernel, initrd: Path, tmp_path: Path, kernel_args: list[str], **kw) -> Machine:
+    """A busybox machine with an SSH key (it runs no SSH server: waiting for SSH waits
+    for what else happens first)."""
+    key = ssh.generate_key(tmp_path / "key")
+    return Machine(config(kernel, initrd, key=key, kernel_args=kernel_args, **kw), tmp_path / "bb")
+
+
 @pytest.fixture
 def machines(request):
     made: list[Machine] = []
@@ -96,15 +103,8 @@ def test_kernel_panic_shows_on_the_console_as_trouble(
 
 def test_waiting_for_ssh_stops_at_a_kernel_panic(debian_kernel, busybox_initrd, tmp_path, machines):
     """A guest that panics fails the test at once instead of timing out on SSH."""
-    key = ssh.generate_key(tmp_path / "key")
-    m = Machine(
-        config(
-            debian_kernel,
-            busybox_initrd,
-            key=key,
-            kernel_args=[*busybox.kernel_args(then="panic"), "panic=0"],
-        ),
-        tmp_path / "bb",
+    m = keyed(
+        debian_kernel, busybox_initrd, tmp_path, [*busybox.kernel_args(then="panic"), "panic=0"]
     )
     machines.append(m)
     m.start()
@@ -122,17 +122,10 @@ def test_a_stalled_first_boot_starts_again_and_a_second_stall_is_a_harness_error
     holds them): the first boot is started again, a stall of the second raises. Before
     each stop the guest spins, quiet, through a whole round of samples: a busy guest is
     no stall."""
-    key = ssh.generate_key(tmp_path / "key")
-    m = Machine(
-        config(
-            debian_kernel,
-            busybox_initrd,
-            key=key,
-            kernel_args=busybox.kernel_args(then="spin"),
-            stall_quiet_seconds=3.0,
-        ),
-        tmp_path / "bb",
-    )
+    m = keyed(
+        debian_kernel, busybox_initrd, tmp_path, busybox.kernel_args(then="spin"),
+        stall_quiet_seconds=3.0,
+    )  # fmt: skip
     machines.append(m)
     seen: list[tuple[float, int]] = []  # (start time of the boot stopped, stalls before)
     errors: list[BaseException] = []

@@ -109,3 +109,37 @@ def test_a_module_machine_leaves_logs_for_each_failing_test(
     folder = out / f"{prefix}test_fails_with_it"
     assert (folder / "node9" / "console.log").read_text() == "[ 2.0] shared boot\n"
     assert not (out / f"{prefix}test_uses_it").exists()
+
+
+STALLED = """
+import pytest
+from keel_harness.pytest_plugin import _record_boot
+
+class Machine:
+    name = "node3"
+    stalled_boots = ["node3: no console output for 70 s and every vCPU at the same instruction"]
+
+@pytest.fixture
+def booted(request):
+    _record_boot(request, Machine(), 42.0)
+
+def test_passes_after_a_stalled_boot(booted):
+    pass
+
+def test_boots_in_its_body(request):
+    _record_boot(request, Machine(), 40.0)
+"""
+
+
+def test_a_stalled_boot_started_again_is_named_in_the_summary(pytester: pytest.Pytester):
+    pytester.makepyfile(STALLED)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*keel: stalled boots, started again*",
+            "*::test_passes_after_a_stalled_boot: node3: no console output for 70 s*",
+            "*::test_boots_in_its_body: node3: no console output for 70 s*",
+        ]
+    )
+    assert result.stdout.str().count("test_passes_after_a_stalled_boot: node3") == 1

@@ -256,13 +256,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("keel artifacts")
         for folder in folders:
             terminalreporter.write_line(f"machine logs: {folder}")
-    stalls = [
+    stalls = dict.fromkeys(  # each phase's report carries the test's properties so far
         (report.nodeid, value)
         for reports in terminalreporter.stats.values()
         for report in reports
         for name, value in getattr(report, "user_properties", ())
-        if report.when == "setup" and name.startswith("stalled_boot_")
-    ]
+        if name.startswith("stalled_boot_")
+    )
     if stalls:
         terminalreporter.section("keel: stalled boots, started again")
         for nodeid, why in stalls:

@@ -6,7 +6,7 @@ two heartbeats to the same follower exceeds twice the interval, the leader was t
 electing another leader. etcd (``etcdserver/raft.go``, ``pkg/contention``) then warns
 "leader failed to send out heartbeat on time; took too long, leader is overloaded likely
 from slow disk" and counts ``etcd_server_heartbeat_send_failures_total``; keel-store does
-the same (:meth:`keel_store.server.node.StoreNode`), so an election that followed a stall
+the same (:class:`keel_store.server.node.StoreNode`), so an election that followed a stall
 leaves a trace.
 """
 

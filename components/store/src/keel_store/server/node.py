@@ -164,8 +164,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.attributes: dict[int, tuple[str, list[str]]] = {}
         """Member ID -> (name, client URLs) as each member announced itself."""
         self._known_leader = 0
-        self._was_leader = False
         self._role = Role.FOLLOWER
+        """The role of the last soft state handled (:meth:`_new_soft_state`)."""
         self.alone: Callable[[], bool] = lambda: False
         """Whether the request being proposed is the only one in progress (the client
         server sets this); a lone proposal is handled at once, not on the next turn."""
@@ -626,16 +626,15 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         )
 
     def _new_soft_state(self, soft: SoftState) -> None:
-        leader_now = soft.role is Role.LEADER
-        if soft.role in _CAMPAIGNING and soft.role is not self._role:
-            # etcd's "is starting a new election": which member went first, and when.
-            log.info("term %d: this member campaigns, as %s", self.raft.term, soft.role.value)
-        self._role = soft.role
-        if leader_now and not self._was_leader:
-            self._heartbeat_watch.reset()
-            self.lessor.promote(time.monotonic())
-            self._revoking.clear()
-        self._was_leader = leader_now
+        if soft.role is not self._role:
+            if soft.role in _CAMPAIGNING:
+                # etcd's "is starting a new election": which member went first, and when.
+                log.info("term %d: this member campaigns, as %s", self.raft.term, soft.role.value)
+            elif soft.role is Role.LEADER:
+                self._heartbeat_watch.reset()
+                self.lessor.promote(time.monotonic())
+                self._revoking.clear()
+            self._role = soft.role
         if soft.leader != self._known_leader:
             log.info(
                 "term %d: leader %x (was %x), this member is %s",

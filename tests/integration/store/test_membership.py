@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 
@@ -258,3 +259,105 @@ def test_force_new_cluster_is_ignored_by_a_new_member(make_cluster) -> None:
     for binary in ("keel", "etcd"):
         cluster = make_cluster(3, binary=binary, extra=["--force-new-cluster"])
         assert len(members(cluster.members[0].endpoint)) == 3
+
+
+REMOVED = "the member has been permanently removed from the cluster"
+
+
+def member_remove(endpoint: str, member_id: str) -> None:
+    """``etcdctl member remove``, retried while the cluster is "unhealthy" (see
+    :func:`member_add`)."""
+    deadline = time.monotonic() + 15
+    while (r := etcdctl(endpoint, "member", "remove", member_id, check=False)).returncode != 0:
+        assert UNHEALTHY in r.stderr, r.stderr
+        assert time.monotonic() < deadline, r.stderr
+        time.sleep(0.5)
+    assert "removed from cluster" in r.stdout
+
+
+def exits(member: Proc, timeout: float) -> int:
+    """The member's exit status, once it has stopped on its own."""
+    assert member.proc is not None
+    try:
+        return member.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"{member.name} still runs {timeout} s after its removal:\n"
+            + member.log_path.read_text()[-3000:]
+        ) from None
+
+
+@pytest.mark.parametrize("role", ["follower", "leader"])
+@pytest.mark.parametrize("binary", ["keel", "etcd"])
+def test_a_removed_member_stops_as_etcd_does(make_cluster, binary: str, role: str) -> None:
+    """A member removed from the cluster stops, with exit status 0 and etcd's words in
+    its log, whether it hears of its removal from the log (it applies it) or from the
+    peers that refuse it. Started again on its data directory, it stops again. The
+    other two serve on."""
+    cluster = make_cluster(3, binary=binary)
+    leader = cluster.leader()
+    gone = leader if role == "leader" else next(m for m in cluster.members if m is not leader)
+    rest = next(m for m in cluster.members if m is not gone)
+    (gone_id,) = [i for i, m in members(rest.endpoint).items() if m.get("name") == gone.name]
+    member_remove(rest.endpoint, gone_id)
+    assert exits(gone, 20) == 0
+    assert REMOVED in gone.log_path.read_text()
+    assert gone_id not in members(rest.endpoint)
+    rest = cluster.leader()  # the removed leader's followers elect one
+    etcdctl(rest.endpoint, "put", "after", "removal")
+    gone.start()  # on its data directory: the peers refuse it
+    assert exits(gone, 20) == 0
+    live = [m for m in cluster.members if m is not gone]
+    for m in live:
+        assert etcdctl(m.endpoint, "get", "after", "--print-value-only").stdout.strip() == (
+            "removal"
+        )
+
+
+@pytest.mark.parametrize("binary", ["keel", "etcd"])
+def test_a_member_removed_then_added_again_with_its_urls_serves(
+    make_cluster, tmp_path, binary: str
+) -> None:
+    """The usual replacement of a failed machine: remove the member, add one with the
+    same peer URL and a new data directory. keel-store gives it its old ID again (IDs
+    hash the peer URLs; etcd adds the time), so the new member must not stop for the
+    old removal in the history it catches up on."""
+    cluster = make_cluster(3, binary=binary)
+    leader = cluster.leader()
+    gone = next(m for m in cluster.members if m is not leader)
+    (gone_id,) = [i for i, m in members(leader.endpoint).items() if m.get("name") == gone.name]
+    peer_url = next(a for a in gone.argv if a.startswith("--initial-advertise-peer-urls="))
+    peer_url = peer_url.split("=", 1)[1]
+    member_remove(leader.endpoint, gone_id)
+    exits(gone, 20)
+    for i in range(20):
+        etcdctl(leader.endpoint, "put", f"k{i}", str(i))
+    out = member_add(leader.endpoint, "again", f"--peer-urls={peer_url}")
+    env = dict(line.split("=", 1) for line in out.splitlines() if line.startswith("ETCD_"))
+    env = {k: v.strip('"') for k, v in env.items()}
+    client = f"http://127.0.0.1:{free_port()}"
+    argv = [
+        *(
+            [sys.executable, "-m", "keel_store.daemon", "--log-level=info"]
+            if binary == "keel"
+            else [ETCD]
+        ),
+        f"--data-dir={tmp_path / 'again'}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer_url}",
+        "--initial-cluster-token=keel-test",
+    ]
+    again = Proc("again", argv, client, tmp_path / "again", tmp_path / "again.log", env=env)
+    again.start()
+    cluster.members.append(again)
+    cluster.wait_ready(again)
+    assert etcdctl(again.endpoint, "get", "k19", "--print-value-only").stdout.strip() == "19"
+    time.sleep(3)  # past the removal check a replayed removal would start
+    assert again.alive, again.log_path.read_text()[-3000:]
+    listed = members(leader.endpoint)
+    assert len(listed) == 3
+    (new_id,) = [i for i, m in listed.items() if m.get("name") == "again"]
+    assert (new_id == gone_id) is (binary == "keel")
+    if binary == "keel":  # it did replay the old removal, and checked
+        assert "but this member is in the cluster" in again.log_path.read_text()

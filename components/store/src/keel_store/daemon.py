@@ -179,8 +179,9 @@ class JsonFormatter(logging.Formatter):
 
 
 async def serve(args: argparse.Namespace) -> int:
-    """Run the member until SIGINT/SIGTERM (exit status 0), or until its Raft
-    processing fails, e.g. on a disk that cannot be written (status 1)."""
+    """Run the member until SIGINT/SIGTERM or its removal from the cluster (exit
+    status 0), or until its Raft processing fails, e.g. on a disk that cannot be
+    written (status 1)."""
     config = node_config(args)
     if args.discovery and not _has_wal(config):
         try:
@@ -204,6 +205,7 @@ async def serve(args: argparse.Namespace) -> int:
     node = StoreNode(config)
     stop = asyncio.Event()
     node.on_failure = lambda _: stop.set()
+    node.on_removed = stop.set  # exit status 0, as etcd's after its removal
     # Recovery runs without the cyclic collector: the snapshot's key space and the
     # WAL's committed entries, applied again, make no cycles, and the collections their
     # allocations set off (each followed by a refreeze) took a third of the replay (80k

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from keel_store import daemon, discovery, plugin
+from keel_store.bbolt.reader import read_db
+from keel_store.mvcc import snapshot
 from keel_store.mvcc.etcd_db import etcd_database
 from keel_store.mvcc.store import StateMachine
 from keel_store.pb import rpcpb
@@ -274,3 +276,35 @@ def test_cors_and_host_whitelist_flags() -> None:
     v6 = daemon.access_policy(daemon.parse_args(["--host-whitelist=::1"]))
     assert v6.host_allowed("[::1]:2379")
     assert not v6.host_allowed("[::2]:2379")
+
+
+def test_member_ids_are_etcds() -> None:
+    """The IDs etcd 3.4.23 gave three members started with these flags (read from
+    ``etcdctl member list`` of a real cluster): the whole 64 bits of the SHA-1, with
+    the high bit set for two of them."""
+    spec = "m0=http://127.0.0.1:23800,m1=http://127.0.0.1:23801,m2=http://127.0.0.1:23802"
+    cluster = Cluster(parse_initial_cluster(spec), "bench")
+    assert {format(m.id, "x"): m.name for m in cluster.members.values()} == {
+        "ac273365a8c28390": "m0",
+        "bc4ce7888673a1a": "m1",
+        "93a285fa77ab8d36": "m2",
+    }
+
+
+def test_removed_members_are_kept_in_snapshots_and_etcds_bucket() -> None:
+    """A removal is remembered (etcd's ``members_removed``) through a snapshot and in
+    the bbolt file ``etcdctl snapshot save`` gets; adding the ID again forgets it, and
+    ``--force-new-cluster`` removes every other member."""
+    sm = StateMachine()
+    for mid in (1, 2, 3):
+        sm.member_add(rpcpb.Member(ID=mid, peerURLs=[f"http://127.0.0.1:{mid}"]))
+    sm.member_remove(rpcpb.MemberRemoveRequest(ID=2))
+    back = snapshot.restore(snapshot.save(sm))
+    assert back.removed == {2}
+    assert set(back.members) == {1, 3}
+    bucket = read_db(etcd_database(sm)).root.bucket(b"members_removed")
+    assert dict(bucket.entries()) == {b"2": b"removed"}
+    sm.member_add(rpcpb.Member(ID=2, peerURLs=["http://127.0.0.1:2"]))
+    assert sm.removed == set()
+    sm.keep_only_member(rpcpb.Member(ID=3))
+    assert sm.removed == {1, 2}

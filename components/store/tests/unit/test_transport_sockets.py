@@ -390,3 +390,37 @@ def test_a_payload_in_parts_is_tracked_until_written_out(monkeypatch: pytest.Mon
             assert sent == ["one", "two"]
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_removed_member_is_refused_and_told_so(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer refuses a removed member's hello with a GONE frame; the member hears it
+    (``on_removed``) however many frames it had queued, and a new connection from it
+    is refused again. The refusal is logged once per :data:`REFUSED_LOG_EVERY`; frames
+    from it are never handed on."""
+
+    async def scenario() -> None:
+        got: list[bytes] = []
+        told: list[int] = []
+        async with _pair(lambda s, k, p: got.append(p)) as (a, b):
+            b.is_removed = lambda peer: peer == 1
+            a.on_removed = told.append
+            for i in range(2000):  # frames behind the hello: no reset may eat GONE
+                a.send(2, transport.RAFT, b"x" * 100 + b"%d" % i)
+            await _until(lambda: len(told) >= 2)
+            assert set(told) == {2}
+            assert got == []
+            b.is_removed = lambda peer: False  # added again: accepted as before
+            await _until(lambda: 2 in a._writers and not a._writers[2].is_closing())
+            a.send(2, transport.RAFT, b"back")
+            await _until(lambda: got == [b"back"])
+
+    with (
+        caplog.at_level(logging.WARNING, logger="keel_store.transport"),
+        asyncio.Runner(loop_factory=LOOPS[loop]) as runner,
+    ):
+        runner.run(scenario())
+    refusals = [r for r in caplog.records if "since it was removed" in r.getMessage()]
+    assert len(refusals) == 1, refusals

@@ -177,7 +177,9 @@ def to_buckets(sm: StateMachine) -> Bucket:
         # An int64 ID keys etcd's lease bucket as its uint64 (big-endian) bytes.
         leases.items[_U64.pack(lease.id & _MASK64)] = encode_lease(lease.id, lease.ttl)
     members = root.bucket(b"members")
-    root.bucket(b"members_removed")
+    removed = root.bucket(b"members_removed")
+    for mid in sm.removed:
+        removed.items[format(mid, "x").encode()] = b"removed"
     for m in sm.members.values():
         doc: dict[str, object] = {"id": m.id, "peerURLs": m.peer_urls}
         if m.is_learner:

@@ -41,6 +41,7 @@ def save(sm: StateMachine) -> bytes:
             [m.id, m.name, m.peer_urls, m.is_learner]
             for m in sorted(sm.members.values(), key=lambda m: m.id)
         ],
+        "removed": sorted(sm.removed),
         "auth": sm.auth.to_json(),
         "alarms": sorted([m, a] for m, a in sm.alarms),
         "leases": [
@@ -83,6 +84,7 @@ def _restore(data: bytes) -> StateMachine:
     sm.applied_index = head["applied_index"]
     for mid, name, peer_urls, is_learner in head.get("members", []):
         sm.members[mid] = MemberRecord(mid, name, peer_urls, is_learner)
+    sm.removed = set(head.get("removed", []))
     sm.auth = AuthStore.from_json(head.get("auth", {}))
     sm.alarms = {(m, a) for m, a in head.get("alarms", [])}
     for lease_id, ttl in head["leases"]:

@@ -88,6 +88,9 @@ class StateMachine:
         """Raised alarms as (member ID, AlarmType); NOSPACE blocks writes cluster-wide."""
         self.members: dict[int, MemberRecord] = {}
         """The cluster's members; the Raft configuration is reconciled to follow it."""
+        self.removed: set[int] = set()
+        """IDs of members removed from the cluster (etcd's ``members_removed``): their
+        peers refuse them, and a removed member that hears of it stops."""
         self.auth = AuthStore()
 
     # --- plumbing -------------------------------------------------------------------
@@ -430,6 +433,9 @@ class StateMachine:
         if used & set(req.peerURLs):
             raise errors.PEER_URL_EXISTS
         self.members[req.ID] = MemberRecord(req.ID, req.name, list(req.peerURLs), req.isLearner)
+        # An ID derives from the peer URLs (without etcd's time suffix): a member removed
+        # and added again with the same URLs, a new data directory, has its ID again.
+        self.removed.discard(req.ID)
         resp = rpcpb.MemberAddResponse(header=self._header())
         resp.member.CopyFrom(req)
         resp.members.extend(self._member_list())
@@ -438,6 +444,7 @@ class StateMachine:
     def member_remove(self, req: rpcpb.MemberRemoveRequest) -> rpcpb.MemberRemoveResponse:
         if self.members.pop(req.ID, None) is None:
             raise errors.MEMBER_NOT_FOUND
+        self.removed.add(req.ID)
         resp = rpcpb.MemberRemoveResponse(header=self._header())
         resp.members.extend(self._member_list())
         return resp
@@ -447,6 +454,7 @@ class StateMachine:
         keeps its replicated record, or takes the one given if it has none)."""
         kept = self.members.get(req.ID) or MemberRecord(req.ID, req.name, list(req.peerURLs))
         kept.is_learner = False
+        self.removed.update(mid for mid in self.members if mid != req.ID)
         self.members = {req.ID: kept}
         resp = rpcpb.MemberListResponse(header=self._header())
         resp.members.extend(self._member_list())

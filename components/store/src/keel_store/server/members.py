@@ -1,8 +1,9 @@
 """Cluster membership as etcd presents it: member IDs, names, peer and client URLs.
 
-IDs are derived as etcd does in spirit (a hash of the member's peer URLs and the
-cluster token), so every member computes the same IDs from the same
-``--initial-cluster`` flags without talking to the others first.
+Member IDs are derived exactly as etcd derives them (the first 8 bytes of the SHA-1
+of the sorted peer URLs and the cluster token), so every member computes the same IDs
+from the same ``--initial-cluster`` flags without talking to the others first, and a
+cluster started with etcd's flags has etcd's member IDs.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ class Member:
 
 
 def member_id(peer_urls: list[str], token: str) -> int:
-    """Deterministic 63-bit member ID from the peer URLs and the cluster token."""
+    """etcd's ``newMember`` ID (without its time suffix): the SHA-1 of the sorted peer
+    URLs and the cluster token, its first 8 bytes as a big-endian 64-bit number."""
     digest = hashlib.sha1(("".join(sorted(peer_urls)) + token).encode()).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1) or 1
+    return int.from_bytes(digest[:8], "big") or 1
 
 
 def parse_initial_cluster(spec: str) -> dict[str, list[str]]:

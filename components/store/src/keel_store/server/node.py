@@ -178,6 +178,12 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         """What stopped the member's Raft processing, if anything did."""
         self.on_failure: Callable[[Exception], None] | None = None
         """Called once when a turn fails (the daemon stops the process then)."""
+        self.removed = False
+        """This member was removed from the cluster and stops (``MembershipMixin``)."""
+        self.on_removed: Callable[[], None] | None = None
+        """Called once when the member stops for being removed (the daemon exits 0 then,
+        as etcd does)."""
+        self._removal_check: asyncio.Task[None] | None = None
         self._parked: list[tuple[bytes, asyncio.Future[Any]]] = []
         """Proposals that arrived while there was no leader: sent once one is known."""
         self.stopped = False
@@ -259,6 +265,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.transport.hello_info = {"name": me.name, "client_urls": me.client_urls}
         self.transport.on_hello = self._on_hello
         self.transport.on_peer_lost = self._on_peer_lost
+        self.transport.is_removed = lambda peer: peer in self.sm.removed
+        self.transport.on_removed = lambda peer: self._maybe_removed(
+            0.0, f"peer {peer:x} refused it as removed"
+        )
         self._refresh_peers()
         self._tasks = [
             asyncio.create_task(self._run()),
@@ -275,6 +285,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         if self._snapshot_child is not None:
             self._snapshot_child.kill()
         tasks = [*self._tasks, *self._hash_tasks]  # a hash child is killed on cancel
+        if self._removal_check is not None:
+            tasks.append(self._removal_check)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -742,6 +754,14 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             now = time.monotonic()
             if kind in (Kind.MEMBER_ADD, Kind.MEMBER_REMOVE, Kind.MEMBER_UPDATE):
                 self._refresh_peers()
+            if kind == Kind.MEMBER_REMOVE:
+                gone = commands.decode(data)[2].ID
+                if gone == self.member_id:
+                    # etcd stops a second later (stopWithDelay): the leader's commit
+                    # reaches the others meanwhile.
+                    self._maybe_removed(1.0, f"entry {index} removed it")
+                else:
+                    self.transport.refuse(gone)
             if kind == Kind.LEASE_GRANT:
                 self.lessor.grant(result.ID, result.TTL, now, self.is_leader)
                 self.stats.leases_granted += 1
@@ -1111,6 +1131,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     # --- peer frames ------------------------------------------------------------------------------
 
     def _on_frame(self, sender: int, kind: int, payload: bytes) -> None:
+        if sender in self.sm.removed:  # read before its connection was closed
+            return
         if kind == transport.RAFT:
             message = transport.decode_message(payload)
             self._inbox.append(lambda: self.raft.step(message))  # _on_frames_done kicks

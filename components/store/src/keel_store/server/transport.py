@@ -4,7 +4,10 @@ Every member listens on its peer URL; for each peer it keeps one outgoing connec
 with a send queue, so messages to one peer stay in order, and everything queued while
 a write is in flight goes out in the next write (batching and pipelining). A
 connection starts with a hello naming the cluster token and sender; a peer with the
-wrong token is refused, so two clusters on one host cannot mix. Frames are
+wrong token is refused, so two clusters on one host cannot mix. A member removed from
+the cluster is refused too, with a GONE frame written back before the connection
+closes: it stops when it reads it (etcd's peers answer a removed member's streams with
+410 Gone and it stops, "the member has been permanently removed from the cluster"). Frames are
 ``u32 length, u8 kind, payload``, at most :data:`MAX_FRAME` bytes. A larger payload (a
 snapshot for a member that fell behind: 83 MB for 80 values of 1 MiB, a few hundred MB
 after ``etcdctl check perf --load=l``) goes as PART frames of :data:`PART_BYTES` and a
@@ -24,6 +27,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 from urllib.parse import urlsplit
 
 from keel_store.raft import (
@@ -51,7 +55,15 @@ MAX_MESSAGE = 8 << 30
 """The largest payload a peer joins from parts (etcd's largest suggested
 ``--quota-backend-bytes``, 8 GiB): past it the connection is dropped."""
 
-HELLO, RAFT, CALL, REPLY, PART = 1, 2, 3, 4, 5
+REFUSED_LINGER = 5.0
+"""Seconds a connection from a removed member stays open after its GONE frame."""
+REFUSED_LOG_EVERY = 5.0
+"""Seconds between two warnings about the same removed member (it dials again every
+50 ms until it has confirmed its removal and stopped)."""
+
+HELLO, RAFT, CALL, REPLY, PART, GONE = 1, 2, 3, 4, 5, 6
+_GONE_FRAME = _FRAME.pack(1, GONE)
+"""The one frame a member writes on a connection it accepted: to a removed member."""
 
 
 class _Large:
@@ -231,7 +243,19 @@ class PeerTransport:
         self._active_since: dict[int, float] = {}
         """Peer ID -> since when (monotonic) a connection from it has been open without
         a break: etcd's ``ActiveSince`` (the peer's process is up and reaches us)."""
+        self.is_removed: Callable[[int], bool] = lambda peer: False
+        """Whether a peer was removed from the cluster: its connections are refused."""
+        self.on_removed: Callable[[int], None] | None = None
+        """Called with a peer's ID when that peer refused us as a removed member."""
+        self._refused_logged: dict[int, float] = {}
+        """Removed peer ID -> when its refusal was last logged (monotonic)."""
         self._closing = False
+
+    def refuse(self, peer: int) -> None:
+        """Close the connections ``peer`` opened to us (it was just removed): when it
+        connects again, its hello is refused and it learns that it was removed."""
+        for conn in [c for c in self._inbound_conns if c.sender == peer]:
+            conn.close()
 
     def active_since(self, peer: int) -> float | None:
         """Since when ``peer`` has been connected to us without a break (monotonic
@@ -402,15 +426,21 @@ class PeerTransport:
     ) -> None:
         """Notice at once when the peer closes our connection (it died or restarted).
 
-        Peers never write on a connection they accepted, so anything but EOF is
+        Peers write on a connection they accepted only to refuse a removed member (a
+        GONE frame, then they close it): that calls ``on_removed``. Anything else is
         ignored. Without this, an idle connection (one follower to another) would stay
         in ``_writers`` after the peer restarted, and the next frame (a vote request,
         typically) would be written into the dead socket and lost, costing a whole
         election timeout.
         """
+        said = b""
         with contextlib.suppress(OSError, ConnectionError, ssl.SSLError):
-            while await reader.read(4096):
-                pass
+            while chunk := await reader.read(4096):
+                said = (said + chunk)[: len(_GONE_FRAME)]
+                if said == _GONE_FRAME:
+                    if self.on_removed is not None and not self._closing:
+                        self.on_removed(pid)
+                    break
         self._forget_writer(pid, writer)
         writer.close()
         queue.put_nowait(b"")  # wake the sender: it reconnects
@@ -437,9 +467,9 @@ class _Inbound(asyncio.Protocol):
     and handed to ``on_frame`` at once (no reader task and stream buffer in between:
     a follower's APPEND and a leader's acknowledgements are on the write path).
 
-    The first frame must be the hello with the cluster token. A wrong token, a
-    malformed or oversize frame, or a frame that ``on_frame`` cannot decode closes this
-    connection only.
+    The first frame must be the hello with the cluster token. A wrong token, a removed
+    sender (told so with a GONE frame), a malformed or oversize frame, or a frame that
+    ``on_frame`` cannot decode closes this connection only.
     """
 
     def __init__(self, owner: PeerTransport) -> None:
@@ -455,6 +485,8 @@ class _Inbound(asyncio.Protocol):
         self._parts: list[bytes] = []
         """The PART payloads of a large message so far."""
         self._parts_size = 0
+        self.refused = False
+        """The sender was told it is removed; the connection waits for it to close."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -473,6 +505,8 @@ class _Inbound(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # a removed member's frames after its hello: read and dropped
         if self._pending:
             self._pending.append(data)
             self._have += len(data)
@@ -523,7 +557,8 @@ class _Inbound(asyncio.Protocol):
             sender = self.sender
             if sender is None:
                 if not self._hello(kind, payload):
-                    self.close()
+                    if not self.refused:
+                        self.close()
                     return -1
                 continue
             owner.received_bytes[sender] = (
@@ -549,6 +584,24 @@ class _Inbound(asyncio.Protocol):
                 owner.on_frame(sender, kind, payload)
         return pos
 
+    def _refuse_removed(self, sender: int) -> None:
+        """Tell a removed member so (a GONE frame) and end the connection without a
+        reset: it is closed once the member closes its side, or after
+        :data:`REFUSED_LINGER` seconds. Closing at once, with the member's next frames
+        unread, would send a reset that can discard the GONE frame on its way."""
+        owner = self.owner
+        now = time.monotonic()
+        if now - owner._refused_logged.get(sender, -REFUSED_LOG_EVERY) >= REFUSED_LOG_EVERY:
+            owner._refused_logged[sender] = now
+            log.warning("rejected the stream from peer %x since it was removed", sender)
+        self.refused = True
+        # A transport of uvloop's is no asyncio.WriteTransport subclass: no isinstance.
+        conn = cast(asyncio.Transport, self.transport)
+        conn.write(_GONE_FRAME)
+        if conn.can_write_eof():  # not over TLS
+            conn.write_eof()
+        asyncio.get_running_loop().call_later(REFUSED_LINGER, self.close)
+
     def _hello(self, kind: int, payload: bytes) -> bool:
         owner = self.owner
         hello = json.loads(payload) if kind == HELLO else {}
@@ -556,6 +609,9 @@ class _Inbound(asyncio.Protocol):
             log.warning("peer refused: wrong cluster token %r", hello.get("token"))
             return False
         sender = int(hello["from"])
+        if owner.is_removed(sender):
+            self._refuse_removed(sender)
+            return False
         self.sender = sender
         owner._active_since.setdefault(sender, time.monotonic())
         if owner.on_hello is not None:

@@ -46,6 +46,7 @@ from keel_store.server import (
     gateway,
     h2conn,
     health_service,
+    identity,
     kv_service,
     lock_service,
     other_services,
@@ -54,6 +55,7 @@ from keel_store.server import (
 from keel_store.server.gc_policy import GcPolicy
 from keel_store.server.grpc_metrics import GrpcStats, instrument
 from keel_store.server.grpc_server import GrpcServer
+from keel_store.server.members import ClusterConfigError
 from keel_store.server.node import NodeConfig, StoreNode
 from keel_store.server.transport import host_port
 from keel_store.settings import access_policy, connection_options, node_config
@@ -202,6 +204,11 @@ async def serve(args: argparse.Namespace) -> int:
     client_ssl = client_tls(args)  # flag errors before the member starts
     options = connection_options(args)
     access = access_policy(args)
+    try:
+        await identity.resolve(config, _has_wal(config))
+    except ClusterConfigError as exc:
+        log.error("%s", exc)
+        return 1
     node = StoreNode(config)
     stop = asyncio.Event()
     node.on_failure = lambda _: stop.set()

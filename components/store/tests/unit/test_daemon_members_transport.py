@@ -13,6 +13,7 @@ import pytest
 from keel_store import daemon, discovery, plugin
 from keel_store.bbolt.reader import read_db
 from keel_store.mvcc import snapshot
+from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.etcd_db import etcd_database
 from keel_store.mvcc.store import StateMachine
 from keel_store.pb import rpcpb
@@ -26,7 +27,13 @@ from keel_store.raft import (
     SnapshotMeta,
 )
 from keel_store.server import transport
-from keel_store.server.members import Cluster, ClusterConfigError, parse_initial_cluster
+from keel_store.server.members import (
+    Cluster,
+    ClusterConfigError,
+    Member,
+    member_id,
+    parse_initial_cluster,
+)
 
 
 def test_flags_env_and_precedence() -> None:
@@ -278,10 +285,11 @@ def test_cors_and_host_whitelist_flags() -> None:
     assert not v6.host_allowed("[::2]:2379")
 
 
-def test_member_ids_are_etcds() -> None:
-    """The IDs etcd 3.4.23 gave three members started with these flags (read from
-    ``etcdctl member list`` of a real cluster): the whole 64 bits of the SHA-1, with
-    the high bit set for two of them."""
+def test_member_and_cluster_ids_are_etcds() -> None:
+    """The IDs etcd 3.4.23 gave three members started with these flags, and its cluster
+    ID (read from ``etcdctl member list`` and ``member remove`` of a real cluster): the
+    whole 64 bits of the SHA-1, the high bit set for two of them. An added member's ID
+    hashes the time too."""
     spec = "m0=http://127.0.0.1:23800,m1=http://127.0.0.1:23801,m2=http://127.0.0.1:23802"
     cluster = Cluster(parse_initial_cluster(spec), "bench")
     assert {format(m.id, "x"): m.name for m in cluster.members.values()} == {
@@ -289,11 +297,37 @@ def test_member_ids_are_etcds() -> None:
         "bc4ce7888673a1a": "m1",
         "93a285fa77ab8d36": "m2",
     }
+    assert format(cluster.cluster_id, "x") == "9e3265356ca52c03"
+    urls = ["http://127.0.0.1:23803"]
+    assert member_id(urls, "", 1_800_000_000) != member_id(urls, "", 1_800_000_001)
+
+
+def test_a_joining_member_adopts_the_running_clusters_ids() -> None:
+    """etcd's ValidateClusterAndAssignIDs: matched by peer URLs (in any order), the
+    same number of members, else etcd's messages; then the IDs stick (``rekey``)."""
+    spec = "a=http://h:1,b=http://h:2,c=http://h:3,c=http://h:4"
+    remote = [
+        Member(11, "a", ["http://h:1"]),
+        Member(12, "b", ["http://h:2"]),
+        Member(13, "", ["http://h:4", "http://h:3"], is_learner=True),
+    ]
+    cluster = Cluster(parse_initial_cluster(spec), "t")
+    cluster.adopt(99, remote)
+    assert cluster.cluster_id == 99
+    assert cluster.id_of("c") == 13
+    assert cluster.members[13].is_learner
+    with pytest.raises(ClusterConfigError, match="member count is unequal"):
+        Cluster(parse_initial_cluster(spec), "t").adopt(99, remote[:2])
+    wrong = [*remote[:2], Member(12, "", ["http://h:5"])]
+    with pytest.raises(ClusterConfigError, match=r"PeerURLs: no match found .*\(c, "):
+        Cluster(parse_initial_cluster(spec), "t").adopt(99, wrong)
+    cluster.rekey("a", 21, 98)
+    assert (cluster.id_of("a"), cluster.cluster_id) == (21, 98)
 
 
 def test_removed_members_are_kept_in_snapshots_and_etcds_bucket() -> None:
     """A removal is remembered (etcd's ``members_removed``) through a snapshot and in
-    the bbolt file ``etcdctl snapshot save`` gets; adding the ID again forgets it, and
+    the bbolt file ``etcdctl snapshot save`` gets; the ID cannot be added again, and
     ``--force-new-cluster`` removes every other member."""
     sm = StateMachine()
     for mid in (1, 2, 3):
@@ -304,7 +338,7 @@ def test_removed_members_are_kept_in_snapshots_and_etcds_bucket() -> None:
     assert set(back.members) == {1, 3}
     bucket = read_db(etcd_database(sm)).root.bucket(b"members_removed")
     assert dict(bucket.entries()) == {b"2": b"removed"}
-    sm.member_add(rpcpb.Member(ID=2, peerURLs=["http://127.0.0.1:2"]))
-    assert sm.removed == set()
+    with pytest.raises(EtcdError, match="member not found"):  # etcd's ErrIDRemoved
+        sm.member_add(rpcpb.Member(ID=2, peerURLs=["http://127.0.0.1:2"]))
     sm.keep_only_member(rpcpb.Member(ID=3))
     assert sm.removed == {1, 2}

@@ -426,16 +426,15 @@ class StateMachine:
         ]
 
     def member_add(self, req: rpcpb.Member) -> rpcpb.MemberAddResponse:
-        """Cluster.MemberAdd with the ID the proposer derived from the peer URLs."""
+        """Cluster.MemberAdd with the ID the proposer derived (peer URLs and time)."""
         if req.ID in self.members:
             raise errors.MEMBER_EXISTS
+        if req.ID in self.removed:  # etcd's ErrIDRemoved, answered as "member not found"
+            raise errors.MEMBER_NOT_FOUND
         used = {u for m in self.members.values() for u in m.peer_urls}
         if used & set(req.peerURLs):
             raise errors.PEER_URL_EXISTS
         self.members[req.ID] = MemberRecord(req.ID, req.name, list(req.peerURLs), req.isLearner)
-        # An ID derives from the peer URLs (without etcd's time suffix): a member removed
-        # and added again with the same URLs, a new data directory, has its ID again.
-        self.removed.discard(req.ID)
         resp = rpcpb.MemberAddResponse(header=self._header())
         resp.member.CopyFrom(req)
         resp.members.extend(self._member_list())

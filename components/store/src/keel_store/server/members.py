@@ -1,9 +1,12 @@
 """Cluster membership as etcd presents it: member IDs, names, peer and client URLs.
 
-Member IDs are derived exactly as etcd derives them (the first 8 bytes of the SHA-1
-of the sorted peer URLs and the cluster token), so every member computes the same IDs
-from the same ``--initial-cluster`` flags without talking to the others first, and a
-cluster started with etcd's flags has etcd's member IDs.
+IDs are etcd's. A member of the initial cluster has the first 8 bytes of the SHA-1 of
+its sorted peer URLs and the cluster token, so every member computes the same IDs from
+the same ``--initial-cluster`` flags, and a cluster started with etcd's flags has etcd's
+member IDs. The cluster ID hashes those IDs. A member added later (``member add``) hashes
+its peer URLs and the time instead, so an ID is never given twice; the new member learns
+its ID and the cluster's from its peers (:meth:`Cluster.adopt`) and keeps them in its
+data directory (``server.identity``).
 """
 
 from __future__ import annotations
@@ -27,11 +30,18 @@ class Member:
     is_learner: bool = False
 
 
-def member_id(peer_urls: list[str], token: str) -> int:
-    """etcd's ``newMember`` ID (without its time suffix): the SHA-1 of the sorted peer
-    URLs and the cluster token, its first 8 bytes as a big-endian 64-bit number."""
-    digest = hashlib.sha1(("".join(sorted(peer_urls)) + token).encode()).digest()
-    return int.from_bytes(digest[:8], "big") or 1
+def member_id(peer_urls: list[str], token: str, now: int | None = None) -> int:
+    """etcd's ``newMember`` ID: the SHA-1 of the sorted peer URLs, the cluster token
+    and, for ``member add`` (whose token is empty), the Unix time in seconds; its first
+    8 bytes as a big-endian 64-bit number."""
+    text = "".join(sorted(peer_urls)) + token + ("" if now is None else str(now))
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big") or 1
+
+
+def cluster_id(member_ids: list[int]) -> int:
+    """etcd's ``genID``: the SHA-1 of the sorted member IDs (8 bytes big-endian each)."""
+    data = b"".join(mid.to_bytes(8, "big") for mid in sorted(member_ids))
+    return int.from_bytes(hashlib.sha1(data).digest()[:8], "big")
 
 
 def parse_initial_cluster(spec: str) -> dict[str, list[str]]:
@@ -56,10 +66,37 @@ class Cluster:
         for name, urls in initial.items():
             mid = member_id(urls, token)
             self.members[mid] = Member(mid, name, urls)
-        # One ID for the whole life of the cluster, known to members that join later:
-        # derived from the token alone (etcd hashes the initial member IDs instead).
-        digest = hashlib.sha1(b"keel-cluster:" + token.encode()).digest()
-        self.cluster_id = int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+        self.cluster_id = cluster_id(list(self.members))
+
+    def adopt(self, remote_id: int, remote: list[Member]) -> None:
+        """Take a running cluster's IDs (etcd's ``ValidateClusterAndAssignIDs``): every
+        member it lists must be one of ours with the same peer URLs, in the same number.
+        ClusterConfigError (etcd's words) otherwise."""
+        where = f"error validating peerURLs {{ClusterID:{remote_id:x} Members:[{_listed(remote)}]}}"
+        if len(remote) != len(self.members):
+            raise ClusterConfigError(f"{where}: member count is unequal")
+        by_urls = {tuple(sorted(m.peer_urls)): m for m in self.members.values()}
+        adopted: dict[int, Member] = {}
+        for theirs in remote:
+            ours = by_urls.get(tuple(sorted(theirs.peer_urls)))
+            if ours is None:
+                raise ClusterConfigError(
+                    f"{where}: PeerURLs: no match found for existing member "
+                    f"({theirs.id:x}, {theirs.peer_urls})"
+                )
+            adopted[theirs.id] = Member(theirs.id, ours.name, ours.peer_urls, ours.client_urls)
+            adopted[theirs.id].is_learner = theirs.is_learner
+        self.members = adopted
+        self.cluster_id = remote_id
+
+    def rekey(self, name: str, new_id: int, new_cluster_id: int) -> None:
+        """This member's ID and the cluster's as kept in the data directory (a restart
+        goes by them, as etcd's goes by its WAL, not by the flags)."""
+        me = self.by_name(name)
+        del self.members[me.id]
+        me.id = new_id
+        self.members[new_id] = me
+        self.cluster_id = new_cluster_id
 
     def by_name(self, name: str) -> Member:
         for member in self.members.values():
@@ -78,3 +115,7 @@ class Cluster:
 
     def peer_urls(self) -> dict[int, str]:
         return {m.id: m.peer_urls[0] for m in self.members.values()}
+
+
+def _listed(members: list[Member]) -> str:
+    return " ".join(f"&{{ID:{m.id:x} PeerURLs:{m.peer_urls}}}" for m in members)

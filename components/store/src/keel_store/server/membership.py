@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from keel_store.mvcc import commands, errors
 from keel_store.mvcc.commands import Kind
-from keel_store.mvcc.errors import EtcdError
 from keel_store.raft import (
     ConfChange,
     ConfChangeError,
@@ -32,16 +31,12 @@ from keel_store.server import transport
 if TYPE_CHECKING:
     from keel_store.mvcc.store import StateMachine
     from keel_store.server.config import NodeConfig
+    from keel_store.server.members import Cluster
 
 log = logging.getLogger("keel_store.node")
 
 LEARNER_READY_FRACTION = 0.9
 """etcd's ``readyPercent``: a learner may be promoted once its log holds 90% of ours."""
-
-REMOVED_CHECKS = 2
-"""Read barriers that may fail, with the applied index standing still, before a member
-that peers refuse as removed (and that has not applied its own removal) stops: a
-removed member gets no answer; a member just added again gets one from its leader."""
 
 HEALTH_INTERVAL = 5.0
 """etcd's ``HealthInterval``: with ``--strict-reconfig-check``, a voting member must
@@ -94,13 +89,10 @@ class MembershipMixin:
     config: NodeConfig
     transport: transport.PeerTransport
     attributes: dict[int, tuple[str, list[str]]]
+    cluster: Cluster
     member_id: int
     removed: bool
     on_removed: Any
-    _removal_check: asyncio.Task[None] | None
-
-    async def read_barrier(self) -> None:
-        raise NotImplementedError
 
     def _on_hello(self, sender: int, info: dict[str, object]) -> None:
         urls = info.get("client_urls")
@@ -130,6 +122,22 @@ class MembershipMixin:
                 )
             )
         return out
+
+    def _members_info(self) -> dict[str, object]:
+        """What a member joining the cluster asks its peers for (``server.identity``):
+        the cluster ID and the replicated member list (IDs, names, peer URLs)."""
+        return {
+            "cluster_id": self.cluster.cluster_id,
+            "members": [
+                {
+                    "id": m.id,
+                    "name": self.attributes.get(m.id, (m.name, []))[0],
+                    "peer_urls": m.peer_urls,
+                    "is_learner": m.is_learner,
+                }
+                for m in sorted(self.sm.members.values(), key=lambda m: m.id)
+            ],
+        }
 
     # --- --strict-reconfig-check (etcd's mayAddMember / mayRemoveMember / mayPromoteMember)
 
@@ -230,53 +238,20 @@ class MembershipMixin:
 
     # --- removal: "the member has been permanently removed from the cluster" (etcd) --------
 
-    def _maybe_removed(self, delay: float, why: str) -> None:
-        """This member may have been removed: it applied its own removal (``delay`` 1 s,
-        etcd's ``stopWithDelay``, so the leader's commit reaches the others), or a peer
-        refused it as removed. It stops once that is confirmed (:meth:`_confirm_removed`).
-
-        etcd stops at once, its member IDs being never reused (they hash the time of
-        ``member add``). keel-store's hash the peer URLs only, so a member removed and
-        added again with the same URLs has its ID again: the new member must not stop
-        for the old removal in the history it catches up on, nor for a peer that has
-        not applied the new addition yet.
-        """
-        if self.removed or self._removal_check is not None:
-            return
-        self._removal_check = asyncio.get_running_loop().create_task(
-            self._confirm_removed(delay, why)
-        )
-
-    async def _confirm_removed(self, delay: float, why: str) -> None:
-        """Stop if this member is still removed once it has applied what the cluster
-        committed (a read barrier), or if no leader answers (within an election timeout,
-        1 s at least) while its own removal is applied, or no leader answers
-        :data:`REMOVED_CHECKS` times (peers refuse it: a removed member gets no
-        answers). A barrier that times out while the applied index moves (catching up)
-        does not count."""
-        await asyncio.sleep(delay)
-        timeout = max(1.0, self.config.election_ms / 1000)
-        failures = 0
-        while True:
-            applied = self.sm.applied_index
-            try:
-                await asyncio.wait_for(self.read_barrier(), timeout)
-            except (EtcdError, TimeoutError):
-                if self.sm.applied_index != applied:
-                    continue
-                failures += 1
-                if self.member_id in self.sm.removed or failures >= REMOVED_CHECKS:
-                    break
-                continue
-            if self.member_id in self.sm.removed:
-                break
-            log.info("membership: %s, but this member is in the cluster", why)
-            self._removal_check = None
+    def _on_removed(self, delay: float, why: str) -> None:
+        """This member was removed: it applied its own removal (``delay`` 1 s, etcd's
+        ``stopWithDelay``, so that the leader's commit reaches the others), or a peer
+        refused it as removed (at once). Logged with etcd's words, then ``on_removed``
+        (the daemon stops, exit status 0)."""
+        if self.removed:
             return
         self.removed = True
         log.warning(
             "server error: the member has been permanently removed from the cluster (%s)", why
         )
         log.warning("data-dir used by this member must be removed")
+        asyncio.get_running_loop().call_later(delay, self._stop_removed)
+
+    def _stop_removed(self) -> None:
         if self.on_removed is not None:
             self.on_removed()

@@ -183,7 +183,6 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.on_removed: Callable[[], None] | None = None
         """Called once when the member stops for being removed (the daemon exits 0 then,
         as etcd does)."""
-        self._removal_check: asyncio.Task[None] | None = None
         self._parked: list[tuple[bytes, asyncio.Future[Any]]] = []
         """Proposals that arrived while there was no leader: sent once one is known."""
         self.stopped = False
@@ -209,7 +208,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         fresh = snap is None
         if snap is None:
             for m in self.cluster.members.values():
-                self.sm.members[m.id] = MemberRecord(m.id, m.name, list(m.peer_urls))
+                self.sm.members[m.id] = MemberRecord(m.id, m.name, list(m.peer_urls), m.is_learner)
             voters = self.cluster.voter_ids()
             if self.config.join_existing:
                 # We are added by a conf change in the log we are about to receive.
@@ -266,9 +265,10 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.transport.on_hello = self._on_hello
         self.transport.on_peer_lost = self._on_peer_lost
         self.transport.is_removed = lambda peer: peer in self.sm.removed
-        self.transport.on_removed = lambda peer: self._maybe_removed(
+        self.transport.on_removed = lambda peer: self._on_removed(
             0.0, f"peer {peer:x} refused it as removed"
         )
+        self.transport.members_info = self._members_info
         self._refresh_peers()
         self._tasks = [
             asyncio.create_task(self._run()),
@@ -285,8 +285,6 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         if self._snapshot_child is not None:
             self._snapshot_child.kill()
         tasks = [*self._tasks, *self._hash_tasks]  # a hash child is killed on cancel
-        if self._removal_check is not None:
-            tasks.append(self._removal_check)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -759,7 +757,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
                 if gone == self.member_id:
                     # etcd stops a second later (stopWithDelay): the leader's commit
                     # reaches the others meanwhile.
-                    self._maybe_removed(1.0, f"entry {index} removed it")
+                    self._on_removed(1.0, f"entry {index} removed it")
                 else:
                     self.transport.refuse(gone)
             if kind == Kind.LEASE_GRANT:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -148,7 +149,7 @@ class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
 
     @guarded
     async def MemberAdd(self, request: Any, context: Any) -> Any:
-        """The new member's ID derives from its peer URLs, as the joiner computes it."""
+        """The new member learns its ID from its peers when it starts (``server.identity``)."""
         require_root(self.node, context)
         urls = list(request.peerURLs)
         try:
@@ -159,8 +160,10 @@ class ClusterService(rpcgrpc.ClusterServicer):  # type: ignore[misc]
         except ValueError:
             raise errors.MEMBER_BAD_URLS from None
         self.node.check_add(request.isLearner)
+        # etcd's ID for an added member: its peer URLs and the time (no token), so a
+        # member added again with the same URLs is a new member.
         member = rpcpb.Member(
-            ID=member_id(urls, self.node.cluster.token), peerURLs=urls, isLearner=request.isLearner
+            ID=member_id(urls, "", int(time.time())), peerURLs=urls, isLearner=request.isLearner
         )
         resp = await self.node.propose(Kind.MEMBER_ADD, member)
         return self._with_members(resp)

@@ -7,7 +7,9 @@ connection starts with a hello naming the cluster token and sender; a peer with 
 wrong token is refused, so two clusters on one host cannot mix. A member removed from
 the cluster is refused too, with a GONE frame written back before the connection
 closes: it stops when it reads it (etcd's peers answer a removed member's streams with
-410 Gone and it stops, "the member has been permanently removed from the cluster"). Frames are
+410 Gone and it stops, "the member has been permanently removed from the cluster"). A
+hello that asks for the members (from a member joining the cluster, which has no ID
+yet) is answered with a MEMBERS frame the same way (:func:`ask_members`). Frames are
 ``u32 length, u8 kind, payload``, at most :data:`MAX_FRAME` bytes. A larger payload (a
 snapshot for a member that fell behind: 83 MB for 80 values of 1 MiB, a few hundred MB
 after ``etcdctl check perf --load=l``) goes as PART frames of :data:`PART_BYTES` and a
@@ -27,7 +29,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from keel_store.raft import (
@@ -61,7 +63,9 @@ REFUSED_LOG_EVERY = 5.0
 """Seconds between two warnings about the same removed member (it dials again every
 50 ms until it has confirmed its removal and stopped)."""
 
-HELLO, RAFT, CALL, REPLY, PART, GONE = 1, 2, 3, 4, 5, 6
+HELLO, RAFT, CALL, REPLY, PART, GONE, MEMBERS = 1, 2, 3, 4, 5, 6, 7
+ASK_TIMEOUT = 2.0
+"""Seconds a member joining a cluster waits for one peer's member list."""
 _GONE_FRAME = _FRAME.pack(1, GONE)
 """The one frame a member writes on a connection it accepted: to a removed member."""
 
@@ -190,6 +194,39 @@ def decode_message(data: bytes) -> Message:
     )
 
 
+async def ask_members(
+    url: str, token: str, context: ssl.SSLContext | None, timeout: float = ASK_TIMEOUT
+) -> dict[str, Any]:
+    """Ask the member at peer URL ``url`` for the cluster ID and its member list (a
+    member joining a running cluster does, as etcd's asks ``/members``): ``{"cluster_id":
+    int, "members": [{"id", "name", "peer_urls", "is_learner"}]}``. OSError if it cannot
+    be reached or refuses (a wrong token), TimeoutError, ValueError on a bad answer."""
+    host, port = host_port(url)
+    async with asyncio.timeout(timeout):
+        if context is not None:
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=context, server_hostname=host
+            )
+        else:
+            reader, writer = await asyncio.open_connection(host, port)
+        try:
+            hello = json.dumps({"token": token, "ask": "members"}).encode()
+            writer.write(_FRAME.pack(len(hello) + 1, HELLO) + hello)
+            try:
+                size, kind = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+                body = await reader.readexactly(size - 1)
+            except asyncio.IncompleteReadError:
+                raise ConnectionRefusedError(f"{url} refused (wrong cluster token?)") from None
+            if kind != MEMBERS:
+                raise ValueError(f"{url} answered with a frame of kind {kind}")
+            answer = json.loads(body)
+            if not isinstance(answer, dict) or not isinstance(answer.get("members"), list):
+                raise ValueError(f"{url} answered {body[:200]!r}")
+            return answer
+        finally:
+            writer.close()
+
+
 def host_port(url: str) -> tuple[str, int]:
     """``http://127.0.0.1:2380`` -> ("127.0.0.1", 2380)."""
     parts = urlsplit(url)
@@ -247,6 +284,9 @@ class PeerTransport:
         """Whether a peer was removed from the cluster: its connections are refused."""
         self.on_removed: Callable[[int], None] | None = None
         """Called with a peer's ID when that peer refused us as a removed member."""
+        self.members_info: Callable[[], dict[str, object]] | None = None
+        """The cluster ID and member list, for a member that joins and asks (a hello
+        with ``"ask": "members"`` rather than a sender: :func:`ask_members`)."""
         self._refused_logged: dict[int, float] = {}
         """Removed peer ID -> when its refusal was last logged (monotonic)."""
         self._closing = False
@@ -486,7 +526,8 @@ class _Inbound(asyncio.Protocol):
         """The PART payloads of a large message so far."""
         self._parts_size = 0
         self.refused = False
-        """The sender was told it is removed; the connection waits for it to close."""
+        """The hello was answered (a removed member told so, or a joining member given
+        the member list): the connection waits for the peer to close it."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -594,10 +635,15 @@ class _Inbound(asyncio.Protocol):
         if now - owner._refused_logged.get(sender, -REFUSED_LOG_EVERY) >= REFUSED_LOG_EVERY:
             owner._refused_logged[sender] = now
             log.warning("rejected the stream from peer %x since it was removed", sender)
+        self._answer_and_end(_GONE_FRAME)
+
+    def _answer_and_end(self, frame: bytes) -> None:
+        """Write the one frame a member writes on a connection it accepted, then end it:
+        at the peer's close, or after :data:`REFUSED_LINGER` seconds."""
         self.refused = True
         # A transport of uvloop's is no asyncio.WriteTransport subclass: no isinstance.
         conn = cast(asyncio.Transport, self.transport)
-        conn.write(_GONE_FRAME)
+        conn.write(frame)
         if conn.can_write_eof():  # not over TLS
             conn.write_eof()
         asyncio.get_running_loop().call_later(REFUSED_LINGER, self.close)
@@ -607,6 +653,10 @@ class _Inbound(asyncio.Protocol):
         hello = json.loads(payload) if kind == HELLO else {}
         if hello.get("token") != owner.token:
             log.warning("peer refused: wrong cluster token %r", hello.get("token"))
+            return False
+        if hello.get("ask") == "members" and owner.members_info is not None:
+            body = json.dumps(owner.members_info()).encode()
+            self._answer_and_end(_FRAME.pack(len(body) + 1, MEMBERS) + body)
             return False
         sender = int(hello["from"])
         if owner.is_removed(sender):

@@ -60,8 +60,8 @@ MAX_MESSAGE = 8 << 30
 REFUSED_LINGER = 5.0
 """Seconds a connection from a removed member stays open after its GONE frame."""
 REFUSED_LOG_EVERY = 5.0
-"""Seconds between two warnings about the same removed member (it dials again every
-50 ms until it has confirmed its removal and stopped)."""
+"""Seconds between two warnings about the same removed member (until it has stopped,
+it dials again every 50 ms)."""
 
 HELLO, RAFT, CALL, REPLY, PART, GONE, MEMBERS = 1, 2, 3, 4, 5, 6, 7
 ASK_TIMEOUT = 2.0
@@ -466,8 +466,8 @@ class PeerTransport:
     ) -> None:
         """Notice at once when the peer closes our connection (it died or restarted).
 
-        Peers write on a connection they accepted only to refuse a removed member (a
-        GONE frame, then they close it): that calls ``on_removed``. Anything else is
+        On a connection from this loop, a peer writes only to refuse a removed member
+        (a GONE frame, then it closes): that calls ``on_removed``. Anything else is
         ignored. Without this, an idle connection (one follower to another) would stay
         in ``_writers`` after the peer restarted, and the next frame (a vote request,
         typically) would be written into the dead socket and lost, costing a whole

@@ -201,14 +201,8 @@ async def ask_members(
     member joining a running cluster does, as etcd's asks ``/members``): ``{"cluster_id":
     int, "members": [{"id", "name", "peer_urls", "is_learner"}]}``. OSError if it cannot
     be reached or refuses (a wrong token), TimeoutError, ValueError on a bad answer."""
-    host, port = host_port(url)
     async with asyncio.timeout(timeout):
-        if context is not None:
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=context, server_hostname=host
-            )
-        else:
-            reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await _dial(url, context)
         try:
             hello = json.dumps({"token": token, "ask": "members"}).encode()
             writer.write(_FRAME.pack(len(hello) + 1, HELLO) + hello)
@@ -225,6 +219,24 @@ async def ask_members(
             return answer
         finally:
             writer.close()
+
+
+class PeerCertificateRefused(ConnectionRefusedError):
+    """The peer's TLS certificate fails ``--peer-cert-allowed-cn``/``-hostname``."""
+
+
+async def _dial(
+    url: str, context: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the member at peer URL ``url``, over TLS with ``context`` (its
+    certificate checked against the peer policy: :class:`PeerCertificateRefused`)."""
+    host, port = host_port(url)
+    if context is None:
+        return await asyncio.open_connection(host, port)
+    reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+    if tls.refused(writer.transport):  # aborted it
+        raise PeerCertificateRefused(f"{url}: certificate refused")
+    return reader, writer
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -393,16 +405,11 @@ class PeerTransport:
             writer = None
             watcher = None
             try:
-                host, port = host_port(self.peers[pid])
-                if self.client_ssl is not None:
-                    reader, writer = await asyncio.open_connection(
-                        host, port, ssl=self.client_ssl, server_hostname=host
-                    )
-                    if tls.refused(writer.transport):  # --peer-cert-allowed-cn/hostname
-                        await asyncio.sleep(1.0)  # not fixed by retrying at once
-                        raise ConnectionRefusedError(f"peer {pid:x}: certificate refused")
-                else:
-                    reader, writer = await asyncio.open_connection(host, port)
+                try:
+                    reader, writer = await _dial(self.peers[pid], self.client_ssl)
+                except PeerCertificateRefused:
+                    await asyncio.sleep(1.0)  # not fixed by retrying at once
+                    raise
                 writer.write(_FRAME.pack(len(hello) + 1, HELLO) + hello)
                 self._writers[pid] = writer
                 watcher = asyncio.create_task(self._watch_closed(pid, reader, writer, queue))
@@ -525,7 +532,7 @@ class _Inbound(asyncio.Protocol):
         self._parts: list[bytes] = []
         """The PART payloads of a large message so far."""
         self._parts_size = 0
-        self.refused = False
+        self.answered = False
         """The hello was answered (a removed member told so, or a joining member given
         the member list): the connection waits for the peer to close it."""
 
@@ -546,8 +553,8 @@ class _Inbound(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.refused:
-            return  # a removed member's frames after its hello: read and dropped
+        if self.answered:
+            return  # the peer's frames after its hello: read and dropped
         if self._pending:
             self._pending.append(data)
             self._have += len(data)
@@ -598,7 +605,7 @@ class _Inbound(asyncio.Protocol):
             sender = self.sender
             if sender is None:
                 if not self._hello(kind, payload):
-                    if not self.refused:
+                    if not self.answered:
                         self.close()
                     return -1
                 continue
@@ -640,7 +647,7 @@ class _Inbound(asyncio.Protocol):
     def _answer_and_end(self, frame: bytes) -> None:
         """Write the one frame a member writes on a connection it accepted, then end it:
         at the peer's close, or after :data:`REFUSED_LINGER` seconds."""
-        self.refused = True
+        self.answered = True
         # A transport of uvloop's is no asyncio.WriteTransport subclass: no isinstance.
         conn = cast(asyncio.Transport, self.transport)
         conn.write(frame)

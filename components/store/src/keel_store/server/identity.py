@@ -18,6 +18,7 @@ from pathlib import Path
 from keel_store.server import transport
 from keel_store.server.config import NodeConfig
 from keel_store.server.members import ClusterConfigError, Member
+from keel_store.wal import OSFileSystem
 
 log = logging.getLogger("keel_store.node")
 
@@ -53,11 +54,7 @@ def save(config: NodeConfig, member_id: int, cluster_id: int) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, where)
-    fd = os.open(where.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    OSFileSystem().fsync_dir(str(where.parent))
 
 
 async def resolve(config: NodeConfig, has_wal: bool) -> None:

@@ -84,8 +84,9 @@ class Cluster:
                     f"{where}: PeerURLs: no match found for existing member "
                     f"({theirs.id:x}, {theirs.peer_urls})"
                 )
-            adopted[theirs.id] = Member(theirs.id, ours.name, ours.peer_urls, ours.client_urls)
-            adopted[theirs.id].is_learner = theirs.is_learner
+            adopted[theirs.id] = Member(
+                theirs.id, ours.name, ours.peer_urls, ours.client_urls, theirs.is_learner
+            )
         self.members = adopted
         self.cluster_id = remote_id
 

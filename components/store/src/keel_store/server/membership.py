@@ -130,12 +130,12 @@ class MembershipMixin:
             "cluster_id": self.cluster.cluster_id,
             "members": [
                 {
-                    "id": m.id,
-                    "name": self.attributes.get(m.id, (m.name, []))[0],
-                    "peer_urls": m.peer_urls,
-                    "is_learner": m.is_learner,
+                    "id": m.ID,
+                    "name": m.name,
+                    "peer_urls": list(m.peerURLs),
+                    "is_learner": m.isLearner,
                 }
-                for m in sorted(self.sm.members.values(), key=lambda m: m.id)
+                for m in self.member_list()
             ],
         }
 

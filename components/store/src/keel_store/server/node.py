@@ -1129,8 +1129,6 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     # --- peer frames ------------------------------------------------------------------------------
 
     def _on_frame(self, sender: int, kind: int, payload: bytes) -> None:
-        if sender in self.sm.removed:  # read before its connection was closed
-            return
         if kind == transport.RAFT:
             message = transport.decode_message(payload)
             self._inbox.append(lambda: self.raft.step(message))  # _on_frames_done kicks

@@ -21,22 +21,36 @@ UNHEALTHY = "etcdserver: unhealthy cluster"
 NOT_ENOUGH_STARTED = "etcdserver: re-configuration failed due to not enough started members"
 
 
-def member_add(endpoint: str, *args: str) -> str:
-    """``etcdctl member add``, retried while the cluster is "unhealthy": with
-    --strict-reconfig-check (on by default, as in etcd) a member is added only once the
-    member asked has been connected to every voting member for 5 s."""
+def member_change(endpoint: str, *args: str) -> str:
+    """``etcdctl member ARGS``, retried while the cluster is "unhealthy": with
+    --strict-reconfig-check (on by default, as in etcd) a member is added or removed only
+    once the member asked has been connected to every voting member for 5 s."""
     deadline = time.monotonic() + 15
-    while (r := etcdctl(endpoint, "member", "add", *args, check=False)).returncode != 0:
+    while (r := etcdctl(endpoint, "member", *args, check=False)).returncode != 0:
         assert UNHEALTHY in r.stderr, r.stderr
         assert time.monotonic() < deadline, r.stderr
         time.sleep(0.5)
     return r.stdout
 
 
-def join(cluster, tmp_path, name: str, learner: bool = False, binary: str = "keel") -> Proc:
-    """``member add`` then start the new member with the environment etcdctl printed."""
-    a = cluster.members[0].endpoint
-    peer, client = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+def member_add(endpoint: str, *args: str) -> str:
+    return member_change(endpoint, "add", *args)
+
+
+def join(
+    cluster,
+    tmp_path,
+    name: str,
+    *,
+    learner: bool = False,
+    binary: str = "keel",
+    peer: str | None = None,
+) -> Proc:
+    """``member add`` (asking a running member) then start the new member with the
+    environment etcdctl printed; ``peer``: its peer URL (default: a free port)."""
+    a = next(m for m in cluster.members if m.alive).endpoint
+    peer = peer or f"http://127.0.0.1:{free_port()}"
+    client = f"http://127.0.0.1:{free_port()}"
     args = ["member", "add", name, f"--peer-urls={peer}", *(["--learner"] if learner else [])]
     out = member_add(a, *args[2:])
     env = dict(line.split("=", 1) for line in out.splitlines() if line.startswith("ETCD_"))
@@ -265,14 +279,7 @@ REMOVED = "the member has been permanently removed from the cluster"
 
 
 def member_remove(endpoint: str, member_id: str) -> None:
-    """``etcdctl member remove``, retried while the cluster is "unhealthy" (see
-    :func:`member_add`)."""
-    deadline = time.monotonic() + 15
-    while (r := etcdctl(endpoint, "member", "remove", member_id, check=False)).returncode != 0:
-        assert UNHEALTHY in r.stderr, r.stderr
-        assert time.monotonic() < deadline, r.stderr
-        time.sleep(0.5)
-    assert "removed from cluster" in r.stdout
+    assert "removed from cluster" in member_change(endpoint, "remove", member_id)
 
 
 def exits(member: Proc, timeout: float) -> int:
@@ -330,21 +337,7 @@ def test_a_member_removed_then_added_again_with_its_urls_serves(
     exits(gone, 20)
     for i in range(20):
         etcdctl(leader.endpoint, "put", f"k{i}", str(i))
-    out = member_add(leader.endpoint, "again", f"--peer-urls={peer_url}")
-    env = dict(line.split("=", 1) for line in out.splitlines() if line.startswith("ETCD_"))
-    env = {k: v.strip('"') for k, v in env.items()}
-    client = f"http://127.0.0.1:{free_port()}"
-    argv = [
-        *([sys.executable, "-m", "keel_store.daemon"] if binary == "keel" else [ETCD]),
-        f"--data-dir={tmp_path / 'again'}",
-        f"--listen-client-urls={client}",
-        f"--advertise-client-urls={client}",
-        f"--listen-peer-urls={peer_url}",
-        "--initial-cluster-token=keel-test",
-    ]
-    again = Proc("again", argv, client, tmp_path / "again", tmp_path / "again.log", env=env)
-    again.start()
-    cluster.members.append(again)
+    again = join(cluster, tmp_path, "again", binary=binary, peer=peer_url)
     cluster.wait_ready(again)
     assert etcdctl(again.endpoint, "get", "k19", "--print-value-only").stdout.strip() == "19"
     listed = members(leader.endpoint)

@@ -384,3 +384,67 @@ def test_a_member_that_was_not_added_cannot_join(make_cluster, tmp_path, binary:
     assert exits(stray, 20) == 1
     assert "member count is unequal" in stray.log_path.read_text()
     assert len(members(first.endpoint)) == 1
+
+
+MISMATCH_HERE = "request cluster ID mismatch"
+MISMATCH_THERE = "request sent was ignored by remote peer due to cluster ID mismatch"
+
+
+def raft_terms(endpoints: str) -> set[int]:
+    out = etcdctl(endpoints, "endpoint", "status", "-w", "json").stdout
+    return {int(s["Status"]["raftTerm"]) for s in json.loads(out)}
+
+
+@pytest.mark.parametrize("binary", ["keel", "etcd"])
+def test_a_member_of_another_cluster_is_refused(make_cluster, tmp_path, binary: str) -> None:
+    """Peer traffic carries the cluster ID, as etcd's carries ``X-Etcd-Cluster-ID``. Two
+    members of a 3-member cluster are wiped and start a 2-member cluster on the same peer
+    URLs with the same token; the third, started again on its old data directory, still
+    dials them. They refuse it ("request cluster ID mismatch"), it logs that it was
+    ignored and keeps running without a leader, and its elections never reach the new
+    cluster: no new term there, its data and member list untouched."""
+    old = make_cluster(3, binary=binary)
+    for m in old.members:
+        m.kill()
+    stale, *pair = old.members
+    urls = {
+        m.name: m.argv[[a.split("=")[0] for a in m.argv].index("--initial-advertise-peer-urls")]
+        for m in pair
+    }
+    initial = ",".join(f"{name}={flag.split('=', 1)[1]}" for name, flag in urls.items())
+    fresh = []
+    for m in pair:
+        argv = [
+            f"--data-dir={tmp_path / 'new' / m.name}"
+            if a.startswith("--data-dir=")
+            else f"--initial-cluster={initial}"
+            if a.startswith("--initial-cluster=")
+            else a
+            for a in m.argv
+        ]
+        proc = Proc(
+            m.name, argv, m.client_url, tmp_path / "new" / m.name, tmp_path / f"new-{m.name}.log"
+        )
+        fresh.append(proc)
+        old.members.append(proc)  # killed at teardown, logs printed on failure
+    for proc in fresh:
+        proc.start()
+    for proc in fresh:
+        old.wait_ready(proc)
+    endpoints = ",".join(p.endpoint for p in fresh)
+    etcdctl(endpoints, "put", "k", "new cluster")
+    before = raft_terms(endpoints)
+    stale.start()
+    deadline = time.monotonic() + 20
+    while MISMATCH_THERE not in stale.log_path.read_text():
+        assert stale.alive, stale.log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, stale.log_path.read_text()[-3000:]
+        time.sleep(0.2)
+    time.sleep(4)  # a few of the stale member's election timeouts
+    assert stale.alive
+    assert any(MISMATCH_HERE in p.log_path.read_text() for p in fresh)
+    assert raft_terms(endpoints) == before
+    assert etcdctl(endpoints, "get", "k", "--print-value-only").stdout.strip() == "new cluster"
+    assert len(members(fresh[0].endpoint)) == 2
+    r = etcdctl(stale.endpoint, "put", "k", "stale", check=False)
+    assert r.returncode != 0

@@ -25,12 +25,12 @@ async def _until(predicate: object, timeout: float = 5.0) -> None:
 
 @contextlib.asynccontextmanager
 async def _pair(
-    on_frame: Callable[[int, int, bytes], None],
+    on_frame: Callable[[int, int, bytes], None], clusters: tuple[int, int] = (0, 0)
 ) -> AsyncIterator[tuple[transport.PeerTransport, transport.PeerTransport]]:
-    """Members 1 and 2, both listening, 1 set up to send to 2 (frames to ``on_frame``);
-    both closed afterwards."""
-    a = transport.PeerTransport(1, "tok", lambda s, k, p: None)
-    b = transport.PeerTransport(2, "tok", on_frame)
+    """Members 1 and 2 (of ``clusters``), both listening, 1 set up to send to 2 (frames
+    to ``on_frame``); both closed afterwards."""
+    a = transport.PeerTransport(1, "tok", lambda s, k, p: None, cluster_id=clusters[0])
+    b = transport.PeerTransport(2, "tok", on_frame, cluster_id=clusters[1])
     url_a, url_b = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     await a.listen(url_a)
     await b.listen(url_b)
@@ -424,3 +424,57 @@ def test_a_removed_member_is_refused_and_told_so(
         runner.run(scenario())
     refusals = [r for r in caplog.records if "since it was removed" in r.getMessage()]
     assert len(refusals) == 1, refusals
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_member_of_another_cluster_is_refused_and_told_so(
+    loop: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same token, other cluster ID (etcd's ``X-Etcd-Cluster-ID`` check): the peer
+    refuses the hello with a MISMATCH frame and hands on none of the frames behind it;
+    the sender logs that it was ignored and dials again only every
+    :data:`MISMATCH_RETRY` seconds. Each side logs it once per
+    :data:`REFUSED_LOG_EVERY`. A hello without a cluster ID (a member that does not
+    send one) is accepted, and so is the sender once the IDs agree."""
+    dials = 0
+    dial = transport._dial
+
+    async def counted(url: str, context: object) -> object:
+        nonlocal dials
+        dials += 1
+        return await dial(url, context)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(transport, "_dial", counted)
+
+    async def scenario() -> None:
+        got: list[bytes] = []
+        async with _pair(lambda s, k, p: got.append(p), clusters=(0xA1, 0xB2)) as (a, b):
+            for i in range(2000):  # frames behind the hello: no reset may eat MISMATCH
+                a.send(2, transport.RAFT, b"x" * 100 + b"%d" % i)
+            await asyncio.sleep(2.5)
+            assert got == []
+            assert 2 <= dials <= 4, dials  # at 0, ~1 and ~2 s: not every 50 ms
+            host, port = transport.host_port(a.peers[2])
+            _, older = await asyncio.open_connection(host, port)
+            older.write(_hello("tok", 3) + _frame(transport.RAFT, b"no cluster ID"))
+            await _until(lambda: got == [b"no cluster ID"])
+            older.close()
+            b.cluster_id = 0xA1
+            a.send(2, transport.RAFT, b"agreed")  # dropped while a waits to dial again
+            await _until(lambda: 2 in a._writers and not a._writers[2].is_closing())
+            a.send(2, transport.RAFT, b"agreed")
+            await _until(lambda: got[-1:] == [b"agreed"])
+
+    with (
+        caplog.at_level(logging.WARNING, logger="keel_store.transport"),
+        asyncio.Runner(loop_factory=LOOPS[loop]) as runner,
+    ):
+        runner.run(scenario())
+    here = [
+        r.getMessage() for r in caplog.records if "request cluster ID mismatch" in r.getMessage()
+    ]
+    there = [r.getMessage() for r in caplog.records if "ignored by remote peer" in r.getMessage()]
+    assert len(here) == 1, here
+    assert "remote peer 1, its cluster a1; this member 2, cluster b2" in here[0]
+    assert len(there) == 1, there
+    assert "remote peer 2, its cluster b2; this member 1, cluster a1" in there[0]

@@ -115,7 +115,9 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         self.sm.listeners.append(self.hub.notify)
         self.lessor = Lessor(config.lease_checkpoint_interval)
         self.raft: RaftNode
-        self.transport = transport.PeerTransport(self.member_id, self.cluster.token, self._on_frame)
+        self.transport = transport.PeerTransport(
+            self.member_id, self.cluster.token, self._on_frame, cluster_id=self.cluster.cluster_id
+        )
         self.transport.on_frames_done = self._on_frames_done
         self.outbox = Outbox(self.transport)
         self.outbox.on_snapshot_sent = lambda peer, index: self._submit(

@@ -3,8 +3,11 @@
 Every member listens on its peer URL; for each peer it keeps one outgoing connection
 with a send queue, so messages to one peer stay in order, and everything queued while
 a write is in flight goes out in the next write (batching and pipelining). A
-connection starts with a hello naming the cluster token and sender; a peer with the
-wrong token is refused, so two clusters on one host cannot mix. A member removed from
+connection starts with a hello naming the cluster token, the cluster ID and the sender;
+a peer with the wrong token or of another cluster (etcd's ``X-Etcd-Cluster-ID`` check:
+"request cluster ID mismatch") is refused, so two clusters cannot mix, even on the same
+peer URLs: it is told so with a MISMATCH frame and dials again a second later. A
+member removed from
 the cluster is refused too, with a GONE frame written back before the connection
 closes: it stops when it reads it (etcd's peers answer a removed member's streams with
 410 Gone and it stops, "the member has been permanently removed from the cluster"). A
@@ -60,14 +63,19 @@ MAX_MESSAGE = 8 << 30
 REFUSED_LINGER = 5.0
 """Seconds a connection from a removed member stays open after its GONE frame."""
 REFUSED_LOG_EVERY = 5.0
-"""Seconds between two warnings about the same removed member (until it has stopped,
-it dials again every 50 ms)."""
+"""Seconds between two warnings about the same refused peer (a removed member dials
+again every 50 ms until it has stopped; a member of another cluster, every second)."""
 
-HELLO, RAFT, CALL, REPLY, PART, GONE, MEMBERS = 1, 2, 3, 4, 5, 6, 7
+HELLO, RAFT, CALL, REPLY, PART, GONE, MEMBERS, MISMATCH = 1, 2, 3, 4, 5, 6, 7, 8
 ASK_TIMEOUT = 2.0
 """Seconds a member joining a cluster waits for one peer's member list."""
 _GONE_FRAME = _FRAME.pack(1, GONE)
-"""The one frame a member writes on a connection it accepted: to a removed member."""
+"""The frame a member writes on a connection it accepted from a removed member."""
+_MISMATCH = struct.Struct(">IBQ")
+"""A MISMATCH frame: the refusing member's cluster ID."""
+_MISMATCH_HEAD = _FRAME.pack(_MISMATCH.size - 4, MISMATCH)
+MISMATCH_RETRY = 1.0
+"""Seconds before dialing again a peer that refused us as of another cluster."""
 
 
 class _Large:
@@ -255,9 +263,13 @@ class PeerTransport:
         member_id: int,
         token: str,
         on_frame: Callable[[int, int, bytes], None],
+        *,
+        cluster_id: int = 0,
     ) -> None:
+        """``cluster_id``: sent in every hello and checked in the peers' (0: neither)."""
         self.member_id = member_id
         self.token = token
+        self.cluster_id = cluster_id
         self.on_frame = on_frame
         self.peers: dict[int, str] = {}
         self._queues: dict[int, asyncio.Queue[bytes | _Large]] = {}
@@ -299,8 +311,12 @@ class PeerTransport:
         self.members_info: Callable[[], dict[str, object]] | None = None
         """The cluster ID and member list, for a member that joins and asks (a hello
         with ``"ask": "members"`` rather than a sender: :func:`ask_members`)."""
-        self._refused_logged: dict[int, float] = {}
-        """Removed peer ID -> when its refusal was last logged (monotonic)."""
+        self._refused_logged: dict[tuple[str, int], float] = {}
+        """(why, peer ID) -> when a refusal of or by that peer was last logged
+        (monotonic): a refused peer dials again and again."""
+        self._hold_until: dict[int, float] = {}
+        """Peer ID -> not dialed again before (monotonic): it refused us as of another
+        cluster."""
         self._closing = False
 
     def refuse(self, peer: int) -> None:
@@ -399,9 +415,13 @@ class PeerTransport:
     async def _send_loop(self, pid: int) -> None:
         queue = self._queues[pid]
         while True:
-            hello = json.dumps(
-                {**self.hello_info, "token": self.token, "from": self.member_id}
-            ).encode()
+            hold = self._hold_until.pop(pid, 0.0) - time.monotonic()
+            if hold > 0:
+                await asyncio.sleep(hold)
+            said: dict[str, object] = {"token": self.token, "from": self.member_id}
+            if self.cluster_id:
+                said["cluster"] = self.cluster_id
+            hello = json.dumps({**self.hello_info, **said}).encode()
             writer = None
             watcher = None
             try:
@@ -473,24 +493,51 @@ class PeerTransport:
     ) -> None:
         """Notice at once when the peer closes our connection (it died or restarted).
 
-        On a connection from this loop, a peer writes only to refuse a removed member
-        (a GONE frame, then it closes): that calls ``on_removed``. Anything else is
-        ignored. Without this, an idle connection (one follower to another) would stay
-        in ``_writers`` after the peer restarted, and the next frame (a vote request,
+        On a connection from this loop, a peer writes only to refuse us: a GONE frame
+        (we were removed: ``on_removed`` is called) or a MISMATCH frame (we are of
+        another cluster: logged, and the peer is dialed again after
+        :data:`MISMATCH_RETRY` seconds); then it closes. Anything else is ignored.
+        Without this, an idle connection (one follower to another) would stay in
+        ``_writers`` after the peer restarted, and the next frame (a vote request,
         typically) would be written into the dead socket and lost, costing a whole
         election timeout.
         """
         said = b""
         with contextlib.suppress(OSError, ConnectionError, ssl.SSLError):
             while chunk := await reader.read(4096):
-                said = (said + chunk)[: len(_GONE_FRAME)]
+                said = (said + chunk)[: _MISMATCH.size]
                 if said == _GONE_FRAME:
                     if self.on_removed is not None and not self._closing:
                         self.on_removed(pid)
                     break
+                if len(said) == _MISMATCH.size and said[: _FRAME.size] == _MISMATCH_HEAD:
+                    self._ignored(pid, _MISMATCH.unpack(said)[2])
+                    break
         self._forget_writer(pid, writer)
         writer.close()
         queue.put_nowait(b"")  # wake the sender: it reconnects
+
+    def _ignored(self, pid: int, remote_cluster: int) -> None:
+        """Peer ``pid`` refused us as of another cluster (its ID ``remote_cluster``)."""
+        self._hold_until[pid] = time.monotonic() + MISMATCH_RETRY
+        if self._log_refusal("ignored", pid):
+            log.warning(
+                "request sent was ignored by remote peer due to cluster ID mismatch "
+                "(remote peer %x, its cluster %x; this member %x, cluster %x)",
+                pid,
+                remote_cluster,
+                self.member_id,
+                self.cluster_id,
+            )
+
+    def _log_refusal(self, why: str, peer: int) -> bool:
+        """Whether to log a refusal of (or by) ``peer`` now: once per
+        :data:`REFUSED_LOG_EVERY` seconds for each peer and reason."""
+        now = time.monotonic()
+        if now - self._refused_logged.get((why, peer), -REFUSED_LOG_EVERY) < REFUSED_LOG_EVERY:
+            return False
+        self._refused_logged[why, peer] = now
+        return True
 
     def _forget_writer(self, pid: int, writer: asyncio.StreamWriter | None) -> None:
         if writer is not None and self._writers.get(pid) is writer:
@@ -637,10 +684,7 @@ class _Inbound(asyncio.Protocol):
         reset: it is closed once the member closes its side, or after
         :data:`REFUSED_LINGER` seconds. Closing at once, with the member's next frames
         unread, would send a reset that can discard the GONE frame on its way."""
-        owner = self.owner
-        now = time.monotonic()
-        if now - owner._refused_logged.get(sender, -REFUSED_LOG_EVERY) >= REFUSED_LOG_EVERY:
-            owner._refused_logged[sender] = now
+        if self.owner._log_refusal("removed", sender):
             log.warning("rejected the stream from peer %x since it was removed", sender)
         self._answer_and_end(_GONE_FRAME)
 
@@ -666,6 +710,19 @@ class _Inbound(asyncio.Protocol):
             self._answer_and_end(_FRAME.pack(len(body) + 1, MEMBERS) + body)
             return False
         sender = int(hello["from"])
+        theirs = hello.get("cluster")  # absent from a member that does not know it
+        if theirs is not None and owner.cluster_id and int(theirs) != owner.cluster_id:
+            if owner._log_refusal("mismatch", sender):
+                log.warning(
+                    "request cluster ID mismatch (remote peer %x, its cluster %x; "
+                    "this member %x, cluster %x)",
+                    sender,
+                    int(theirs),
+                    owner.member_id,
+                    owner.cluster_id,
+                )
+            self._answer_and_end(_MISMATCH.pack(_MISMATCH.size - 4, MISMATCH, owner.cluster_id))
+            return False
         if owner.is_removed(sender):
             self._refuse_removed(sender)
             return False

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from keel_store.bbolt.reader import read_db
 from keel_store.pb import rpcgrpc, rpcpb
 
 from .conftest import Cluster, etcdctl
@@ -267,3 +268,19 @@ def test_bad_snapshot_files_are_refused_clearly(make_cluster, tmp_path: Path) ->
     r = keel_snapshot("restore", str(good), f"--data-dir={keel.members[0].data_dir}")
     assert r.returncode == 1
     assert "exists" in r.stderr
+
+
+@pytest.mark.parametrize("binary", ["keel", "etcd"])
+def test_snapshot_member_rows_are_etcds(make_cluster, tmp_path: Path, binary: str) -> None:
+    """The ``members`` bucket of ``etcdctl snapshot save``'s file holds each member as
+    etcd's JSON: ID, peer URLs, and the name and client URLs it published."""
+    cluster = make_cluster(3, binary=binary)
+    snap = tmp_path / f"{binary}.db"
+    etcdctl(cluster.members[0].endpoint, "snapshot", "save", str(snap))
+    rows = read_db(snap.read_bytes()).root.buckets[b"members"].items
+    docs = sorted((json.loads(v) for v in rows.values()), key=lambda d: d["name"])
+    assert [list(d) for d in docs] == [["id", "peerURLs", "name", "clientURLs"]] * 3
+    assert [(d["name"], d["clientURLs"]) for d in docs] == [
+        (m.name, [m.client_url]) for m in cluster.members
+    ]
+    assert sorted(format(d["id"], "x").encode() for d in docs) == sorted(rows)

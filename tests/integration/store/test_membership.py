@@ -448,3 +448,30 @@ def test_a_member_of_another_cluster_is_refused(make_cluster, tmp_path, binary: 
     assert len(members(fresh[0].endpoint)) == 2
     r = etcdctl(stale.endpoint, "put", "k", "stale", check=False)
     assert r.returncode != 0
+
+
+def listing(endpoint: str) -> dict[str, tuple[object, ...]]:
+    """name -> (peer URLs, client URLs), as ``member list`` gives them."""
+    return {
+        str(m.get("name", "")): (tuple(m["peerURLs"]), tuple(m.get("clientURLs", ())))
+        for m in members(endpoint).values()
+    }
+
+
+@pytest.mark.parametrize("binary", ["keel", "etcd"])
+def test_a_member_that_is_down_is_listed_with_its_client_urls(make_cluster, binary: str) -> None:
+    """Every member publishes its name and client URLs through the log when it starts
+    (etcd's ``publish``): a member restarted while another is down still lists that
+    one's client URLs, as do members added later. ``etcdctl member list`` (and a
+    client's endpoint sync) finds every member's client URLs on any member."""
+    cluster = make_cluster(3, binary=binary)
+    first, second, down = cluster.members
+    expected = listing(first.endpoint)
+    assert all(urls for _, urls in expected.values()), expected
+    assert expected[down.name][1] == (down.client_url,)
+    down.kill()
+    first.kill()
+    first.start()
+    cluster.wait_ready(first)
+    assert listing(first.endpoint) == expected
+    assert listing(second.endpoint) == expected

@@ -12,7 +12,8 @@ import pytest
 
 from keel_store import daemon, discovery, plugin
 from keel_store.bbolt.reader import read_db
-from keel_store.mvcc import snapshot
+from keel_store.mvcc import commands, snapshot
+from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
 from keel_store.mvcc.etcd_db import etcd_database
 from keel_store.mvcc.store import StateMachine
@@ -342,3 +343,37 @@ def test_removed_members_are_kept_in_snapshots_and_etcds_bucket() -> None:
         sm.member_add(rpcpb.Member(ID=2, peerURLs=["http://127.0.0.1:2"]))
     sm.keep_only_member(rpcpb.Member(ID=3))
     assert sm.removed == {1, 2}
+
+
+def test_published_attributes_are_replicated_kept_and_in_etcds_rows() -> None:
+    """A member's published name and client URLs (etcd's ``publish``) reach the member
+    table, its listing, snapshots and etcd's ``members`` rows; a removed member's are
+    refused, and a snapshot from before (four fields per member) still loads."""
+    sm = StateMachine()
+    for mid in (1, 2):
+        sm.member_add(rpcpb.Member(ID=mid, peerURLs=[f"http://127.0.0.1:{mid}"]))
+    urls = ["http://127.0.0.1:2379", "http://10.0.0.1:2379"]
+    resp = commands.apply(
+        sm, 7, commands.encode(Kind.MEMBER_ATTR, 5, rpcpb.Member(ID=2, name="b", clientURLs=urls))
+    )[1]
+    assert [(m.ID, m.name, list(m.clientURLs)) for m in resp.members] == [
+        (1, "", []),
+        (2, "b", urls),
+    ]
+    back = snapshot.restore(snapshot.save(sm))
+    assert (back.members[2].name, back.members[2].client_urls) == ("b", urls)
+    rows = read_db(etcd_database(sm)).root.bucket(b"members").items
+    assert rows[b"2"] == (
+        b'{"id":2,"peerURLs":["http://127.0.0.1:2"],"name":"b",'
+        b'"clientURLs":["http://127.0.0.1:2379","http://10.0.0.1:2379"]}'
+    )
+    assert rows[b"1"] == b'{"id":1,"peerURLs":["http://127.0.0.1:1"]}'
+    sm.member_remove(rpcpb.MemberRemoveRequest(ID=2))
+    with pytest.raises(EtcdError, match="member not found"):
+        sm.member_attr(rpcpb.Member(ID=2, name="b", clientURLs=urls))
+    saved = snapshot.save(sm)
+    head_end = saved.index(b"\n", len(snapshot.MAGIC))
+    head = json.loads(saved[len(snapshot.MAGIC) : head_end])
+    head["members"] = [row[:4] for row in head["members"]]
+    old = saved[: len(snapshot.MAGIC)] + json.dumps(head).encode() + saved[head_end:]
+    assert snapshot.restore(old).members[1].client_urls == []

@@ -54,6 +54,9 @@ class Kind(enum.IntEnum):
     FORCE_NEW_CLUSTER = 25
     """``--force-new-cluster``: the member named keeps the member table to itself (as a
     voter); written straight into its own log, never proposed."""
+    MEMBER_ATTR = 26
+    """A member's name and client URLs, proposed by itself at every start (etcd's
+    ``publish``)."""
 
 
 _MESSAGES: dict[Kind, type[Message]] = {
@@ -82,6 +85,7 @@ _MESSAGES: dict[Kind, type[Message]] = {
     Kind.ROLE_REVOKE_PERMISSION: rpcpb.AuthRoleRevokePermissionRequest,
     Kind.LEASE_CHECKPOINT: rpcpb.LeaseCheckpointRequest,
     Kind.FORCE_NEW_CLUSTER: rpcpb.Member,
+    Kind.MEMBER_ATTR: rpcpb.Member,
 }
 AUTH_KINDS = {k for k in Kind if Kind.AUTH_ENABLE <= k <= Kind.ROLE_REVOKE_PERMISSION}
 """Kinds that change users, roles or whether authentication is enabled."""
@@ -195,6 +199,8 @@ def apply(sm: StateMachine, index: int, data: bytes) -> tuple[int, Any]:
             return request_id, req  # for the lessor (outside the state machine)
         if kind is Kind.FORCE_NEW_CLUSTER:
             return request_id, sm.keep_only_member(req)
+        if kind is Kind.MEMBER_ATTR:
+            return request_id, sm.member_attr(req)
         return request_id, sm.range(req)
     except EtcdError as exc:
         return request_id, exc

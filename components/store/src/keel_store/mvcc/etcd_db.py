@@ -186,6 +186,8 @@ def to_buckets(sm: StateMachine) -> Bucket:
             doc["isLearner"] = True
         if m.name:
             doc["name"] = m.name
+        if m.client_urls:
+            doc["clientURLs"] = m.client_urls
         members.items[format(m.id, "x").encode()] = json.dumps(doc, separators=(",", ":")).encode()
     root.bucket(b"cluster").items[b"clusterVersion"] = CLUSTER_VERSION
     auth = root.bucket(b"auth")

@@ -38,7 +38,7 @@ def save(sm: StateMachine) -> bytes:
         "compact_revision": sm.kv.compact_revision,
         "applied_index": sm.applied_index,
         "members": [
-            [m.id, m.name, m.peer_urls, m.is_learner]
+            [m.id, m.name, m.peer_urls, m.is_learner, m.client_urls]
             for m in sorted(sm.members.values(), key=lambda m: m.id)
         ],
         "removed": sorted(sm.removed),
@@ -82,8 +82,9 @@ def _restore(data: bytes) -> StateMachine:
     sm.kv.revision = head["revision"]
     sm.kv.compact_revision = head["compact_revision"]
     sm.applied_index = head["applied_index"]
-    for mid, name, peer_urls, is_learner in head.get("members", []):
-        sm.members[mid] = MemberRecord(mid, name, peer_urls, is_learner)
+    for mid, name, peer_urls, is_learner, *client_urls in head.get("members", []):
+        # Snapshots taken before members published client URLs have four fields.
+        sm.members[mid] = MemberRecord(mid, name, peer_urls, is_learner, *client_urls)
     sm.removed = set(head.get("removed", []))
     sm.auth = AuthStore.from_json(head.get("auth", {}))
     sm.alarms = {(m, a) for m, a in head.get("alarms", [])}

@@ -39,13 +39,15 @@ LEASE_RECORD_BYTES = 24
 
 @dataclass(slots=True)
 class MemberRecord:
-    """A cluster member as replicated through the log (attributes like the name of a
-    member that has not started yet may be empty)."""
+    """A cluster member as replicated through the log. Its name and client URLs are
+    what it published when it last started (etcd's attributes); a member that has not
+    started yet has none, unless it was one of the initial cluster (named there)."""
 
     id: int
     name: str
     peer_urls: list[str]
     is_learner: bool = False
+    client_urls: list[str] = field(default_factory=list)
 
 
 def _end(range_end: bytes) -> bytes:
@@ -421,7 +423,13 @@ class StateMachine:
 
     def _member_list(self) -> list[rpcpb.Member]:
         return [
-            rpcpb.Member(ID=m.id, name=m.name, peerURLs=m.peer_urls, isLearner=m.is_learner)
+            rpcpb.Member(
+                ID=m.id,
+                name=m.name,
+                peerURLs=m.peer_urls,
+                clientURLs=m.client_urls,
+                isLearner=m.is_learner,
+            )
             for m in sorted(self.members.values(), key=lambda m: m.id)
         ]
 
@@ -468,6 +476,20 @@ class StateMachine:
             raise errors.PEER_URL_EXISTS
         member.peer_urls = list(req.peerURLs)
         resp = rpcpb.MemberUpdateResponse(header=self._header())
+        resp.members.extend(self._member_list())
+        return resp
+
+    def member_attr(self, req: rpcpb.Member) -> rpcpb.MemberListResponse:
+        """A member's name and client URLs, published through the log by the member
+        itself once it has started (etcd's ``publish``, a ``MemberAttrUpdate``): every
+        member then lists them, also while that member is down. A removed member's are
+        refused (etcd skips them)."""
+        member = self.members.get(req.ID)
+        if member is None:
+            raise errors.MEMBER_NOT_FOUND
+        member.name = req.name
+        member.client_urls = list(req.clientURLs)
+        resp = rpcpb.MemberListResponse(header=self._header())
         resp.members.extend(self._member_list())
         return resp
 

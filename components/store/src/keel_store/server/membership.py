@@ -2,7 +2,10 @@
 
 The replicated member table (in the state machine) is the truth; the leader moves the
 Raft configuration towards it one change at a time, and the peer transport follows
-it. Names and client URLs are what each member announces when it connects.
+it. Each member publishes its name and client URLs through the log at every start
+(etcd's ``publish``), so every member lists them, also those of a member that is down;
+it also announces them when it connects to a peer, which lists them until it has
+applied the published ones.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ log = logging.getLogger("keel_store.node")
 
 LEARNER_READY_FRACTION = 0.9
 """etcd's ``readyPercent``: a learner may be promoted once its log holds 90% of ours."""
+
+PUBLISH_RETRY = 0.5
+"""Seconds between two attempts to publish this member's attributes (each waits for a
+leader up to the request timeout)."""
 
 HEALTH_INTERVAL = 5.0
 """etcd's ``HealthInterval``: with ``--strict-reconfig-check``, a voting member must
@@ -93,6 +100,9 @@ class MembershipMixin:
     member_id: int
     removed: bool
     on_removed: Any
+    replayed: asyncio.Event
+    stopped: bool
+    propose: Any
 
     def _on_hello(self, sender: int, info: dict[str, object]) -> None:
         urls = info.get("client_urls")
@@ -111,7 +121,9 @@ class MembershipMixin:
 
         out = []
         for m in sorted(self.sm.members.values(), key=lambda m: m.id):
-            name, client_urls = self.attributes.get(m.id, (m.name, []))
+            name, client_urls = m.name, m.client_urls
+            if not client_urls:  # not published yet (or by an older keel-store)
+                name, client_urls = self.attributes.get(m.id, (name, client_urls))
             out.append(
                 rpcpb.Member(
                     ID=m.id,
@@ -122,6 +134,34 @@ class MembershipMixin:
                 )
             )
         return out
+
+    async def publish(self) -> None:
+        """Put this member's name and client URLs in the replicated member table (etcd's
+        ``publish``, at every start): once the entries committed before the start are
+        applied, proposed until one attempt is applied; given up if this member is not
+        in the table (removed: it stops)."""
+        from keel_store.pb import rpcpb  # noqa: PLC0415
+
+        me = self.cluster.members[self.member_id]
+        request = rpcpb.Member(ID=self.member_id, name=me.name, clientURLs=me.client_urls)
+        await self.replayed.wait()
+        while not self.stopped:
+            try:
+                await self.propose(Kind.MEMBER_ATTR, request)
+            except errors.EtcdError as exc:
+                if exc == errors.MEMBER_NOT_FOUND:
+                    return
+                log.debug("publishing this member's attributes: %s; retrying", exc)
+                await asyncio.sleep(PUBLISH_RETRY)
+                continue
+            log.info(
+                "published local member to cluster through raft (name %s, client URLs %s,"
+                " cluster %x)",
+                me.name,
+                ",".join(me.client_urls),
+                self.cluster.cluster_id,
+            )
+            return
 
     def _members_info(self) -> dict[str, object]:
         """What a member joining the cluster asks its peers for (``server.identity``):
@@ -142,8 +182,9 @@ class MembershipMixin:
     # --- --strict-reconfig-check (etcd's mayAddMember / mayRemoveMember / mayPromoteMember)
 
     def _started(self, member_id: int) -> bool:
-        """etcd's ``IsStarted``: the member has a name, from ``--initial-cluster`` or
-        announced when it connected (a member added by MemberAdd has none until then)."""
+        """etcd's ``IsStarted``: the member has a name, from ``--initial-cluster``,
+        published, or announced when it connected (a member added by MemberAdd has none
+        until then)."""
         record = self.sm.members.get(member_id)
         return member_id in self.attributes or bool(record is not None and record.name)
 

@@ -277,6 +277,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
             asyncio.create_task(self._ticker()),
             asyncio.create_task(self._advance_election_ticks()),
             asyncio.create_task(self.leader_gate.monitor()),
+            asyncio.create_task(self.publish()),
         ]
         self._wake.set()
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keel_store.bbolt import PAGE_SIZE, BoltError, Bucket, read_db, write_db
+from keel_store.bbolt import PAGE_SIZE, BoltError, Bucket, read_db, write_db, write_db_pieces
 from keel_store.bbolt.layout import META, PAGE_HEADER, fnv64a
 
 
@@ -176,3 +176,26 @@ def test_a_page_pointing_back_at_itself_is_found_quickly() -> None:
         raise AssertionError("no branch page")
     problems = read_db(bytes(data)).problems
     assert f"page {pgid}: multiple references" in problems
+
+
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("size", [0, 32769])
+def test_keys_bbolt_refuses_are_refused(nested: bool, size: int) -> None:
+    """bbolt keys are 1-32768 bytes, in a bucket of plain items (the fast path) and in
+    one that also holds buckets."""
+    root = Bucket()
+    b = root.bucket(b"b")
+    b.items[b"fine"] = b"1"
+    b.items[b"x" * size] = b"2"
+    if nested:
+        b.bucket(b"inner").items[b"y"] = b"3"
+    with pytest.raises(BoltError, match=f"key of {size} bytes"):
+        write_db(root)
+
+
+def test_the_pieces_are_the_file() -> None:
+    root = _tree({b"small": 3, b"large": 5000})
+    root.bucket(b"huge").items[b"blob"] = bytes(range(256)) * 100
+    pieces = write_db_pieces(root)
+    assert len(pieces) > 100
+    assert b"".join(pieces) == write_db(root)

@@ -19,7 +19,7 @@ import pytest
 import keel_store.server.node as node_module
 from keel_store.mvcc import snapshot
 from keel_store.mvcc.commands import Kind
-from keel_store.mvcc.etcd_db import etcd_database
+from keel_store.mvcc.etcd_db import etcd_database, etcd_database_pieces
 from keel_store.mvcc.store import StateMachine
 from keel_store.pb import rpcpb
 from keel_store.raft.storage import MemoryStorage, SnapshotTemporarilyUnavailableError
@@ -482,7 +482,7 @@ def test_a_streamed_child_sends_the_state_at_the_fork_in_pieces() -> None:
     expected = etcd_database(sm)
 
     async def scenario() -> tuple[int, list[bytes]]:
-        opening = asyncio.create_task(stream_from_child(sm, etcd_database))
+        opening = asyncio.create_task(stream_from_child(sm, etcd_database_pieces))
         await asyncio.sleep(0)  # forked: the task waits on the pipe
         for i in range(500):
             sm.put(rpcpb.PutRequest(key=b"later%d" % i, value=b"x"))
@@ -607,7 +607,7 @@ def test_a_client_snapshot_whose_child_fails_ends_the_call_with_its_status(
     def crash(sm: StateMachine) -> bytes:
         os._exit(3)
 
-    monkeypatch.setattr(other_services, "etcd_database", crash)
+    monkeypatch.setattr(other_services, "etcd_database_pieces", crash)
 
     class Aborted(Exception):
         pass

@@ -13,6 +13,6 @@ Enough of bbolt (go.etcd.io/bbolt 1.3) to write a database that etcd 3.4 and
 
 from keel_store.bbolt.layout import PAGE_SIZE, BoltError, Bucket
 from keel_store.bbolt.reader import Database, read_db
-from keel_store.bbolt.writer import write_db
+from keel_store.bbolt.writer import write_db, write_db_pieces
 
-__all__ = ["PAGE_SIZE", "BoltError", "Bucket", "Database", "read_db", "write_db"]
+__all__ = ["PAGE_SIZE", "BoltError", "Bucket", "Database", "read_db", "write_db", "write_db_pieces"]

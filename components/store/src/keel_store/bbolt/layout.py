@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 PAGE_SIZE = 4096
 """The page size written (etcd on Linux/amd64 uses the OS page size, 4096)."""
@@ -127,5 +128,5 @@ class Bucket:
     def entries(self) -> list[tuple[bytes, Bucket | bytes]]:
         """Every key (items and buckets) with its value, in bbolt's (byte) order."""
         merged: list[tuple[bytes, Bucket | bytes]] = [*self.items.items(), *self.buckets.items()]
-        merged.sort(key=lambda kv: kv[0])
+        merged.sort(key=itemgetter(0))
         return merged

@@ -34,82 +34,104 @@ _MAX_KEY = 32768
 """bbolt's ``MaxKeySize``."""
 
 
-def _leaf_body(elements: list[_Leaf]) -> bytes:
+def _leaf_body(elements: list[_Leaf]) -> list[bytes]:
+    """A leaf page's body as the pieces to join: element headers, then keys and values."""
+    size = LEAF_ELEMENT.size
+    pack = LEAF_ELEMENT.pack
     heads, data = [], []
-    offset = LEAF_ELEMENT.size * len(elements)
-    for i, (key, flags, value) in enumerate(elements):
-        pos = offset - i * LEAF_ELEMENT.size
-        heads.append(LEAF_ELEMENT.pack(flags, pos, len(key), len(value)))
-        data.append(key + value)
-        offset += len(key) + len(value)
-    return b"".join(heads) + b"".join(data)
-
-
-def _branch_body(elements: list[_Branch]) -> bytes:
-    heads, data = [], []
-    offset = BRANCH_ELEMENT.size * len(elements)
-    for i, (key, pgid) in enumerate(elements):
-        pos = offset - i * BRANCH_ELEMENT.size
-        heads.append(BRANCH_ELEMENT.pack(pos, len(key), pgid))
+    offset = size * len(elements)
+    for key, flags, value in elements:
+        heads.append(pack(flags, offset, len(key), len(value)))
         data.append(key)
-        offset += len(key)
-    return b"".join(heads) + b"".join(data)
+        data.append(value)
+        offset += len(key) + len(value) - size  # each position is from its own header
+    heads += data
+    return heads
 
 
-def _leaf_size(element: _Leaf) -> int:
-    return LEAF_ELEMENT.size + len(element[0]) + len(element[2])
+def _branch_body(elements: list[_Branch]) -> list[bytes]:
+    """A branch page's body as the pieces to join."""
+    size = BRANCH_ELEMENT.size
+    heads, data = [], []
+    offset = size * len(elements)
+    for key, pgid in elements:
+        heads.append(BRANCH_ELEMENT.pack(offset, len(key), pgid))
+        data.append(key)
+        offset += len(key) - size
+    heads += data
+    return heads
 
 
-def _branch_size(element: _Branch) -> int:
-    return BRANCH_ELEMENT.size + len(element[0])
+def _leaf_sizes(elements: list[_Leaf]) -> list[int]:
+    size = LEAF_ELEMENT.size
+    return [size + len(key) + len(value) for key, _, value in elements]
+
+
+def _branch_sizes(elements: list[_Branch]) -> list[int]:
+    size = BRANCH_ELEMENT.size
+    return [size + len(key) for key, _ in elements]
 
 
 class _Writer:
-    """Allocates pages in order and collects their bytes."""
+    """Allocates pages in order and collects their bytes, as pieces joined once at
+    the end (a 600 MB database: each page's bytes copied once, not three times)."""
 
     def __init__(self, page_size: int) -> None:
         self.page_size = page_size
         self.next_id = 3  # 0, 1: meta; 2: freelist
         self.chunks: list[bytes] = []
 
-    def _page(self, flags: int, count: int, body: bytes) -> int:
+    def _page(self, flags: int, count: int, body: list[bytes], body_size: int) -> int:
+        """Write one page (or an overflow run) holding ``body`` (``body_size`` bytes)."""
         pgid = self.next_id
-        size = PAGE_HEADER.size + len(body)
+        size = PAGE_HEADER.size + body_size
         pages = -(-size // self.page_size)
-        head = PAGE_HEADER.pack(pgid, flags, count, pages - 1)
-        self.chunks.append(head + body + b"\0" * (pages * self.page_size - size))
+        self.chunks.append(PAGE_HEADER.pack(pgid, flags, count, pages - 1))
+        self.chunks += body
+        self.chunks.append(bytes(pages * self.page_size - size))
         self.next_id += pages
         return pgid
 
-    def _chunks(self, sizes: list[int]) -> list[tuple[int, int]]:
-        """Split element sizes into [start, end) runs that fill at most one page each."""
-        runs, start, used = [], 0, PAGE_HEADER.size
+    def _chunks(self, sizes: list[int]) -> list[tuple[int, int, int]]:
+        """Split element sizes into [start, end) runs that fill at most one page each,
+        with the bytes of each run's elements."""
+        runs, start, used = [], 0, 0
+        room = self.page_size - PAGE_HEADER.size
         for i, size in enumerate(sizes):
-            if i > start and used + size > self.page_size:
-                runs.append((start, i))
-                start, used = i, PAGE_HEADER.size
+            if i > start and used + size > room:
+                runs.append((start, i, used))
+                start, used = i, 0
             used += size
-        runs.append((start, len(sizes)))
+        runs.append((start, len(sizes), used))
         return runs
 
     def tree(self, elements: list[_Leaf]) -> int:
         """Write leaf pages (and branch pages above them); returns the root page id."""
         level: list[_Branch] = []
-        for start, end in self._chunks([_leaf_size(e) for e in elements]):
+        for start, end, used in self._chunks(_leaf_sizes(elements)):
             leaves = elements[start:end]
-            pgid = self._page(LEAF_PAGE, len(leaves), _leaf_body(leaves))
+            pgid = self._page(LEAF_PAGE, len(leaves), _leaf_body(leaves), used)
             level.append((leaves[0][0] if leaves else b"", pgid))
         while len(level) > 1:
             upper: list[_Branch] = []
-            for start, end in self._chunks([_branch_size(e) for e in level]):
+            for start, end, used in self._chunks(_branch_sizes(level)):
                 part = level[start:end]
-                pgid = self._page(BRANCH_PAGE, len(part), _branch_body(part))
+                pgid = self._page(BRANCH_PAGE, len(part), _branch_body(part), used)
                 upper.append((part[0][0], pgid))
             level = upper
         return level[0][1]
 
     def elements(self, bucket: Bucket) -> list[_Leaf]:
         """The leaf elements of ``bucket``, writing nested buckets first."""
+        if not bucket.buckets:  # plain items (the key bucket's millions): no type checks
+            items = sorted(bucket.items.items())  # keys are unique: values never compared
+            if (
+                items
+                and not 0 < min(map(len, bucket.items)) <= max(map(len, bucket.items)) <= _MAX_KEY
+            ):
+                bad = next(k for k, _ in items if not 0 < len(k) <= _MAX_KEY)
+                raise BoltError(f"key of {len(bad)} bytes: bbolt keys are 1-{_MAX_KEY} bytes")
+            return [(key, 0, value) for key, value in items]
         out: list[_Leaf] = []
         for key, value in bucket.entries():
             if not key or len(key) > _MAX_KEY:
@@ -123,10 +145,14 @@ class _Writer:
     def bucket_value(self, bucket: Bucket) -> bytes:
         """A nested bucket as its parent stores it: header, plus the page if inline."""
         elements = self.elements(bucket)
-        inline_size = PAGE_HEADER.size + sum(_leaf_size(e) for e in elements)
-        if not bucket.buckets and inline_size <= self.page_size // 4:
-            page = PAGE_HEADER.pack(0, LEAF_PAGE, len(elements), 0) + _leaf_body(elements)
-            return BUCKET_HEADER.pack(0, bucket.sequence) + page
+        limit = self.page_size // 4 - PAGE_HEADER.size
+        if (
+            not bucket.buckets
+            and len(elements) * LEAF_ELEMENT.size <= limit  # not a large bucket's sizes
+            and sum(_leaf_sizes(elements)) <= limit
+        ):
+            page = PAGE_HEADER.pack(0, LEAF_PAGE, len(elements), 0)
+            return b"".join([BUCKET_HEADER.pack(0, bucket.sequence), page, *_leaf_body(elements)])
         return BUCKET_HEADER.pack(self.tree(elements), bucket.sequence)
 
 
@@ -135,18 +161,23 @@ def write_db(root: Bucket, page_size: int = PAGE_SIZE) -> bytes:
 
     bbolt's root bucket holds only buckets, so ``root.items`` must be empty.
     """
+    return b"".join(write_db_pieces(root, page_size))
+
+
+def write_db_pieces(root: Bucket, page_size: int = PAGE_SIZE) -> list[bytes]:
+    """:func:`write_db`'s bytes as the pieces that make them up, in order: to be sent
+    without joining them (joining 600 MB cost 2.2 s here, most of it first touches of
+    the new memory)."""
     if root.items:
         raise BoltError("the root bucket can hold buckets only")
     writer = _Writer(page_size)
     root_pgid = writer.tree(writer.elements(root))
     high_water = writer.next_id
-    out = bytearray()
+    head: list[bytes] = []
     for txid in (0, 1):
         meta = Meta(page_size, root_pgid, freelist=2, pgid=high_water, txid=txid)
         page = PAGE_HEADER.pack(txid, META_PAGE, 0, 0) + meta.pack()
-        out += page + b"\0" * (page_size - len(page))
+        head.append(page + bytes(page_size - len(page)))
     freelist = PAGE_HEADER.pack(2, FREELIST_PAGE, 0, 0)
-    out += freelist + b"\0" * (page_size - len(freelist))
-    for chunk in writer.chunks:
-        out += chunk
-    return bytes(out)
+    head.append(freelist + bytes(page_size - len(freelist)))
+    return head + writer.chunks

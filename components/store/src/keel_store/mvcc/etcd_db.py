@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from keel_store.bbolt import Bucket, Database, write_db
+from keel_store.bbolt import Bucket, Database, write_db, write_db_pieces
 from keel_store.mvcc.auth import AuthStore, Perm, User
 from keel_store.mvcc.keyspace import KeyHistory, KeyValue, collector_paused
 from keel_store.mvcc.store import Lease, StateMachine
@@ -55,9 +55,9 @@ def revision_key(main: int, sub: int, tombstone: bool = False) -> bytes:
     return _REV.pack(main, b"_", sub) + (b"t" if tombstone else b"")
 
 
-@dataclass(frozen=True, slots=True)
-class KeyBucketEntry:
-    """One row of etcd's ``key`` bucket."""
+class KeyBucketEntry(NamedTuple):
+    """One row of etcd's ``key`` bucket (a tuple: 300k rows are made and sorted for a
+    snapshot; a frozen dataclass took twice as long to build)."""
 
     main: int
     sub: int
@@ -71,23 +71,37 @@ class KeyBucketEntry:
 def key_bucket(sm: StateMachine, revision: int) -> list[KeyBucketEntry]:
     """etcd's ``key`` bucket rows up to ``revision``, in revision order."""
     rows: list[KeyBucketEntry] = []
-    for key, history in sm.kv.histories():
+    row, pack = KeyBucketEntry, _REV.pack
+    for key, history in sm.kv.histories_unordered():
+        revs = history.revs
+        if len(revs) == 1 and revs[0] <= revision:  # most keys: one version
+            rev, kv, sub = revs[0], history.kvs[0], history.subs[0]
+            if kv is None:
+                rows.append(row(rev, sub, pack(rev, b"_", sub) + b"t", _tombstone(key), False))
+            else:
+                value = kv.SerializeToString(deterministic=True)
+                rows.append(row(rev, sub, pack(rev, b"_", sub), value, True))
+            continue
         mine: list[tuple[int, int, KeyValue | None]] = []
-        for rev, kv, sub in zip(history.revs, history.kvs, history.subs, strict=True):
+        for rev, kv, sub in zip(revs, history.kvs, history.subs, strict=True):
             if rev > revision:
                 break
             mine.append((rev, sub, kv))
         for i, (rev, sub, kv) in enumerate(mine):
             if kv is None:
-                bolt_key = revision_key(rev, sub, tombstone=True)
-                value = KeyValue(key=key).SerializeToString()
+                rows.append(row(rev, sub, pack(rev, b"_", sub) + b"t", _tombstone(key), False))
             else:
-                bolt_key = revision_key(rev, sub)
                 value = kv.SerializeToString(deterministic=True)
-            live = kv is not None and i == len(mine) - 1
-            rows.append(KeyBucketEntry(rev, sub, bolt_key, value, live))
-    rows.sort(key=lambda e: (e.main, e.sub))
+                live = i == len(mine) - 1
+                rows.append(row(rev, sub, pack(rev, b"_", sub), value, live))
+    rows.sort()  # by (main, sub): unique, so the other fields are never compared
     return rows
+
+
+def _tombstone(key: bytes) -> bytes:
+    """A deletion's value in etcd's key bucket: a KeyValue holding only the key."""
+    data: bytes = KeyValue(key=key).SerializeToString()
+    return data
 
 
 # --- leasepb.Lease: three int64 fields, encoded by hand (no leasepb stubs here) --------
@@ -156,6 +170,11 @@ def decode_lease(data: bytes) -> tuple[int, int, int]:
 def etcd_database(sm: StateMachine) -> bytes:
     """``sm`` as etcd 3.4's bbolt file (what ``etcdctl snapshot save`` receives)."""
     return write_db(to_buckets(sm))
+
+
+def etcd_database_pieces(sm: StateMachine) -> list[bytes]:
+    """:func:`etcd_database` as the pieces that make it up, not joined."""
+    return write_db_pieces(to_buckets(sm))
 
 
 def to_buckets(sm: StateMachine) -> Bucket:

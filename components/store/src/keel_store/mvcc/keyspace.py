@@ -14,7 +14,7 @@ import contextlib
 import gc
 import operator
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -389,6 +389,11 @@ class KeySpace:
     def histories(self) -> Iterator[tuple[bytes, KeyHistory]]:
         """Every key with its history, in key order (for snapshots and hashing)."""
         yield from self._keys.items()
+
+    def histories_unordered(self) -> Iterable[tuple[bytes, KeyHistory]]:
+        """Every key with its history, in no particular order: for a caller that sorts
+        them otherwise (by revision), without the sorted view's per-key lookups."""
+        return dict.items(self._keys)
 
     def restore_histories(self, histories: list[tuple[bytes, KeyHistory]]) -> None:
         """Put back many keys' histories at once while restoring a snapshot (the sorted

@@ -15,7 +15,7 @@ from keel_store.bbolt import write_db
 from keel_store.mvcc import errors
 from keel_store.mvcc.commands import Kind
 from keel_store.mvcc.errors import EtcdError
-from keel_store.mvcc.etcd_db import etcd_database, to_buckets
+from keel_store.mvcc.etcd_db import etcd_database_pieces, to_buckets
 from keel_store.pb import rpcgrpc, rpcpb
 from keel_store.server.kv_service import (
     Headers,
@@ -268,7 +268,7 @@ class MaintenanceService(rpcgrpc.MaintenanceServicer):  # type: ignore[misc]
             if node.config.background_snapshots:
                 # Rows and pages in a forked child, from the state as it is now: the
                 # loop goes on serving (it took ~0.34 s per 50k keys on the loop).
-                stream = await stream_from_child(node.sm, etcd_database)
+                stream = await stream_from_child(node.sm, etcd_database_pieces)
             else:
                 stream = BytesStream(await asyncio.to_thread(write_db, to_buckets(node.sm)))
             sent = 0

@@ -28,6 +28,7 @@ import os
 import signal
 import struct
 from collections.abc import Callable
+from typing import Any, cast
 
 from keel_store.mvcc import snapshot
 from keel_store.mvcc.store import StateMachine
@@ -59,8 +60,8 @@ def _settle_child() -> None:
 def _child(
     sm: StateMachine,
     fd: int,
-    keep: Callable[[bytes], None] | None,
-    compute: Callable[[StateMachine], bytes] = snapshot.save,
+    keep: Callable[[Any], None] | None,
+    compute: Callable[[StateMachine], Any] = snapshot.save,
 ) -> None:
     """In the forked child: serialize (or ``compute`` something else over ``sm``, a
     hash), then ``keep`` the bytes (write the file, or send them framed) or send them
@@ -72,7 +73,7 @@ def _child(
         if keep is not None:
             keep(data)  # the file is the snapshot: the parent reads it if ever needed
         else:
-            _write_all(fd, data)
+            _write_all(fd, cast(bytes, data))
         code = 0
     finally:
         os._exit(code)
@@ -152,15 +153,29 @@ def _fork(run: Callable[[int], None]) -> tuple[int, int]:
 
 
 _SIZE = struct.Struct(">Q")
+STREAM_BATCH = 1 << 20
+"""Bytes of pieces a streaming child joins for one write to its pipe."""
 
 
-def _stream_child(sm: StateMachine, fd: int, compute: Callable[[StateMachine], bytes]) -> None:
+def _stream_child(
+    sm: StateMachine, fd: int, compute: Callable[[StateMachine], bytes | list[bytes]]
+) -> None:
     """In the forked child: ``compute`` over ``sm``, then send the result's length and
-    the result itself, waiting on the pipe as the parent reads it; then leave."""
+    the result itself (given as the pieces it is made of: never joined whole), waiting
+    on the pipe as the parent reads it; then leave."""
 
-    def send(data: bytes) -> None:
-        _write_all(fd, _SIZE.pack(len(data)))
-        _write_all(fd, data)
+    def send(data: bytes | list[bytes]) -> None:
+        pieces = [data] if isinstance(data, bytes) else data
+        _write_all(fd, _SIZE.pack(sum(map(len, pieces))))
+        batch: list[bytes] = []
+        size = 0
+        for piece in pieces:
+            batch.append(piece)
+            size += len(piece)
+            if size >= STREAM_BATCH:
+                _write_all(fd, b"".join(batch))
+                batch, size = [], 0
+        _write_all(fd, b"".join(batch))
 
     _child(sm, fd, send, compute)
 
@@ -259,7 +274,7 @@ def _describe(status: int) -> str:
 
 
 async def stream_from_child(
-    sm: StateMachine, compute: Callable[[StateMachine], bytes]
+    sm: StateMachine, compute: Callable[[StateMachine], bytes | list[bytes]]
 ) -> ChildStream:
     """Fork a child that runs ``compute`` over ``sm`` as it is now and sends the result
     (``Maintenance.Snapshot``: etcd's database of 100k keys costs 0.6 s of rows and

@@ -1,24 +1,23 @@
 """Peer transport: Raft messages and leader calls between members, over TCP.
 
 Every member listens on its peer URL; for each peer it keeps one outgoing connection
-with a send queue, so messages to one peer stay in order, and everything queued while
-a write is in flight goes out in the next write (batching and pipelining). A
-connection starts with a hello naming the cluster token, the cluster ID and the sender;
-a peer with the wrong token or of another cluster (etcd's ``X-Etcd-Cluster-ID`` check:
-"request cluster ID mismatch") is refused, so two clusters cannot mix, even on the same
-peer URLs: it is told so with a MISMATCH frame and dials again a second later. A
-member removed from
-the cluster is refused too, with a GONE frame written back before the connection
-closes: it stops when it reads it (etcd's peers answer a removed member's streams with
-410 Gone and it stops, "the member has been permanently removed from the cluster"). A
-hello that asks for the members (from a member joining the cluster, which has no ID
-yet) is answered with a MEMBERS frame the same way (:func:`ask_members`). Frames are
-``u32 length, u8 kind, payload``, at most :data:`MAX_FRAME` bytes. A larger payload (a
-snapshot for a member that fell behind: 83 MB for 80 values of 1 MiB, a few hundred MB
-after ``etcdctl check perf --load=l``) goes as PART frames of :data:`PART_BYTES` and a
-last frame of its own kind, back to back on the connection; the receiver joins them
-(up to :data:`MAX_MESSAGE`). The sender writes one part at a time and waits for the
-socket to take it, so the copies are spread over the loop's turns.
+with a send queue, so messages to one peer stay in order, and everything queued while a
+write is in flight goes out in the next write (batching and pipelining). A connection
+starts with a hello naming the cluster token, the cluster ID and the sender; a peer with
+the wrong token or of another cluster (etcd's ``X-Etcd-Cluster-ID`` check: "request
+cluster ID mismatch") is refused, so two clusters cannot mix, even on the same peer
+URLs: it is told so with a MISMATCH frame and dials again a second later. A member
+removed from the cluster is refused too, with a GONE frame written back before the
+connection closes: it stops when it reads it (etcd's peers answer a removed member's
+streams with 410 Gone and it stops, "the member has been permanently removed from the
+cluster"). A hello that asks for the members (from a member joining the cluster, which
+has no ID yet) is answered with a MEMBERS frame the same way (:func:`ask_members`).
+Frames are ``u32 length, u8 kind, payload``, at most :data:`MAX_FRAME` bytes. A larger
+payload (a snapshot for a member that fell behind: 83 MB for 80 values of 1 MiB, a few
+hundred MB after ``etcdctl check perf --load=l``) goes as PART frames of
+:data:`PART_BYTES` and a last frame of its own kind, back to back on the connection; the
+receiver joins them (up to :data:`MAX_MESSAGE`). The sender writes one part at a time
+and waits for the socket to take it, so the copies are spread over the loop's turns.
 """
 
 from __future__ import annotations

@@ -38,8 +38,15 @@ def save(sm: StateMachine) -> bytes:
         "compact_revision": sm.kv.compact_revision,
         "applied_index": sm.applied_index,
         "members": [
-            [m.id, m.name, m.peer_urls, m.is_learner, m.client_urls]
+            [m.id, m.name, m.peer_urls, m.is_learner]
             for m in sorted(sm.members.values(), key=lambda m: m.id)
+        ],
+        # Apart from "members", whose rows an older keel-store unpacks as four fields:
+        # a snapshot from a newer leader must still install on it in a rolling update.
+        "client_urls": [
+            [m.id, m.client_urls]
+            for m in sorted(sm.members.values(), key=lambda m: m.id)
+            if m.client_urls
         ],
         "removed": sorted(sm.removed),
         "auth": sm.auth.to_json(),
@@ -82,9 +89,11 @@ def _restore(data: bytes) -> StateMachine:
     sm.kv.revision = head["revision"]
     sm.kv.compact_revision = head["compact_revision"]
     sm.applied_index = head["applied_index"]
-    for mid, name, peer_urls, is_learner, *client_urls in head.get("members", []):
-        # Snapshots taken before members published client URLs have four fields.
-        sm.members[mid] = MemberRecord(mid, name, peer_urls, is_learner, *client_urls)
+    for mid, name, peer_urls, is_learner in head.get("members", []):
+        sm.members[mid] = MemberRecord(mid, name, peer_urls, is_learner)
+    for mid, client_urls in head.get("client_urls", []):  # absent before 2026-12-07
+        if mid in sm.members:
+            sm.members[mid].client_urls = client_urls
     sm.removed = set(head.get("removed", []))
     sm.auth = AuthStore.from_json(head.get("auth", {}))
     sm.alarms = {(m, a) for m, a in head.get("alarms", [])}

@@ -75,6 +75,11 @@ def members(endpoint: str) -> dict[str, dict[str, object]]:
     return {format(m["ID"], "x"): m for m in doc["members"]}
 
 
+def flag(member: Proc, name: str) -> str:
+    """The value of ``--name=value`` in the member's command line."""
+    return next(a.split("=", 1)[1] for a in member.argv if a.startswith(f"{name}="))
+
+
 def test_add_start_remove_member(make_cluster, tmp_path) -> None:
     cluster = make_cluster(3)
     a = cluster.members[0].endpoint
@@ -331,8 +336,7 @@ def test_a_member_removed_then_added_again_with_its_urls_serves(
     leader = cluster.leader()
     gone = next(m for m in cluster.members if m is not leader)
     (gone_id,) = [i for i, m in members(leader.endpoint).items() if m.get("name") == gone.name]
-    peer_url = next(a for a in gone.argv if a.startswith("--initial-advertise-peer-urls="))
-    peer_url = peer_url.split("=", 1)[1]
+    peer_url = flag(gone, "--initial-advertise-peer-urls")
     member_remove(leader.endpoint, gone_id)
     exits(gone, 20)
     for i in range(20):
@@ -364,7 +368,7 @@ def test_a_member_that_was_not_added_cannot_join(make_cluster, tmp_path, binary:
     message (exit status 1) before it writes anything."""
     cluster = make_cluster(1, binary=binary)
     (first,) = cluster.members
-    initial = next(a for a in first.argv if a.startswith("--initial-cluster="))
+    initial = f"--initial-cluster={flag(first, '--initial-cluster')}"
     peer = f"http://127.0.0.1:{free_port()}"
     client = f"http://127.0.0.1:{free_port()}"
     argv = [
@@ -407,11 +411,7 @@ def test_a_member_of_another_cluster_is_refused(make_cluster, tmp_path, binary: 
     for m in old.members:
         m.kill()
     stale, *pair = old.members
-    urls = {
-        m.name: m.argv[[a.split("=")[0] for a in m.argv].index("--initial-advertise-peer-urls")]
-        for m in pair
-    }
-    initial = ",".join(f"{name}={flag.split('=', 1)[1]}" for name, flag in urls.items())
+    initial = ",".join(f"{m.name}={flag(m, '--initial-advertise-peer-urls')}" for m in pair)
     fresh = []
     for m in pair:
         argv = [
@@ -462,8 +462,8 @@ def listing(endpoint: str) -> dict[str, tuple[object, ...]]:
 def test_a_member_that_is_down_is_listed_with_its_client_urls(make_cluster, binary: str) -> None:
     """Every member publishes its name and client URLs through the log when it starts
     (etcd's ``publish``): a member restarted while another is down still lists that
-    one's client URLs, as do members added later. ``etcdctl member list`` (and a
-    client's endpoint sync) finds every member's client URLs on any member."""
+    one's client URLs, so ``etcdctl member list`` (and a client's endpoint sync) finds
+    every member's client URLs on any member."""
     cluster = make_cluster(3, binary=binary)
     first, second, down = cluster.members
     expected = listing(first.endpoint)

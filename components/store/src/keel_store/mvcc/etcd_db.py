@@ -24,6 +24,7 @@ The ``key`` bucket is built by :func:`key_bucket`, which HashKV hashes as well.
 
 from __future__ import annotations
 
+import bisect
 import json
 import struct
 from typing import NamedTuple
@@ -73,27 +74,15 @@ def key_bucket(sm: StateMachine, revision: int) -> list[KeyBucketEntry]:
     rows: list[KeyBucketEntry] = []
     row, pack = KeyBucketEntry, _REV.pack
     for key, history in sm.kv.histories_unordered():
-        revs = history.revs
-        if len(revs) == 1 and revs[0] <= revision:  # most keys: one version
-            rev, kv, sub = revs[0], history.kvs[0], history.subs[0]
+        revs, kvs, subs = history.revs, history.kvs, history.subs
+        last = bisect.bisect_right(revs, revision) - 1  # the key's version at ``revision``
+        for i in range(last + 1):
+            rev, kv, sub = revs[i], kvs[i], subs[i]
             if kv is None:
                 rows.append(row(rev, sub, pack(rev, b"_", sub) + b"t", _tombstone(key), False))
             else:
                 value = kv.SerializeToString(deterministic=True)
-                rows.append(row(rev, sub, pack(rev, b"_", sub), value, True))
-            continue
-        mine: list[tuple[int, int, KeyValue | None]] = []
-        for rev, kv, sub in zip(revs, history.kvs, history.subs, strict=True):
-            if rev > revision:
-                break
-            mine.append((rev, sub, kv))
-        for i, (rev, sub, kv) in enumerate(mine):
-            if kv is None:
-                rows.append(row(rev, sub, pack(rev, b"_", sub) + b"t", _tombstone(key), False))
-            else:
-                value = kv.SerializeToString(deterministic=True)
-                live = i == len(mine) - 1
-                rows.append(row(rev, sub, pack(rev, b"_", sub), value, live))
+                rows.append(row(rev, sub, pack(rev, b"_", sub), value, i == last))
     rows.sort()  # by (main, sub): unique, so the other fields are never compared
     return rows
 

@@ -4,6 +4,7 @@ catches up from the leader's snapshot, and every member restarts from its own.""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from keel_store.mvcc import snapshot as mvcc_snapshot
 from keel_store.raft.types import Snapshot, SnapshotMeta
 from keel_store.wal import OSFileSystem, SnapshotStore
 
-from .conftest import etcdctl
+from .conftest import Proc, etcdctl
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(240)]
 
@@ -81,17 +82,20 @@ def test_a_damaged_snapshot_file_on_the_leader_is_replaced_not_fatal(make_cluste
     leader sets the file aside (``.broken``), takes a new snapshot from its state and
     sends that (it used to stop). ``unit/test_snapshotter.py`` covers the case with no
     write since (the same snapshot written again under its name)."""
-    later_writes = 5
-    cluster = make_cluster(3, extra=["--snapshot-count=20"])
+    later_writes, count = 5, 20
+    cluster = make_cluster(3, extra=[f"--snapshot-count={count}"])
     leader = cluster.leader()
     follower = next(m for m in cluster.members if m is not leader)
     follower.kill()
     with Client(leader.endpoint) as client:
         for i in range(60):
             client.put(f"dmg/{i:03d}", str(i))
-        time.sleep(1.0)  # the snapshot child wrote its file, the member recorded it
+        _wait_for_snapshots(leader, count)
         for i in range(later_writes):
             client.put(f"dmg/late/{i}", "x")
+    # A snapshot may have fallen due during the later writes: its file must be in
+    # place, under its name, before the files are damaged.
+    _wait_for_snapshots(leader, count)
     snaps = sorted((leader.data_dir / "member" / "snap").glob("*.snap"))
     assert snaps, "the leader took no snapshot"
     for path in snaps:
@@ -108,6 +112,23 @@ def test_a_damaged_snapshot_file_on_the_leader_is_replaced_not_fatal(make_cluste
     log = leader.log_path.read_text()
     assert "cannot be read" in log
     assert list((leader.data_dir / "member" / "snap").glob("*.snap.broken"))
+
+
+def _wait_for_snapshots(member: Proc, count: int, timeout: float = 20.0) -> None:
+    """Until ``member`` has recorded the snapshot of every ``count`` entries it applied:
+    a snapshot is written by a child after the write that made it due was answered.
+    After a recorded snapshot at index ``n`` the next falls due at ``n + count`` at the
+    latest (server/snapshot_schedule.py)."""
+    pattern = re.compile(r"saved snapshot at index (\d+)")
+    deadline = time.monotonic() + timeout
+    while True:
+        status = json.loads(etcdctl(member.endpoint, "endpoint", "status", "-w", "json").stdout)
+        applied = status[0]["Status"]["raftAppliedIndex"]
+        saved = [int(n) for n in pattern.findall(member.log_path.read_text())]
+        if saved and applied - max(saved) < count:
+            return
+        assert time.monotonic() < deadline, f"no snapshot recorded near index {applied}: {saved}"
+        time.sleep(0.05)
 
 
 def _damage_silently(data_dir: Path, key: bytes) -> None:

@@ -23,7 +23,7 @@ from keel_store.mvcc.etcd_db import etcd_database, etcd_database_pieces
 from keel_store.mvcc.store import StateMachine
 from keel_store.pb import rpcpb
 from keel_store.raft.storage import MemoryStorage, SnapshotTemporarilyUnavailableError
-from keel_store.raft.types import Snapshot
+from keel_store.raft.types import Snapshot, SnapshotMeta
 from keel_store.server import other_services
 from keel_store.server.node import StoreNode
 from keel_store.server.other_services import MaintenanceService
@@ -32,7 +32,10 @@ from keel_store.server.snapshotter import (
     SnapshotChildError,
     save_in_child,
     stream_from_child,
+    write_in_child,
 )
+from keel_store.wal import OSFileSystem, SnapshotStore
+from keel_store.wal.snapshots import encode
 
 from .conftest import node_configs, until
 
@@ -79,6 +82,42 @@ def test_a_child_that_keeps_the_bytes_sends_none(tmp_path: Path) -> None:
 
     assert asyncio.run(scenario()) == b""
     assert out.read_bytes() == snapshot.save(sm)
+
+
+def test_a_writing_child_streams_the_snapshot_file(tmp_path: Path) -> None:
+    """The node's child: the snapshot file from ``save_chunks`` as they come, byte for
+    byte the file of the joined bytes, taken at the fork; nothing is piped back."""
+    sm = StateMachine()
+    for i in range(2500):
+        sm.put(rpcpb.PutRequest(key=b"k%06d" % i, value=i.to_bytes(4) * 256))
+    expected = snapshot.save(sm)  # 2.6 MB: three chunks
+    store = SnapshotStore(OSFileSystem(), str(tmp_path))
+    meta = SnapshotMeta(index=9, term=2)
+    sizes: list[int] = []
+
+    def write(chunks: Any) -> None:
+        def counted() -> Any:
+            for chunk in chunks:
+                sizes.append(len(chunk))
+                yield chunk
+
+        store.write_tmp_chunks(meta, counted())
+        with open(tmp_path / "sizes", "w") as out:
+            out.write(" ".join(map(str, sizes)))
+
+    async def scenario() -> bytes:
+        running = write_in_child(sm, write)
+        for i in range(100):  # the parent goes on changing its copy
+            sm.put(rpcpb.PutRequest(key=b"later%d" % i, value=b"x"))
+        return await running.future
+
+    assert asyncio.run(scenario()) == b""
+    path = store.commit_tmp(meta)
+    assert Path(path).read_bytes() == encode(Snapshot(meta=meta, data=expected))
+    assert store.load() == Snapshot(meta=meta, data=expected)
+    sizes = [int(n) for n in (tmp_path / "sizes").read_text().split()]
+    assert len(sizes) == 3
+    assert all(snapshot.CHUNK <= size < snapshot.CHUNK + 2048 for size in sizes[:-1])
 
 
 def test_child_sees_the_state_at_the_fork_not_later_changes() -> None:
@@ -165,16 +204,15 @@ def test_a_failing_child_is_not_forked_again_on_every_ready(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     forks = []
-    real = node_module.save_in_child
 
-    def failing(sm: StateMachine, keep: Any = None) -> Any:
+    def failing(sm: StateMachine, write: Any) -> Any:
         def crash(sm: StateMachine, fd: int, keep: object) -> None:
             os._exit(1)
 
         forks.append(time.monotonic())
-        return real(sm, keep, crash)
+        return save_in_child(sm, write, crash)
 
-    monkeypatch.setattr(node_module, "save_in_child", failing)
+    monkeypatch.setattr(node_module, "write_in_child", failing)
 
     async def scenario() -> None:
         node = StoreNode(node_configs(tmp_path, 1, "--snapshot-count=20", "--unsafe-no-fsync")[0])

@@ -64,3 +64,40 @@ def test_purge_keeps_the_newest():
     removed = store.purge(keep=2)
     assert len(removed) == 3
     assert [n[:16] for n in store.names()] == [f"{4:016x}", f"{5:016x}"]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [[], [b""], [SNAP.data], [SNAP.data[:1], b"", SNAP.data[1:100], SNAP.data[100:]]],
+)
+def test_a_file_written_in_chunks_is_the_file_of_the_joined_data(chunks):
+    """A snapshot child writes the data as it is serialized, its length and checksum
+    (which come first) last: the same file, the same checks."""
+    fs = MemoryFileSystem()
+    store = SnapshotStore(fs, "/snap")
+    store.write_tmp_chunks(SNAP.meta, iter(chunks))
+    path = store.commit_tmp(SNAP.meta)
+    snap = Snapshot(SNAP.meta, b"".join(chunks))
+    assert fs.read(path) == encode(snap)
+    fs.crash(tear=True)
+    assert store.load() == snap
+
+
+def test_a_crash_while_writing_chunks_leaves_the_previous_snapshot():
+    """Cut short before the header (written last) or the sync: the ``.tmp`` file is
+    never taken for a snapshot."""
+    for seed in range(10):
+        fs = MemoryFileSystem(seed)
+        store = SnapshotStore(fs, "/snap")
+        store.save(Snapshot(SnapshotMeta(3, 1), b"old"))
+
+        def chunks():
+            yield SNAP.data[:100]
+            raise RuntimeError("the child is killed")
+
+        with pytest.raises(RuntimeError):
+            store.write_tmp_chunks(SNAP.meta, chunks())
+        fs.crash(tear=True)
+        loaded = store.load()
+        assert loaded is not None
+        assert loaded.meta.index == 3

@@ -64,7 +64,7 @@ from keel_store.server.snapshotter import (
     ChildSnapshot,
     FileLoader,
     compute_in_child,
-    save_in_child,
+    write_in_child,
 )
 from keel_store.server.stats import ServerStats
 from keel_store.server.syncpolicy import SyncPolicy
@@ -823,9 +823,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
         conf = self.raft.conf
         meta = SnapshotMeta(index=applied, term=self.storage.term(applied), conf=conf)
         snapshots = self.disk.snapshots
-        running = save_in_child(
-            self.sm, lambda data: snapshots.write_tmp(Snapshot(meta=meta, data=data))
-        )
+        running = write_in_child(self.sm, lambda chunks: snapshots.write_tmp_chunks(meta, chunks))
         self._snapshot_child = running
         child = running.future
         replacing, self._snapshot_now = self._snapshot_now, False
@@ -869,7 +867,7 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     def _record_written_snapshot(
         self, meta: SnapshotMeta, started: float, *, mark: tuple[int, int, bool], why: str
     ) -> None:
-        # A child wrote the file and kept the bytes (snapshotter.save_in_child): the
+        # A child wrote the file (snapshotter.write_in_child), as it serialized: the
         # leader reads them back only to send a follower that fell behind the log, as
         # etcd sends its backend file. Named and recorded first: if that fails, the
         # member keeps its previous snapshot, whose file is still there.

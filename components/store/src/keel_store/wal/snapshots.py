@@ -22,6 +22,7 @@ import posixpath
 import re
 import struct
 import zlib
+from collections.abc import Iterable
 
 from keel_store.raft.types import Snapshot, SnapshotMeta
 
@@ -101,11 +102,24 @@ class SnapshotStore:
     def write_tmp(self, snapshot: Snapshot) -> None:
         """The slow half of :meth:`save`: the file's bytes, fsynced, under a ``.tmp`` name
         (a forked child does this while the member serves on)."""
-        tmp = self._path(snapshot.meta) + ".tmp"
+        self.write_tmp_chunks(snapshot.meta, [snapshot.data])
+
+    def write_tmp_chunks(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
+        """:meth:`write_tmp` of the snapshot whose data is ``chunks`` joined, written as
+        they come (the data's length and checksum, which precede it, last): the data is
+        never held whole. The file is the same as :func:`encode` gives."""
+        tmp = self._path(meta) + ".tmp"
+        head = MAGIC + rec.encode_snapshot_meta(meta)
+        at = len(head) + _DATA.size
+        size = crc = 0
         file = self._fs.open(tmp, create=True)
         try:
             file.truncate(0)
-            file.write(0, encode(snapshot))
+            for chunk in chunks:
+                file.write(at + size, chunk)
+                size += len(chunk)
+                crc = zlib.crc32(chunk, crc)
+            file.write(0, head + _DATA.pack(size, crc))
             file.sync()
         finally:
             file.close()

@@ -867,8 +867,8 @@ class StoreNode(ReadIndexMixin, MembershipMixin):
     def _record_written_snapshot(
         self, meta: SnapshotMeta, started: float, *, mark: tuple[int, int, bool], why: str
     ) -> None:
-        # A child wrote the file (snapshotter.write_in_child), as it serialized: the
-        # leader reads them back only to send a follower that fell behind the log, as
+        # A child wrote the file as it serialized (snapshotter.write_in_child): the
+        # leader reads it back only to send a follower that fell behind the log, as
         # etcd sends its backend file. Named and recorded first: if that fails, the
         # member keeps its previous snapshot, whose file is still there.
         snapshots = self.disk.snapshots

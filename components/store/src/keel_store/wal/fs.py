@@ -58,8 +58,9 @@ class FileSystem(Protocol):
     def open(self, path: str, *, create: bool) -> File:
         """Open ``path`` for writing; with ``create``, make it (empty) if missing."""
 
-    def read(self, path: str) -> bytes:
-        """The whole current content of ``path``."""
+    def read(self, path: str, offset: int = 0, size: int = -1) -> bytes:
+        """The current content of ``path``: all of it, or ``size`` bytes (fewer at its
+        end) from ``offset``."""
 
     def size(self, path: str) -> int:
         """The current length of ``path`` in bytes."""
@@ -143,9 +144,11 @@ class OSFileSystem:
         flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         return _OSFile(os.open(path, flags, 0o600))
 
-    def read(self, path: str) -> bytes:
+    def read(self, path: str, offset: int = 0, size: int = -1) -> bytes:
         with open(path, "rb") as handle:
-            return handle.read()
+            if offset:
+                handle.seek(offset)
+            return handle.read(size)
 
     def size(self, path: str) -> int:
         return os.stat(path).st_size

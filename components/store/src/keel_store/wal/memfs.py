@@ -157,9 +157,10 @@ class MemoryFileSystem:
             self._names[path] = _Inode()
         return _MemoryFile(self, self._names[path])
 
-    def read(self, path: str) -> bytes:
-        """The current content of ``path``."""
-        return bytes(self._inode(path).current)
+    def read(self, path: str, offset: int = 0, size: int = -1) -> bytes:
+        """The current content of ``path`` (``size`` bytes from ``offset``)."""
+        current = self._inode(path).current
+        return bytes(current[offset:] if size < 0 else current[offset : offset + size])
 
     def size(self, path: str) -> int:
         """The current length of ``path``."""

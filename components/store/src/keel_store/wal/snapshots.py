@@ -60,9 +60,23 @@ def encode(snapshot: Snapshot) -> bytes:
 
 def decode(content: bytes, path: str = "<snapshot>") -> Snapshot:
     """Parse and verify a snapshot file's content; :class:`SnapshotError` if damaged."""
-    if content[: len(MAGIC)] != MAGIC:
+    meta, at, crc = _decode_head(content, len(content), path)
+    data = content[at:]
+    _check_data(data, crc, at, path)
+    return Snapshot(meta, data)
+
+
+_HEAD_READ = 64 << 10
+"""Bytes read first to find the data of a snapshot file: the magic, the metadata record
+(its conf state: a few IDs) and the data's length and checksum."""
+
+
+def _decode_head(head: bytes, size: int, path: str) -> tuple[SnapshotMeta, int, int]:
+    """From the first bytes of a file of ``size`` bytes: its metadata, where the data
+    starts (checked to run to the end of the file) and the data's checksum."""
+    if head[: len(MAGIC)] != MAGIC:
         raise SnapshotError(f"{path}: offset 0: not a Keel snapshot (bad magic)")
-    found = rec.read_record(content, len(MAGIC))
+    found = rec.read_record(head, len(MAGIC))
     if isinstance(found, str) or found.kind is not rec.RecordKind.SNAPSHOT:
         reason = found if isinstance(found, str) else f"a {found.kind.name} record"
         raise SnapshotError(f"{path}: offset {len(MAGIC)}: metadata: {reason}")
@@ -71,18 +85,20 @@ def decode(content: bytes, path: str = "<snapshot>") -> Snapshot:
     except (struct.error, ValueError) as exc:
         raise SnapshotError(f"{path}: offset {len(MAGIC)}: metadata: {exc}") from exc
     at = len(MAGIC) + len(rec.encode_snapshot_meta(meta))
-    if at + _DATA.size > len(content):
+    if at + _DATA.size > len(head):
         raise SnapshotError(f"{path}: offset {at}: data header cut short")
-    length, crc = _DATA.unpack_from(content, at)
+    length, crc = _DATA.unpack_from(head, at)
     at += _DATA.size
-    if at + length != len(content):
+    if at + length != size:
         raise SnapshotError(
-            f"{path}: offset {at}: data should be {length} bytes, file has {len(content) - at}"
+            f"{path}: offset {at}: data should be {length} bytes, file has {size - at}"
         )
-    data = content[at:]
+    return meta, at, crc
+
+
+def _check_data(data: bytes, crc: int, at: int, path: str) -> None:
     if zlib.crc32(data) != crc:
         raise SnapshotError(f"{path}: offset {at}: data checksum mismatch")
-    return Snapshot(meta, data)
 
 
 class SnapshotStore:
@@ -147,8 +163,25 @@ class SnapshotStore:
     def read(self, meta: SnapshotMeta) -> Snapshot:
         """The snapshot saved for ``meta``, verified (:class:`SnapshotError` if damaged,
         OSError if gone)."""
-        path = self._path(meta)
-        return decode(self._fs.read(path), path)
+        return self._read(self._path(meta))
+
+    def _read(self, path: str) -> Snapshot:
+        """The file at ``path``, verified. Its data is read into its own buffer, not cut
+        out of the whole file's (a copy of the snapshot: 0.17 s and 300 MB more for a
+        300 MB snapshot, on every restart and every snapshot a leader sends)."""
+        size = self._fs.size(path)
+        head = self._fs.read(path, 0, min(size, _HEAD_READ))
+        try:
+            meta, at, crc = _decode_head(head, size, path)
+        except SnapshotError:
+            if size <= len(head):
+                raise
+            return decode(self._fs.read(path), path)  # metadata past the first read
+        data = self._fs.read(path, at, size - at)
+        if len(data) != size - at:  # the file changed under us
+            raise SnapshotError(f"{path}: offset {at}: data cut short while read")
+        _check_data(data, crc, at, path)
+        return Snapshot(meta, data)
 
     def names(self) -> list[str]:
         """Snapshot file names, oldest first."""
@@ -159,7 +192,7 @@ class SnapshotStore:
         for name in reversed(self.names()):
             path = posixpath.join(self._dir, name)
             try:
-                return decode(self._fs.read(path), path)
+                return self._read(path)
             except SnapshotError as exc:
                 log.warning("skipping a damaged snapshot", extra={"error": str(exc)})
                 self._set_aside(path)

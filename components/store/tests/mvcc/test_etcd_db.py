@@ -15,6 +15,7 @@ from keel_store.mvcc.etcd_db import (
     decode_lease,
     encode_lease,
     from_database,
+    key_bucket,
     revision_key,
     to_buckets,
 )
@@ -195,3 +196,18 @@ def test_damaged_rows_fail_only_with_layout_errors(flips: list[tuple[int, int]])
         data[offset] ^= mask
     with contextlib.suppress(BoltError, EtcdDBError):
         from_database(read_db(bytes(data)))
+
+
+@pytest.mark.parametrize("length", [1, 5, 127, 128, 300, 16_383, 16_384, 32_768])
+def test_a_tombstone_row_is_a_keyvalue_of_the_key_alone(length: int) -> None:
+    """A deletion's value in the key bucket, encoded by hand: the bytes protobuf gives
+    for ``KeyValue(key=key)``, whatever the length of the key's varint."""
+    key = bytes(i % 251 for i in range(length))
+    sm = StateMachine()
+    sm.put(rpcpb.PutRequest(key=key, value=b"v"))
+    sm.delete_range(rpcpb.DeleteRangeRequest(key=key))
+    rows = key_bucket(sm, sm.kv.revision)
+    assert [row.live for row in rows] == [False, False]
+    assert rows[1].key.endswith(b"t")
+    assert rows[1].value == mvccpb.KeyValue(key=key).SerializeToString()
+    assert mvccpb.KeyValue.FromString(rows[1].value) == mvccpb.KeyValue(key=key)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import operator
 import struct
 from typing import NamedTuple
 
@@ -87,10 +88,18 @@ def key_bucket(sm: StateMachine, revision: int) -> list[KeyBucketEntry]:
     return rows
 
 
+_BOLT_KEY, _VALUE = operator.itemgetter(2), operator.itemgetter(3)
+"""A :class:`KeyBucketEntry`'s ``key`` and ``value``."""
+
+
 def _tombstone(key: bytes) -> bytes:
-    """A deletion's value in etcd's key bucket: a KeyValue holding only the key."""
-    data: bytes = KeyValue(key=key).SerializeToString()
-    return data
+    """A deletion's value in etcd's key bucket: a KeyValue holding only the key, encoded
+    here (field 1, length-delimited) rather than through a message built for it (290k
+    tombstones: 0.84 -> 0.1 s)."""
+    if not key:
+        return b""  # proto3 leaves out an empty field
+    n = len(key)
+    return (b"\n" + bytes((n,)) if n < 0x80 else b"\n" + _varint(n)) + key
 
 
 # --- leasepb.Lease: three int64 fields, encoded by hand (no leasepb stubs here) --------
@@ -169,9 +178,11 @@ def etcd_database_pieces(sm: StateMachine) -> list[bytes]:
 def to_buckets(sm: StateMachine) -> Bucket:
     """The root of an etcd 3.4 bbolt database holding ``sm``."""
     root = Bucket()
-    keys = root.bucket(b"key")
-    for row in key_bucket(sm, sm.kv.revision):
-        keys.items[row.key] = row.value
+    rows = key_bucket(sm, sm.kv.revision)
+    # In revision order, which is the bbolt keys' order (the writer's sort of them
+    # then only checks it); made in C rather than a row at a time (680k rows: 0.5 s).
+    root.bucket(b"key").items = dict(zip(map(_BOLT_KEY, rows), map(_VALUE, rows), strict=True))
+    del rows
     meta = root.bucket(b"meta")
     if sm.kv.revision > 1:
         # etcd 3.4 saves its consistent index with a key-space write (storeTxnWrite.End),

@@ -46,16 +46,16 @@ def snapshot_name(index: int, term: int) -> str:
 
 
 def encode(snapshot: Snapshot) -> bytes:
-    """The content of a snapshot file."""
+    """The content of a snapshot file (:meth:`SnapshotStore.write_tmp_chunks` writes
+    the same without holding it whole)."""
     data = snapshot.data
-    return b"".join(
-        (
-            MAGIC,
-            rec.encode_snapshot_meta(snapshot.meta),
-            _DATA.pack(len(data), zlib.crc32(data)),
-            data,
-        )
-    )
+    return _file_head(snapshot.meta, len(data), zlib.crc32(data)) + data
+
+
+def _file_head(meta: SnapshotMeta, length: int, crc: int) -> bytes:
+    """What precedes the data in a snapshot file (its length does not depend on the
+    data)."""
+    return MAGIC + rec.encode_snapshot_meta(meta) + _DATA.pack(length, crc)
 
 
 def decode(content: bytes, path: str = "<snapshot>") -> Snapshot:
@@ -125,8 +125,7 @@ class SnapshotStore:
         they come (the data's length and checksum, which precede it, last): the data is
         never held whole. The file is the same as :func:`encode` gives."""
         tmp = self._path(meta) + ".tmp"
-        head = MAGIC + rec.encode_snapshot_meta(meta)
-        at = len(head) + _DATA.size
+        at = len(_file_head(meta, 0, 0))
         size = crc = 0
         file = self._fs.open(tmp, create=True)
         try:
@@ -135,7 +134,7 @@ class SnapshotStore:
                 file.write(at + size, chunk)
                 size += len(chunk)
                 crc = zlib.crc32(chunk, crc)
-            file.write(0, head + _DATA.pack(size, crc))
+            file.write(0, _file_head(meta, size, crc))
             file.sync()
         finally:
             file.close()

@@ -117,8 +117,9 @@ def test_a_damaged_snapshot_file_on_the_leader_is_replaced_not_fatal(make_cluste
 def _wait_for_snapshots(member: Proc, count: int, timeout: float = 20.0) -> None:
     """Until ``member`` has recorded the snapshot of every ``count`` entries it applied:
     a snapshot is written by a child after the write that made it due was answered.
-    After a recorded snapshot at index ``n`` the next falls due at ``n + count`` at the
-    latest (server/snapshot_schedule.py)."""
+    Once a member's snapshots are at its phase (from its second one on), the one after
+    a snapshot at index ``n`` falls due at ``n + count`` (server/snapshot_schedule.py);
+    the test has written enough for that before it asks."""
     pattern = re.compile(r"saved snapshot at index (\d+)")
     deadline = time.monotonic() + timeout
     while True:

@@ -96,6 +96,16 @@ def _decode_head(head: bytes, size: int, path: str) -> tuple[SnapshotMeta, int, 
     return meta, at, crc
 
 
+def _head_size(head: bytes) -> int:
+    """How many bytes precede the data, as far as the first bytes of a file tell (its
+    metadata record's length field; 0 if even that is cut short)."""
+    if len(head) < len(MAGIC) + rec.HEADER.size:
+        return 0
+    length: int = rec.HEADER.unpack_from(head, len(MAGIC))[0]
+    record = rec.HEADER.size + length
+    return len(MAGIC) + record + -record % rec.ALIGN + _DATA.size  # records are padded
+
+
 def _check_data(data: bytes, crc: int, at: int, path: str) -> None:
     if zlib.crc32(data) != crc:
         raise SnapshotError(f"{path}: offset {at}: data checksum mismatch")
@@ -117,7 +127,7 @@ class SnapshotStore:
 
     def write_tmp(self, snapshot: Snapshot) -> None:
         """The slow half of :meth:`save`: the file's bytes, fsynced, under a ``.tmp`` name
-        (a forked child does this while the member serves on)."""
+        (a forked child does it with :meth:`write_tmp_chunks` while the member serves on)."""
         self.write_tmp_chunks(snapshot.meta, [snapshot.data])
 
     def write_tmp_chunks(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
@@ -170,12 +180,10 @@ class SnapshotStore:
         300 MB snapshot, on every restart and every snapshot a leader sends)."""
         size = self._fs.size(path)
         head = self._fs.read(path, 0, min(size, _HEAD_READ))
-        try:
-            meta, at, crc = _decode_head(head, size, path)
-        except SnapshotError:
-            if size <= len(head):
-                raise
-            return decode(self._fs.read(path), path)  # metadata past the first read
+        need = _head_size(head)
+        if need > len(head):  # metadata past the first read (or a damaged length)
+            head = self._fs.read(path, 0, min(need, size))
+        meta, at, crc = _decode_head(head, size, path)
         data = self._fs.read(path, at, size - at)
         if len(data) != size - at:  # the file changed under us
             raise SnapshotError(f"{path}: offset {at}: data cut short while read")

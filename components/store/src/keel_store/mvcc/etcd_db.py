@@ -302,7 +302,7 @@ def _from_database(db: Database) -> StateMachine:
         except ValueError as exc:
             raise EtcdDBError(f"bucket lease, key {raw.hex()}: bad Lease: {exc}") from None
         sm.leases[lease_id] = Lease(lease_id, ttl)
-    for key, history in sm.kv.histories():
+    for key, history in sm.kv.histories_unordered():
         latest = history.latest()
         if latest is not None and latest.lease in sm.leases:
             sm.leases[latest.lease].keys.add(key)

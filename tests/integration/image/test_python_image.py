@@ -91,6 +91,10 @@ def test_daemons_run_and_the_store_answers_etcdctl(
     address = m.succeed("ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1").split()
     assert address, "the guest has no global IPv4 address"
     m.succeed(f"python3 -m keel_store.health {address[0]}:2379")
+    # the store may give its snapshot children back their nice 0 (they start idle)
+    pid = m.succeed("systemctl show -p MainPID --value keel-store.service").strip()
+    nice = m.succeed(f"grep 'Max nice priority' /proc/{pid}/limits").split()
+    assert nice[3:5] == ["20", "20"], nice
     for unit in ("keel-store.service", "keel-supervisor.service"):
         pid = m.succeed(f"systemctl show -p MainPID --value {unit}").strip()
         rss = m.succeed(f"grep VmRSS /proc/{pid}/status").split()[1]

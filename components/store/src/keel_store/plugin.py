@@ -36,6 +36,9 @@ Restart=on-failure
 RestartSec=2s
 StateDirectory=keel-store
 LimitNOFILE=40000
+# Snapshot children start at idle priority and may come back to nice 0 (no higher)
+# after a while: a machine that is never idle still gets its snapshots.
+LimitNICE=+0
 
 [Install]
 WantedBy=multi-user.target

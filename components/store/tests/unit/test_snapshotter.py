@@ -120,6 +120,64 @@ def test_a_writing_child_streams_the_snapshot_file(tmp_path: Path) -> None:
     assert all(snapshot.CHUNK <= size < snapshot.CHUNK + 2048 for size in sizes[:-1])
 
 
+def _policies(sm: StateMachine, tmp_path: Path, **kwargs: Any) -> tuple[list[int], bytes]:
+    """The scheduling policy of a node's snapshot child as it took each chunk, and the
+    bytes it was given."""
+    out = tmp_path / "policies"
+
+    def write(chunks: Any) -> None:  # in the child
+        data = []
+        with out.open("w") as f:
+            for chunk in chunks:
+                data.append(chunk)
+                f.write(f"{os.sched_getscheduler(0)} ")
+        (tmp_path / "data").write_bytes(b"".join(data))
+
+    async def scenario() -> bytes:
+        return await write_in_child(sm, write, **kwargs).future
+
+    assert asyncio.run(scenario()) == b""
+    return [int(n) for n in out.read_text().split()], (tmp_path / "data").read_bytes()
+
+
+def test_the_snapshot_child_runs_at_idle_priority(tmp_path: Path) -> None:
+    """Nobody waits for a member's snapshot: its child takes the CPU only when nothing
+    else wants it. The parent keeps its own priority."""
+    sm = _state(40_000)  # 3 chunks
+    policies, data = _policies(sm, tmp_path)
+    assert policies == [os.SCHED_IDLE] * 3
+    assert data == snapshot.save(sm)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="leaving SCHED_IDLE needs RLIMIT_NICE or root")
+def test_the_snapshot_child_takes_normal_priority_back_after_a_while(tmp_path: Path) -> None:
+    """A machine that is never idle still gets its snapshots: after ``idle_for``
+    seconds (checked after each chunk) the child asks for its normal priority back."""
+    sm = _state(40_000)
+    policies, data = _policies(sm, tmp_path, idle_for=0.0)
+    assert policies == [os.SCHED_IDLE, os.SCHED_OTHER, os.SCHED_OTHER]
+    assert data == snapshot.save(sm)
+
+
+def test_a_child_not_allowed_back_stays_idle_and_finishes(tmp_path: Path) -> None:
+    """Without RLIMIT_NICE (or root) the switch back fails with EPERM: the child
+    stays idle and still writes every chunk."""
+    real = os.sched_setscheduler
+
+    def refuse_normal(pid: int, policy: int, param: Any) -> None:
+        if policy != os.SCHED_IDLE:
+            raise PermissionError(1, "Operation not permitted")
+        real(pid, policy, param)
+
+    sm = _state(40_000)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "sched_setscheduler", refuse_normal)
+        policies, data = _policies(sm, tmp_path, idle_for=0.0)
+    assert policies == [os.SCHED_IDLE] * 3
+    assert data == snapshot.save(sm)
+
+
 def test_child_sees_the_state_at_the_fork_not_later_changes() -> None:
     sm = _state(2000)
     expected = snapshot.save(sm)

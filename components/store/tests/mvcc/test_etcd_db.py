@@ -207,7 +207,8 @@ def test_a_tombstone_row_is_a_keyvalue_of_the_key_alone(length: int) -> None:
     sm.put(rpcpb.PutRequest(key=key, value=b"v"))
     sm.delete_range(rpcpb.DeleteRangeRequest(key=key))
     rows = key_bucket(sm, sm.kv.revision)
-    assert [row.live for row in rows] == [False, False]
-    assert rows[1].key.endswith(b"t")
-    assert rows[1].value == mvccpb.KeyValue(key=key).SerializeToString()
-    assert mvccpb.KeyValue.FromString(rows[1].value) == mvccpb.KeyValue(key=key)
+    assert [live for *_, live in rows] == [False, False]
+    _, _, bolt_key, value, _ = rows[1]
+    assert bolt_key.endswith(b"t")
+    assert value == mvccpb.KeyValue(key=key).SerializeToString()
+    assert mvccpb.KeyValue.FromString(value) == mvccpb.KeyValue(key=key)

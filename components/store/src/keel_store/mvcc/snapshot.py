@@ -209,11 +209,11 @@ def hash_kv(sm: StateMachine, revision: int) -> int:
     """
     compact = sm.kv.compact_revision
     rows = key_bucket(sm, revision)
-    any_live = any(row.live for row in rows)
+    any_live = any(row[4] for row in rows)
     crc = _crc32c(0, b"key")
-    for row in rows:
-        if row.main <= compact and any_live and not row.live:
+    for main, _sub, key, value, live in rows:
+        if main <= compact and any_live and not live:
             continue
-        crc = _crc32c(crc, row.key)
-        crc = _crc32c(crc, row.value)
+        crc = _crc32c(crc, key)
+        crc = _crc32c(crc, value)
     return crc

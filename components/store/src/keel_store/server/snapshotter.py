@@ -142,7 +142,7 @@ def save_in_child(
 
 IDLE_S = 10.0
 """How long a member's snapshot child runs at idle priority before it asks for its
-normal priority back (:func:`write_in_child`)."""
+priority back (:func:`write_in_child`)."""
 
 
 def write_in_child(
@@ -159,7 +159,7 @@ def write_in_child(
     CPU only when the member and its peers have nothing to run. With three members
     on two cores, ``etcdctl check perf --load=l``'s slowest request was 0.46-0.56 s
     with children at normal priority and 0.37-0.45 s at idle priority, three runs
-    each. After ``idle_for`` seconds it asks for normal priority back, so a machine
+    each. After ``idle_for`` seconds it asks for its priority back, so a machine
     that is never idle still gets its snapshots (which lets the WAL be cut); that
     needs ``RLIMIT_NICE`` of at least 20 (the unit's ``LimitNICE=+0``) or
     ``CAP_SYS_NICE``, and without them the child stays idle."""
@@ -174,10 +174,12 @@ def write_in_child(
 
 def _at_idle_priority(chunks: Iterator[bytes], idle_for: float) -> Iterator[bytes]:
     """In a child: ``chunks`` at idle priority, until ``idle_for`` seconds have passed
-    (checked after each chunk is taken), then at normal priority if allowed."""
+    (checked after each chunk is taken), then at the priority it had (its parent's)
+    if allowed."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except OSError:  # not on this kernel: normal priority throughout
+    except OSError:  # not on this kernel: its own priority throughout
         yield from chunks
         return
     deadline = time.monotonic() + idle_for
@@ -186,7 +188,7 @@ def _at_idle_priority(chunks: Iterator[bytes], idle_for: float) -> Iterator[byte
         if deadline and time.monotonic() >= deadline:
             deadline = 0.0
             with contextlib.suppress(OSError):  # EPERM: no RLIMIT_NICE for it
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                os.sched_setscheduler(0, policy, param)
 
 
 def _fork(run: Callable[[int], None]) -> tuple[int, int]:

@@ -81,13 +81,10 @@ def save_chunks(sm: StateMachine, chunk: int = CHUNK) -> Iterator[bytes]:
         revs = history.revs
         if len(revs) == 1:  # most keys: the count and the one entry in one pack
             kv = history.kvs[0]
-            if kv is None:
-                add((u32(len(key)), key, single(1, revs[0], history.subs[0], -1)))
-                size += len(key) + 24
-            else:
-                blob = kv.SerializeToString(deterministic=True)
-                add((u32(len(key)), key, single(1, revs[0], history.subs[0], len(blob)), blob))
-                size += len(key) + 24 + len(blob)
+            blob = b"" if kv is None else kv.SerializeToString(deterministic=True)
+            length = -1 if kv is None else len(blob)
+            add((u32(len(key)), key, single(1, revs[0], history.subs[0], length), blob))
+            size += len(key) + 24 + len(blob)
         else:
             add((u32(len(key)), key, u32(len(revs))))
             size += len(key) + 8

@@ -120,7 +120,7 @@ class WriteAheadLog:
                 segment_bytes=segment_bytes, preallocate=False,
             )  # fmt: skip
             if preallocate:
-                file.allocate(segment_bytes)
+                file.allocate(segment_bytes, free_from=end)
             wal = cls(
                 fs, directory, segments=[first], file=file, offset=end,
                 replayed=(base.index, HardState(), base),
@@ -134,7 +134,7 @@ class WriteAheadLog:
             file.truncate(found.end)
             file.sync()
         if preallocate:
-            file.allocate(segment_bytes)
+            file.allocate(segment_bytes, free_from=found.end)
         if found.stale:
             fs.fsync_dir(directory)
         replay = found.replayer
@@ -350,7 +350,7 @@ def _create_segment(
     file = fs.open(tmp, create=True)
     file.truncate(0)
     if preallocate:
-        file.allocate(segment_bytes)
+        file.allocate(segment_bytes, free_from=0)
     file.write(0, header)
     file.sync()
     fs.rename(tmp, path)

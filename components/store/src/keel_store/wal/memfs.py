@@ -62,8 +62,8 @@ class _MemoryFile:
     def truncate(self, size: int) -> None:
         self._do(("truncate", size, b""))
 
-    def allocate(self, size: int) -> None:
-        self._do(("allocate", size, b""))
+    def allocate(self, size: int, *, free_from: int | None = None) -> None:
+        self._do(("allocate", size, b""))  # zero-filled already: free_from changes nothing
 
     def sync(self) -> None:
         self._check()

@@ -197,3 +197,25 @@ def test_a_failing_thread_leaves_the_file_to_its_writer(tmp_path, monkeypatch, c
         content = f.read()
     assert content[:13] == b"still written"
     assert content[3 << 20 : (3 << 20) + 8] == b"and here"
+
+
+def test_without_a_second_descriptor_the_file_is_written_as_before(tmp_path, monkeypatch, caplog):
+    real_open = os.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/self/fd/"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_proc)
+    fs = OSFileSystem()
+    path = str(tmp_path / "f")
+    file = fs.open(path, create=True)
+    with caplog.at_level(logging.WARNING, logger="keel_store.wal.fs"):
+        file.allocate(4 << 20, free_from=0)
+    assert "not zeroing a WAL segment ahead" in caplog.text
+    file.write_sync(0, b"records")
+    file.close()
+    assert os.path.getsize(path) == 4 << 20
+    with open(path, "rb") as f:
+        assert f.read(7) == b"records"

@@ -132,7 +132,10 @@ class _OSFile:
         os.posix_fallocate(self._fd, 0, size)
         self._stop_zeroing(wait=True)
         if free_from is not None and free_from < size:
-            self._zero = ZeroAhead(self._fd, free_from, size)
+            try:
+                self._zero = ZeroAhead(self._fd, free_from, size)
+            except OSError as exc:  # no /proc, say: the file works without it
+                log.warning("not zeroing a WAL segment ahead", extra={"error": str(exc)})
 
     def close(self) -> None:
         self._stop_zeroing(wait=False)

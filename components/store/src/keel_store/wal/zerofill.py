@@ -63,11 +63,6 @@ class ZeroAhead:
         self._thread = threading.Thread(target=self._run, name="wal-zero-ahead", daemon=True)
         self._thread.start()
 
-    @property
-    def zeroed(self) -> int:
-        """Where the thread has zeroed up to (or will next start)."""
-        return self._next
-
     def claim(self, end: int) -> None:
         """The writer will write below ``end``: keep the thread out of there (waiting
         for a chunk in progress that overlaps), and let it go on ahead."""

@@ -179,43 +179,40 @@ def test_the_thread_has_its_own_descriptor_and_closes_it(tmp_path):
     wait_for(lambda: fds() == before)
 
 
-def test_a_failing_thread_leaves_the_file_to_its_writer(tmp_path, monkeypatch, caplog):
-    def broken(*_args):
-        raise OSError(5, "Input/output error")
+@pytest.mark.parametrize("failure", ["thread", "descriptor"])
+def test_zeroing_that_cannot_run_leaves_the_file_to_its_writer(
+    tmp_path, monkeypatch, caplog, failure
+):
+    """A thread whose writes fail, or a second descriptor that cannot be opened (no
+    /proc): a warning, and the file is written as without the zeroing."""
+    if failure == "thread":
 
-    monkeypatch.setattr(zerofill, "_zero_range", broken)
+        def broken(*_args):
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(zerofill, "_zero_range", broken)
+        warning = "zeroing a WAL segment ahead stopped"
+    else:
+        real_open = os.open
+
+        def no_proc(path, *args, **kwargs):
+            if str(path).startswith("/proc/self/fd/"):
+                raise FileNotFoundError(2, "No such file or directory", path)
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", no_proc)
+        warning = "not zeroing a WAL segment ahead"
     fs = OSFileSystem()
     path = str(tmp_path / "f")
     file = fs.open(path, create=True)
-    with caplog.at_level(logging.WARNING, logger="keel_store.wal.zerofill"):
+    with caplog.at_level(logging.WARNING, logger="keel_store.wal"):
         file.allocate(4 << 20, free_from=0)
-        wait_for(lambda: "zeroing a WAL segment ahead stopped" in caplog.text)
+        wait_for(lambda: warning in caplog.text)
     file.write_sync(0, b"still written")
     file.write_sync(3 << 20, b"and here")
     file.close()
+    assert os.path.getsize(path) == 4 << 20
     with open(path, "rb") as f:
         content = f.read()
     assert content[:13] == b"still written"
     assert content[3 << 20 : (3 << 20) + 8] == b"and here"
-
-
-def test_without_a_second_descriptor_the_file_is_written_as_before(tmp_path, monkeypatch, caplog):
-    real_open = os.open
-
-    def no_proc(path, *args, **kwargs):
-        if str(path).startswith("/proc/self/fd/"):
-            raise FileNotFoundError(2, "No such file or directory", path)
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", no_proc)
-    fs = OSFileSystem()
-    path = str(tmp_path / "f")
-    file = fs.open(path, create=True)
-    with caplog.at_level(logging.WARNING, logger="keel_store.wal.fs"):
-        file.allocate(4 << 20, free_from=0)
-    assert "not zeroing a WAL segment ahead" in caplog.text
-    file.write_sync(0, b"records")
-    file.close()
-    assert os.path.getsize(path) == 4 << 20
-    with open(path, "rb") as f:
-        assert f.read(7) == b"records"

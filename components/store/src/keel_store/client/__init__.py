@@ -79,6 +79,15 @@ def _b(x: str | bytes) -> bytes:
 _RETRY_SAFE = (grpc.StatusCode.UNAVAILABLE,)
 
 
+def _never_sent(code: grpc.StatusCode, details: str) -> bool:
+    """Whether a failed call certainly never reached a server: no connection could be
+    made. A connection that broke after the request was sent ("Socket closed",
+    "Connection reset by peer") is also UNAVAILABLE, but the server may have applied
+    the request: only idempotent calls are retried then (etcd's clientv3 retries a
+    mutation only when no connection was available, ``isSafeRetryMutableRPC``)."""
+    return code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details.lower()
+
+
 class Client:
     """A connection to a store (keel-store or etcd) through one of ``endpoints``."""
 
@@ -135,8 +144,9 @@ class Client:
             except grpc.RpcError as exc:
                 code = exc.code()
                 details = exc.details() or ""
-                unreached = code in _RETRY_SAFE and not details.startswith("etcdserver:")
-                if attempt + 1 < attempts and (unreached or (idempotent and code in _RETRY_SAFE)):
+                if attempt + 1 < attempts and (
+                    _never_sent(code, details) or (idempotent and code in _RETRY_SAFE)
+                ):
                     self._rotate()
                     continue
                 raise StoreError(code.name, details) from None

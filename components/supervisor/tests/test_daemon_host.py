@@ -220,7 +220,13 @@ def test_declarative_app_lifecycle(daemon: DaemonProcess, busybox_rootfs: Path) 
         f"image: {busybox_rootfs}\nrootfs: true\nnetwork: none\n"
         "command: [sh, -c, 'echo v2; exec sleep 300']\n"
     )
-    wait_for(lambda: inspect(daemon, "echo")["id"] != first["id"], what="the replacement")
+
+    def replaced() -> bool:
+        # Between the old container's removal and the new one's creation, there is none.
+        proc = daemon.keel("inspect", "echo", check=False)
+        return proc.returncode == 0 and json.loads(proc.stdout)[0]["id"] != first["id"]
+
+    wait_for(replaced, what="the replacement")
     wait_for(lambda: daemon.keel("logs", "echo").stdout == "v2\n", what="v2 output")
     # A reboot: monitors and containers are gone; the daemon brings the app back.
     detail = inspect(daemon, "echo")["status_detail"]

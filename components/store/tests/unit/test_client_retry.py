@@ -33,7 +33,7 @@ class _Stub:
     def __init__(self, client: Client, details: str, calls: list[str]) -> None:
         self._client, self._details, self._calls = client, details, calls
 
-    def _answer(self, name: str, response: object) -> object:
+    def _answer(self, response: object) -> object:
         endpoint = self._client.endpoints[self._client._index]
         self._calls.append(endpoint)
         if endpoint == "127.0.0.1:1":
@@ -41,10 +41,10 @@ class _Stub:
         return response
 
     def Txn(self, request: object, timeout: float) -> object:
-        return self._answer("Txn", rpcpb.TxnResponse(succeeded=True))
+        return self._answer(rpcpb.TxnResponse(succeeded=True))
 
     def Range(self, request: object, timeout: float) -> object:
-        return self._answer("Range", rpcpb.RangeResponse())
+        return self._answer(rpcpb.RangeResponse())
 
 
 @pytest.fixture

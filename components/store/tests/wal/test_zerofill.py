@@ -28,9 +28,8 @@ from .conftest import entries
 BLOCK = 4096
 
 
-def unwritten_blocks(path: str) -> set[int] | None:
-    """The file's blocks that are allocated but unwritten, per ``filefrag -v``; None
-    where the file system keeps no such extents (nothing to test there)."""
+def unwritten_blocks(path: str) -> set[int]:
+    """The file's blocks that are allocated but unwritten, per ``filefrag -v``."""
     if shutil.which("filefrag") is None:
         pytest.skip("filefrag (e2fsprogs) is not installed")
     out = subprocess.run(
@@ -58,21 +57,23 @@ def wait_for(cond, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def fresh_fallocated(path: str, size: int) -> bool:
-    """Whether a fallocated file here gets unwritten extents (ext4, xfs: yes)."""
+@pytest.fixture
+def unwritten_extents(tmp_path) -> None:
+    """Skips unless a fallocated file here gets unwritten extents (ext4, xfs: yes)."""
+    path = str(tmp_path / "probe")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        os.posix_fallocate(fd, 0, size)
+        os.posix_fallocate(fd, 0, 1 << 20)
     finally:
         os.close(fd)
     found = unwritten_blocks(path)
     os.unlink(path)
-    return bool(found)
-
-
-def test_segment_blocks_ahead_of_the_writer_are_written_zeros(tmp_path):
-    if not fresh_fallocated(str(tmp_path / "probe"), 1 << 20):
+    if not found:
         pytest.skip("this file system leaves no unwritten extents")
+
+
+@pytest.mark.usefixtures("unwritten_extents")
+def test_segment_blocks_ahead_of_the_writer_are_written_zeros(tmp_path):
     segment = 64 << 20
     wal, _ = WriteAheadLog.open(
         OSFileSystem(), str(tmp_path / "wal"), segment_bytes=segment, preallocate=True
@@ -96,9 +97,8 @@ def test_segment_blocks_ahead_of_the_writer_are_written_zeros(tmp_path):
     assert replay.entries == entries(1, 100)
 
 
+@pytest.mark.usefixtures("unwritten_extents")
 def test_the_thread_follows_the_writer_through_the_segment(tmp_path):
-    if not fresh_fallocated(str(tmp_path / "probe"), 1 << 20):
-        pytest.skip("this file system leaves no unwritten extents")
     fs = OSFileSystem()
     path = str(tmp_path / "f")
     size = 24 << 20
